@@ -1,0 +1,392 @@
+"""Batched multi-tap feature extraction with an on-disk, content-keyed cache.
+
+Every tap of a backbone is globally average-pooled in the same forward pass, so one pass over
+the data serves the linear probe (``pre_logits``), the layer probe (earlier stages) and the
+profiler. Features are cached per image under a namespace made of the backbone name, the
+digest of its weights and the digest of its transform; a second run over the same images does
+no forward pass.
+
+Cache layout::
+
+    <cache root>/features/<backbone-slug>/<weights digest>-<transform digest>/<shard>.safetensors
+
+A shard holds the pooled features of a batch of images (one ``[n, C]`` tensor per tap) and, in
+its header metadata, the image keys of its rows. Shards are written to a temporary file and
+renamed into place, so a killed run never leaves a readable-but-wrong shard; an unreadable
+shard is ignored (and removed) rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from advisor.backbones import Backbone
+from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest, load_image
+from advisor.errors import AdvisorError, ImageLoadError
+
+CACHE_ENV = "ADVISOR_CACHE_DIR"
+SHARD_FORMAT = "advisor-features-v1"
+KeyMode = Literal["content", "stat"]
+# (done, total) -> None; the CLI turns it into a progress bar, the core never prints.
+ProgressFn = Callable[[int, int], None]
+
+
+def default_cache_dir() -> Path:
+    """``$ADVISOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/advisor``, else ``~/.cache/advisor``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "advisor"
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None``/``'auto'`` picks CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise AdvisorError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AdvisorError(f"device {device!r} requested but CUDA is not available", hint="use --device cpu")
+    return dev
+
+
+def image_key(path: str | os.PathLike, mode: KeyMode = "content") -> str:
+    """Cache key of one image file: its content digest, or path+size+mtime (faster, weaker)."""
+    if mode == "content":
+        return file_digest(path)
+    st = os.stat(path)
+    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    return "stat-" + hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+class FeatureCache:
+    """Pooled features of images under one (backbone, weights, transform) namespace."""
+
+    def __init__(self, root: str | os.PathLike, *, backbone: str, weights_digest: str, transform_digest: str) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "features" / _slug(backbone) / f"{weights_digest[:16]}-{transform_digest[:12]}"
+        self._index: dict[str, tuple[Path, int]] | None = None
+
+    @classmethod
+    def for_backbone(cls, root: str | os.PathLike, backbone: Backbone) -> FeatureCache:
+        return cls(
+            root,
+            backbone=backbone.name,
+            weights_digest=backbone.weights_digest,
+            transform_digest=backbone.transform_config.digest(),
+        )
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []
+
+    def index(self) -> dict[str, tuple[Path, int]]:
+        """key -> (shard, row), read from shard headers only (no tensor data)."""
+        if self._index is None:
+            index: dict[str, tuple[Path, int]] = {}
+            for shard in self._shards():
+                try:
+                    with safe_open(str(shard), framework="pt") as f:
+                        meta = f.metadata() or {}
+                    if meta.get("format") != SHARD_FORMAT:
+                        raise ValueError("unknown shard format")
+                    keys = json.loads(meta["keys"])
+                except Exception:
+                    # A shard we cannot read is worth nothing: drop it and recompute its rows.
+                    shard.unlink(missing_ok=True)
+                    continue
+                for row, key in enumerate(keys):
+                    index[key] = (shard, row)
+            self._index = index
+        return self._index
+
+    def get(self, keys: Sequence[str], taps: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """Cached rows for ``keys`` that have every tap in ``taps``: key -> tap -> [C] tensor."""
+        index = self.index()
+        by_shard: dict[Path, list[tuple[str, int]]] = {}
+        for key in keys:
+            if key in index:
+                shard, row = index[key]
+                by_shard.setdefault(shard, []).append((key, row))
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        for shard, rows in by_shard.items():
+            try:
+                tensors = load_file(str(shard))
+            except Exception:
+                shard.unlink(missing_ok=True)
+                self._index = None
+                continue
+            if not all(f"tap.{t}" in tensors for t in taps):
+                continue
+            for key, row in rows:
+                found[key] = {t: tensors[f"tap.{t}"][row] for t in taps}
+        return found
+
+    def put(self, keys: Sequence[str], features: dict[str, torch.Tensor]) -> Path:
+        """Write one shard atomically (temp file in the same folder, then rename)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tensors = {f"tap.{t}": v.detach().to("cpu", torch.float32).contiguous() for t, v in features.items()}
+        meta = {"format": SHARD_FORMAT, "keys": json.dumps(list(keys))}
+        final = self.dir / f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.safetensors"
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".part")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if self._index is not None:
+            for row, key in enumerate(keys):
+                self._index[key] = (final, row)
+        return final
+
+    def clean_temporaries(self, *, older_than_s: float = 3600.0) -> int:
+        """Remove leftovers of killed writes; young ones may belong to a concurrent run."""
+        removed = 0
+        now = time.time()
+        for tmp in self.dir.glob(".tmp-*.part") if self.dir.is_dir() else []:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+class ExtractionSummary(BaseModel):
+    """What one extraction did, for reports and the CLI."""
+
+    backbone: str
+    weights_digest: str
+    transform_digest: str
+    taps: list[str]
+    tap_channels: dict[str, int]
+    images: int
+    from_cache: int
+    computed: int
+    failed: list[SkippedFile]
+    device: str
+    seconds: float
+    images_per_s: float | None
+    cache_dir: str | None
+
+
+@dataclass
+class FeatureSet:
+    """Pooled features of the images that decoded; rows follow ``index`` into the input list."""
+
+    paths: list[str]
+    index: list[int]
+    features: dict[str, torch.Tensor]
+    summary: ExtractionSummary
+    labels: torch.Tensor | None = None
+    splits: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def tap(self, name: str) -> torch.Tensor:
+        return self.features[name]
+
+    def rows(self, split: str) -> torch.Tensor:
+        """Row indices of the images of one split (requires Sample inputs)."""
+        if self.splits is None:
+            raise ValueError("this feature set was built from paths, not samples; it has no splits")
+        return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decodes and transforms images; a bad file yields its reason instead of raising."""
+
+    def __init__(self, paths: Sequence[str], positions: Sequence[int], transform, max_pixels: int) -> None:
+        self.paths = paths
+        self.positions = positions
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        pos = self.positions[i]
+        try:
+            img = load_image(self.paths[pos], max_pixels=self.max_pixels)
+            return pos, self.transform(img), None
+        except ImageLoadError as err:
+            return pos, None, err.reason
+        except Exception as err:  # a transform failing on one odd image must not end the run
+            return pos, None, f"{type(err).__name__}: {err}"
+
+
+def _collate(items):
+    good = [(p, t) for p, t, _ in items if t is not None]
+    bad = [(p, r) for p, _, r in items if r is not None]
+    if good:
+        return [p for p, _ in good], torch.stack([t for _, t in good]), bad
+    return [], None, bad
+
+
+def default_num_workers() -> int:
+    # One decoding worker per spare core; on 2 cores one worker keeps the model fed.
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def extract_features(
+    items: Sequence[Sample] | Sequence[str | os.PathLike],
+    backbone: Backbone,
+    *,
+    taps: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    key_mode: KeyMode = "content",
+    device: str | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    flush_every: int = 256,
+    progress: ProgressFn | None = None,
+) -> FeatureSet:
+    """Pooled features of every tap for ``items`` (Samples or image paths).
+
+    Cached images cost a file hash and a read; the rest go through the backbone in batches
+    and are written to the cache every ``flush_every`` images, so an interrupted run keeps
+    what it computed. Images that fail to decode are reported in ``summary.failed``.
+    """
+    t0 = time.perf_counter()
+    samples = [it for it in items if isinstance(it, Sample)]
+    paths = [it.path if isinstance(it, Sample) else os.fspath(it) for it in items]
+    tap_names = list(taps) if taps is not None else [t.name for t in backbone.taps]
+    known = {t.name: t.channels for t in backbone.taps}
+    unknown = [t for t in tap_names if t not in known]
+    if unknown:
+        raise AdvisorError(f"backbone {backbone.name} has no tap(s) {unknown}", hint=f"choose from {list(known)}")
+    all_taps = list(known)  # always store every tap so later requests for other taps hit the cache
+    dev = resolve_device(device)
+
+    cache = None
+    keys: list[str | None] = [None] * len(paths)
+    cached: dict[str, dict[str, torch.Tensor]] = {}
+    failed: list[SkippedFile] = []
+    failed_pos: set[int] = set()
+    if use_cache:
+        cache = FeatureCache.for_backbone(cache_dir or default_cache_dir(), backbone)
+        cache.clean_temporaries()
+        for i, p in enumerate(paths):
+            try:
+                keys[i] = image_key(p, key_mode)
+            except OSError as err:
+                failed.append(SkippedFile(path=p, reason=f"unreadable ({err.strerror or err})"))
+                failed_pos.add(i)
+        cached = cache.get([k for k in keys if k is not None], tap_names)
+
+    results: dict[int, dict[str, torch.Tensor]] = {}
+    todo = []
+    for i in range(len(paths)):
+        if i in failed_pos:
+            continue
+        if keys[i] is not None and keys[i] in cached:
+            results[i] = cached[keys[i]]
+        else:
+            todo.append(i)
+    n_cached = len(results)
+    done = n_cached + len(failed_pos)
+    if progress:
+        progress(done, len(paths))
+
+    computed = 0
+    forward_seconds = 0.0
+    if todo:
+        model = backbone.to(dev).eval()
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        loader = torch.utils.data.DataLoader(
+            _ImageFiles(paths, todo, backbone.transform_config.eval_transform(), max_pixels),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=default_num_workers() if num_workers is None else num_workers,
+            collate_fn=_collate,
+            pin_memory=dev.type == "cuda",
+        )
+        pending_keys: list[str] = []
+        pending: dict[str, list[torch.Tensor]] = {t: [] for t in all_taps}
+
+        def flush() -> None:
+            if cache is not None and pending_keys:
+                cache.put(pending_keys, {t: torch.cat(v) for t, v in pending.items()})
+            pending_keys.clear()
+            for v in pending.values():
+                v.clear()
+
+        try:
+            with torch.inference_mode():
+                for pos, batch, bad in loader:
+                    for p, reason in bad:
+                        failed.append(SkippedFile(path=paths[p], reason=reason))
+                    if batch is not None:
+                        tf = time.perf_counter()
+                        batch = batch.to(dev, non_blocking=True)
+                        if dev.type == "cuda":
+                            batch = batch.contiguous(memory_format=torch.channels_last)
+                            with torch.autocast("cuda", dtype=torch.bfloat16):
+                                out = model.forward_taps(batch, all_taps)
+                        else:
+                            out = model.forward_taps(batch, all_taps)
+                        out = {t: v.float().cpu() for t, v in out.items()}
+                        forward_seconds += time.perf_counter() - tf
+                        for row, p in enumerate(pos):
+                            results[p] = {t: out[t][row] for t in tap_names}
+                            if keys[p] is not None:
+                                pending_keys.append(keys[p])
+                                for t in all_taps:
+                                    pending[t].append(out[t][row : row + 1])
+                        computed += len(pos)
+                        if len(pending_keys) >= flush_every:
+                            flush()
+                    done += len(pos) + len(bad)
+                    if progress:
+                        progress(done, len(paths))
+        finally:
+            # Ctrl-C or an error mid-run: what was computed so far is kept.
+            flush()
+
+    order = sorted(results)
+    feats = {t: (torch.stack([results[i][t] for i in order]) if order else torch.empty(0, known[t])) for t in tap_names}
+    seconds = time.perf_counter() - t0
+    summary = ExtractionSummary(
+        backbone=backbone.name,
+        weights_digest=backbone.weights_digest,
+        transform_digest=backbone.transform_config.digest(),
+        taps=tap_names,
+        tap_channels={t: known[t] for t in tap_names},
+        images=len(paths),
+        from_cache=n_cached,
+        computed=computed,
+        failed=sorted(failed, key=lambda f: f.path),
+        device=str(dev),
+        seconds=round(seconds, 3),
+        images_per_s=round(computed / seconds, 2) if computed else None,
+        cache_dir=str(cache.dir) if cache is not None else None,
+    )
+    fs = FeatureSet(paths=[paths[i] for i in order], index=order, features=feats, summary=summary)
+    if samples and len(samples) == len(paths):
+        fs.labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
+        fs.splits = [samples[i].split for i in order]
+    fs.extra["forward_seconds"] = forward_seconds
+    return fs

@@ -1,0 +1,1 @@
+"""Executable transfer-learning strategies (linear-probe, layer-probe, partial/full fine-tune)."""

@@ -1,0 +1,99 @@
+"""The CLI renders what the core returns; errors are one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from advisor.cli import app, main
+from advisor.data import DatasetScan
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "ants-bees"
+runner = CliRunner()
+
+
+def run_main(args, capsys):
+    """Run the console entry point (with its error handling) and capture its output."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def corrupted_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "corrupt"
+    shutil.copytree(EXAMPLE, root)
+    ants = root / "train" / "ants"
+    good = sorted(ants.glob("*.jpg"))[0].read_bytes()
+    (ants / "empty.jpg").write_bytes(b"")
+    (ants / "half.jpg").write_bytes(good[: len(good) // 2])
+    (ants / "notes.jpg").write_text("this is text, not a JPEG")
+    (ants / ".DS_Store").write_bytes(b"\0\0")
+    return root
+
+
+def test_inspect_reports_broken_files_without_crashing(tmp_path, capsys):
+    code, out, err = run_main(["inspect", str(corrupted_copy(tmp_path))], capsys)
+    assert code == 0, err
+    assert "skipped 3 unusable file(s)" in out
+    for name in ("empty.jpg", "half.jpg", "notes.jpg"):
+        assert name in out
+    assert "Traceback" not in out + err
+
+
+def test_inspect_json_is_the_scan_model(tmp_path, capsys):
+    code, out, _ = run_main(["inspect", str(corrupted_copy(tmp_path)), "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["classes"] == ["ants", "bees"]
+    assert data["counts"] == {"train": {"ants": 20, "bees": 20}, "val": {"ants": 10, "bees": 10}}
+    assert len(data["skipped"]) == 3 and data["ignored_hidden"] == 1
+    DatasetScan.model_validate({**data, "samples": []})
+
+
+def test_bad_dataset_is_one_red_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "a.jpg").write_bytes((EXAMPLE / "train" / "ants").glob("*.jpg").__next__().read_bytes())
+    code, out, err = run_main(["inspect", str(tmp_path)], capsys)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert "class" in lines[0] and "Traceback" not in err
+
+
+def test_unknown_backbone_is_a_clear_error(capsys):
+    code, _, err = run_main(["features", str(EXAMPLE), "--backbone", "no-such-net"], capsys)
+    assert code == 2 and "no-such-net" in err and "Traceback" not in err
+
+
+def test_features_caches_then_reserves(tmp_path, capsys):
+    args = ["features", str(EXAMPLE), "--backbone", "test/tiny-cnn", "--cache-dir", str(tmp_path), "--workers", "0", "--json"]
+    code, out, _ = run_main(args, capsys)
+    first = json.loads(out)
+    assert code == 0 and first["computed"] == 60 and first["from_cache"] == 0
+    assert Path(first["cache_dir"]).is_dir() and str(tmp_path) in first["cache_dir"]
+    code, out, _ = run_main(args, capsys)
+    second = json.loads(out)
+    assert second["computed"] == 0 and second["from_cache"] == 60
+
+
+def test_backbones_lists_the_offline_default():
+    result = runner.invoke(app, ["backbones", "--json"])
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["efficientnet_lite0"]["weights_available"] is True
+
+
+def test_python_dash_m_advisor_works():
+    proc = subprocess.run([sys.executable, "-m", "advisor", "inspect", str(EXAMPLE), "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["layout"] == "split-folders"

@@ -1,0 +1,217 @@
+"""Feature extraction and its on-disk cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import advisor.features as F
+from advisor.backbones import create_backbone
+from advisor.data import scan_dataset
+from advisor.errors import AdvisorError
+from advisor.features import FeatureCache, extract_features
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny():
+    return create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+
+
+def _count_forwards(monkeypatch, backbone) -> list[int]:
+    calls: list[int] = []
+    original = backbone.forward_taps
+
+    def counting(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(backbone, "forward_taps", counting)
+    return calls
+
+
+def _extract(samples, bb, cache, **kw):
+    return extract_features(samples, bb, cache_dir=cache, num_workers=0, batch_size=4, **kw)
+
+
+def test_every_tap_in_one_pass_and_second_run_is_served_from_cache(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    calls = _count_forwards(monkeypatch, tiny)
+    first = _extract(scan.samples, tiny, tmp_path / "c")
+    assert sum(calls) == len(scan.samples)  # one forward per image, all taps at once
+    assert set(first.features) == {t.name for t in tiny.taps}
+    for t in tiny.taps:
+        assert first.features[t.name].shape == (len(scan.samples), t.channels)
+    assert first.summary.computed == len(scan.samples) and first.summary.from_cache == 0
+    assert first.labels.tolist() == [s.label for s in scan.samples]
+
+    calls.clear()
+    second = _extract(scan.samples, tiny, tmp_path / "c")
+    assert calls == []  # no forward pass at all
+    assert second.summary.from_cache == len(scan.samples) and second.summary.computed == 0
+    for t in first.features:
+        assert torch.equal(first.features[t], second.features[t])
+
+
+def test_cached_features_match_a_direct_forward(tiny_dataset, tiny, tmp_path):
+    scan = scan_dataset(tiny_dataset)
+    fs = _extract(scan.samples[:3], tiny, tmp_path / "c")
+    from advisor.data import load_image
+
+    tf = tiny.transform_config.eval_transform()
+    x = torch.stack([tf(load_image(s.path)) for s in scan.samples[:3]])
+    with torch.inference_mode():
+        direct = tiny.forward_taps(x)
+    for t, v in direct.items():
+        torch.testing.assert_close(fs.features[t], v.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_partial_cache_computes_only_the_new_images(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    _extract(scan.samples[:5], tiny, tmp_path / "c")
+    calls = _count_forwards(monkeypatch, tiny)
+    fs = _extract(scan.samples, tiny, tmp_path / "c")
+    assert sum(calls) == len(scan.samples) - 5
+    assert fs.summary.from_cache == 5
+
+
+def test_cache_namespace_depends_on_weights_and_transform(tiny_dataset, tmp_path):
+    a = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+    b = create_backbone("test/tiny-cnn", pretrained=False, seed=1)
+    ca, cb = FeatureCache.for_backbone(tmp_path, a), FeatureCache.for_backbone(tmp_path, b)
+    assert ca.dir != cb.dir
+    c = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+    c.transform_config = c.transform_config.with_input_size(48)
+    assert FeatureCache.for_backbone(tmp_path, c).dir != ca.dir
+    # same backbone, same weights -> same namespace
+    assert FeatureCache.for_backbone(tmp_path, create_backbone("test/tiny-cnn", pretrained=False, seed=0)).dir == ca.dir
+
+
+def test_same_content_under_another_path_hits_the_cache(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    _extract(scan.samples, tiny, tmp_path / "c")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for s in scan.samples:
+        (copy / Path(s.path).name).write_bytes(Path(s.path).read_bytes())
+    calls = _count_forwards(monkeypatch, tiny)
+    _extract(sorted(copy.iterdir()), tiny, tmp_path / "c")
+    assert calls == []
+
+
+def test_stat_keys_miss_after_the_file_changes(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    _extract(scan.samples, tiny, tmp_path / "c", key_mode="stat")
+    target = Path(scan.samples[0].path)
+    os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
+    calls = _count_forwards(monkeypatch, tiny)
+    _extract(scan.samples, tiny, tmp_path / "c", key_mode="stat")
+    assert sum(calls) == 1
+
+
+def test_an_interrupted_write_leaves_no_readable_entry(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    real_save = F.save_file
+
+    def dies_mid_write(tensors, path, metadata=None):
+        real_save(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:  # half-written file, then the process "dies"
+            f.truncate(os.path.getsize(path) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(F, "save_file", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        _extract(scan.samples, tiny, tmp_path / "c")
+    monkeypatch.setattr(F, "save_file", real_save)
+    cache = FeatureCache.for_backbone(tmp_path / "c", tiny)
+    assert list(cache.dir.glob("*.safetensors")) == []
+    assert cache.index() == {}
+    calls = _count_forwards(monkeypatch, tiny)
+    fs = _extract(scan.samples, tiny, tmp_path / "c")
+    assert sum(calls) == len(scan.samples)
+    assert fs.summary.computed == len(scan.samples)
+
+
+def test_kill_9_during_a_cache_write_leaves_no_entry(tiny_dataset, tmp_path):
+    """A real SIGKILL between writing the temp file and renaming it."""
+    cache = tmp_path / "c"
+    ready = tmp_path / "ready"
+    child = textwrap.dedent(f"""
+        import os, time
+        import advisor.features as F
+        from advisor.backbones import create_backbone
+        from advisor.data import scan_dataset
+        real_replace = os.replace
+        def stall(src, dst):
+            open({str(ready)!r}, "w").close()
+            time.sleep(600)
+        F.os.replace = stall
+        bb = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+        F.extract_features(scan_dataset({str(tiny_dataset)!r}).samples, bb, cache_dir={str(cache)!r}, num_workers=0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while not ready.exists():
+            assert proc.poll() is None, "child exited before reaching the cache write"
+            assert time.time() < deadline
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    bb = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+    fc = FeatureCache.for_backbone(cache, bb)
+    assert list(fc.dir.glob(".tmp-*.part")), "the temp file of the killed write should be there"
+    assert fc.index() == {}
+    fs = _extract(scan_dataset(tiny_dataset).samples, bb, cache)
+    assert fs.summary.computed == 12
+
+
+def test_a_corrupt_shard_is_dropped_and_recomputed(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    first = _extract(scan.samples, tiny, tmp_path / "c")
+    cache = FeatureCache.for_backbone(tmp_path / "c", tiny)
+    (shard,) = cache.dir.glob("*.safetensors")
+    shard.write_bytes(shard.read_bytes()[:100])
+    calls = _count_forwards(monkeypatch, tiny)
+    again = _extract(scan.samples, tiny, tmp_path / "c")
+    assert sum(calls) == len(scan.samples)
+    torch.testing.assert_close(again.features["pre_logits"], first.features["pre_logits"])
+
+
+def test_images_that_fail_to_decode_are_skipped_and_reported(tiny_dataset, tiny, tmp_path):
+    scan = scan_dataset(tiny_dataset)
+    bad = Path(scan.samples[2].path)
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 3])  # broken after the scan
+    fs = _extract(scan.samples, tiny, tmp_path / "c")
+    assert [f.path for f in fs.summary.failed] == [str(bad)]
+    assert len(fs.paths) == len(scan.samples) - 1 and str(bad) not in fs.paths
+    assert fs.features["pre_logits"].shape[0] == len(scan.samples) - 1
+
+
+def test_without_cache_and_with_worker_processes(tiny_dataset, tiny, tmp_path):
+    scan = scan_dataset(tiny_dataset)
+    fs = extract_features(scan.samples, tiny, use_cache=False, num_workers=2, batch_size=5)
+    assert fs.summary.cache_dir is None and fs.summary.computed == len(scan.samples)
+    assert fs.index == list(range(len(scan.samples)))
+
+
+def test_unknown_tap_is_a_clear_error(tiny_dataset, tiny, tmp_path):
+    with pytest.raises(AdvisorError, match="no tap"):
+        _extract(scan_dataset(tiny_dataset).samples, tiny, tmp_path / "c", taps=["nope"])
+
+
+def test_progress_reports_reach_the_total(tiny_dataset, tiny, tmp_path):
+    seen = []
+    _extract(scan_dataset(tiny_dataset).samples, tiny, tmp_path / "c", progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (12, 12)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
