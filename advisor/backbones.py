@@ -40,6 +40,7 @@ __all__ = [
     "PRE_LOGITS",
     "Backbone",
     "BackboneInfo",
+    "BNLayerInfo",
     "TapInfo",
     "TransformConfig",
     "backbone_info",
@@ -111,6 +112,17 @@ class TransformConfig(BaseModel):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
+class BNLayerInfo(BaseModel):
+    """A BatchNorm layer whose running statistics describe ImageNet at that depth."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    channels: int
+    stage: str  # 'stem', a stage tap name, or 'head'
+    depth: int  # 0 = stem, 1.. = stage index, then head
+
+
 class BackboneInfo(BaseModel):
     """What is known about a backbone without building it for real."""
 
@@ -164,12 +176,45 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def bn_layers(self) -> list[BNLayerInfo]:
+        """The BatchNorm2d layers in module order, each assigned to the stage tap it feeds.
+
+        A layer belongs to the first stage tap whose module ends at or after it; layers before
+        the first stage form the 'stem', layers after the last one the 'head'. Their running
+        statistics are ImageNet's own, which the profiler compares the new data against.
+        """
+        if getattr(self, "_bn_layers", None) is None:
+            names = [n for n, _ in self.model.named_modules()]
+            position = {n: i for i, n in enumerate(names)}
+            stage_taps = [t for t in self.taps if t.name != PRE_LOGITS and t.module in position]
+            first_start = min((position[t.module] for t in stage_taps), default=len(names))
+            ends = []
+            for t in stage_taps:
+                prefix = t.module + "."
+                last = max([position[t.module]] + [position[n] for n in names if n.startswith(prefix)])
+                ends.append((last, t.name))
+            layers = []
+            for name, module in self.model.named_modules():
+                if not isinstance(module, nn.BatchNorm2d) or not module.track_running_stats:
+                    continue
+                pos = position[name]
+                if pos < first_start:
+                    stage, depth = "stem", 0
+                else:
+                    hit = [(i, tap) for i, (end, tap) in enumerate(ends) if end >= pos]
+                    stage, depth = (hit[0][1], hit[0][0] + 1) if hit else ("head", len(ends) + 1)
+                layers.append(BNLayerInfo(name=name, channels=module.num_features, stage=stage, depth=depth))
+            self._bn_layers = layers
+        return self._bn_layers
+
     def forward_taps(
-        self, x: torch.Tensor, taps: Sequence[str] | None = None
+        self, x: torch.Tensor, taps: Sequence[str] | None = None, *, bn_moments: bool = False
     ) -> dict[str, torch.Tensor]:
         """Run the model once and return each requested tap globally average pooled to ``[B, C]``.
 
-        ``taps=None`` means all taps. Gradient mode is the caller's choice.
+        ``taps=None`` means all taps. With ``bn_moments`` the same pass also returns, for every
+        BatchNorm layer, the per-image channel mean and variance of its input over the spatial
+        grid (``bn:<layer>:mean`` / ``bn:<layer>:var``). Gradient mode is the caller's choice.
         """
         names = [t.name for t in self.taps] if taps is None else list(dict.fromkeys(taps))
         unknown = [n for n in names if n not in self._taps_by_name]
@@ -189,6 +234,15 @@ class Backbone(nn.Module):
             )
 
         handles = []
+        if bn_moments:
+            for layer in self.bn_layers():
+
+                def moments(_m, args, layer=layer) -> None:
+                    a = args[0].float()
+                    captured[f"bn:{layer.name}:mean"] = a.mean((2, 3))
+                    captured[f"bn:{layer.name}:var"] = a.var((2, 3), unbiased=False)
+
+                handles.append(self.model.get_submodule(layer.name).register_forward_pre_hook(moments))
         try:
             for name in names:
                 tap = self._taps_by_name[name]
@@ -212,7 +266,10 @@ class Backbone(nn.Module):
         missing = [n for n in names if n not in captured]
         if missing:
             raise BackboneError(f"{self.name}: tap {missing[0]!r} was not reached by the forward pass")
-        return {n: captured[n] for n in names}
+        result = {n: captured[n] for n in names}
+        if bn_moments:
+            result.update({k: v for k, v in captured.items() if k.startswith("bn:")})
+        return result
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

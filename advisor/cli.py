@@ -179,6 +179,176 @@ def features_cmd(
     out.print(f"cached in {s.cache_dir}", soft_wrap=True)
 
 
+SampleOpt = typer.Option(300, "--sample-size", help="Images read for the similarity estimate (stratified by class).")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the sample, the bootstrap and the split.")
+
+
+@contextmanager
+def stage_bars():
+    """Progress bars for the profiler's stages; yields its ``(stage, done, total)`` callback."""
+    with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _iv(iv, fmt: str = ".3f") -> str:
+    return f"{iv.value:{fmt}} [{iv.low:{fmt}}, {iv.high:{fmt}}]"
+
+
+def render_profile(p) -> None:
+    splits = ", ".join(f"{k} {v}" for k, v in p.images_per_split.items())
+    out.print(f"[bold]{p.dataset}[/bold]: {p.images_total} images, {p.num_classes} classes ({splits}); split from {p.split_source}"
+              + (f" (seed {p.split_seed})" if p.split_seed is not None else ""), soft_wrap=True)
+    out.print(f"training images per class: min {p.train_per_class_min}, median {p.train_per_class_median:.0f}; "
+              f"imbalance (largest/smallest) {p.imbalance_ratio:.2f}")
+    sz = p.sizes
+    out.print(f"image size: median {sz.median_width:.0f}x{sz.median_height:.0f} (min {sz.min_width}x{sz.min_height}); "
+              f"{p.smaller_than_input} with shorter side below the backbone's {p.input_size} px input")
+    if p.greyscale_share is not None:
+        out.print(f"greyscale: {_iv(p.greyscale_share, '.0%')} of the sample ({p.greyscale_by_mode} files stored single-channel)")
+    out.print(f"duplicates: {len(p.exact_duplicates)} exact groups (all images), {len(p.near_duplicates)} near groups "
+              f"(cosine >= {p.near_duplicate_threshold} on the {p.near_duplicate_sample}-image sample); "
+              f"{p.cross_split_duplicates} cross the train/val split, {p.conflicting_label_duplicates} with conflicting labels")
+    for g in (p.exact_duplicates + p.near_duplicates)[:5]:
+        out.print(f"  [dim]{g.kind}: " + "  ".join(f"{path} ({s}/{lab})" for path, s, lab in zip(g.paths, g.splits, g.labels)) + "[/dim]", soft_wrap=True)
+    if p.skipped:
+        out.print(f"[yellow]skipped {len(p.skipped)} unusable file(s)[/yellow] (advisor inspect lists them)")
+    sim = p.similarity
+    if sim is None:
+        out.print("[yellow]similarity not measured (fewer than 4 usable images)[/yellow]")
+        return
+    t = Table(title=f"Similarity to ImageNet ({sim.backbone}, {sim.sample_size} images, {sim.bootstrap_rounds} bootstrap resamples)",
+              title_justify="left")
+    for c in ("signal", "measured [95% CI]", "ImageNet-like", "similarity [95% CI]", "in score"):
+        t.add_column(c)
+    for s in sim.signals:
+        if not s.available:
+            t.add_row(s.name, f"[dim]unavailable: {s.unavailable_reason}[/dim]", "", "", "no")
+            continue
+        t.add_row(s.name, _iv(s.raw), "" if s.null is None else f"{s.null:.3f}",
+                  _iv(s.similarity) if s.similarity else "", "yes" if s.in_score else "no")
+    t.add_row("[bold]combined[/bold]", "", "", f"[bold]{_iv(sim.score)}[/bold]", "")
+    out.print(t)
+    if sim.bn_by_depth:
+        d = Table(title="BatchNorm shift by depth (per-channel Fréchet distance / running variance)", title_justify="left")
+        for c in ("depth", "layers", "shift [95% CI]", "excess over ImageNet", "dead channels"):
+            d.add_column(c)
+        for row in sim.bn_by_depth:
+            d.add_row(row.stage, str(row.layers), _iv(row.shift), "" if row.excess is None else f"{row.excess:+.3f}",
+                      str(row.skipped_channels))
+        out.print(d)
+        out.print(f"shift pattern: [bold]{sim.shift_pattern}[/bold]: {sim.shift_pattern_reason}")
+    for s in sim.signals:
+        if s.available and s.method:
+            out.print(f"[dim]{s.name}: {s.method}[/dim]", soft_wrap=True)
+    out.print(f"[dim]combined: {sim.method}[/dim]", soft_wrap=True)
+
+
+def render_recommendation(rec) -> None:
+    render_profile(rec.profile)
+    th = rec.thresholds
+    sim = rec.profile.similarity
+    sim_txt = _iv(sim.score, ".2f") if sim else "not measured"
+    grid = Table(title="Placement in the transfer-learning table", title_justify="left", show_lines=True)
+    grid.add_column("")
+    grid.add_column(f"similar (score >= {th['similarity']:.2f})")
+    grid.add_column(f"different (score < {th['similarity']:.2f})")
+    cells = {("small", "similar"): "linear-probe (R1)", ("small", "different"): "layer-probe (R2)",
+             ("large", "similar"): "partial-finetune (R3)", ("large", "different"): "full-finetune (R4)"}
+    for size, label in (("small", "small"), ("large", f"large (>= {th['large_per_class']:.0f}/class and >= {th['large_total']:.0f})")):
+        row = [label]
+        for simc in ("similar", "different"):
+            text = cells[(size, simc)]
+            here = (size, simc) == (rec.size_class, rec.similarity_class)
+            row.append(f"[reverse bold] {text} [/reverse bold]" if here else f"[dim]{text}[/dim]")
+        grid.add_row(*row)
+    out.print(grid)
+    p = rec.profile
+    out.print(f"size: median {p.train_per_class_median:.0f} training images per class (threshold {th['large_per_class']:.0f}), "
+              f"{p.train_images} in total (threshold {th['large_total']:.0f}) -> [bold]{rec.size_class}[/bold]")
+    out.print(f"similarity: {sim_txt} (threshold {th['similarity']:.2f}) -> [bold]{rec.similarity_class}[/bold]")
+    out.print("[bold]Rules that fired[/bold]")
+    for h in rec.hits:
+        out.print(f"  [cyan]{h.id}[/cyan] ({h.kind}) {h.title}: {h.rationale}", soft_wrap=True)
+    out.print("[bold]Boundaries[/bold]")
+    for b in rec.boundaries:
+        out.print(f"  {b.axis}: {b.margin}; {b.flip}", soft_wrap=True)
+    for w in rec.warnings:
+        out.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+    for n in rec.evidence_notes:
+        out.print(f"[magenta]evidence:[/magenta] {n}", soft_wrap=True)
+    plan = rec.plan
+    out.print(f"[bold green]Recommended: {rec.strategy}[/bold green] (rules {', '.join(plan.rule_ids)})")
+    fields = {"taps": ", ".join(plan.taps) or None, "frozen stages": plan.frozen_stages, "trainable stages": plan.trainable_stages,
+              "lr head": plan.lr_head if plan.strategy.endswith("finetune") else None, "lr backbone": plan.lr_backbone,
+              "epochs": plan.epochs if plan.strategy.endswith("finetune") else None, "batch size": plan.batch_size,
+              "input size": plan.input_size, "class weighting": plan.class_weighting or None,
+              "balanced sampler": plan.balanced_sampler or None, "adapt BN": plan.adapt_bn or None}
+    out.print("plan: " + "; ".join(f"{k} {v}" for k, v in fields.items() if v is not None), soft_wrap=True)
+    for n in plan.notes:
+        out.print(f"  [dim]- {n}[/dim]", soft_wrap=True)
+    if rec.seconds is not None:
+        out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
+
+
+@app.command("profile")
+def profile_cmd(
+    dataset: Path = DatasetArg,
+    backbone: str = BackboneOpt,
+    weights: Optional[Path] = WeightsOpt,
+    sample_size: int = SampleOpt,
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Measure the dataset: size, balance, sizes, duplicates and leakage, similarity to ImageNet."""
+    from advisor.profiler import profile_dataset
+
+    with stage_bars() as cb:
+        prof, _, _ = profile_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
+                                     device=device, cache_dir=cache_dir, progress=cb)
+    if json_out:
+        _print_json(prof)
+        return
+    render_profile(prof)
+
+
+@app.command("recommend")
+def recommend_cmd(
+    dataset: Path = DatasetArg,
+    backbone: str = BackboneOpt,
+    weights: Optional[Path] = WeightsOpt,
+    sample_size: int = SampleOpt,
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write the executable plan (JSON) here."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
+    from advisor.advise import recommend_dataset, save_plan as write_plan
+
+    with stage_bars() as cb:
+        rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
+                                device=device, cache_dir=cache_dir, progress=cb)
+    if save_plan is not None:
+        write_plan(rec.plan, save_plan)
+    if json_out:
+        _print_json(rec)
+        return
+    render_recommendation(rec)
+    if save_plan is not None:
+        out.print(f"plan saved to {save_plan}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: core errors become one red line and exit code 2."""
     try:

@@ -86,7 +86,8 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike, *, backbone: str, weights_digest: str, transform_digest: str) -> None:
         self.root = Path(root)
         self.dir = self.root / "features" / _slug(backbone) / f"{weights_digest[:16]}-{transform_digest[:12]}"
-        self._index: dict[str, tuple[Path, int]] | None = None
+        self._index: dict[str, list[tuple[Path, int]]] | None = None
+        self._names: dict[Path, frozenset[str]] = {}
 
     @classmethod
     def for_backbone(cls, root: str | os.PathLike, backbone: Backbone) -> FeatureCache:
@@ -100,14 +101,15 @@ class FeatureCache:
     def _shards(self) -> list[Path]:
         return sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []
 
-    def index(self) -> dict[str, tuple[Path, int]]:
-        """key -> (shard, row), read from shard headers only (no tensor data)."""
+    def index(self) -> dict[str, list[tuple[Path, int]]]:
+        """key -> [(shard, row), ...] newest first, read from shard headers only (no tensor data)."""
         if self._index is None:
-            index: dict[str, tuple[Path, int]] = {}
-            for shard in self._shards():
+            index: dict[str, list[tuple[Path, int]]] = {}
+            for shard in reversed(self._shards()):  # names start with a timestamp: newest first
                 try:
                     with safe_open(str(shard), framework="pt") as f:
                         meta = f.metadata() or {}
+                        names = frozenset(k[len("tap."):] for k in f.keys())
                     if meta.get("format") != SHARD_FORMAT:
                         raise ValueError("unknown shard format")
                     keys = json.loads(meta["keys"])
@@ -115,19 +117,22 @@ class FeatureCache:
                     # A shard we cannot read is worth nothing: drop it and recompute its rows.
                     shard.unlink(missing_ok=True)
                     continue
+                self._names[shard] = names
                 for row, key in enumerate(keys):
-                    index[key] = (shard, row)
+                    index.setdefault(key, []).append((shard, row))
             self._index = index
         return self._index
 
     def get(self, keys: Sequence[str], taps: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """Cached rows for ``keys`` that have every tap in ``taps``: key -> tap -> [C] tensor."""
+        """Cached rows for ``keys`` from shards that hold every name in ``taps``: key -> tap -> tensor."""
         index = self.index()
+        wanted = set(taps)
         by_shard: dict[Path, list[tuple[str, int]]] = {}
         for key in keys:
-            if key in index:
-                shard, row = index[key]
-                by_shard.setdefault(shard, []).append((key, row))
+            for shard, row in index.get(key, ()):
+                if wanted <= self._names.get(shard, frozenset()):
+                    by_shard.setdefault(shard, []).append((key, row))
+                    break
         found: dict[str, dict[str, torch.Tensor]] = {}
         for shard, rows in by_shard.items():
             try:
@@ -135,8 +140,6 @@ class FeatureCache:
             except Exception:
                 shard.unlink(missing_ok=True)
                 self._index = None
-                continue
-            if not all(f"tap.{t}" in tensors for t in taps):
                 continue
             for key, row in rows:
                 found[key] = {t: tensors[f"tap.{t}"][row] for t in taps}
@@ -157,8 +160,9 @@ class FeatureCache:
             Path(tmp).unlink(missing_ok=True)
             raise
         if self._index is not None:
+            self._names[final] = frozenset(features)
             for row, key in enumerate(keys):
-                self._index[key] = (final, row)
+                self._index.setdefault(key, []).insert(0, (final, row))
         return final
 
     def clean_temporaries(self, *, older_than_s: float = 3600.0) -> int:
@@ -212,14 +216,20 @@ class FeatureSet:
         return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
 
 
+GREY = "meta:grey"  # 1.0 when the decoded image has R == G == B (within JPEG rounding)
+_GREY_TOL = 3 / 255
+
+
 class _ImageFiles(torch.utils.data.Dataset):
     """Decodes and transforms images; a bad file yields its reason instead of raising."""
 
-    def __init__(self, paths: Sequence[str], positions: Sequence[int], transform, max_pixels: int) -> None:
+    def __init__(self, paths: Sequence[str], positions: Sequence[int], transform, max_pixels: int, mean, std) -> None:
         self.paths = paths
         self.positions = positions
         self.transform = transform
         self.max_pixels = max_pixels
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -228,19 +238,22 @@ class _ImageFiles(torch.utils.data.Dataset):
         pos = self.positions[i]
         try:
             img = load_image(self.paths[pos], max_pixels=self.max_pixels)
-            return pos, self.transform(img), None
+            x = self.transform(img)
+            raw = x * self.std + self.mean  # greyness is a property of pixels, not of normalised values
+            grey = float((raw[0] - raw[1]).abs().max() < _GREY_TOL and (raw[1] - raw[2]).abs().max() < _GREY_TOL)
+            return pos, x, grey, None
         except ImageLoadError as err:
-            return pos, None, err.reason
+            return pos, None, None, err.reason
         except Exception as err:  # a transform failing on one odd image must not end the run
-            return pos, None, f"{type(err).__name__}: {err}"
+            return pos, None, None, f"{type(err).__name__}: {err}"
 
 
 def _collate(items):
-    good = [(p, t) for p, t, _ in items if t is not None]
-    bad = [(p, r) for p, _, r in items if r is not None]
+    good = [(p, t, g) for p, t, g, _ in items if t is not None]
+    bad = [(p, r) for p, _, _, r in items if r is not None]
     if good:
-        return [p for p, _ in good], torch.stack([t for _, t in good]), bad
-    return [], None, bad
+        return [p for p, _, _ in good], torch.stack([t for _, t, _ in good]), torch.tensor([[g] for _, _, g in good]), bad
+    return [], None, None, bad
 
 
 def default_num_workers() -> int:
@@ -248,11 +261,17 @@ def default_num_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def bn_names(backbone: Backbone) -> list[str]:
+    """Names under which BatchNorm input moments are stored (see ``Backbone.forward_taps``)."""
+    return [f"bn:{layer.name}:{m}" for layer in backbone.bn_layers() for m in ("mean", "var")]
+
+
 def extract_features(
     items: Sequence[Sample] | Sequence[str | os.PathLike],
     backbone: Backbone,
     *,
     taps: Sequence[str] | None = None,
+    bn_moments: bool = False,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     key_mode: KeyMode = "content",
@@ -268,6 +287,8 @@ def extract_features(
     Cached images cost a file hash and a read; the rest go through the backbone in batches
     and are written to the cache every ``flush_every`` images, so an interrupted run keeps
     what it computed. Images that fail to decode are reported in ``summary.failed``.
+    ``features`` also holds ``meta:grey`` ([N, 1], 1 = greyscale image) and, with
+    ``bn_moments``, the per-image BatchNorm input moments named by :func:`bn_names`.
     """
     t0 = time.perf_counter()
     samples = [it for it in items if isinstance(it, Sample)]
@@ -277,7 +298,12 @@ def extract_features(
     unknown = [t for t in tap_names if t not in known]
     if unknown:
         raise AdvisorError(f"backbone {backbone.name} has no tap(s) {unknown}", hint=f"choose from {list(known)}")
-    all_taps = list(known)  # always store every tap so later requests for other taps hit the cache
+    if bn_moments and not backbone.bn_layers():
+        raise AdvisorError(f"backbone {backbone.name} has no BatchNorm layers to compare statistics with")
+    extra = [GREY] + (bn_names(backbone) if bn_moments else [])
+    wanted = tap_names + extra
+    # Always store every tap, so a later request for another tap hits the cache too.
+    stored = list(known) + extra
     dev = resolve_device(device)
 
     cache = None
@@ -294,7 +320,7 @@ def extract_features(
             except OSError as err:
                 failed.append(SkippedFile(path=p, reason=f"unreadable ({err.strerror or err})"))
                 failed_pos.add(i)
-        cached = cache.get([k for k in keys if k is not None], tap_names)
+        cached = cache.get([k for k in keys if k is not None], wanted)
 
     results: dict[int, dict[str, torch.Tensor]] = {}
     todo = []
@@ -316,8 +342,9 @@ def extract_features(
         model = backbone.to(dev).eval()
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+        tc = backbone.transform_config
         loader = torch.utils.data.DataLoader(
-            _ImageFiles(paths, todo, backbone.transform_config.eval_transform(), max_pixels),
+            _ImageFiles(paths, todo, tc.eval_transform(), max_pixels, tc.mean, tc.std),
             batch_size=batch_size,
             shuffle=False,
             num_workers=default_num_workers() if num_workers is None else num_workers,
@@ -325,7 +352,7 @@ def extract_features(
             pin_memory=dev.type == "cuda",
         )
         pending_keys: list[str] = []
-        pending: dict[str, list[torch.Tensor]] = {t: [] for t in all_taps}
+        pending: dict[str, list[torch.Tensor]] = {t: [] for t in stored}
 
         def flush() -> None:
             if cache is not None and pending_keys:
@@ -336,7 +363,7 @@ def extract_features(
 
         try:
             with torch.inference_mode():
-                for pos, batch, bad in loader:
+                for pos, batch, grey, bad in loader:
                     for p, reason in bad:
                         failed.append(SkippedFile(path=paths[p], reason=reason))
                     if batch is not None:
@@ -345,16 +372,17 @@ def extract_features(
                         if dev.type == "cuda":
                             batch = batch.contiguous(memory_format=torch.channels_last)
                             with torch.autocast("cuda", dtype=torch.bfloat16):
-                                out = model.forward_taps(batch, all_taps)
+                                out = model.forward_taps(batch, list(known), bn_moments=bn_moments)
                         else:
-                            out = model.forward_taps(batch, all_taps)
+                            out = model.forward_taps(batch, list(known), bn_moments=bn_moments)
                         out = {t: v.float().cpu() for t, v in out.items()}
+                        out[GREY] = grey
                         forward_seconds += time.perf_counter() - tf
                         for row, p in enumerate(pos):
-                            results[p] = {t: out[t][row] for t in tap_names}
+                            results[p] = {t: out[t][row] for t in wanted}
                             if keys[p] is not None:
                                 pending_keys.append(keys[p])
-                                for t in all_taps:
+                                for t in stored:
                                     pending[t].append(out[t][row : row + 1])
                         computed += len(pos)
                         if len(pending_keys) >= flush_every:
@@ -367,7 +395,13 @@ def extract_features(
             flush()
 
     order = sorted(results)
-    feats = {t: (torch.stack([results[i][t] for i in order]) if order else torch.empty(0, known[t])) for t in tap_names}
+    widths = {**known, GREY: 1}
+    feats = {}
+    for t in wanted:
+        if order:
+            feats[t] = torch.stack([results[i][t] for i in order])
+        else:
+            feats[t] = torch.empty(0, widths.get(t, 0))
     seconds = time.perf_counter() - t0
     summary = ExtractionSummary(
         backbone=backbone.name,

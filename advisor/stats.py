@@ -37,7 +37,19 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
 
 
 def frechet_distance_features(x: torch.Tensor, y: torch.Tensor) -> float:
-    return frechet_distance(*mean_cov(x), *mean_cov(y))
+    """Fréchet distance between the sample Gaussians of the rows of ``x`` and ``y``.
+
+    With A = Xc^T / sqrt(n-1) and B = Yc^T / sqrt(m-1), C1 C2 = A A^T B B^T has the same non-zero
+    eigenvalues as (A^T B)(A^T B)^T, so tr sqrt(C1^1/2 C2 C1^1/2) is the nuclear norm of the
+    n x m matrix A^T B: exact, and much cheaper than d x d eigendecompositions when n, m < d.
+    """
+    x, y = x.double(), y.double()
+    n, m = x.shape[0], y.shape[0]
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    cross = torch.linalg.svdvals(xc @ yc.T).sum() / ((n - 1) * (m - 1)) ** 0.5
+    tr = xc.pow(2).sum() / (n - 1) + yc.pow(2).sum() / (m - 1)
+    return float((mx - my).pow(2).sum() + tr - 2 * cross)
 
 
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor, *, degree: int = 3, coef0: float = 1.0) -> torch.Tensor:

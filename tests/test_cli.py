@@ -97,3 +97,52 @@ def test_python_dash_m_advisor_works():
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["layout"] == "split-folders"
+
+
+@pytest.fixture(scope="module")
+def example_cache(tmp_path_factory):
+    """One feature cache for the recommend tests: the first run extracts, the rest reuse it."""
+    return tmp_path_factory.mktemp("recommend-cache")
+
+
+def test_recommend_json_validates_and_saves_a_plan(example_cache, tmp_path, capsys):
+    from advisor.models import Recommendation, RunPlan
+
+    plan_path = tmp_path / "plan.json"
+    code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache), "--json",
+                               "--save-plan", str(plan_path)], capsys)
+    assert code == 0, err
+    rec = Recommendation.model_validate_json(out)
+    assert rec.profile.images_total == 60 and rec.profile.train_per_class == {"ants": 20, "bees": 20}
+    assert rec.size_class == "small"
+    # real ants and bees photos: ImageNet-like on the default backbone with its shipped reference
+    assert rec.similarity_class == "similar" and rec.strategy == "linear-probe" and rec.quadrant_rule == "R1"
+    sim = rec.profile.similarity
+    assert sim.sample_size == 60 and sim.score.low <= sim.score.value <= sim.score.high
+    signals = {s.name: s for s in sim.signals}
+    assert signals["kid"].available and signals["bn_shift"].available and signals["frechet"].null > 0
+    assert [d.stage for d in sim.bn_by_depth][0] == "stem"
+    plan = RunPlan.model_validate_json(plan_path.read_text())
+    assert plan == rec.plan and plan.taps == ["pre_logits"]
+
+
+def test_recommend_report_explains_the_placement(example_cache, capsys):
+    code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache)], capsys)
+    assert code == 0, err
+    for text in ("Similarity to ImageNet", "BatchNorm shift by depth", "Placement in the transfer-learning table",
+                 "R1", "Recommended: linear-probe", "threshold", "this becomes partial-finetune", "kid", "bn_shift"):
+        assert text in out, text
+
+
+def test_profile_json(example_cache, capsys):
+    from advisor.models import DatasetProfile
+
+    code, out, _ = run_main(["profile", str(EXAMPLE), "--cache-dir", str(example_cache), "--json", "--sample-size", "20"], capsys)
+    assert code == 0
+    prof = DatasetProfile.model_validate_json(out)
+    assert prof.similarity.sample_size == 20 and prof.num_classes == 2
+
+
+def test_recommend_rejects_a_tiny_sample(capsys):
+    code, _, err = run_main(["recommend", str(EXAMPLE), "--sample-size", "2"], capsys)
+    assert code == 2 and "sample-size" in err

@@ -48,7 +48,7 @@ def test_every_tap_in_one_pass_and_second_run_is_served_from_cache(tiny_dataset,
     calls = _count_forwards(monkeypatch, tiny)
     first = _extract(scan.samples, tiny, tmp_path / "c")
     assert sum(calls) == len(scan.samples)  # one forward per image, all taps at once
-    assert set(first.features) == {t.name for t in tiny.taps}
+    assert set(first.features) == {t.name for t in tiny.taps} | {F.GREY}
     for t in tiny.taps:
         assert first.features[t.name].shape == (len(scan.samples), t.channels)
     assert first.summary.computed == len(scan.samples) and first.summary.from_cache == 0
@@ -215,3 +215,45 @@ def test_progress_reports_reach_the_total(tiny_dataset, tiny, tmp_path):
     _extract(scan_dataset(tiny_dataset).samples, tiny, tmp_path / "c", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (12, 12)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_bn_moments_come_from_the_same_pass_and_are_cached(tiny_dataset, tiny, tmp_path, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    plain = _extract(scan.samples, tiny, tmp_path / "c")
+    assert not any(k.startswith("bn:") for k in plain.features)
+    calls = _count_forwards(monkeypatch, tiny)
+    fs = _extract(scan.samples, tiny, tmp_path / "c", bn_moments=True)
+    assert sum(calls) == len(scan.samples)  # cached rows lack the moments: one more pass
+    names = F.bn_names(tiny)
+    assert names and all(n in fs.features for n in names)
+    layer = tiny.bn_layers()[0]
+    assert fs.features[f"bn:{layer.name}:mean"].shape == (len(scan.samples), layer.channels)
+    # the moments equal a hand-computed mean/var of the BN input
+    from advisor.data import load_image
+
+    x = tiny.transform_config.eval_transform()(load_image(scan.samples[0].path)).unsqueeze(0)
+    seen = {}
+    h = tiny.model.get_submodule(layer.name).register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    with torch.inference_mode():
+        tiny.model(x)
+    h.remove()
+    torch.testing.assert_close(fs.features[f"bn:{layer.name}:mean"][0], seen["x"][0].mean((1, 2)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fs.features[f"bn:{layer.name}:var"][0], seen["x"][0].var((1, 2), unbiased=False), rtol=1e-4, atol=1e-5)
+    calls.clear()
+    _extract(scan.samples, tiny, tmp_path / "c", bn_moments=True)
+    _extract(scan.samples, tiny, tmp_path / "c")
+    assert calls == []
+
+
+def test_greyscale_images_are_flagged(tmp_path, tiny):
+    from PIL import Image
+
+    root = tmp_path / "g"
+    for cls, mode in (("grey", "L"), ("colour", "RGB")):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new(mode, (40, 40), 120 if mode == "L" else (200, 30, 60)).save(root / cls / f"{i}.jpg")
+    scan = scan_dataset(root)
+    fs = _extract(scan.samples, tiny, tmp_path / "c")
+    grey = {Path(p).parent.name: bool(v) for p, v in zip(fs.paths, fs.features[F.GREY][:, 0].tolist())}
+    assert grey == {"grey": True, "colour": False}

@@ -1,0 +1,111 @@
+"""Profile -> rules -> plan: what ``advisor recommend`` computes (the CLI only renders it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from advisor.errors import AdvisorError
+from advisor.models import Recommendation, RunPlan
+from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
+from advisor.rules import Thresholds, recommend
+
+
+def evidence_notes(rec: Recommendation) -> list[str]:
+    """Where the measured evidence and the rule's reading of it disagree, in words."""
+    notes: list[str] = []
+    sim = rec.profile.similarity
+    if sim is None:
+        return notes
+    signals = {s.name: s for s in sim.signals if s.available and s.similarity is not None}
+    threshold = rec.thresholds.get("similarity", 0.5)
+    sides = {name: ("similar" if s.similarity.value >= threshold else "different") for name, s in signals.items()}
+    if len(set(sides.values())) > 1:
+        notes.append(
+            "the similarity signals disagree: " + ", ".join(f"{n} says {v} ({signals[n].similarity.value:.2f})" for n, v in sides.items())
+            + f"; the plan follows their mean, {sim.score.value:.2f} ({rec.similarity_class})."
+        )
+    if rec.similarity_class == "similar" and sim.shift_pattern == "input-level":
+        notes.append(
+            "features place the dataset near ImageNet, but BatchNorm statistics shift most in the early layers "
+            f"({sim.shift_pattern_reason}); the plan keeps the {rec.strategy} the table gives and adds the input-level advice."
+        )
+    if rec.similarity_class == "different" and sim.shift_pattern == "input-level" and rec.strategy in ("layer-probe", "full-finetune"):
+        notes.append(
+            "the difference is mostly at the input level (early layers); the deep, semantic layers shift less, so "
+            "the top layers may still transfer: compare against a linear probe before trusting the table "
+            "(`advisor compare` measures it)."
+        )
+    conf = next((s for s in sim.signals if s.name == "imagenet_confidence" and s.raw is not None), None)
+    if conf is not None and conf.null:
+        ratio = conf.raw.value / conf.null
+        if rec.similarity_class == "similar" and ratio < 0.5:
+            notes.append(f"the ImageNet head is unsure on these images (mean top-1 probability {conf.raw.value:.2f} vs "
+                         f"{conf.null:.2f} on ImageNet) although the feature statistics are close.")
+        if rec.similarity_class == "different" and ratio > 0.9:
+            notes.append(f"the ImageNet head is as confident here as on ImageNet ({conf.raw.value:.2f} vs {conf.null:.2f}), "
+                         "although the feature statistics differ.")
+    return notes
+
+
+def recommend_dataset(
+    dataset: str | os.PathLike,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | os.PathLike | None = None,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+    rounds: int = 200,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.2,
+    num_workers: int | None = None,
+    thresholds: Thresholds | None = None,
+    progress: StageProgress | None = None,
+) -> Recommendation:
+    """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan."""
+    if sample_size < 4:
+        raise AdvisorError(f"--sample-size must be at least 4, got {sample_size}")
+    t0 = time.perf_counter()
+    profile, bb, scan = profile_dataset(
+        dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed, rounds=rounds,
+        device=device, cache_dir=cache_dir, val_fraction=val_fraction, num_workers=num_workers, progress=progress,
+    )
+    rec = recommend(profile, taps=bb.taps, thresholds=thresholds, seed=seed,
+                    val_fraction=scan.val_fraction if scan.split_source == "stratified" else None)
+    rec.evidence_notes = evidence_notes(rec)
+    rec.seconds = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+def write_json_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_plan(plan: RunPlan, path: str | os.PathLike) -> Path:
+    return write_json_atomic(path, plan.model_dump_json(indent=2))
+
+
+def load_plan(path: str | os.PathLike) -> RunPlan:
+    """Read a plan saved by ``recommend --save-plan``; a bad file is a one-line error."""
+    try:
+        return RunPlan.model_validate_json(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise AdvisorError(f"plan file not found: {path}", hint="create one with advisor recommend DATASET --save-plan FILE") from err
+    except (ValueError, json.JSONDecodeError) as err:
+        first = str(err).splitlines()
+        raise AdvisorError(f"{path} is not a valid plan: {' '.join(first[:3])}") from err

@@ -1,0 +1,181 @@
+"""Pydantic models at the boundaries: the measured profile, the similarity evidence, the plan.
+
+They are what ``advisor profile`` / ``advisor recommend --json`` print and what
+``--save-plan`` writes, so field names are part of the interface.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from advisor.data import SizeSummary, SkippedFile
+
+StrategyName = Literal["linear-probe", "layer-probe", "partial-finetune", "full-finetune"]
+STRATEGIES: tuple[str, ...] = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
+
+
+class Interval(BaseModel):
+    """A point estimate with a bootstrap percentile interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+
+class SignalEstimate(BaseModel):
+    """One similarity signal: its raw value, its [0, 1] similarity and how it was computed."""
+
+    name: str  # 'kid', 'frechet', 'bn_shift', 'imagenet_confidence'
+    available: bool = True
+    unavailable_reason: str | None = None
+    raw: Interval | None = None  # in the signal's own units
+    null: float | None = None  # what ImageNet-like data scores at the same sample size
+    similarity: Interval | None = None  # mapped to [0, 1]; 1 = ImageNet itself
+    scale: float | None = None  # the raw value at which similarity is 0.5 (calibrated)
+    in_score: bool = True  # whether it enters the combined score
+    method: str = ""
+
+
+class DepthShift(BaseModel):
+    """BatchNorm-statistics shift of one depth group (a stage of the backbone)."""
+
+    stage: str
+    depth: int  # 0 = stem, increasing with depth
+    layers: int
+    channels: int
+    skipped_channels: int  # running variance ~0: no information, left out
+    shift: Interval  # mean per-channel KL(dataset || ImageNet running stats)
+    excess: float | None = None  # shift minus what the ImageNet sample itself shows
+
+
+class SimilarityReport(BaseModel):
+    """How similar the dataset is to ImageNet, from several independent signals."""
+
+    backbone: str
+    sample_size: int
+    bootstrap_rounds: int
+    seed: int
+    signals: list[SignalEstimate]
+    bn_by_depth: list[DepthShift] = Field(default_factory=list)
+    shift_pattern: Literal["input-level", "semantic", "mixed", "small", "unknown"] = "unknown"
+    shift_pattern_reason: str = ""
+    score: Interval  # combined similarity in [0, 1]
+    method: str  # how the signals were combined
+    reference: str | None = None  # provenance of the ImageNet reference statistics
+
+
+class DuplicateGroup(BaseModel):
+    """Files that are the same image (exact: same bytes; near: feature cosine >= threshold)."""
+
+    kind: Literal["exact", "near"]
+    paths: list[str]
+    splits: list[str]
+    labels: list[str]
+    similarity: float | None = None
+
+    @property
+    def crosses_splits(self) -> bool:
+        return len(set(self.splits)) > 1
+
+    @property
+    def conflicting_labels(self) -> bool:
+        return len(set(self.labels)) > 1
+
+
+class DatasetProfile(BaseModel):
+    """Everything measured about a dataset that the rules may look at."""
+
+    dataset: str
+    layout: str
+    backbone: str
+    input_size: int
+    classes: list[str]
+    num_classes: int
+    images_total: int
+    images_per_split: dict[str, int]
+    train_per_class: dict[str, int]
+    train_images: int
+    train_per_class_min: int
+    train_per_class_median: float
+    imbalance_ratio: float  # largest / smallest class in the training split
+    sizes: SizeSummary
+    smaller_than_input: int  # images whose shorter side is below the backbone's input size
+    greyscale_share: Interval | None = None  # estimated on the profiling sample (R == G == B)
+    greyscale_by_mode: int = 0  # files stored in a single-channel mode (L, 1, I;16, ...)
+    exact_duplicates: list[DuplicateGroup] = Field(default_factory=list)
+    near_duplicates: list[DuplicateGroup] = Field(default_factory=list)
+    near_duplicate_threshold: float | None = None
+    near_duplicate_sample: int = 0  # how many images the near-duplicate search covered
+    cross_split_duplicates: int = 0  # duplicate groups (exact or near) spanning train and val/test
+    conflicting_label_duplicates: int = 0
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    ignored_files: int = 0
+    similarity: SimilarityReport | None = None
+    split_source: str
+    split_seed: int | None = None
+
+
+class RuleHit(BaseModel):
+    """A rule that fired, with its rationale filled in from the measured values."""
+
+    id: str
+    title: str
+    kind: Literal["quadrant", "override", "modifier", "warning"]
+    rationale: str
+
+
+class BoundaryNote(BaseModel):
+    """How close the placement is to a boundary of the table, and what would flip it."""
+
+    axis: Literal["size", "similarity"]
+    value: float
+    threshold: float
+    margin: str  # human sentence: "2.1x above", "interval straddles the threshold"
+    flip: str  # "with >= 200 training images per class this becomes partial-finetune"
+
+
+class RunPlan(BaseModel):
+    """Everything a strategy needs to run; saved by ``recommend --save-plan`` and run later."""
+
+    version: int = 1
+    dataset: str
+    backbone: str
+    strategy: StrategyName
+    rule_ids: list[str]
+    taps: list[str] = Field(default_factory=list)  # features the probe reads (layer/linear probe)
+    frozen_stages: int | None = None  # fine-tunes: how many stages stay frozen (from the input side)
+    trainable_stages: int | None = None
+    lr_head: float = 1e-2
+    lr_backbone: float | None = None
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    warmup_epochs: int = 1
+    batch_size: int = 32
+    input_size: int = 224
+    class_weighting: bool = False
+    balanced_sampler: bool = False
+    augment: bool = True
+    adapt_bn: bool = False  # re-estimate BatchNorm statistics on the new data (input-level shift)
+    seed: int = 0
+    val_fraction: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class Recommendation(BaseModel):
+    """What ``advisor recommend`` returns: the profile, the placement, the rules, the plan."""
+
+    profile: DatasetProfile
+    size_class: Literal["small", "large"]
+    similarity_class: Literal["similar", "different"]
+    quadrant_rule: str
+    strategy: StrategyName
+    hits: list[RuleHit]
+    boundaries: list[BoundaryNote]
+    warnings: list[str]
+    evidence_notes: list[str] = Field(default_factory=list)  # where measurement and rule disagree
+    thresholds: dict[str, float]
+    plan: RunPlan
+    seconds: float | None = None

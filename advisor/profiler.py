@@ -1,0 +1,216 @@
+"""Measure a dataset: size, balance, image properties, duplicates and leakage, similarity to ImageNet.
+
+The file-level facts (counts, sizes, exact duplicates) cover every image; everything that needs
+a forward pass (similarity, near-duplicates, greyscale share) reads a stratified sample of
+``sample_size`` images, so the cost of a profile does not grow with the dataset beyond the
+file scan. Features of the sample are cached, so a second profile does no forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from advisor.backbones import PRE_LOGITS, Backbone, create_backbone
+from advisor.data import DatasetScan, Sample, file_digest, scan_dataset
+from advisor.features import extract_features, resolve_device
+from advisor.models import DatasetProfile, DuplicateGroup
+from advisor.similarity import greyscale_share, load_reference, measure_similarity
+
+DEFAULT_SAMPLE_SIZE = 300
+NEAR_DUPLICATE_COSINE = 0.97
+_GREY_MODES = {"L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+# (stage, done, total) -> None: the CLI turns it into progress bars; the core never prints.
+StageProgress = Callable[[str, int, int], None]
+
+
+def stratified_sample(samples: list[Sample], size: int, *, seed: int = 0) -> list[Sample]:
+    """Up to ``size`` samples, drawn per class in proportion to its share (at least 2 each when possible)."""
+    if len(samples) <= size:
+        return list(samples)
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    rng = random.Random(seed)
+    total = len(samples)
+    quota = {c: max(min(2, len(v)), round(size * len(v) / total)) for c, v in by_class.items()}
+    # Trim the largest quotas until the sample fits: rounding up small classes can overshoot.
+    while sum(quota.values()) > size:
+        c = max(quota, key=lambda k: quota[k])
+        quota[c] -= 1
+    picked: list[Sample] = []
+    for c in sorted(by_class):
+        pool = sorted(by_class[c], key=lambda s: s.path)
+        rng.shuffle(pool)
+        picked.extend(pool[: quota[c]])
+    return sorted(picked, key=lambda s: s.path)
+
+
+def _group(pairs: list[tuple[int, int]], n: int) -> list[list[int]]:
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        groups[find(i)].append(i)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def exact_duplicates(scan: DatasetScan, *, digests: list[str] | None = None) -> list[DuplicateGroup]:
+    """Groups of files with identical bytes, over every usable image."""
+    if digests is None:
+        paths = [s.path for s in scan.samples]
+        chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
+        # Hashing releases the GIL; chunks keep the thread pool's per-task overhead negligible.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            digests = [d for chunk in pool.map(lambda c: [file_digest(p) for p in c], chunks) for d in chunk]
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(digests):
+        by_digest[d].append(i)
+    groups = []
+    for idx in by_digest.values():
+        if len(idx) > 1:
+            ss = [scan.samples[i] for i in idx]
+            groups.append(DuplicateGroup(kind="exact", paths=[s.path for s in ss], splits=[s.split for s in ss],
+                                         labels=[scan.classes[s.label] for s in ss], similarity=1.0))
+    return sorted(groups, key=lambda g: g.paths[0])
+
+
+def near_duplicates(features: torch.Tensor, samples: list[Sample], classes: list[str], *,
+                    threshold: float = NEAR_DUPLICATE_COSINE, exclude: set[frozenset[str]] | None = None) -> list[DuplicateGroup]:
+    """Groups whose centred pre-logits features have cosine similarity >= ``threshold``.
+
+    Centring removes the direction all images share (post-ReLU features are all positive), which
+    otherwise makes unrelated images look alike.
+    """
+    if features.shape[0] < 2:
+        return []
+    f = features.double()
+    f = torch.nn.functional.normalize(f - f.mean(0), dim=1)
+    sim = f @ f.T
+    iu = torch.triu_indices(len(samples), len(samples), 1)
+    vals = sim[iu[0], iu[1]]
+    hit = vals >= threshold
+    pairs = [(int(a), int(b)) for a, b in zip(iu[0][hit], iu[1][hit])]
+    groups = []
+    for g in _group(pairs, len(samples)):
+        paths = [samples[i].path for i in g]
+        if exclude and frozenset(paths) in exclude:
+            continue  # already reported as an exact duplicate
+        best = float(sim[g][:, g].fill_diagonal_(-1).max())
+        groups.append(DuplicateGroup(kind="near", paths=paths, splits=[samples[i].split for i in g],
+                                     labels=[classes[samples[i].label] for i in g], similarity=round(best, 4)))
+    return sorted(groups, key=lambda gr: gr.paths[0])
+
+
+def build_profile(
+    scan: DatasetScan,
+    backbone: Backbone,
+    *,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+    rounds: int = 200,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+    progress: StageProgress | None = None,
+) -> DatasetProfile:
+    """The measured profile of a scanned dataset, with ImageNet similarity on ``backbone``."""
+    dev = resolve_device(device)
+    train = scan.split("train")
+    per_class = {c: 0 for c in scan.classes}
+    for s in train:
+        per_class[scan.classes[s.label]] += 1
+    counts = list(per_class.values())
+    input_size = backbone.transform_config.input_size
+
+    exact = exact_duplicates(scan)
+    sample = stratified_sample(scan.samples, sample_size, seed=seed)
+    fs = extract_features(
+        sample, backbone, taps=[PRE_LOGITS], bn_moments=bool(backbone.bn_layers()), device=str(dev),
+        cache_dir=cache_dir, num_workers=num_workers,
+        progress=(lambda d, t: progress("features", d, t)) if progress else None,
+    )
+    used = [sample[i] for i in fs.index]
+    exact_sets = {frozenset(g.paths) for g in exact}
+    near = near_duplicates(fs.features[PRE_LOGITS], used, scan.classes, exclude=exact_sets)
+    if progress:
+        progress("similarity", 0, 1)
+    reference, missing = load_reference(backbone)
+    similarity = measure_similarity(fs, backbone, reference=reference, reference_missing=missing,
+                                    rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
+    if progress:
+        progress("similarity", 1, 1)
+    dups = exact + near
+    cross = sum(1 for g in dups if g.crosses_splits)
+    conflicting = sum(1 for g in dups if g.conflicting_labels)
+    # The scan counts shorter sides below fixed sizes; for another input size the nearest
+    # smaller one gives a lower bound.
+    below = [k for k in scan.sizes.smaller_than if k <= input_size]
+    shorter_below_input = scan.sizes.smaller_than[max(below)] if below else 0
+    return DatasetProfile(
+        dataset=scan.root,
+        layout=scan.layout,
+        backbone=backbone.name,
+        input_size=input_size,
+        classes=scan.classes,
+        num_classes=len(scan.classes),
+        images_total=scan.num_images,
+        images_per_split={k: sum(v.values()) for k, v in scan.counts.items()},
+        train_per_class=per_class,
+        train_images=len(train),
+        train_per_class_min=min(counts),
+        train_per_class_median=float(statistics.median(counts)),
+        imbalance_ratio=round(max(counts) / max(min(counts), 1), 3),
+        sizes=scan.sizes,
+        smaller_than_input=shorter_below_input,
+        greyscale_share=greyscale_share(fs, rounds=rounds, seed=seed),
+        greyscale_by_mode=sum(n for m, n in scan.modes.items() if m in _GREY_MODES),
+        exact_duplicates=exact,
+        near_duplicates=near,
+        near_duplicate_threshold=NEAR_DUPLICATE_COSINE,
+        near_duplicate_sample=len(used),
+        cross_split_duplicates=cross,
+        conflicting_label_duplicates=conflicting,
+        skipped=list(scan.skipped) + list(fs.summary.failed),
+        ignored_files=scan.ignored_hidden + scan.ignored_non_image + scan.ignored_unlabeled,
+        similarity=similarity,
+        split_source=scan.split_source,
+        split_seed=scan.split_seed,
+    )
+
+
+def profile_dataset(
+    dataset: str | os.PathLike,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | os.PathLike | None = None,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+    rounds: int = 200,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.2,
+    num_workers: int | None = None,
+    progress: StageProgress | None = None,
+) -> tuple[DatasetProfile, Backbone, DatasetScan]:
+    """Scan ``dataset``, build ``backbone`` and measure the profile."""
+    scan = scan_dataset(dataset, val_fraction=val_fraction, seed=seed)
+    bb = create_backbone(backbone, weights=weights)
+    profile = build_profile(scan, bb, sample_size=sample_size, seed=seed, rounds=rounds, device=device,
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+    return profile, bb, scan

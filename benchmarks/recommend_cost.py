@@ -1,0 +1,80 @@
+"""Cost of `advisor recommend`, cold and warm, on a dataset and on a copy 10x its size.
+
+    python benchmarks/recommend_cost.py [DATASET] [--repeat 10] [--sample-size 300]
+
+Runs the real command (`python -m advisor recommend DATASET --json`) in a fresh process with
+an empty feature cache (cold), then again (warm), on DATASET and on a dataset made by copying
+every image ``--repeat`` times (under new names). The profile reads a fixed-size stratified
+sample, so the larger dataset should cost more only by its file scan and file hashing.
+Targets on 2 CPU cores (flowers, 4317 images): cold <= 90 s, warm <= 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers"
+
+
+def timed_recommend(dataset: Path, cache: Path, sample_size: int) -> tuple[float, dict]:
+    env = {**os.environ, "ADVISOR_CACHE_DIR": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "advisor", "recommend", str(dataset), "--json", "--sample-size", str(sample_size)],
+                          capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"recommend failed on {dataset}: {proc.stderr.strip()}")
+    return dt, json.loads(proc.stdout)
+
+
+def repeated_copy(src: Path, dst: Path, times: int) -> int:
+    n = 0
+    for path in src.rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            rel = path.relative_to(src)
+            (dst / rel.parent).mkdir(parents=True, exist_ok=True)
+            for k in range(times):
+                shutil.copyfile(path, dst / rel.parent / f"r{k}_{path.name}")
+                n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--sample-size", type=int, default=300)
+    args = ap.parse_args()
+    src = Path(args.dataset)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        big = tmp / f"{src.name}-x{args.repeat}"
+        n_big = repeated_copy(src, big, args.repeat)
+        rows = []
+        for name, path in ((src.name, src), (big.name, big)):
+            cache = tmp / f"cache-{name}"
+            cold, rec = timed_recommend(path, cache, args.sample_size)
+            warm, rec2 = timed_recommend(path, cache, args.sample_size)
+            assert rec2["strategy"] == rec["strategy"]
+            p = rec["profile"]
+            rows.append((name, p["images_total"], cold, warm, rec["seconds"], rec2["seconds"], rec["strategy"], p["similarity"]["score"]))
+        print(f"{'dataset':22s} {'images':>7s} {'cold s':>7s} {'warm s':>7s} {'(in-process cold/warm)':>24s}  strategy, similarity")
+        for name, n, cold, warm, c_in, w_in, strat, score in rows:
+            print(f"{name:22s} {n:7d} {cold:7.1f} {warm:7.1f} {c_in:11.1f} / {w_in:6.1f}       {strat}, "
+                  f"{score['value']:.3f} [{score['low']:.3f}, {score['high']:.3f}]")
+        base = rows[0]
+        print(f"targets: cold <= 90 s: {'met' if base[2] <= 90 else 'MISSED'} ({base[2]:.1f} s); "
+              f"warm <= 5 s: {'met' if base[3] <= 5 else 'MISSED'} ({base[3]:.1f} s)")
+        print(f"10x dataset ({n_big} files): cold +{rows[1][2] - base[2]:.1f} s, warm +{rows[1][3] - base[3]:.1f} s over the original")
+
+
+if __name__ == "__main__":
+    main()
