@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from advisor.errors import AdvisorError
+from advisor.io import write_text_atomic
 from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 from advisor.rules import Thresholds, recommend
@@ -81,23 +81,8 @@ def recommend_dataset(
     return rec
 
 
-def write_json_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_plan(plan: RunPlan, path: str | os.PathLike) -> Path:
-    return write_json_atomic(path, plan.model_dump_json(indent=2))
+    return write_text_atomic(path, plan.model_dump_json(indent=2))
 
 
 def load_plan(path: str | os.PathLike) -> RunPlan:

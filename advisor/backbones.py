@@ -176,14 +176,13 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def bn_layers(self) -> list[BNLayerInfo]:
-        """The BatchNorm2d layers in module order, each assigned to the stage tap it feeds.
+    def stage_of(self, module_name: str) -> tuple[str, int]:
+        """(stage, depth) of a submodule: 'stem' (0), a stage tap name (1..S), or 'head' (S+1).
 
-        A layer belongs to the first stage tap whose module ends at or after it; layers before
-        the first stage form the 'stem', layers after the last one the 'head'. Their running
-        statistics are ImageNet's own, which the profiler compares the new data against.
+        A module belongs to the first stage tap whose module ends at or after it in module
+        order; what comes before the first stage is the stem, what comes after the last the head.
         """
-        if getattr(self, "_bn_layers", None) is None:
+        if getattr(self, "_stage_index", None) is None:
             names = [n for n, _ in self.model.named_modules()]
             position = {n: i for i, n in enumerate(names)}
             stage_taps = [t for t in self.taps if t.name != PRE_LOGITS and t.module in position]
@@ -191,19 +190,31 @@ class Backbone(nn.Module):
             ends = []
             for t in stage_taps:
                 prefix = t.module + "."
-                last = max([position[t.module]] + [position[n] for n in names if n.startswith(prefix)])
-                ends.append((last, t.name))
+                ends.append((max([position[t.module]] + [position[n] for n in names if n.startswith(prefix)]), t.name))
+            self._stage_index = (position, first_start, ends)
+        position, first_start, ends = self._stage_index
+        pos = position[module_name]
+        if pos < first_start:
+            return "stem", 0
+        for i, (end, tap) in enumerate(ends):
+            if end >= pos:
+                return tap, i + 1
+        return "head", len(ends) + 1
+
+    def num_stages(self) -> int:
+        return sum(1 for t in self.taps if t.name != PRE_LOGITS)
+
+    def bn_layers(self) -> list[BNLayerInfo]:
+        """The BatchNorm2d layers in module order, each assigned to its stage (see :meth:`stage_of`).
+
+        Their running statistics are ImageNet's own, which the profiler compares the new data against.
+        """
+        if getattr(self, "_bn_layers", None) is None:
             layers = []
             for name, module in self.model.named_modules():
-                if not isinstance(module, nn.BatchNorm2d) or not module.track_running_stats:
-                    continue
-                pos = position[name]
-                if pos < first_start:
-                    stage, depth = "stem", 0
-                else:
-                    hit = [(i, tap) for i, (end, tap) in enumerate(ends) if end >= pos]
-                    stage, depth = (hit[0][1], hit[0][0] + 1) if hit else ("head", len(ends) + 1)
-                layers.append(BNLayerInfo(name=name, channels=module.num_features, stage=stage, depth=depth))
+                if isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
+                    stage, depth = self.stage_of(name)
+                    layers.append(BNLayerInfo(name=name, channels=module.num_features, stage=stage, depth=depth))
             self._bn_layers = layers
         return self._bn_layers
 

@@ -349,6 +349,122 @@ def recommend_cmd(
         out.print(f"plan saved to {save_plan}")
 
 
+def render_result(outcome) -> None:
+    r = outcome.result
+    m = r["metrics"]
+    lo, hi = m["val_accuracy_ci"]
+    out.print(f"[bold green]{r['strategy']}[/bold green]: validation accuracy [bold]{m['val_accuracy']:.4f}[/bold] "
+              f"(95% CI {lo:.3f}-{hi:.3f}, {m['n_val']} images), loss {m['val_loss']:.4f}")
+    out.print(f"trained {r['trainable_params']:,} of {r['total_params']:,} parameters in {r['seconds']:.1f} s on {r['device']}")
+    sel = {k: v for k, v in r["selected"].items() if k != "cv_table"}
+    if sel:
+        out.print("chose: " + "; ".join(f"{k} {v}" for k, v in sel.items()), soft_wrap=True)
+    if r["sweep"]:
+        t = Table(title="Layer sweep (cross-validated on the training split)", title_justify="left")
+        for c in ("taps", "dim", "CV accuracy", "L2"):
+            t.add_column(c)
+        for row in r["sweep"]:
+            t.add_row(", ".join(row["taps"]), str(row["dim"]), f"{row['cv_accuracy']:.4f}", f"{row['l2']:g}")
+        out.print(t)
+    t = Table(title="Validation per class", title_justify="left")
+    for c in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(c)
+    for c in m["per_class"]:
+        t.add_row(c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
+    out.print(t)
+    out.print(f"artifacts in [bold]{outcome.run_dir}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
+              soft_wrap=True)
+    out.print(f"predict with: advisor predict {outcome.run_dir} IMAGE_OR_FOLDER", soft_wrap=True)
+
+
+@app.command("run")
+def run_cmd(
+    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or CSV manifest (not needed with --resume)."),
+    auto: bool = typer.Option(False, "--auto", help="Profile, recommend, print the rationale, then run the plan."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force a strategy: linear-probe, layer-probe, partial-finetune, full-finetune."),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run a plan saved by `advisor recommend --save-plan`."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its directory."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
+    backbone: str = BackboneOpt,
+    sample_size: int = SampleOpt,
+    seed: int = SeedOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the plan's epochs (fine-tunes)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Override the input resolution (e.g. 128 for quick CPU runs)."),
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: cores - 1]."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
+    from advisor import runner
+
+    modes = sum([auto, strategy is not None and plan_file is None, plan_file is not None, resume is not None])
+    if modes != 1:
+        raise AdvisorError("choose exactly one of --auto, --strategy NAME, --plan FILE or --resume RUN_DIR",
+                           hint="e.g. advisor run --auto DATASET")
+    if resume is None and plan_file is None and dataset is None:
+        raise AdvisorError("a DATASET is needed", hint="advisor run --auto DATASET")
+    if strategy is not None:
+        from strategies import strategy_names
+
+        if strategy not in strategy_names():
+            raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(strategy_names())}")
+    dev = None if device == "auto" else device
+    show = (lambda rec: render_recommendation(rec)) if (auto and not json_out) else None
+    try:
+        with stage_bars() as cb:
+            if resume is not None:
+                outcome = runner.resume_run(resume, device=dev, progress=cb)
+            elif plan_file is not None:
+                from advisor.advise import load_plan
+
+                plan = runner.apply_overrides(load_plan(plan_file), epochs=epochs, input_size=input_size, strategy=strategy)
+                outcome = runner.run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
+                                          num_workers=workers, progress=cb)
+            else:
+                outcome = runner.auto_run(dataset, strategy=strategy, backbone=backbone, sample_size=sample_size, seed=seed,
+                                          runs_dir=runs_dir, device=dev, cache_dir=cache_dir, num_workers=workers,
+                                          epochs=epochs, input_size=input_size, progress=cb, on_recommendation=show)
+    except runner.RunInterrupted as stop:
+        err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {stop.run_dir}",
+                          soft_wrap=True)
+        sys.exit(130)
+    if json_out:
+        _print_json(outcome)
+        return
+    render_result(outcome)
+
+
+@app.command("predict")
+def predict_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="Classes per image."),
+    device: str = DeviceOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Classify images with a trained run: top-k classes with probabilities."""
+    from advisor.predict import predict
+
+    rep = predict(run_dir, images, top_k=top_k, device=None if device == "auto" else device)
+    if json_out:
+        _print_json(rep)
+        return
+    t = Table(title=f"{rep.strategy} model from {rep.run_dir}", title_justify="left")
+    t.add_column("image")
+    for i in range(min(top_k, len(rep.classes))):
+        t.add_column(f"top {i + 1}")
+    for p in rep.predictions:
+        t.add_row(p.path, *[f"{c.label} {c.probability:.3f}" for c in p.top])
+    out.print(t)
+    if rep.skipped:
+        out.print(f"[yellow]skipped {len(rep.skipped)} file(s):[/yellow]")
+        for s in rep.skipped:
+            out.print(f"  [yellow]{s.path}[/yellow]: {s.reason}", soft_wrap=True)
+    if rep.ignored:
+        out.print(f"ignored {rep.ignored} non-image or hidden file(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: core errors become one red line and exit code 2."""
     try:

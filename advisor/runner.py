@@ -1,0 +1,243 @@
+"""Execute a plan: a run directory, the strategy's fit, artifacts, report; and resume.
+
+A run directory ``<runs>/<dataset>-<strategy>-<time>/`` holds::
+
+    plan.json        the plan that ran (with any overrides applied)
+    run.json         how to resume it: dataset path, device, cache, status
+    profile.json     the measured profile, when the plan came from `advisor recommend`/`--auto`
+    metrics.json     validation metrics, per-class precision/recall, confusion matrix, curves
+    result.json      the strategy's RunResult (parameters, time, what it selected)
+    model.safetensors + model.json   the trained classifier and its card (no pickle)
+    report.md        a readable summary
+    events.jsonl     the event log
+    checkpoints/     fine-tunes: the last checkpoint (resume restarts from it)
+
+Every file is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from advisor import __version__
+from advisor.advise import recommend_dataset
+from advisor.io import write_text_atomic
+from advisor.backbones import create_backbone
+from advisor.classifier import ModelCard, save_classifier
+from advisor.data import scan_dataset
+from advisor.errors import AdvisorError
+from advisor.features import resolve_device
+from advisor.models import DatasetProfile, Recommendation, RunPlan
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the checkpoint is saved; carries the directory to resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class RunState(BaseModel):
+    """``run.json``: enough to resume a run from its directory alone."""
+
+    dataset: str
+    strategy: str
+    status: Literal["running", "interrupted", "failed", "finished"]
+    device: str | None = None
+    cache_dir: str | None = None
+    num_workers: int | None = None
+    started: str
+    finished: str | None = None
+    advisor_version: str = __version__
+    error: str | None = None
+
+
+class RunOutcome(BaseModel):
+    """What ``advisor run`` returns to the CLI."""
+
+    run_dir: str
+    plan: RunPlan
+    result: dict  # RunResult as a dict (strategies/ depends on advisor/, not the other way round)
+    report: str
+    recommendation: Recommendation | None = None
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def new_run_dir(runs_dir: str | os.PathLike, dataset: str | os.PathLike, strategy: str) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(dataset).resolve().name or "dataset")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / f"{name}-{strategy}-{stamp}"
+    run_dir, k = base, 1
+    while run_dir.exists():
+        k += 1
+        run_dir = base.with_name(f"{base.name}-{k}")
+    return run_dir
+
+
+def _write(run_dir: Path, name: str, model: BaseModel) -> Path:
+    return write_text_atomic(run_dir / name, model.model_dump_json(indent=2))
+
+
+def _report_md(plan: RunPlan, state: RunState, result, run_dir: Path, rec: Recommendation | None) -> str:
+    m = result.metrics
+    lo, hi = m.val_accuracy_ci
+    lines = [f"# {Path(state.dataset).name}: {plan.strategy}", "",
+             f"- dataset: `{state.dataset}`", f"- backbone: `{plan.backbone}`, input {plan.input_size} px",
+             f"- validation accuracy: **{m.val_accuracy:.4f}** (95 % CI {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}",
+             f"- parameters trained: {result.trainable_params:,} of {result.total_params:,}",
+             f"- wall time: {result.seconds:.1f} s on {result.device}", ""]
+    if rec is not None:
+        lines += ["## Why this strategy", ""]
+        lines += [f"- **{h.id}** ({h.kind}) {h.title}: {h.rationale}" for h in rec.hits]
+        lines += [f"- warning: {w}" for w in rec.warnings] + [f"- evidence: {n}" for n in rec.evidence_notes] + [""]
+    if result.selected:
+        lines += ["## What the strategy chose", ""]
+        lines += [f"- {k}: {v}" for k, v in result.selected.items() if k != "cv_table"] + [""]
+    if result.sweep:
+        lines += ["## Layer sweep (cross-validated on the training split)", "", "| taps | dim | CV accuracy | L2 |", "|---|---|---|---|"]
+        lines += [f"| {', '.join(r['taps'])} | {r['dim']} | {r['cv_accuracy']:.4f} | {r['l2']:g} |" for r in result.sweep] + [""]
+    lines += ["## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in m.per_class]
+    names = [c.name for c in m.per_class]
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "", "| | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, m.confusion)]
+    if result.curves:
+        lines += ["", "## Learning curves", "", "| epoch | " + " | ".join(result.curves) + " |", "|---" * (len(result.curves) + 1) + "|"]
+        for i in range(max(len(v) for v in result.curves.values())):
+            lines.append(f"| {i + 1} | " + " | ".join(f"{v[i]:.4f}" if i < len(v) else "" for v in result.curves.values()) + " |")
+    lines += ["", "## Use the model", "", f"    advisor predict {run_dir} IMAGE_OR_FOLDER ...", "",
+              "`model.safetensors` + `model.json` load without pickle: `advisor.classifier.load_classifier(run_dir)`.", ""]
+    return "\n".join(lines)
+
+
+def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, progress=None,
+            recommendation: Recommendation | None = None) -> RunOutcome:
+    """Run ``plan`` in ``run_dir`` (fresh or resumed) and write every artifact."""
+    from strategies.base import RunContext, RunData, get_strategy
+
+    strategy = get_strategy(plan.strategy)
+    config = strategy.config_from_plan(plan)
+    scan = scan_dataset(state.dataset, val_fraction=plan.val_fraction or 0.2, seed=plan.seed)
+    data = RunData.from_scan(scan)
+    backbone = create_backbone(plan.backbone)
+    ctx = RunContext(run_dir=run_dir, device=resolve_device(state.device), seed=plan.seed,
+                     cache_dir=Path(state.cache_dir) if state.cache_dir else None, num_workers=state.num_workers,
+                     resume=resume, progress=progress)
+    state.status = "running"
+    _write(run_dir, "run.json", state)
+    ctx.event("resume" if resume else "start", strategy=plan.strategy, dataset=state.dataset)
+    try:
+        result, model = strategy.fit(data, backbone, config, ctx)
+    except KeyboardInterrupt:
+        state.status = "interrupted"
+        _write(run_dir, "run.json", state)
+        ctx.event("interrupted")
+        raise RunInterrupted(run_dir) from None
+    except Exception as err:
+        state.status, state.error = "failed", f"{type(err).__name__}: {err}"
+        _write(run_dir, "run.json", state)
+        ctx.event("failed", error=state.error)
+        raise
+    card = ModelCard(strategy=plan.strategy, backbone=backbone.name, weights_digest=backbone.weights_digest,
+                     backbone_in_file=plan.strategy.endswith("finetune"), taps=model.taps, feature_dim=model.feature_dim,
+                     classes=data.classes, transform=model.backbone.transform_config,
+                     metrics={"val_accuracy": result.metrics.val_accuracy}, created=_now(), advisor_version=__version__)
+    model_path, card_path = save_classifier(model, run_dir, card)
+    result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
+                             "report": str(run_dir / "report.md"), "events": str(run_dir / "events.jsonl")})
+    write_text_atomic(run_dir / "metrics.json", json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
+    _write(run_dir, "result.json", result)
+    report = _report_md(plan, state, result, run_dir, recommendation)
+    write_text_atomic(run_dir / "report.md", report)
+    state.status, state.finished = "finished", _now()
+    _write(run_dir, "run.json", state)
+    ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
+    return RunOutcome(run_dir=str(run_dir), plan=plan, result=result.model_dump(), report=report, recommendation=recommendation)
+
+
+def run_plan(
+    plan: RunPlan,
+    *,
+    dataset: str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+    run_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+    progress=None,
+    recommendation: Recommendation | None = None,
+    profile: DatasetProfile | None = None,
+) -> RunOutcome:
+    """Start a new run of ``plan`` (on ``dataset``, default the plan's own)."""
+    dataset = str(Path(dataset or plan.dataset).resolve())
+    if not Path(dataset).exists():
+        raise AdvisorError(f"dataset not found: {dataset}")
+    plan = plan.model_copy(update={"dataset": dataset})
+    rd = Path(run_dir) if run_dir else new_run_dir(runs_dir, dataset, plan.strategy)
+    if rd.exists() and any(rd.iterdir()):
+        raise AdvisorError(f"run directory {rd} already exists and is not empty", hint="use --resume to continue it")
+    rd.mkdir(parents=True, exist_ok=True)
+    state = RunState(dataset=dataset, strategy=plan.strategy, status="running", device=device,
+                     cache_dir=str(cache_dir) if cache_dir else None, num_workers=num_workers, started=_now())
+    _write(rd, "plan.json", plan)
+    if profile is not None or recommendation is not None:
+        _write(rd, "profile.json", profile or recommendation.profile)
+    if recommendation is not None:
+        _write(rd, "recommendation.json", recommendation)
+    return execute(rd, plan, state, resume=False, progress=progress, recommendation=recommendation)
+
+
+def resume_run(run_dir: str | os.PathLike, *, device: str | None = None, progress=None) -> RunOutcome:
+    """Continue an interrupted run from its directory (fine-tunes restart from their last checkpoint)."""
+    rd = Path(run_dir)
+    if not (rd / "run.json").exists() or not (rd / "plan.json").exists():
+        raise AdvisorError(f"{rd} is not a run directory (no run.json/plan.json)", hint="pass the folder `advisor run` printed")
+    state = RunState.model_validate_json((rd / "run.json").read_text())
+    if state.status == "finished":
+        raise AdvisorError(f"run {rd} already finished", hint="start a new run instead of resuming")
+    plan = RunPlan.model_validate_json((rd / "plan.json").read_text())
+    if device:
+        state.device = device
+    rec = None
+    if (rd / "recommendation.json").exists():
+        rec = Recommendation.model_validate_json((rd / "recommendation.json").read_text())
+    return execute(rd, plan, state, resume=True, progress=progress, recommendation=rec)
+
+
+def apply_overrides(plan: RunPlan, *, epochs: int | None = None, input_size: int | None = None,
+                    batch_size: int | None = None, strategy: str | None = None) -> RunPlan:
+    """A copy of ``plan`` with the user's explicit choices on top."""
+    update = {k: v for k, v in {"epochs": epochs, "input_size": input_size, "batch_size": batch_size}.items() if v is not None}
+    if strategy and strategy != plan.strategy:
+        update["strategy"] = strategy
+        update["rule_ids"] = [*plan.rule_ids, "user"]
+        update["notes"] = [*plan.notes, f"strategy forced to {strategy} by the user (the rules advised {plan.strategy})"]
+    return plan.model_copy(update=update)
+
+
+def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbone: str = "efficientnet_lite0",
+             sample_size: int = 300, seed: int = 0, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, device: str | None = None,
+             cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
+             input_size: int | None = None, progress=None, on_recommendation=None) -> RunOutcome:
+    """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan."""
+    rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+    if on_recommendation is not None:
+        on_recommendation(rec)
+    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size, strategy=strategy)
+    return run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=device, cache_dir=cache_dir,
+                    num_workers=num_workers, progress=progress, recommendation=rec)

@@ -1,0 +1,475 @@
+"""Reusable pieces of a fine-tune, independent of any one training loop.
+
+* freezing: :func:`freeze`, :func:`unfreeze`, :func:`freeze_stages` (by backbone depth);
+* BatchNorm: :func:`set_bn_eval`, :func:`train_mode` (frozen BN layers stay in eval mode, so
+  their running statistics never move), :func:`reestimate_bn` (AdaBN);
+* optimisation: :func:`param_groups` (head vs backbone learning rate, no decay on 1-D
+  parameters), :func:`warmup_cosine`, :class:`EarlyStopping`;
+* data: :class:`EpochBatchSampler` (a permutation per ``(seed, epoch)``, resumable at any
+  batch), :class:`ImageSamples` (per-sample augmentation seeded by ``(seed, epoch, index)``, so
+  results do not depend on worker count or assignment), :func:`collate_skip` (bad images are
+  dropped from the batch and reported, not raised);
+* checkpoints: :func:`save_checkpoint` (atomic) and :func:`load_checkpoint` (``weights_only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from advisor.backbones import TransformConfig
+from advisor.classifier import TransferClassifier, stage_parameters
+from advisor.data import Sample, load_image
+from advisor.errors import AdvisorError, ImageLoadError
+
+__all__ = [
+    "Batch",
+    "EarlyStopping",
+    "EpochBatchSampler",
+    "EvalTransform",
+    "ImageSamples",
+    "TrainTransform",
+    "collate_skip",
+    "defer_sigint",
+    "freeze",
+    "freeze_stages",
+    "get_rng_state",
+    "load_checkpoint",
+    "mix_seed",
+    "param_groups",
+    "reestimate_bn",
+    "save_checkpoint",
+    "set_bn_eval",
+    "set_rng_state",
+    "steps_per_epoch",
+    "train_mode",
+    "trainable_names",
+    "unfreeze",
+    "warmup_cosine",
+]
+
+# --------------------------------------------------------------------------- freezing
+
+
+def freeze(module: nn.Module) -> None:
+    """``requires_grad = False`` on every parameter of ``module`` (BN modes: see :func:`train_mode`)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze(module: nn.Module) -> None:
+    """``requires_grad = True`` on every parameter of ``module``."""
+    for p in module.parameters():
+        p.requires_grad_(True)
+
+
+def freeze_stages(model: TransferClassifier, frozen: int) -> None:
+    """Freeze the input side of the backbone: ``frozen`` stages plus the stem.
+
+    ``frozen = k >= 1`` freezes the stem (depth 0) and stages 1..k; deeper stages, the
+    backbone's head layers (depth S+1) and the new head train. ``frozen = 0`` trains every
+    backbone layer, stem included (a full fine-tune). The ImageNet classifier is always frozen:
+    its output is never used, so it would only collect weight decay.
+    """
+    stages = model.backbone.num_stages()
+    if not 0 <= frozen <= stages:
+        raise AdvisorError(f"frozen_stages must be between 0 and {stages} for {model.backbone.name}, got {frozen}")
+    last_frozen_depth = frozen if frozen > 0 else -1
+    freeze(model.backbone)
+    for depth, params in stage_parameters(model.backbone).items():
+        if depth > last_frozen_depth:
+            for _, p in params:
+                p.requires_grad_(True)
+    unfreeze(model.head)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters that currently require gradients (the freeze state)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+# --------------------------------------------------------------------------- BatchNorm
+
+
+def _bn_layers(module: nn.Module) -> list[_BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
+
+
+def _is_frozen_bn(bn: _BatchNorm) -> bool:
+    # A BN without affine parameters has nothing to train, so it counts as frozen too.
+    return not any(p.requires_grad for p in bn.parameters(recurse=False))
+
+
+def set_bn_eval(module: nn.Module) -> None:
+    """Put every BatchNorm layer inside ``module`` in eval mode (running statistics are used, not updated)."""
+    for bn in _bn_layers(module):
+        bn.eval()
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except that frozen parts go to eval mode.
+
+    Explicitly: every BatchNorm layer whose parameters are frozen is put in eval mode. A frozen
+    layer must compute the function it had when frozen; in train mode a BN normalises with
+    batch statistics and overwrites its running statistics, so a "frozen" stage would drift
+    (and be noisy at small batch sizes). Likewise every module whose parameters are all frozen
+    (a frozen block or stage) goes to eval mode, which also turns off dropout / drop-path
+    inside it: noise there cannot be learned around by weights that do not move.
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            if _is_frozen_bn(m):
+                m.eval()
+            continue
+        flags = [p.requires_grad for p in m.parameters()]
+        if flags and not any(flags):
+            m.eval()
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor], *, forward: Callable | None = None) -> int:
+    """AdaBN (Li et al. 2016): replace every BatchNorm's running statistics by those of ``batches``.
+
+    The rest of the model runs in eval mode (no dropout); each BN runs in train mode with
+    ``momentum=None``, so its running mean/var become the plain average over the batches
+    (per-batch statistics, equally weighted) instead of an exponential average that would
+    still remember ImageNet. Weights are untouched. Returns the number of images seen; the
+    model is left in eval mode.
+    """
+    layers = [bn for bn in _bn_layers(model) if bn.track_running_stats]
+    momenta = [bn.momentum for bn in layers]
+    model.eval()
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    seen = 0
+    try:
+        for x in batches:
+            (forward or model)(x)
+            seen += x.shape[0]
+    finally:
+        for bn, m in zip(layers, momenta):
+            bn.momentum = m
+        model.eval()
+    return seen
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def param_groups(
+    model: TransferClassifier, lr_head: float, lr_backbone: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters: head / backbone, each split by weight decay.
+
+    Biases and normalisation weights (every 1-D parameter) get no weight decay: decaying a BN
+    scale towards 0 shrinks activations rather than regularising. Empty groups are left out;
+    each group carries a ``name`` (``head``, ``head_no_decay``, ``backbone``, ``backbone_no_decay``).
+    """
+    head = {id(p) for p in model.head.parameters()}
+    groups: dict[str, dict[str, Any]] = {}
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "head" if id(p) in head else "backbone"
+        decay = p.ndim > 1
+        key = part if decay else f"{part}_no_decay"
+        group = groups.setdefault(key, {
+            "name": key, "params": [], "lr": lr_head if part == "head" else lr_backbone,
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+        group["params"].append(p)
+    return [groups[k] for k in ("head", "head_no_decay", "backbone", "backbone_no_decay") if k in groups]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to each group's lr over ``warmup_steps``, then cosine decay to 0 at ``total_steps``.
+
+    The factor at step ``s`` (0-based; the scheduler is stepped after every optimizer step) is
+    ``(s + 1) / (warmup_steps + 1)`` during warm-up, so no step is spent at lr 0, then
+    ``0.5 * (1 + cos(pi * (s - warmup_steps) / (total_steps - warmup_steps)))``. The factor is a
+    pure function of the step, so ``state_dict()`` / ``load_state_dict()`` restore it exactly.
+    """
+    warmup_steps, total_steps = max(0, int(warmup_steps)), max(1, int(total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EarlyStopping:
+    """Early stopping on validation accuracy; ties on accuracy are broken by lower validation loss.
+
+    ``patience`` epochs without improvement stop the run (``None``: never stop). The tie-break
+    matters on small validation sets, where accuracy saturates while the loss still tells
+    better models apart.
+    """
+
+    patience: int | None = 3
+    best_accuracy: float = -math.inf
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, accuracy: float, loss: float) -> bool:
+        """Record an epoch's validation result; True when it is the new best."""
+        improved = accuracy > self.best_accuracy or (accuracy == self.best_accuracy and loss < self.best_loss)
+        if improved:
+            self.best_accuracy, self.best_loss, self.best_epoch, self.bad_epochs = accuracy, loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_accuracy": self.best_accuracy, "best_loss": self.best_loss,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_accuracy = float(state["best_accuracy"])
+        self.best_loss = float(state["best_loss"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from a tuple of integers; nearby tuples give unrelated streams."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(int(p).to_bytes(16, "little", signed=True))
+    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch; a final batch of a single image is dropped (train-mode BN cannot use it)."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (1 if rest > 1 else 0))
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """One epoch's batches of ``(epoch, index)`` keys, from batch ``start`` on.
+
+    The order is a permutation drawn from ``torch.Generator().manual_seed(seed * 100003 +
+    epoch)``, or with ``weights`` a with-replacement draw proportional to them (class-balanced
+    sampling), so skipping ``start`` batches reproduces exactly the rest of an interrupted
+    epoch. Keys carry the epoch so that the dataset can seed its augmentation per sample.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, start: int = 0,
+                 weights: torch.Tensor | None = None) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.num_batches = steps_per_epoch(n, batch_size)
+        self.start = min(max(0, start), self.num_batches)
+        self.weights = weights
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.order()
+        for b in range(self.start, self.num_batches):
+            yield [(self.epoch, i) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Torch (CPU and initialised CUDA devices) and Python ``random`` states, ``weights_only``-safe."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def defer_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, so a checkpoint never sees half an update.
+
+    Only in the main thread and while Python's default SIGINT handler is installed; elsewhere
+    the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- images
+
+
+def random_resized_crop_params(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
+                               generator: torch.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop, torchvision's algorithm with an explicit generator."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+            return top, left, h, w
+    # Fallback: the largest centred crop within the allowed aspect ratios.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class TrainTransform:
+    """RandomResizedCrop(size, scale) + horizontal flip + ToTensor + Normalize, drawing only from ``generator``."""
+
+    def __init__(self, tc: TransformConfig, size: int, *, scale: tuple[float, float] = (0.6, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> None:
+        self.size, self.scale, self.ratio, self.flip = size, scale, ratio, flip
+        self.interpolation, self.mean, self.std = tc.interpolation, tc.mean, tc.std
+
+    def __call__(self, img: Any, generator: torch.Generator) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        top, left, h, w = random_resized_crop_params(img.width, img.height, self.scale, self.ratio, generator)
+        img = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
+                              interpolation=InterpolationMode(self.interpolation), antialias=True)
+        if self.flip and torch.rand(1, generator=generator).item() < 0.5:
+            img = TF.hflip(img)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+class EvalTransform:
+    """The backbone's eval transform at ``tc.input_size``; takes (and ignores) a generator like :class:`TrainTransform`."""
+
+    def __init__(self, tc: TransformConfig) -> None:
+        self.transform = tc.eval_transform()
+
+    def __call__(self, img: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.transform(img)
+
+
+class ImageSamples(torch.utils.data.Dataset):
+    """Images keyed by ``(epoch, index)``: decoded, transformed with a generator seeded by ``(seed, epoch, index)``.
+
+    Seeding per sample (not per worker) makes the augmentation of an image in an epoch the same
+    whichever worker loads it and however many there are. A file that fails to decode yields its
+    reason instead of raising; :func:`collate_skip` drops it from the batch.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any, torch.Generator], torch.Tensor],
+                 *, seed: int = 0) -> None:
+        self.samples, self.transform, self.seed = list(samples), transform, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, torch.Tensor | None, int, str | None]:
+        epoch, i = key
+        sample = self.samples[i]
+        try:
+            img = load_image(sample.path)
+            x = self.transform(img, torch.Generator().manual_seed(mix_seed(self.seed, epoch, i)))
+            return i, x, sample.label, None
+        except ImageLoadError as err:
+            return i, None, sample.label, err.reason
+        except Exception as err:  # a transform failing on one odd image must not end the run
+            return i, None, sample.label, f"{type(err).__name__}: {err}"
+
+
+class Batch(NamedTuple):
+    index: torch.Tensor  # positions of the good images in the dataset
+    x: torch.Tensor | None  # None when every image of the batch failed
+    y: torch.Tensor
+    bad: list[tuple[int, str]]  # (position, reason) of the images that failed
+
+
+def collate_skip(items: list[tuple[int, torch.Tensor | None, int, str | None]]) -> Batch:
+    """Stack the images that decoded; report the others."""
+    good = [(i, x, y) for i, x, y, _ in items if x is not None]
+    bad = [(i, r) for i, x, _, r in items if x is None]
+    if not good:
+        return Batch(torch.empty(0, dtype=torch.long), None, torch.empty(0, dtype=torch.long), bad)
+    return Batch(torch.tensor([i for i, _, _ in good]), torch.stack([x for _, x, _ in good]),
+                 torch.tensor([y for _, _, y in good]), bad)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, fsync, then rename: a kill never leaves half a file.
+
+    Keep ``state`` to tensors, numbers, strings, bools, None and lists/tuples/dicts of them, so
+    that :func:`load_checkpoint` can read it with ``weights_only=True``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is unpickled)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise AdvisorError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}",
+                           hint="delete it to start over") from err

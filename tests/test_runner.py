@@ -1,0 +1,188 @@
+"""Running plans: probes end to end, artifacts that reload without pickle, resume, predict, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from advisor.backbones import create_backbone
+from advisor.classifier import load_classifier, save_classifier, ModelCard
+from advisor.data import load_image, scan_dataset
+from advisor.errors import AdvisorError
+from advisor.models import RunPlan
+from advisor.predict import predict
+from advisor.runner import apply_overrides, resume_run, run_plan
+from strategies import get_strategy, strategy_names
+from strategies.base import RunContext, RunData
+
+from conftest import EXAMPLE, write_class_images
+
+
+@pytest.fixture
+def colours(tmp_path) -> Path:
+    return write_class_images(tmp_path / "colours", {"red": 10, "green": 10, "blue": 10}, size=36)
+
+
+def _plan(dataset, strategy, **kw) -> RunPlan:
+    return RunPlan(dataset=str(dataset), backbone="test/tiny-cnn", strategy=strategy, rule_ids=["test"], input_size=32, **kw)
+
+
+def _fit(strategy_name, dataset, tmp_path, **plan_kw):
+    strategy = get_strategy(strategy_name)
+    plan = _plan(dataset, strategy_name, **plan_kw)
+    data = RunData.from_scan(scan_dataset(dataset))
+    bb = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+    ctx = RunContext(run_dir=tmp_path / "run", device=torch.device("cpu"), num_workers=0)
+    return strategy.fit(data, bb, strategy.config_from_plan(plan), ctx), data
+
+
+def test_every_strategy_name_a_rule_can_give_is_registered():
+    from advisor.models import STRATEGIES
+
+    assert set(strategy_names()) == set(STRATEGIES)
+
+
+def test_linear_probe_trains_only_the_head_and_beats_chance(colours, tmp_path):
+    (result, model), data = _fit("linear-probe", colours, tmp_path)
+    assert result.metrics.val_accuracy > 0.8  # 3 separable colour classes; chance is 1/3
+    assert result.trainable_params == model.head.weight.numel() + model.head.bias.numel()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert result.selected["taps"] == ["pre_logits"] and result.selected["l2"] > 0
+    assert sum(map(sum, result.metrics.confusion)) == len(data.val)
+
+
+def test_layer_probe_sweeps_every_tap_and_reports_the_table(colours, tmp_path):
+    (result, model), _ = _fit("layer-probe", colours, tmp_path)
+    swept = [tuple(r["taps"]) for r in result.sweep]
+    for tap in ("stage1", "stage2", "stage3", "pre_logits"):
+        assert (tap,) in swept
+    best = max(result.sweep, key=lambda r: r["cv_accuracy"])
+    assert result.selected["cv_accuracy"] == pytest.approx(best["cv_accuracy"])
+    assert model.taps == result.selected["taps"]
+    assert all(r["dim"] > 0 for r in result.sweep)
+
+
+def test_saved_probe_reloads_and_predicts_exactly_as_in_memory(colours, tmp_path):
+    (result, model), data = _fit("layer-probe", colours, tmp_path)
+    card = ModelCard(strategy="layer-probe", backbone="test/tiny-cnn", weights_digest=model.backbone.weights_digest,
+                     backbone_in_file=True, taps=model.taps, feature_dim=model.feature_dim, classes=data.classes,
+                     transform=model.backbone.transform_config)
+    save_classifier(model, tmp_path / "saved", card)
+    loaded, card2 = load_classifier(tmp_path / "saved")
+    tf = model.backbone.transform_config.eval_transform()
+    x = torch.stack([tf(load_image(s.path)) for s in data.val])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert card2.classes == data.classes
+    # the files are safetensors + JSON: nothing to unpickle
+    assert (tmp_path / "saved" / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"
+    json.loads((tmp_path / "saved" / "model.json").read_text())
+
+
+def test_run_plan_writes_every_artifact_and_predict_uses_them(colours, tmp_path):
+    outcome = run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs", num_workers=0)
+    rd = Path(outcome.run_dir)
+    assert rd.parent == tmp_path / "runs" and rd.name.startswith("colours-linear-probe-")
+    for name in ("plan.json", "run.json", "metrics.json", "result.json", "model.safetensors", "model.json", "report.md", "events.jsonl"):
+        assert (rd / name).is_file(), name
+    assert not list(rd.glob(".*.tmp"))  # atomic writes leave no temporaries
+    metrics = json.loads((rd / "metrics.json").read_text())
+    assert {"val_accuracy", "per_class", "confusion", "curves"} <= set(metrics)
+    assert json.loads((rd / "run.json").read_text())["status"] == "finished"
+    events = [json.loads(line)["event"] for line in (rd / "events.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "finished"
+    report = (rd / "report.md").read_text()
+    assert "linear-probe" in report and "Confusion matrix" in report and "advisor predict" in report
+
+    scan = scan_dataset(colours)
+    val = scan.split("val")
+    rep = predict(rd, [s.path for s in val], top_k=2)
+    assert len(rep.predictions) == len(val) and all(len(p.top) == 2 for p in rep.predictions)
+    correct = sum(p.top[0].label == scan.classes[s.label] for p, s in zip(rep.predictions, val))
+    assert correct / len(val) == pytest.approx(outcome.result["metrics"]["val_accuracy"])
+    probs = [c.probability for c in rep.predictions[0].top]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_predict_skips_bad_inputs_and_counts_ignored_files(colours, tmp_path):
+    rd = Path(run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs", num_workers=0).run_dir)
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(next((colours / "red").iterdir()).read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "readme.txt").write_text("not an image")
+    rep = predict(rd, [folder, tmp_path / "missing.png"])
+    assert [Path(p.path).name for p in rep.predictions] == ["good.png"]
+    assert rep.predictions[0].top[0].label == "red"
+    assert sorted(Path(s.path).name for s in rep.skipped) == ["broken.jpg", "missing.png"]
+    assert rep.ignored == 1
+
+
+def test_a_finished_run_cannot_be_resumed_and_a_non_run_is_refused(colours, tmp_path):
+    rd = run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs", num_workers=0).run_dir
+    with pytest.raises(AdvisorError, match="already finished"):
+        resume_run(rd)
+    with pytest.raises(AdvisorError, match="not a run directory"):
+        resume_run(tmp_path)
+    with pytest.raises(AdvisorError, match="no saved model"):
+        predict(tmp_path, [colours])
+
+
+def test_an_interrupted_probe_run_resumes_to_the_same_result(colours, tmp_path, monkeypatch):
+    import strategies.linear as lin
+
+    real = lin.fit_probe
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lin, "fit_probe", interrupted)
+    from advisor.runner import RunInterrupted
+
+    with pytest.raises(RunInterrupted) as stop:
+        run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs", num_workers=0)
+    rd = stop.value.run_dir
+    assert json.loads((rd / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(lin, "fit_probe", real)
+    resumed = resume_run(rd)
+    fresh = run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs2", num_workers=0)
+    assert resumed.result["metrics"] == fresh.result["metrics"]
+
+
+def test_overrides_record_a_forced_strategy():
+    plan = RunPlan(dataset="d", backbone="b", strategy="linear-probe", rule_ids=["R1"])
+    forced = apply_overrides(plan, strategy="layer-probe", epochs=3, input_size=96)
+    assert forced.strategy == "layer-probe" and forced.epochs == 3 and forced.input_size == 96
+    assert "user" in forced.rule_ids and any("forced" in n for n in forced.notes)
+
+
+def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
+    from test_cli import run_main
+
+    code, out, err = run_main(["run", "--auto", str(EXAMPLE), "--runs-dir", str(tmp_path / "runs"),
+                               "--cache-dir", str(tmp_path / "cache"), "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "Recommended: linear-probe" in out and "validation accuracy" in out
+    (rd,) = (tmp_path / "runs").iterdir()
+    code, out, err = run_main(["predict", str(rd), str(EXAMPLE / "val" / "ants"), "--json"], capsys)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert len(rep["predictions"]) == 10
+    # real ant photos through a probe trained on 20 ants and 20 bees
+    assert sum(p["top"][0]["label"] == "ants" for p in rep["predictions"]) >= 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", str(EXAMPLE)], "choose exactly one"),
+    (["run", "--strategy", "nope", str(EXAMPLE)], "unknown strategy"),
+    (["run", "--plan", "/no/such/plan.json"], "plan file not found"),
+    (["predict", "/tmp", str(EXAMPLE)], "no saved model"),
+])
+def test_cli_run_errors_are_one_line(args, message, capsys):
+    from test_cli import run_main
+
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and message in err and "Traceback" not in err
