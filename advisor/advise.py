@@ -11,7 +11,7 @@ from advisor.errors import AdvisorError
 from advisor.io import write_text_atomic
 from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
-from advisor.rules import Thresholds, recommend
+from advisor.rules import Thresholds, plan_for_strategy, recommend
 
 
 def evidence_notes(rec: Recommendation) -> list[str]:
@@ -65,18 +65,26 @@ def recommend_dataset(
     num_workers: int | None = None,
     thresholds: Thresholds | None = None,
     progress: StageProgress | None = None,
+    similarity: bool = True,
+    force_strategy: str | None = None,
 ) -> Recommendation:
-    """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan."""
+    """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
+
+    ``similarity=False`` measures only what needs no forward pass (R14 then says so).
+    """
     if sample_size < 4:
         raise AdvisorError(f"--sample-size must be at least 4, got {sample_size}")
     t0 = time.perf_counter()
     profile, bb, scan = profile_dataset(
         dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed, rounds=rounds,
         device=device, cache_dir=cache_dir, val_fraction=val_fraction, num_workers=num_workers, progress=progress,
+        similarity=similarity,
     )
     rec = recommend(profile, taps=bb.taps, thresholds=thresholds, seed=seed,
                     val_fraction=scan.val_fraction if scan.split_source == "stratified" else None)
     rec.evidence_notes = evidence_notes(rec)
+    if force_strategy is not None:
+        rec.plan = plan_for_strategy(rec, force_strategy, taps=bb.taps)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
 

@@ -128,8 +128,13 @@ def build_profile(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
     progress: StageProgress | None = None,
+    similarity: bool = True,
 ) -> DatasetProfile:
-    """The measured profile of a scanned dataset, with ImageNet similarity on ``backbone``."""
+    """The measured profile of a scanned dataset, with ImageNet similarity on ``backbone``.
+
+    ``similarity=False`` skips everything that needs a forward pass (similarity, near
+    duplicates, greyscale share): what a run with a forced strategy needs from the profile.
+    """
     dev = resolve_device(device)
     train = scan.split("train")
     per_class = {c: 0 for c in scan.classes}
@@ -139,22 +144,26 @@ def build_profile(
     input_size = backbone.transform_config.input_size
 
     exact = exact_duplicates(scan)
-    sample = stratified_sample(scan.samples, sample_size, seed=seed)
-    fs = extract_features(
-        sample, backbone, taps=[PRE_LOGITS], bn_moments=bool(backbone.bn_layers()), device=str(dev),
-        cache_dir=cache_dir, num_workers=num_workers,
-        progress=(lambda d, t: progress("features", d, t)) if progress else None,
-    )
-    used = [sample[i] for i in fs.index]
-    exact_sets = {frozenset(g.paths) for g in exact}
-    near = near_duplicates(fs.features[PRE_LOGITS], used, scan.classes, exclude=exact_sets)
-    if progress:
-        progress("similarity", 0, 1)
-    reference, missing = load_reference(backbone)
-    similarity = measure_similarity(fs, backbone, reference=reference, reference_missing=missing,
-                                    rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
-    if progress:
-        progress("similarity", 1, 1)
+    near: list[DuplicateGroup] = []
+    used: list[Sample] = []
+    grey = measured = None
+    if similarity:
+        sample = stratified_sample(scan.samples, sample_size, seed=seed)
+        fs = extract_features(
+            sample, backbone, taps=[PRE_LOGITS], bn_moments=bool(backbone.bn_layers()), device=str(dev),
+            cache_dir=cache_dir, num_workers=num_workers,
+            progress=(lambda d, t: progress("features", d, t)) if progress else None,
+        )
+        used = [sample[i] for i in fs.index]
+        near = near_duplicates(fs.features[PRE_LOGITS], used, scan.classes, exclude={frozenset(g.paths) for g in exact})
+        if progress:
+            progress("similarity", 0, 1)
+        reference, missing = load_reference(backbone)
+        measured = measure_similarity(fs, backbone, reference=reference, reference_missing=missing,
+                                      rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
+        grey = greyscale_share(fs, rounds=rounds, seed=seed)
+        if progress:
+            progress("similarity", 1, 1)
     dups = exact + near
     cross = sum(1 for g in dups if g.crosses_splits)
     conflicting = sum(1 for g in dups if g.conflicting_labels)
@@ -178,7 +187,7 @@ def build_profile(
         imbalance_ratio=round(max(counts) / max(min(counts), 1), 3),
         sizes=scan.sizes,
         smaller_than_input=shorter_below_input,
-        greyscale_share=greyscale_share(fs, rounds=rounds, seed=seed),
+        greyscale_share=grey,
         greyscale_by_mode=sum(n for m, n in scan.modes.items() if m in _GREY_MODES),
         exact_duplicates=exact,
         near_duplicates=near,
@@ -186,9 +195,9 @@ def build_profile(
         near_duplicate_sample=len(used),
         cross_split_duplicates=cross,
         conflicting_label_duplicates=conflicting,
-        skipped=list(scan.skipped) + list(fs.summary.failed),
+        skipped=list(scan.skipped) + (list(fs.summary.failed) if similarity else []),
         ignored_files=scan.ignored_hidden + scan.ignored_non_image + scan.ignored_unlabeled,
-        similarity=similarity,
+        similarity=measured,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )
@@ -207,10 +216,11 @@ def profile_dataset(
     val_fraction: float = 0.2,
     num_workers: int | None = None,
     progress: StageProgress | None = None,
+    similarity: bool = True,
 ) -> tuple[DatasetProfile, Backbone, DatasetScan]:
     """Scan ``dataset``, build ``backbone`` and measure the profile."""
     scan = scan_dataset(dataset, val_fraction=val_fraction, seed=seed)
     bb = create_backbone(backbone, weights=weights)
     profile = build_profile(scan, bb, sample_size=sample_size, seed=seed, rounds=rounds, device=device,
-                            cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=similarity)
     return profile, bb, scan

@@ -832,6 +832,33 @@ def recommend(
     )
 
 
+_STRATEGY_PLANS: dict[str, Callable[[Context, dict[str, Any]], dict[str, Any]]] = {
+    "linear-probe": _linear_probe_plan,
+    "layer-probe": _layer_probe_plan,
+    "partial-finetune": _partial_finetune_plan,
+    "full-finetune": _full_finetune_plan,
+}
+
+
+def plan_for_strategy(rec: Recommendation, strategy: str, *, taps: Sequence[TapInfo]) -> RunPlan:
+    """The plan ``rec`` would hold had the rules chosen ``strategy``: for a strategy the user forces.
+
+    Strategy fields (taps, frozen stages, learning rates, epochs) come from the same builders
+    the rules use; modifiers (class weighting, sampler, BN adaptation) are kept from ``rec``.
+    """
+    if strategy not in _STRATEGY_PLANS:
+        raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(_STRATEGY_PLANS)}")
+    if strategy == rec.strategy:
+        return rec.plan
+    ctx = build_context(rec.profile, taps=taps, thresholds=Thresholds(**rec.thresholds))
+    fields = _STRATEGY_PLANS[strategy](ctx, rec.plan.model_dump())
+    notes = fields.pop("notes", [])
+    return rec.plan.model_copy(update={
+        **fields, "strategy": strategy, "rule_ids": [*rec.plan.rule_ids, "user"],
+        "notes": [f"strategy forced to {strategy} by the user (the rules advised {rec.strategy})", *notes],
+    })
+
+
 def rules_markdown() -> str:
     """The rule table in evaluation order: id, kind, condition, strategy, rationale template."""
     lines = [

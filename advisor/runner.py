@@ -220,12 +220,18 @@ def resume_run(run_dir: str | os.PathLike, *, device: str | None = None, progres
 
 def apply_overrides(plan: RunPlan, *, epochs: int | None = None, input_size: int | None = None,
                     batch_size: int | None = None, strategy: str | None = None) -> RunPlan:
-    """A copy of ``plan`` with the user's explicit choices on top."""
+    """A copy of ``plan`` with the user's explicit choices on top.
+
+    A saved plan carries no profile, so a strategy forced onto it drops the old strategy's own
+    fields (taps, stage split, backbone learning rate) and the new one uses its defaults.
+    """
     update = {k: v for k, v in {"epochs": epochs, "input_size": input_size, "batch_size": batch_size}.items() if v is not None}
     if strategy and strategy != plan.strategy:
-        update["strategy"] = strategy
-        update["rule_ids"] = [*plan.rule_ids, "user"]
-        update["notes"] = [*plan.notes, f"strategy forced to {strategy} by the user (the rules advised {plan.strategy})"]
+        update.update(strategy=strategy, rule_ids=[*plan.rule_ids, "user"], taps=[], frozen_stages=None,
+                      trainable_stages=None, lr_backbone=None,
+                      notes=[*plan.notes, f"strategy forced to {strategy} by the user (the plan said {plan.strategy})"])
+        if strategy.endswith("finetune") and not plan.strategy.endswith("finetune"):
+            update["lr_head"] = 1e-3  # the fine-tunes' AdamW rate; a probe plan's lr_head is unused and too large
     return plan.model_copy(update=update)
 
 
@@ -233,11 +239,16 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
              sample_size: int = 300, seed: int = 0, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, device: str | None = None,
              cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
              input_size: int | None = None, progress=None, on_recommendation=None) -> RunOutcome:
-    """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan."""
+    """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan.
+
+    A forced ``strategy`` skips the similarity measurement: its only use would be to choose
+    the strategy the user already chose (the plan's other fields come from the file-level profile).
+    """
     rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
-                            cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
+                            force_strategy=strategy)
     if on_recommendation is not None:
         on_recommendation(rec)
-    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size, strategy=strategy)
+    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     return run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=device, cache_dir=cache_dir,
                     num_workers=num_workers, progress=progress, recommendation=rec)

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# `strategies` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from advisor.advise import recommend_dataset
 from advisor.runner import apply_overrides, run_plan
@@ -37,15 +42,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as runs:
         for path in paths:
-            rec = recommend_dataset(path, device=args.device)
+            advised = recommend_dataset(path, device=args.device).strategy
             for name in args.strategies.split(","):
-                plan = apply_overrides(rec.plan, strategy=name, input_size=args.input_size,
-                                       epochs=args.epochs if name.endswith("finetune") else None)
+                rec = recommend_dataset(path, device=args.device, force_strategy=name)
+                plan = apply_overrides(rec.plan, input_size=args.input_size,
+                                       epochs=min(args.epochs, rec.plan.epochs) if args.epochs and name.endswith("finetune") else None)
                 t0 = time.perf_counter()
                 out = run_plan(plan, dataset=path, runs_dir=runs, device=args.device)
                 wall = time.perf_counter() - t0
                 m = out.result["metrics"]
-                row = {"dataset": Path(path).name, "strategy": name, "recommended": name == rec.strategy,
+                row = {"dataset": Path(path).name, "strategy": name, "recommended": name == advised,
                        "val_accuracy": m["val_accuracy"], "ci": m["val_accuracy_ci"], "n_val": m["n_val"],
                        "seconds": round(wall, 1), "trainable_params": out.result["trainable_params"],
                        "input_size": plan.input_size, "epochs": out.result.get("epochs_completed"),

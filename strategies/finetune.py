@@ -9,7 +9,7 @@ A fit runs, in order:
 2. (``head_warmup``) LP-FT (Kumar et al. 2022): the new head starts as a linear probe on the
    pooled ``pre_logits`` features (from the feature cache unless BN was adapted), so early
    gradients do not come from a random head and distort the pretrained features. The feature
-   standardiser fitted here stays fixed during fine-tuning.
+   standardiser fitted here (per-feature mean, one shared scale) stays fixed during fine-tuning.
 3. Fine-tuning: the stem and the first ``frozen_stages`` stages frozen (their BN in eval
    mode), AdamW with a head and a backbone learning rate, linear warm-up then cosine decay,
    validation and a checkpoint every epoch, early stopping on validation accuracy; the best
@@ -175,14 +175,16 @@ class _Run:
         if ckpt is not None:
             self._restore(ckpt, model, optimizer, scheduler)
 
-        train_ds = ImageSamples(self.data.train, self._train_transform(), seed=self.seed)
+        sampler = EpochBatchSampler(len(self.data.train), cfg.batch_size, seed=self.seed,
+                                    weights=self._balanced_weights() if cfg.balanced_sampler else None)
+        train_loader = self._loader(ImageSamples(self.data.train, self._train_transform(), seed=self.seed), sampler)
         val_loader = self._eval_loader(self.data.val)
         loss_weights = class_weights_from(self.labels, self.num_classes).to(self.dev) if self.weight_loss else None
-        sample_weights = self._balanced_weights() if cfg.balanced_sampler else None
         try:
             while self.pos.epoch < cfg.epochs and not self.stopped_early:
                 if self.pos.step < self.steps_per_epoch:
-                    self._train_epoch(model, optimizer, scheduler, train_ds, loss_weights, sample_weights)
+                    sampler.set_epoch(self.pos.epoch, self.pos.step)
+                    self._train_epoch(model, optimizer, scheduler, train_loader, loss_weights)
                 self._end_epoch(model, optimizer, scheduler, val_loader)
         except KeyboardInterrupt:
             path = self._save(model, optimizer, scheduler)
@@ -292,13 +294,9 @@ class _Run:
         counts = torch.bincount(self.labels, minlength=self.num_classes).double()
         return 1.0 / counts[self.labels]
 
-    def _train_epoch(self, model, optimizer, scheduler, train_ds, loss_weights, sample_weights) -> None:
+    def _train_epoch(self, model, optimizer, scheduler, loader, loss_weights) -> None:
         pos, cfg = self.pos, self.cfg
         train_mode(model)
-        sampler = EpochBatchSampler(len(self.data.train), cfg.batch_size, seed=self.seed, epoch=pos.epoch,
-                                    start=pos.step, weights=sample_weights)
-        loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=self.workers,
-                                             collate_fn=collate_skip, pin_memory=self.cuda)
         for batch in loader:
             self._note_bad(batch.bad, self.data.train)
             # Dropout / drop-path noise is a function of (seed, epoch, step): a resumed run draws the same.
@@ -353,12 +351,17 @@ class _Run:
 
     # ------------------------------------------------------------------ evaluation and data
 
-    def _eval_loader(self, samples: list[Sample]):
-        ds = ImageSamples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed)
+    def _loader(self, dataset: ImageSamples, batches) -> torch.utils.data.DataLoader:
+        # Persistent workers, forked once: a DataLoader per epoch would fork the grown training
+        # process every epoch, and its copy-on-write faults measurably slowed the forward passes.
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.workers,
+                                           collate_fn=collate_skip, pin_memory=self.cuda,
+                                           persistent_workers=self.workers > 0)
+
+    def _eval_loader(self, samples: list[Sample]) -> torch.utils.data.DataLoader:
         keys = [(0, i) for i in range(len(samples))]
         batches = [keys[i:i + self.cfg.batch_size] for i in range(0, len(keys), self.cfg.batch_size)]
-        return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=self.workers,
-                                           collate_fn=collate_skip, pin_memory=self.cuda)
+        return self._loader(ImageSamples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed), batches)
 
     @torch.inference_mode()
     def _evaluate(self, model: TransferClassifier, loader) -> tuple[torch.Tensor, torch.Tensor]:

@@ -281,12 +281,17 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     epoch. Keys carry the epoch so that the dataset can seed its augmentation per sample.
     """
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, start: int = 0,
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int = 0, start: int = 0,
                  weights: torch.Tensor | None = None) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.n, self.batch_size, self.seed = n, batch_size, seed
         self.num_batches = steps_per_epoch(n, batch_size)
-        self.start = min(max(0, start), self.num_batches)
         self.weights = weights
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve ``epoch`` from batch ``start`` on: one DataLoader (and its persistent workers) serves every epoch."""
+        self.epoch = epoch
+        self.start = min(max(0, start), self.num_batches)
 
     def order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)

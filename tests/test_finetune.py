@@ -267,8 +267,10 @@ def test_config_from_plan():
 @pytest.mark.parametrize("strategy", ["partial-finetune", "full-finetune"])
 def test_finetune_trains(strategy, dataset, cache_dir, tmp_path):
     initial = tiny_backbone().model.state_dict()
+    rng = torch.get_rng_state()
     result, model = fit(strategy, dataset, tmp_path / "run", cache_dir, epochs=4, head_warmup=False,
                         lr_head=1e-2, lr_backbone=1e-2)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is left alone
     losses = result.curves["train_loss"]
     assert len(losses) == 4 and losses[-1] < losses[0] and min(losses[1:]) < 0.8 * losses[0]
     assert result.metrics.val_accuracy > 0.5 and result.metrics.n_val == 8
@@ -421,3 +423,8 @@ def test_resume_checks_the_settings_and_finished_runs_resume_to_their_result(uni
                 **{**RESUME_CONFIG, "checkpoint_every_steps": 0})  # how often to save is not part of the run
     assert_same_run(first, again)
     assert [e["event"] for e in events(run_dir)][-2:] == ["resumed", "finetune_done"]
+
+
+def test_result_does_not_depend_on_the_number_of_workers(uninterrupted, dataset, cache_dir, tmp_path):
+    with_workers = fit("partial-finetune", dataset, tmp_path / "run", cache_dir, **{**RESUME_CONFIG, "num_workers": 2})
+    assert_same_run(uninterrupted[0], with_workers)

@@ -153,10 +153,12 @@ def test_an_interrupted_probe_run_resumes_to_the_same_result(colours, tmp_path, 
 
 
 def test_overrides_record_a_forced_strategy():
-    plan = RunPlan(dataset="d", backbone="b", strategy="linear-probe", rule_ids=["R1"])
+    plan = RunPlan(dataset="d", backbone="b", strategy="linear-probe", rule_ids=["R1"], taps=["pre_logits"], lr_head=1e-2)
     forced = apply_overrides(plan, strategy="layer-probe", epochs=3, input_size=96)
     assert forced.strategy == "layer-probe" and forced.epochs == 3 and forced.input_size == 96
+    assert forced.taps == []  # the probe's single tap must not stop the sweep
     assert "user" in forced.rule_ids and any("forced" in n for n in forced.notes)
+    assert apply_overrides(plan, strategy="full-finetune").lr_head == 1e-3
 
 
 def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
@@ -186,3 +188,20 @@ def test_cli_run_errors_are_one_line(args, message, capsys):
 
     code, _, err = run_main(args, capsys)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_forced_strategy_skips_the_similarity_measurement(colours, tmp_path, monkeypatch):
+    import advisor.profiler as prof
+    from advisor.runner import auto_run
+
+    def no_similarity(*a, **k):
+        raise AssertionError("a forced strategy must not measure similarity")
+
+    monkeypatch.setattr(prof, "measure_similarity", no_similarity)
+    out = auto_run(colours, strategy="layer-probe", backbone="test/tiny-cnn", runs_dir=tmp_path / "runs",
+                   input_size=32, num_workers=0)
+    assert out.plan.strategy == "layer-probe" and "user" in out.plan.rule_ids
+    # the forced strategy gets its own plan fields: a sweep over the stage taps, not R1's pre_logits
+    assert out.plan.taps == ["stage1", "stage2", "stage3", "pre_logits"] and len(out.result["sweep"]) > 1
+    assert out.recommendation.profile.similarity is None
+    assert any("forced" in n for n in out.plan.notes)
