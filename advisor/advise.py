@@ -39,6 +39,7 @@ def evidence_notes(rec: Recommendation) -> list[str]:
             "the top layers may still transfer: compare against a linear probe before trusting the table "
             "(`advisor compare` measures it)."
         )
+    notes.extend(depth_evidence_notes(rec))
     conf = next((s for s in sim.signals if s.name == "imagenet_confidence" and s.raw is not None), None)
     if conf is not None and conf.null:
         ratio = conf.raw.value / conf.null
@@ -49,6 +50,30 @@ def evidence_notes(rec: Recommendation) -> list[str]:
             notes.append(f"the ImageNet head is as confident here as on ImageNet ({conf.raw.value:.2f} vs {conf.null:.2f}), "
                          "although the feature statistics differ.")
     return notes
+
+
+# An earlier tap must beat pre_logits by this much k-NN accuracy (and on LogME too) to count as clearly better.
+EVIDENCE_MARGIN = 0.03
+
+
+def depth_evidence_notes(rec: Recommendation) -> list[str]:
+    """Where per-depth evidence (k-NN accuracy and LogME on the sample) disagrees with the table's depth."""
+    ev = {e.tap: e for e in rec.profile.tap_evidence}
+    top = ev.get("pre_logits")
+    if top is None or len(ev) < 2:
+        return []
+    best = max(ev.values(), key=lambda e: (e.knn_accuracy, e.logme))
+    clearly = (best.tap != "pre_logits" and best.knn_accuracy >= top.knn_accuracy + EVIDENCE_MARGIN
+               and best.logme > top.logme)
+    if clearly and rec.strategy == "linear-probe":
+        return [f"per-depth evidence favours an earlier layer: {best.tap} scores k-NN {best.knn_accuracy:.3f} and LogME "
+                f"{best.logme:.3f} against pre_logits' {top.knn_accuracy:.3f} and {top.logme:.3f}; the table says top layer "
+                f"({rec.quadrant_rule}) and the plan follows it, but a layer probe may do better (`advisor run --strategy "
+                f"layer-probe` or `advisor compare` measures it)."]
+    if rec.strategy == "layer-probe" and best.tap == "pre_logits":
+        return [f"per-depth evidence does not favour an earlier layer: pre_logits has the best k-NN accuracy "
+                f"({top.knn_accuracy:.3f}); the layer probe sweeps it too and keeps whichever tap cross-validates best."]
+    return []
 
 
 def recommend_dataset(
@@ -83,6 +108,12 @@ def recommend_dataset(
     rec = recommend(profile, taps=bb.taps, thresholds=thresholds, seed=seed,
                     val_fraction=scan.val_fraction if scan.split_source == "stratified" else None)
     rec.evidence_notes = evidence_notes(rec)
+    if rec.plan.strategy == "layer-probe" and profile.tap_evidence:
+        # The sweep always includes the tap the evidence ranks first.
+        best = max(profile.tap_evidence, key=lambda e: (e.knn_accuracy, e.logme)).tap
+        if best not in rec.plan.taps:
+            rec.plan.taps = [t.name for t in bb.taps if t.name in {*rec.plan.taps, best}]
+            rec.plan.notes.append(f"added {best} to the sweep: it has the best per-depth evidence")
     if force_strategy is not None:
         rec.plan = plan_for_strategy(rec, force_strategy, taps=bb.taps)
     rec.seconds = round(time.perf_counter() - t0, 2)

@@ -245,6 +245,15 @@ def render_profile(p) -> None:
                       str(row.skipped_channels))
         out.print(d)
         out.print(f"shift pattern: [bold]{sim.shift_pattern}[/bold]: {sim.shift_pattern_reason}")
+    if p.tap_evidence:
+        e = Table(title=f"Transferability by depth ({sim.sample_size}-image sample)", title_justify="left")
+        for c in ("tap", "dim", "LogME", "k-NN accuracy (5-fold)"):
+            e.add_column(c)
+        best = max(p.tap_evidence, key=lambda r: (r.knn_accuracy, r.logme)).tap
+        for r in p.tap_evidence:
+            mark = " [bold]<- best[/bold]" if r.tap == best else ""
+            e.add_row(r.tap, str(r.dim), f"{r.logme:.3f}", f"{r.knn_accuracy:.3f}{mark}")
+        out.print(e)
     for s in sim.signals:
         if s.available and s.method:
             out.print(f"[dim]{s.name}: {s.method}[/dim]", soft_wrap=True)
@@ -463,6 +472,48 @@ def predict_cmd(
             out.print(f"  [yellow]{s.path}[/yellow]: {s.reason}", soft_wrap=True)
     if rep.ignored:
         out.print(f"ignored {rep.ignored} non-image or hidden file(s)")
+
+
+@app.command("compare")
+def compare_cmd(
+    dataset: Path = DatasetArg,
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated subset [default: all four]."),
+    backbone: str = BackboneOpt,
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the comparison's runs and compare.json go."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="One input size for every strategy (e.g. 128 on a CPU)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch cap for the fine-tunes (one budget for all)."),
+    sample_size: int = SampleOpt,
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: cores - 1]."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run every strategy on the same split and backbone; show accuracy, time, parameters and the advice's regret."""
+    from advisor.compare import compare
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    with stage_bars() as cb:
+        res = compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
+                      sample_size=sample_size, seed=seed, device=None if device == "auto" else device,
+                      cache_dir=cache_dir, num_workers=workers, progress=cb)
+    if json_out:
+        _print_json(res, exclude={"recommendation"})
+        return
+    t = Table(title=f"{res.dataset}: strategies under one budget (input {res.input_size or 'default'} px, "
+                    f"fine-tune epochs cap {res.epochs_cap or 'plan'})", title_justify="left")
+    for c in ("strategy", "val accuracy [95% CI]", "wall time", "trainable params", "chose", ""):
+        t.add_column(c)
+    for r in res.rows:
+        mark = " ".join(x for x in ("[green]recommended[/green]" if r.recommended else "", "[bold]winner[/bold]" if r.winner else "") if x)
+        chose = ", ".join(f"{k} {v}" for k, v in r.selected.items())
+        t.add_row(r.strategy, f"{r.val_accuracy:.4f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]", f"{r.seconds:.1f} s",
+                  f"{r.trainable_params:,}", chose, mark)
+    out.print(t)
+    out.print(f"recommended [bold]{res.recommended}[/bold], winner [bold]{res.winner}[/bold]: regret "
+              f"[bold]{res.regret_points:.2f}[/bold] accuracy points; recommend took {res.recommend_seconds:.1f} s = "
+              f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
+    out.print(f"saved to {res.saved_to}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

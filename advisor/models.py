@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from advisor.data import SizeSummary, SkippedFile
+from advisor.transferability import TapEvidence
 
 StrategyName = Literal["linear-probe", "layer-probe", "partial-finetune", "full-finetune"]
 STRATEGIES: tuple[str, ...] = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
@@ -114,6 +115,7 @@ class DatasetProfile(BaseModel):
     skipped: list[SkippedFile] = Field(default_factory=list)
     ignored_files: int = 0
     similarity: SimilarityReport | None = None
+    tap_evidence: list[TapEvidence] = Field(default_factory=list)  # per depth, on the profiling sample
     split_source: str
     split_seed: int | None = None
 

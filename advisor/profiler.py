@@ -22,6 +22,7 @@ from advisor.data import DatasetScan, Sample, file_digest, scan_dataset
 from advisor.features import extract_features, resolve_device
 from advisor.models import DatasetProfile, DuplicateGroup
 from advisor.similarity import greyscale_share, load_reference, measure_similarity
+from advisor.transferability import per_tap_evidence
 
 DEFAULT_SAMPLE_SIZE = 300
 NEAR_DUPLICATE_COSINE = 0.97
@@ -147,10 +148,12 @@ def build_profile(
     near: list[DuplicateGroup] = []
     used: list[Sample] = []
     grey = measured = None
+    evidence = []
     if similarity:
         sample = stratified_sample(scan.samples, sample_size, seed=seed)
+        # Every tap comes from the same forward pass; the per-depth evidence reads them all.
         fs = extract_features(
-            sample, backbone, taps=[PRE_LOGITS], bn_moments=bool(backbone.bn_layers()), device=str(dev),
+            sample, backbone, bn_moments=bool(backbone.bn_layers()), device=str(dev),
             cache_dir=cache_dir, num_workers=num_workers,
             progress=(lambda d, t: progress("features", d, t)) if progress else None,
         )
@@ -162,6 +165,9 @@ def build_profile(
         measured = measure_similarity(fs, backbone, reference=reference, reference_missing=missing,
                                       rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
         grey = greyscale_share(fs, rounds=rounds, seed=seed)
+        if len(used) >= 2 * len(scan.classes):
+            evidence = per_tap_evidence({t.name: fs.features[t.name] for t in backbone.taps}, fs.labels,
+                                        taps=[t.name for t in backbone.taps], seed=seed)
         if progress:
             progress("similarity", 1, 1)
     dups = exact + near
@@ -198,6 +204,7 @@ def build_profile(
         skipped=list(scan.skipped) + (list(fs.summary.failed) if similarity else []),
         ignored_files=scan.ignored_hidden + scan.ignored_non_image + scan.ignored_unlabeled,
         similarity=measured,
+        tap_evidence=evidence,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )

@@ -1,0 +1,121 @@
+"""Run every strategy under one budget on the same split and backbone; measure the advice's regret."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from advisor.advise import recommend_dataset
+from advisor.backbones import create_backbone
+from advisor.errors import AdvisorError
+from advisor.io import write_text_atomic
+from advisor.models import STRATEGIES, Recommendation
+from advisor.rules import plan_for_strategy
+from advisor.runner import DEFAULT_RUNS_DIR, apply_overrides, run_plan
+
+
+class CompareRow(BaseModel):
+    strategy: str
+    val_accuracy: float
+    ci: tuple[float, float]
+    n_val: int
+    seconds: float
+    trainable_params: int
+    total_params: int
+    input_size: int
+    epochs: int | None
+    selected: dict
+    run_dir: str
+    recommended: bool = False
+    winner: bool = False
+
+
+class Comparison(BaseModel):
+    """What ``advisor compare`` prints and saves as ``compare.json``."""
+
+    dataset: str
+    backbone: str
+    recommended: str
+    winner: str
+    regret_points: float  # winner's accuracy minus the recommended strategy's, in accuracy points
+    rows: list[CompareRow]
+    input_size: int | None
+    epochs_cap: int | None
+    recommend_seconds: float
+    compare_seconds: float
+    recommend_cost_fraction: float  # recommend time / the time of running every strategy
+    saved_to: str
+    recommendation: Recommendation
+
+
+def compare(
+    dataset: str | os.PathLike,
+    *,
+    strategies: Sequence[str] | None = None,
+    backbone: str = "efficientnet_lite0",
+    runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+    input_size: int | None = None,
+    epochs: int | None = None,
+    sample_size: int = 300,
+    seed: int = 0,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+    progress=None,
+) -> Comparison:
+    """Recommend, then run each strategy (same split, backbone, input size and epoch cap) and rank them.
+
+    The winner is the most accurate strategy (ties: fewer trained parameters); regret is the
+    winner's validation accuracy minus the recommended strategy's.
+    """
+    names = list(strategies or STRATEGIES)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise AdvisorError(f"unknown strategies {unknown}", hint=f"choose from {', '.join(STRATEGIES)}")
+    t0 = time.perf_counter()
+    rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+    recommend_seconds = time.perf_counter() - t0
+    if rec.strategy not in names:
+        names.append(rec.strategy)  # regret needs the recommended strategy's own result
+    taps = create_backbone(backbone).taps
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / f"compare-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(dataset).resolve().name)}-{stamp}"
+    rows = []
+    t1 = time.perf_counter()
+    for name in names:
+        plan = plan_for_strategy(rec, name, taps=taps)
+        cap = min(epochs, plan.epochs) if epochs and name.endswith("finetune") else None
+        plan = apply_overrides(plan, input_size=input_size, epochs=cap)
+        ts = time.perf_counter()
+        out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,
+                       num_workers=num_workers, progress=progress)
+        r, m = out.result, out.result["metrics"]
+        rows.append(CompareRow(
+            strategy=name, val_accuracy=m["val_accuracy"], ci=tuple(m["val_accuracy_ci"]), n_val=m["n_val"],
+            seconds=round(time.perf_counter() - ts, 2), trainable_params=r["trainable_params"], total_params=r["total_params"],
+            input_size=plan.input_size, epochs=r.get("epochs_completed"), run_dir=out.run_dir,
+            selected={k: v for k, v in r["selected"].items() if k in ("taps", "l2", "frozen_stages", "best_epoch", "epochs_run")},
+        ))
+    compare_seconds = time.perf_counter() - t1
+    best = max(rows, key=lambda row: (row.val_accuracy, -row.trainable_params))
+    recommended = next(row for row in rows if row.strategy == rec.strategy)
+    for row in rows:
+        row.winner = row is best
+        row.recommended = row is recommended
+    result = Comparison(
+        dataset=str(Path(dataset).resolve()), backbone=backbone, recommended=rec.strategy, winner=best.strategy,
+        regret_points=round(100 * (best.val_accuracy - recommended.val_accuracy), 3), rows=rows,
+        input_size=input_size, epochs_cap=epochs, recommend_seconds=round(recommend_seconds, 2),
+        compare_seconds=round(compare_seconds, 2),
+        recommend_cost_fraction=round(recommend_seconds / compare_seconds, 4) if compare_seconds else 0.0,
+        saved_to=str(base / "compare.json"), recommendation=rec,
+    )
+    write_text_atomic(base / "compare.json", result.model_dump_json(indent=2))
+    return result
