@@ -47,7 +47,7 @@ from advisor.models import RunPlan
 from strategies.base import (
     RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, register_strategy,
 )
-from strategies.probe import Standardizer, class_weights_from, fit_logistic, fit_probe, fit_standardizer
+from strategies.probe import Standardizer, class_weights_from, fit_logistic, fit_standardizer
 from strategies.training import (
     EarlyStopping, EpochBatchSampler, EvalTransform, ImageSamples, TrainTransform, collate_skip, defer_sigint,
     freeze_stages, get_rng_state, load_checkpoint, mix_seed, param_groups, reestimate_bn, save_checkpoint,
@@ -80,7 +80,7 @@ class FinetuneConfig(BaseModel):
     adapt_bn: bool = False
     patience: int | None = Field(default=3, ge=1)  # epochs without a better validation result; None: never stop early
     head_warmup: bool = True  # False: a seeded random head on unstandardised features
-    head_l2: float | None = Field(default=None, ge=0)  # None: the warm-up probe's L2 by CV (as linear-probe)
+    head_l2: float = Field(default=1e-3, ge=0)  # L2 of the warm-up probe (mean cross-entropy scale)
     checkpoint_every_steps: int = Field(default=50, ge=0)  # 0: only at epoch ends (and on Ctrl-C)
     num_workers: int | None = Field(default=None, ge=0)  # None: the run context's, else one per spare core
 
@@ -268,28 +268,14 @@ class _Run:
         if fs.labels is None or len(fs.labels) == 0:
             raise AdvisorError("no training image could be decoded")
         x, y = fs.features[PRE_LOGITS], fs.labels
-        # The probe sees the natural class mix (no sampler), so imbalance is corrected in its loss.
-        weights = class_weights_from(y, self.num_classes) if cfg.class_weighting or cfg.balanced_sampler else None
-        if cfg.head_l2 is None:
-            # LP-FT as measured: the warm-up is the linear probe itself, L2 chosen by cross-validation.
-            # A weakly regularised head fits the training set with huge logits (loss ~1e-4 on 40
-            # images at l2=1e-3), and the feature shift of train-mode BatchNorm then turns them into
-            # large, destructive gradients in the first steps.
-            fit = fit_probe({PRE_LOGITS: x}, y, taps=[PRE_LOGITS], num_classes=self.num_classes, class_weights=weights,
-                            seed=self.seed, device=self.dev)
-            model.set_head(fit.W, fit.b, fit.standardizer.mean, fit.standardizer.std)
-            xs = fit.standardizer.apply(x)
-            acc = float(((xs @ fit.W.T + fit.b).argmax(1) == y).float().mean())
-            self.warmup = {"l2": fit.l2, "cv_accuracy": fit.cv_accuracy, "train_accuracy": round(acc, 4),
-                           "images": int(len(y)), "features_from_cache": fs.summary.from_cache}
-            self.ctx.event("head_warmup", **self.warmup)
-            return
-        # With an explicit L2: one scale shared by all features (their RMS deviation), not one per feature: per-feature
+        # One scale shared by all features (their RMS deviation), not one per feature: per-feature
         # scaling blows near-constant features up to unit variance, the probe puts weight on them,
         # and once fine-tuning moves them a little the logits explode. A shared scale keeps the
         # geometry of the features, so the probe's L2 penalty is isotropic in the backbone's space.
         per_feature = fit_standardizer(x)
         std = Standardizer(per_feature.mean, torch.full_like(per_feature.std, float(per_feature.std.pow(2).mean().sqrt())))
+        # The probe sees the natural class mix (no sampler), so imbalance is corrected in its loss.
+        weights = class_weights_from(y, self.num_classes) if cfg.class_weighting or cfg.balanced_sampler else None
         xs = std.apply(x)
         W, b = fit_logistic(xs, y, num_classes=self.num_classes, l2=cfg.head_l2, class_weights=weights, device=self.dev)
         model.set_head(W, b, std.mean, std.std)
