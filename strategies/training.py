@@ -127,7 +127,7 @@ def train_mode(model: nn.Module) -> None:
     batch statistics and overwrites its running statistics, so a "frozen" stage would drift
     (and be noisy at small batch sizes). Likewise every module whose parameters are all frozen
     (a frozen block or stage) goes to eval mode, which also turns off dropout / drop-path
-    inside it: noise there cannot be learned around by weights that do not move.
+    inside it: a frozen part then computes during training exactly what it computes at inference.
     """
     model.train()
     for m in model.modules():
