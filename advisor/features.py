@@ -206,9 +206,6 @@ class FeatureSet:
     splits: list[str] | None = None
     extra: dict = field(default_factory=dict)
 
-    def tap(self, name: str) -> torch.Tensor:
-        return self.features[name]
-
     def rows(self, split: str) -> torch.Tensor:
         """Row indices of the images of one split (requires Sample inputs)."""
         if self.splits is None:

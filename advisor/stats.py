@@ -1,4 +1,4 @@
-"""Distribution distances and resampling, in torch so they run on the GPU when there is one.
+"""Distribution distances, in torch so they run on the GPU when there is one.
 
 All functions take ``[n, d]`` feature matrices (or moments) and compute in float64: Fréchet
 distances and MMD estimates lose their meaning to float32 round-off at d ~ 1000.
@@ -67,28 +67,3 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, *, kernel: Callable = polyno
     term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
     term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return float(term_x + term_y - 2 * kxy.mean())
-
-
-def bootstrap(
-    stat: Callable[[torch.Tensor], float],
-    n: int,
-    *,
-    rounds: int = 200,
-    seed: int = 0,
-    alpha: float = 0.05,
-    device: torch.device | str = "cpu",
-) -> tuple[float, float, list[float]]:
-    """Percentile bootstrap: ``stat`` receives resampled row indices; returns (low, high, draws)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    draws = []
-    for _ in range(rounds):
-        idx = torch.randint(0, n, (n,), generator=gen).to(device)
-        draws.append(float(stat(idx)))
-    t = torch.tensor(draws, dtype=torch.float64)
-    lo, hi = torch.quantile(t, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)).tolist()
-    return lo, hi, draws
-
-
-def gaussian_kl(mu_p: torch.Tensor, var_p: torch.Tensor, mu_q: torch.Tensor, var_q: torch.Tensor) -> torch.Tensor:
-    """Per-element KL(N(mu_p, var_p) || N(mu_q, var_q))."""
-    return 0.5 * (torch.log(var_q / var_p) + (var_p + (mu_p - mu_q) ** 2) / var_q - 1)
