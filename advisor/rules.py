@@ -15,7 +15,7 @@ Every decision is a :class:`Rule` in :data:`RULES`, evaluated in that fixed orde
 
 A rule's ``rationale`` is a ``str.format`` template over :meth:`Context.values`, so every
 report cites the measured numbers next to the thresholds they were compared with. All
-thresholds live in :class:`Thresholds`; they are provisional until calibrated on real data.
+thresholds live in :class:`Thresholds`, calibrated on measured outcomes (benchmarks/calibrate.py).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ __all__ = [
     "boundaries",
     "build_context",
     "finetune_schedule",
+    "frozen_stages_for",
+    "probe_sweep_taps",
     "place",
     "recommend",
     "rules_markdown",
@@ -60,8 +62,6 @@ RuleKind = Literal["quadrant", "override", "modifier", "warning"]
 BATCH_SIZE = 32
 LR_HEAD_FINETUNE = 1e-3  # AdamW
 BACKBONE_LR_FACTOR = 0.1  # pretrained weights move 10x slower than the new head
-FROZEN_FRACTION = 0.6  # partial fine-tune freezes this share of stages (rounded)
-LAYER_PROBE_STAGES = 3  # the last stages a layer probe sweeps, plus pre_logits
 STEPS_PER_SQRT_IMAGE = 40
 MIN_STEPS, MAX_STEPS = 300, 3000
 MIN_EPOCHS, MAX_EPOCHS = 3, 30
@@ -69,16 +69,21 @@ WARMUP_EPOCHS = 1
 
 
 class Thresholds(BaseModel):
-    """Every threshold the rules compare against (provisional defaults, calibrated later)."""
+    """Every threshold the rules compare against.
+
+    Defaults are calibrated by ``benchmarks/calibrate.py`` on the measured suite
+    (``docs/decision-rules.md``, section Calibration); the provisional values were 200 per class,
+    1000 in total, 3 swept stages and 60 % frozen.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     large_per_class: float = Field(
-        200, gt=0,
+        110, gt=0,
         description="median training images per class at or above which the size axis can be 'large'",
     )
     large_total: int = Field(
-        1000, ge=1,
+        175, ge=1,
         description="training images in total at or above which the size axis can be 'large' "
         "(both this and large_per_class must hold)",
     )
@@ -109,6 +114,14 @@ class Thresholds(BaseModel):
     min_per_class_for_finetune: int = Field(
         20, ge=0,
         description="smallest training class below which a fine-tune falls back to a probe (R6, R7)",
+    )
+    probe_stages: int = Field(
+        2, ge=1,
+        description="the layer probe sweeps this many of the deepest stage taps, plus pre_logits (R2, R7)",
+    )
+    frozen_fraction: float = Field(
+        0.4, ge=0, lt=1,
+        description="share of stages a partial fine-tune keeps frozen, rounded half up, one stage left trainable (R3)",
     )
 
     @model_validator(mode="after")
@@ -150,19 +163,18 @@ class Context:
 
     @property
     def frozen_stages(self) -> int:
-        """Stages a partial fine-tune keeps frozen: round(60 %), leaving at least one trainable."""
-        n = len(self.stage_taps)
-        return max(0, min(n - 1, (3 * n + 2) // 5))  # integer round-half-up of 0.6 n
+        """Stages a partial fine-tune keeps frozen (see :func:`frozen_stages_for`)."""
+        return frozen_stages_for(len(self.stage_taps), self.thresholds.frozen_fraction)
 
     @property
     def layer_probe_taps(self) -> tuple[str, ...]:
-        return (*self.stage_taps[-LAYER_PROBE_STAGES:], PRE_LOGITS)
+        return probe_sweep_taps(self.stage_taps, self.thresholds.probe_stages)
 
     @property
     def earlier_tap(self) -> str | None:
-        """The stage just before the layer-probe sweep (stage2 on a 5-stage backbone), if any."""
-        n = len(self.stage_taps)
-        return self.stage_taps[n - LAYER_PROBE_STAGES - 1] if n > LAYER_PROBE_STAGES else None
+        """The stage just before the layer-probe sweep, if any."""
+        n, k = len(self.stage_taps), self.thresholds.probe_stages
+        return self.stage_taps[n - k - 1] if n > k else None
 
     @property
     def straddles(self) -> bool:
@@ -248,6 +260,18 @@ _INPUT_SHIFT_ACTION = {
     "partial-finetune": "the fine-tune therefore re-estimates BatchNorm statistics on this data (adapt_bn)",
     "full-finetune": "the fine-tune therefore re-estimates BatchNorm statistics on this data (adapt_bn)",
 }
+
+
+def frozen_stages_for(stages: int, fraction: float | None = None) -> int:
+    """round(fraction * stages), half up, leaving at least one stage trainable (R3's depth)."""
+    fraction = Thresholds().frozen_fraction if fraction is None else fraction
+    return max(0, min(stages - 1, math.floor(fraction * stages + 0.5 + 1e-9)))
+
+
+def probe_sweep_taps(stage_taps: Sequence[str], probe_stages: int | None = None) -> tuple[str, ...]:
+    """The taps a layer probe sweeps: the deepest ``probe_stages`` stage taps, then pre_logits."""
+    k = Thresholds().probe_stages if probe_stages is None else probe_stages
+    return (*tuple(stage_taps)[-k:], PRE_LOGITS)
 
 
 def finetune_schedule(train_images: int, *, batch_size: int = BATCH_SIZE) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """The advice's track record: `recommend` and `compare` on every dataset, as markdown and JSON.
 
     python benchmarks/suite.py [DATASET ...] [--input-size 128] [--epochs 4] [--out docs/suite]
-        [--backbone NAME] [--sample-size 300]
+        [--backbone NAME] [--sample-size 300] [--strategies a,b] [--device cuda]
 
 Default datasets: every folder of ../shared/data except the ImageNet sample. Per dataset: size,
 similarity with its interval, quadrant, recommended strategy, best strategy, the accuracy of
@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from advisor.compare import compare  # noqa: E402
+from advisor.features import resolve_device  # noqa: E402
 from advisor.models import STRATEGIES  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -33,11 +34,12 @@ def default_datasets() -> list[str]:
 
 
 def run_suite(datasets: list[str], *, input_size: int | None, epochs: int | None, backbone: str, sample_size: int,
-              runs_dir: str, num_workers: int | None = None) -> list[dict]:
+              runs_dir: str, num_workers: int | None = None, device: str | None = None, on_row=None,
+              strategies: list[str] | None = None) -> list[dict]:
     rows = []
     for path in datasets:
-        res = compare(path, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
-                      sample_size=sample_size, num_workers=num_workers)
+        res = compare(path, strategies=strategies, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
+                      sample_size=sample_size, num_workers=num_workers, device=device)
         rec = res.recommendation
         sim = rec.profile.similarity
         rows.append({
@@ -50,8 +52,12 @@ def run_suite(datasets: list[str], *, input_size: int | None, epochs: int | None
             "seconds": {r.strategy: r.seconds for r in res.rows},
             "recommend_seconds": res.recommend_seconds, "compare_seconds": res.compare_seconds,
             "recommend_cost_fraction": res.recommend_cost_fraction,
-            "input_size": input_size, "epochs_cap": epochs,
+            "input_size": input_size or 224, "epochs_cap": epochs, "device": str(resolve_device(device)),
+            # the profile lets benchmarks/calibrate.py re-run the rules under other thresholds
+            "profile": rec.profile.model_dump(mode="json"),
         })
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -83,19 +89,25 @@ def main() -> None:
     ap.add_argument("--sample-size", type=int, default=300)
     ap.add_argument("--out", default="docs/suite")
     ap.add_argument("--runs-dir", default=None, help="keep the runs here [default: a temporary folder]")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--strategies", default=None, help="comma-separated subset [default: all four; the recommended one always runs]")
     args = ap.parse_args()
     datasets = args.datasets or default_datasets()
     if not datasets:
         sys.exit("no datasets given and ../shared/data not found")
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = run_suite(datasets, input_size=args.input_size, epochs=args.epochs, backbone=args.backbone,
-                         sample_size=args.sample_size, runs_dir=args.runs_dir or tmp)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    md = markdown(rows)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+
+    def save(rows: list[dict]) -> None:  # after every dataset: a run cut short keeps what it finished
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        out.with_suffix(".md").write_text(markdown(rows))
+        print(f"{rows[-1]['dataset']}: done", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_suite(datasets, input_size=args.input_size, epochs=args.epochs, backbone=args.backbone,
+                         sample_size=args.sample_size, runs_dir=args.runs_dir or tmp, device=args.device, on_row=save,
+                         strategies=args.strategies.split(",") if args.strategies else None)
+    print(markdown(rows))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from advisor.classifier import TransferClassifier
 from advisor.data import Sample
 from advisor.errors import AdvisorError
 from advisor.features import default_num_workers, extract_features
+from advisor.rules import frozen_stages_for
 from advisor.models import RunPlan
 from strategies.base import (
     RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, register_strategy,
@@ -66,7 +67,7 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    frozen_stages: int | None = Field(default=None, ge=0)  # None: round(60 %) of the stages, at least one left trainable
+    frozen_stages: int | None = Field(default=None, ge=0)  # None: R3's calibrated share of the stages, at least one left trainable
     lr_head: float = Field(default=1e-3, gt=0)
     lr_backbone: float | None = Field(default=None, gt=0)  # None: lr_head / 10
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -90,8 +91,8 @@ class FullFinetuneConfig(FinetuneConfig):
 
 
 def default_frozen_stages(stages: int) -> int:
-    """round(0.6 * stages) (half up), leaving at least one stage trainable: the advisor's rule R3."""
-    return max(0, min(stages - 1, (3 * stages + 2) // 5))
+    """The advisor's rule R3: round(frozen_fraction * stages), half up, at least one stage trainable."""
+    return frozen_stages_for(stages)
 
 
 @dataclass

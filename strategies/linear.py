@@ -17,6 +17,7 @@ from advisor.classifier import TransferClassifier
 from advisor.errors import AdvisorError
 from advisor.features import extract_features
 from advisor.models import RunPlan
+from advisor.rules import probe_sweep_taps
 from strategies.base import RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, register_strategy
 from strategies.probe import class_weights_from, fit_probe, layer_probe_sweep
 
@@ -24,7 +25,7 @@ from strategies.probe import class_weights_from, fit_probe, layer_probe_sweep
 class ProbeConfig(BaseModel):
     """Settings of both probes; ``sweep`` makes it a layer probe over ``taps``."""
 
-    taps: list[str] | None = None  # None: pre_logits; for a sweep, the last three stages + pre_logits
+    taps: list[str] | None = None  # None: pre_logits; for a sweep, rules.probe_sweep_taps
     sweep: bool = False
     concat_top: int = 2
     folds: int = 5
@@ -55,7 +56,7 @@ class _Probe(Strategy):
         taps = config.taps
         if not taps:
             stages = [t.name for t in backbone.taps if t.name != PRE_LOGITS]
-            taps = (stages[-3:] if config.sweep else []) + [PRE_LOGITS]
+            taps = list(probe_sweep_taps(stages)) if config.sweep else [PRE_LOGITS]
         config = config.model_copy(update={"taps": taps})
         fs, tr, va = _extract(data, backbone, taps, config, ctx)
         num_classes = len(data.classes)

@@ -147,15 +147,17 @@ CASES = [
     ("no-similarity-small", make_profile(score=None), "linear-probe", "R1", ["R1", "R14"]),
     ("no-similarity-large", make_profile(LARGE, score=None), "partial-finetune", "R3", ["R3", "R14"]),
     # Exact size boundaries: median per class and total both at threshold, then each just below.
-    ("size-at-threshold", make_profile({f"c{i}": 200 for i in range(5)}), "partial-finetune", "R3", ["R3"]),
+    ("size-at-threshold", make_profile({f"c{i}": 110 for i in range(5)}), "partial-finetune", "R3", ["R3"]),
     (
         "median-just-below",
-        make_profile({**{f"a{i}": 199 for i in range(5)}, **{f"b{i}": 200 for i in range(5)}}),
+        make_profile({**{f"a{i}": 109 for i in range(5)}, **{f"b{i}": 110 for i in range(5)}}),
         "linear-probe",
         "R1",
         ["R1"],
     ),
-    ("total-just-below", make_profile({f"c{i}": 333 for i in range(3)}), "linear-probe", "R1", ["R1"]),
+    # With two or more classes at 110 the total is at least 220: only one class can miss 175.
+    ("total-just-below", make_profile({"c0": 174}), "linear-probe", "R1", ["R1"]),
+    ("total-at-threshold", make_profile({"c0": 175}), "partial-finetune", "R3", ["R3"]),
     # Exact similarity boundary.
     ("similarity-at-threshold", make_profile(LARGE, score=(0.5, 0.5, 0.6)), "partial-finetune", "R3", ["R3"]),
     ("similarity-just-below", make_profile(LARGE, score=(0.4999, 0.4, 0.4999)), "full-finetune", "R4", ["R4"]),
@@ -173,11 +175,13 @@ def test_rule_table(profile, strategy, quadrant, fired):
 
 def test_median_and_total_exact_values_of_boundary_profiles():
     # The boundary cases above only test what they claim if the factory derives these numbers.
-    at = make_profile({f"c{i}": 200 for i in range(5)})
-    assert (at.train_per_class_median, at.train_images) == (200.0, 1000)
-    below = make_profile({**{f"a{i}": 199 for i in range(5)}, **{f"b{i}": 200 for i in range(5)}})
-    assert below.train_per_class_median == 199.5 and below.train_images >= 1000
-    assert make_profile({f"c{i}": 333 for i in range(3)}).train_images == 999
+    t = Thresholds()
+    assert (t.large_per_class, t.large_total) == (110, 175)  # the calibrated values these cases sit on
+    at = make_profile({f"c{i}": 110 for i in range(5)})
+    assert (at.train_per_class_median, at.train_images) == (110.0, 550)
+    below = make_profile({**{f"a{i}": 109 for i in range(5)}, **{f"b{i}": 110 for i in range(5)}})
+    assert below.train_per_class_median == 109.5 and below.train_images >= 175
+    assert make_profile({"c0": 174}).train_images == 174
 
 
 def test_place_returns_the_cell():
@@ -199,9 +203,11 @@ def test_linear_probe_plan():
     assert (plan.seed, plan.val_fraction, plan.batch_size, plan.input_size) == (7, 0.2, 32, 224)
 
 
-def test_layer_probe_sweeps_last_three_stages_and_pre_logits():
+def test_layer_probe_sweeps_the_calibrated_stages_and_pre_logits():
     plan = recommend(make_profile(SMALL, score=DIFFERENT), taps=TAPS).plan
-    assert plan.taps == ["stage3", "stage4", "stage5", "pre_logits"]
+    assert plan.taps == ["stage4", "stage5", "pre_logits"]
+    wider = recommend(make_profile(SMALL, score=DIFFERENT), taps=TAPS, thresholds=Thresholds(probe_stages=3)).plan
+    assert wider.taps == ["stage3", "stage4", "stage5", "pre_logits"]
 
 
 def test_layer_probe_on_a_three_stage_backbone_sweeps_all_stages():
@@ -209,13 +215,15 @@ def test_layer_probe_on_a_three_stage_backbone_sweeps_all_stages():
     assert plan.taps == ["stage1", "stage2", "stage3", "pre_logits"]  # no earlier tap to add
 
 
-def test_partial_finetune_freezes_sixty_percent_of_stages():
+def test_partial_finetune_freezes_the_calibrated_share_of_stages():
     plan = recommend(make_profile(LARGE), taps=TAPS).plan
-    assert (plan.frozen_stages, plan.trainable_stages) == (3, 2)
+    assert (plan.frozen_stages, plan.trainable_stages) == (2, 3)  # round(0.4 * 5)
     assert plan.lr_head == 1e-3 and plan.lr_backbone == pytest.approx(1e-4)
     assert plan.warmup_epochs == 1 and plan.taps == []
-    assert (recommend(make_profile(LARGE), taps=TAPS_3).plan.frozen_stages) == 2  # round(1.8)
-    assert (recommend(make_profile(LARGE), taps=TAPS_4).plan.frozen_stages) == 2  # round(2.4)
+    assert (recommend(make_profile(LARGE), taps=TAPS_3).plan.frozen_stages) == 1  # round(1.2)
+    assert (recommend(make_profile(LARGE), taps=TAPS_4).plan.frozen_stages) == 2  # round(1.6)
+    deeper = recommend(make_profile(LARGE), taps=TAPS, thresholds=Thresholds(frozen_fraction=0.6)).plan
+    assert deeper.frozen_stages == 3  # round(3.0)
 
 
 def test_full_finetune_trains_every_stage_with_smaller_backbone_lr():
@@ -253,7 +261,7 @@ def test_override_replaces_quadrant_plan_fields():
 
 def test_fallback_to_layer_probe_sweeps_taps():
     plan = recommend(make_profile(with_class(LARGE, "rare", 19), score=DIFFERENT), taps=TAPS).plan
-    assert plan.taps == ["stage3", "stage4", "stage5", "pre_logits"]
+    assert plan.taps == ["stage4", "stage5", "pre_logits"]
 
 
 def test_imbalance_modifiers_set_plan_flags():
@@ -275,7 +283,7 @@ def test_input_shift_adapts_bn_for_finetunes():
 
 def test_input_shift_adds_an_earlier_tap_to_the_layer_probe():
     plan = recommend(make_profile(SMALL, score=DIFFERENT, median_side=40, below_64=600), taps=TAPS).plan
-    assert plan.taps == ["stage2", "stage3", "stage4", "stage5", "pre_logits"]
+    assert plan.taps == ["stage3", "stage4", "stage5", "pre_logits"]
     assert plan.adapt_bn is False
     assert any("upsampled to 224 px" in note for note in plan.notes)
 
@@ -339,10 +347,10 @@ def test_missing_similarity_warning():
 def test_quadrant_rationale_cites_numbers_and_thresholds():
     rec = recommend(make_profile(SMALL, score=DIFFERENT), taps=TAPS)
     text = rec.hits[0].rationale
-    assert "50 training images per class, large from 200" in text
-    assert "500 in total, large from 1000" in text
+    assert "50 training images per class, large from 110" in text
+    assert "500 in total, large from 175" in text
     assert "similarity score 0.20 [0.10, 0.30] < 0.50" in text
-    assert "stage3, stage4, stage5, pre_logits" in text
+    assert "stage4, stage5, pre_logits" in text
 
 
 @pytest.mark.parametrize("profile", [make_profile(LARGE, greyscale=0.3, cross_split=1), make_profile(SMALL, score=None)])
@@ -389,8 +397,13 @@ def test_recommendation_fields_and_json_round_trip():
 # --------------------------------------------------------------------------- boundaries
 
 
+# The boundary mechanics are tested under the provisional thresholds, whose round numbers make
+# the expected margins easy to read; the calibrated ones are covered by the rule table above.
+PROVISIONAL = Thresholds(large_per_class=200, large_total=1000, probe_stages=3, frozen_fraction=0.6)
+
+
 def test_size_boundary_notes_name_the_flipped_strategy():
-    notes = boundaries(make_profile({f"c{i}": 100 for i in range(5)}))
+    notes = boundaries(make_profile({f"c{i}": 100 for i in range(5)}), thresholds=PROVISIONAL)
     size = [n for n in notes if n.axis == "size"]
     assert [(n.value, n.threshold) for n in size] == [(100, 200), (500, 1000)]
     assert "0.50x the threshold" in size[0].margin
@@ -398,13 +411,13 @@ def test_size_boundary_notes_name_the_flipped_strategy():
 
 
 def test_size_boundary_lists_only_the_unmet_criterion():
-    notes = boundaries(make_profile({f"c{i}": 333 for i in range(3)}))
+    notes = boundaries(make_profile({f"c{i}": 333 for i in range(3)}), thresholds=PROVISIONAL)
     assert notes[0].flip == "with >= 1000 in total this becomes partial-finetune"
     assert "1.67x the threshold" in notes[0].margin and "0.50x" not in notes[0].margin
 
 
 def test_size_boundary_from_large_side():
-    notes = boundaries(make_profile(LARGE, score=DIFFERENT))
+    notes = boundaries(make_profile(LARGE, score=DIFFERENT), thresholds=PROVISIONAL)
     assert "1.50x the threshold (300 vs 200, at or above)" in notes[0].margin
     assert notes[0].flip.endswith("this becomes layer-probe")
 
@@ -421,12 +434,13 @@ def test_size_boundary_says_when_the_strategy_stays():
 
 
 def test_input_shift_rationale_names_the_action_per_strategy():
-    def r10(profile, taps=TAPS):
-        return next(h.rationale for h in recommend(profile, taps=taps).hits if h.id == "R10")
+    def r10(profile, taps=TAPS, thresholds=None):
+        return next(h.rationale for h in recommend(profile, taps=taps, thresholds=thresholds).hits if h.id == "R10")
 
     assert "re-estimates BatchNorm statistics on this data (adapt_bn)" in r10(make_profile(LARGE, greyscale=0.9))
-    assert "also sweeps an earlier tap (stage2)" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9))
-    assert "already sweeps every stage" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9), TAPS_3)
+    assert "also sweeps an earlier tap (stage3)" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9))
+    assert "also sweeps an earlier tap (stage1)" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9), TAPS_3)
+    assert "already sweeps every stage" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9), TAPS_3, PROVISIONAL)
     assert "cannot correct it" in r10(make_profile(SMALL, greyscale=0.9))
     assert "90% of images are greyscale, threshold 50%" in r10(make_profile(SMALL, greyscale=0.9))
 

@@ -54,11 +54,12 @@ def test_linear_probe_trains_only_the_head_and_beats_chance(colours, tmp_path):
     assert sum(map(sum, result.metrics.confusion)) == len(data.val)
 
 
-def test_layer_probe_sweeps_every_tap_and_reports_the_table(colours, tmp_path):
+def test_layer_probe_sweeps_the_calibrated_taps_and_reports_the_table(colours, tmp_path):
     (result, model), _ = _fit("layer-probe", colours, tmp_path)
     swept = [tuple(r["taps"]) for r in result.sweep]
-    for tap in ("stage1", "stage2", "stage3", "pre_logits"):
+    for tap in ("stage2", "stage3", "pre_logits"):  # probe_stages = 2 of the tiny CNN's 3 stages
         assert (tap,) in swept
+    assert ("stage1",) not in swept
     best = max(result.sweep, key=lambda r: r["cv_accuracy"])
     assert result.selected["cv_accuracy"] == pytest.approx(best["cv_accuracy"])
     assert model.taps == result.selected["taps"]
@@ -202,6 +203,6 @@ def test_a_forced_strategy_skips_the_similarity_measurement(colours, tmp_path, m
                    input_size=32, num_workers=0)
     assert out.plan.strategy == "layer-probe" and "user" in out.plan.rule_ids
     # the forced strategy gets its own plan fields: a sweep over the stage taps, not R1's pre_logits
-    assert out.plan.taps == ["stage1", "stage2", "stage3", "pre_logits"] and len(out.result["sweep"]) > 1
+    assert out.plan.taps == ["stage2", "stage3", "pre_logits"] and len(out.result["sweep"]) > 1
     assert out.recommendation.profile.similarity is None
     assert any("forced" in n for n in out.plan.notes)
