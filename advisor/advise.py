@@ -92,10 +92,12 @@ def recommend_dataset(
     progress: StageProgress | None = None,
     similarity: bool = True,
     force_strategy: str | None = None,
+    epochs_cap: int | None = None,
 ) -> Recommendation:
     """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
 
-    ``similarity=False`` measures only what needs no forward pass (R14 then says so).
+    ``similarity=False`` measures only what needs no forward pass (R14 then says so);
+    ``epochs_cap`` is the fine-tune budget the plan will run under (R15 and R16 weigh it).
     """
     if sample_size < 4:
         raise AdvisorError(f"--sample-size must be at least 4, got {sample_size}")
@@ -105,7 +107,7 @@ def recommend_dataset(
         device=device, cache_dir=cache_dir, val_fraction=val_fraction, num_workers=num_workers, progress=progress,
         similarity=similarity,
     )
-    rec = recommend(profile, taps=bb.taps, thresholds=thresholds, seed=seed,
+    rec = recommend(profile, taps=bb.taps, thresholds=thresholds, seed=seed, epochs_cap=epochs_cap,
                     val_fraction=scan.val_fraction if scan.split_source == "stratified" else None)
     rec.evidence_notes = evidence_notes(rec)
     if rec.plan.strategy == "layer-probe" and profile.tap_evidence:

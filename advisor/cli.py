@@ -340,6 +340,9 @@ def recommend_cmd(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write the executable plan (JSON) here."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                         help="The fine-tune epoch budget you will run with; a cap far below the "
+                                              "schedule turns a fine-tune into a probe (R15, R16)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
@@ -347,7 +350,7 @@ def recommend_cmd(
 
     with stage_bars() as cb:
         rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                                device=device, cache_dir=cache_dir, progress=cb)
+                                device=device, cache_dir=cache_dir, progress=cb, epochs_cap=epochs)
     if save_plan is not None:
         write_plan(rec.plan, save_plan)
     if json_out:

@@ -179,5 +179,6 @@ class Recommendation(BaseModel):
     warnings: list[str]
     evidence_notes: list[str] = Field(default_factory=list)  # where measurement and rule disagree
     thresholds: dict[str, float]
+    epochs_cap: int | None = None  # the fine-tune epoch budget the advice assumed (R15, R16)
     plan: RunPlan
     seconds: float | None = None

@@ -115,6 +115,10 @@ class Thresholds(BaseModel):
         20, ge=0,
         description="smallest training class below which a fine-tune falls back to a probe (R6, R7)",
     )
+    min_schedule_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="a fine-tune capped below this share of its schedule's epochs falls back to a probe (R15, R16)",
+    )
     probe_stages: int = Field(
         2, ge=1,
         description="the layer probe sweeps this many of the deepest stage taps, plus pre_logits (R2, R7)",
@@ -157,6 +161,7 @@ class Context:
     low_res: bool
     input_shift_reasons: tuple[str, ...]
     tiny_classes: tuple[tuple[str, int], ...]
+    epochs_cap: int | None = None  # the user's cap on fine-tune epochs (a budget), if any
     # What the resolved strategy would be across each boundary; filled by build_context.
     similarity_flip_strategy: str | None = None
     size_flip_strategy: str | None = None
@@ -250,6 +255,8 @@ class Context:
             "size_flip_strategy": self.size_flip_strategy or "unknown",
             "finetune_steps": steps,
             "finetune_epochs": epochs,
+            "epochs_cap": self.epochs_cap if self.epochs_cap is not None else nan,
+            "schedule_share_pct": 100 * self.epochs_cap / epochs if self.epochs_cap is not None and epochs else nan,
         }
 
 
@@ -325,7 +332,8 @@ def _low_resolution(profile: DatasetProfile, t: Thresholds) -> tuple[bool, float
 
 
 def build_context(
-    profile: DatasetProfile, *, taps: Sequence[TapInfo], thresholds: Thresholds | None = None
+    profile: DatasetProfile, *, taps: Sequence[TapInfo], thresholds: Thresholds | None = None,
+    epochs_cap: int | None = None,
 ) -> Context:
     """Derive everything the rules look at from the profile, the thresholds and the taps."""
     t = thresholds or Thresholds()
@@ -362,6 +370,7 @@ def build_context(
         tiny_classes=tuple(
             sorted(((c, n) for c, n in profile.train_per_class.items() if n < t.tiny_class), key=lambda x: (x[1], x[0]))
         ),
+        epochs_cap=epochs_cap,
     )
     flip_sim = "different" if ctx.similarity_class == "similar" else "similar"
     flip_size = "small" if ctx.size_class == "large" else "large"
@@ -485,6 +494,21 @@ def _few_for_finetune(similarity: SimilarityClass) -> Callable[[Context], bool]:
             and not ctx.tiny_classes
             and p.train_per_class_min < t.min_per_class_for_finetune
         )
+
+    return condition
+
+
+def _short_budget(similarity: SimilarityClass) -> Callable[[Context], bool]:
+    # After R5-R7 (so at most one override fires): a fine-tune cut far below its schedule.
+    few = _few_for_finetune(similarity)
+
+    def condition(ctx: Context) -> bool:
+        if ctx.epochs_cap is None or ctx.size_class != "large" or ctx.similarity_class != similarity:
+            return False
+        if ctx.tiny_classes or few(ctx) or ctx.profile.train_images < 1:
+            return False
+        epochs = finetune_schedule(ctx.profile.train_images)[1]
+        return ctx.epochs_cap < ctx.thresholds.min_schedule_fraction * epochs
 
     return condition
 
@@ -613,6 +637,34 @@ RULES: tuple[Rule, ...] = (
         "classifiers on {probe_taps}.",
         when="R4's quadrant, no tiny class, and the smallest class has fewer than "
         "min_per_class_for_finetune training images",
+    ),
+    Rule(
+        id="R15",
+        title="fine-tune budget too short for a partial fine-tune: linear probe",
+        kind="override",
+        strategy="linear-probe",
+        condition=_short_budget("similar"),
+        plan=_linear_probe_plan,
+        rationale="The table says partial-finetune, but the budget caps it at {epochs_cap:.0f} epochs, "
+        "{schedule_share_pct:.0f}% of its {finetune_epochs}-epoch schedule (at least "
+        "{min_schedule_fraction:.0%} needed): measured on five datasets, fine-tunes cut that short lost "
+        "to a probe on every one, so use the similar column's probe, a linear classifier on pre_logits; "
+        "fine-tune when the full schedule fits.",
+        when="R3's quadrant, no earlier override, and an epoch cap below min_schedule_fraction of the schedule",
+    ),
+    Rule(
+        id="R16",
+        title="fine-tune budget too short for a full fine-tune: layer probe",
+        kind="override",
+        strategy="layer-probe",
+        condition=_short_budget("different"),
+        plan=_layer_probe_plan,
+        rationale="The table says full-finetune, but the budget caps it at {epochs_cap:.0f} epochs, "
+        "{schedule_share_pct:.0f}% of its {finetune_epochs}-epoch schedule (at least "
+        "{min_schedule_fraction:.0%} needed): measured on five datasets, fine-tunes cut that short lost "
+        "to a probe on every one, so use the different column's probe, linear classifiers on "
+        "{probe_taps}; fine-tune when the full schedule fits.",
+        when="R4's quadrant, no earlier override, and an epoch cap below min_schedule_fraction of the schedule",
     ),
     Rule(
         id="R8",
@@ -801,12 +853,16 @@ def recommend(
     thresholds: Thresholds | None = None,
     seed: int = 0,
     val_fraction: float | None = None,
+    epochs_cap: int | None = None,
 ) -> Recommendation:
     """Evaluate :data:`RULES` on the profile and return the placement, the hits and the plan.
 
     ``taps`` are the backbone's feature taps in depth order (stages, then ``pre_logits``);
-    ``val_fraction`` is recorded in the plan when the validation split was carved by the scan.
+    ``val_fraction`` is recorded in the plan when the validation split was carved by the scan;
+    ``epochs_cap`` is the budget the plan will run under (R15, R16), if the user set one.
     """
+    if epochs_cap is not None and epochs_cap < 1:
+        raise AdvisorError(f"the epoch cap must be at least 1; got {epochs_cap}", hint="leave --epochs unset for the plan's schedule")
     names = [tap.name for tap in taps]
     if PRE_LOGITS not in names:
         raise AdvisorError(f"the backbone's taps must include {PRE_LOGITS!r}; got {names}")
@@ -814,7 +870,7 @@ def recommend(
         raise AdvisorError(f"the backbone must expose at least one stage tap besides {PRE_LOGITS!r}; got {names}")
     if profile.train_images < 1:
         raise AdvisorError(f"recommending needs at least 1 training image; got {profile.train_images}")
-    ctx = build_context(profile, taps=taps, thresholds=thresholds)
+    ctx = build_context(profile, taps=taps, thresholds=thresholds, epochs_cap=epochs_cap)
     fired = [rule for rule in RULES if rule.condition(ctx)]
     quadrant, strategy, _ = _resolve(ctx)
     fields: dict[str, Any] = {
@@ -852,6 +908,7 @@ def recommend(
         # Overrides are surfaced too: they mean the table's own answer was judged unsafe.
         warnings=[hit.rationale for hit in hits if hit.kind in ("override", "warning")],
         thresholds=ctx.thresholds.model_dump(),
+        epochs_cap=epochs_cap,
         plan=RunPlan(**fields),
     )
 
@@ -874,7 +931,7 @@ def plan_for_strategy(rec: Recommendation, strategy: str, *, taps: Sequence[TapI
         raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(_STRATEGY_PLANS)}")
     if strategy == rec.strategy:
         return rec.plan
-    ctx = build_context(rec.profile, taps=taps, thresholds=Thresholds(**rec.thresholds))
+    ctx = build_context(rec.profile, taps=taps, thresholds=Thresholds(**rec.thresholds), epochs_cap=rec.epochs_cap)
     fields = _STRATEGY_PLANS[strategy](ctx, rec.plan.model_dump())
     notes = fields.pop("notes", [])
     return rec.plan.model_copy(update={

@@ -246,7 +246,7 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     """
     rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                             cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
-                            force_strategy=strategy)
+                            force_strategy=strategy, epochs_cap=epochs)
     if on_recommendation is not None:
         on_recommendation(rec)
     plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)

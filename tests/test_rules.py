@@ -158,15 +158,24 @@ CASES = [
     # With two or more classes at 110 the total is at least 220: only one class can miss 175.
     ("total-just-below", make_profile({"c0": 174}), "linear-probe", "R1", ["R1"]),
     ("total-at-threshold", make_profile({"c0": 175}), "partial-finetune", "R3", ["R3"]),
+    # R15 / R16: an epoch cap below half the fine-tune schedule (LARGE: 3000 images, 24 epochs).
+    ("budget-short-similar", make_profile(LARGE), "linear-probe", "R3", ["R3", "R15"], 11),
+    ("budget-short-different", make_profile(LARGE, score=DIFFERENT), "layer-probe", "R4", ["R4", "R16"], 11),
+    ("budget-at-half", make_profile(LARGE, score=DIFFERENT), "full-finetune", "R4", ["R4"], 12),
+    ("budget-small-data", make_profile(SMALL, score=DIFFERENT), "layer-probe", "R2", ["R2"], 1),
+    ("budget-after-few", make_profile(with_class(LARGE, "rare", 19), score=DIFFERENT), "layer-probe", "R4",
+     ["R4", "R7", "R8", "R9"], 1),
     # Exact similarity boundary.
     ("similarity-at-threshold", make_profile(LARGE, score=(0.5, 0.5, 0.6)), "partial-finetune", "R3", ["R3"]),
     ("similarity-just-below", make_profile(LARGE, score=(0.4999, 0.4, 0.4999)), "full-finetune", "R4", ["R4"]),
 ]
 
 
-@pytest.mark.parametrize(("profile", "strategy", "quadrant", "fired"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_rule_table(profile, strategy, quadrant, fired):
-    rec = recommend(profile, taps=TAPS)
+@pytest.mark.parametrize(("profile", "strategy", "quadrant", "fired", "epochs_cap"), [(*c[1:], *([None] * (6 - len(c))))
+                         for c in CASES], ids=[c[0] for c in CASES])
+def test_rule_table(profile, strategy, quadrant, fired, epochs_cap):
+    rec = recommend(profile, taps=TAPS, epochs_cap=epochs_cap)
+    assert rec.epochs_cap == epochs_cap
     assert (rec.strategy, rec.quadrant_rule) == (strategy, quadrant)
     assert [hit.id for hit in rec.hits] == fired
     assert rec.plan.strategy == strategy
@@ -363,7 +372,8 @@ def test_every_rationale_formats(profile):
 
 def test_rule_ids_unique_strategies_known_and_order_grouped():
     ids = [r.id for r in RULES]
-    assert ids == [f"R{i}" for i in range(1, 15)]
+    # IDs are stable: rules added later take new numbers and sit in their kind's group.
+    assert ids == [*(f"R{i}" for i in range(1, 8)), "R15", "R16", *(f"R{i}" for i in range(8, 15))]
     order = ["quadrant", "override", "modifier", "warning"]
     kinds = [order.index(r.kind) for r in RULES]
     assert kinds == sorted(kinds)
@@ -379,9 +389,19 @@ def test_rule_templates_use_only_context_values():
         assert used <= names, (rule.id, used - names)
 
 
+def test_budget_rule_cites_the_cap_and_the_schedule():
+    rec = recommend(make_profile(LARGE, score=DIFFERENT), taps=TAPS, epochs_cap=4)
+    text = next(h.rationale for h in rec.hits if h.id == "R16")
+    assert "caps it at 4 epochs, 17% of its 24-epoch schedule (at least 50% needed)" in text
+    assert rec.plan.taps == ["stage4", "stage5", "pre_logits"] and rec.plan.frozen_stages is None
+    assert any(w.startswith("The table says full-finetune, but the budget") for w in rec.warnings)
+    with pytest.raises(AdvisorError, match="at least 1; got 0"):
+        recommend(make_profile(LARGE), taps=TAPS, epochs_cap=0)
+
+
 def test_exactly_one_quadrant_and_at_most_one_override_fire():
-    for _, profile, *_ in CASES:
-        ctx = build_context(profile, taps=TAPS)
+    for _, profile, *rest in CASES:
+        ctx = build_context(profile, taps=TAPS, epochs_cap=rest[3] if len(rest) > 3 else None)
         assert sum(r.condition(ctx) for r in RULES if r.kind == "quadrant") == 1
         assert sum(r.condition(ctx) for r in RULES if r.kind == "override") <= 1
 

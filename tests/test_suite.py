@@ -34,3 +34,35 @@ def test_suite_tables_two_tiny_datasets(tmp_path):
         assert 0 < r["recommend_cost_fraction"]
     md = suite.markdown(rows)
     assert md.count("\n| alpha |") == 1 and "| beta |" in md and "mean regret" in md
+
+
+def test_suite_rows_carry_the_profile_the_calibration_reruns(tmp_path):
+    from advisor.models import DatasetProfile
+
+    suite = _suite_module()
+    a = write_class_images(tmp_path / "alpha", {"red": 8, "blue": 8}, size=36)
+    seen = []
+    rows = suite.run_suite([str(a)], input_size=32, epochs=1, backbone="test/tiny-cnn", sample_size=20,
+                           runs_dir=str(tmp_path / "runs"), num_workers=0, strategies=["linear-probe"],
+                           on_row=lambda r: seen.append(len(r)))
+    assert seen == [1]  # written after every dataset
+    profile = DatasetProfile.model_validate(rows[0]["profile"])
+    assert profile.train_images == rows[0]["train_images"]
+    assert "linear-probe" in rows[0]["accuracy"] and rows[0]["recommended"] in rows[0]["accuracy"]
+
+
+def test_sweeps_subsample_caps_train_and_keeps_val(tmp_path):
+    spec = importlib.util.spec_from_file_location("sweeps", REPO / "benchmarks" / "sweeps.py")
+    sweeps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweeps)
+    from advisor.data import scan_dataset
+
+    src = write_class_images(tmp_path / "src", {"red": 20, "blue": 12}, size=36)
+    full = scan_dataset(src)
+    sub = scan_dataset(sweeps.subsample(str(src), 5, tmp_path / "sub"))
+    counts = {c: sum(1 for s in sub.split("train") if sub.classes[s.label] == c) for c in sub.classes}
+    assert counts == {"blue": 5, "red": 5}
+    # the validation split is the source's, file for file
+    assert sorted(Path(s.path).name for s in sub.split("val")) == sorted(Path(s.path).name for s in full.split("val"))
+    again = scan_dataset(sweeps.subsample(str(src), 5, tmp_path / "sub2"))
+    assert sorted(Path(s.path).name for s in again.split("train")) == sorted(Path(s.path).name for s in sub.split("train"))
