@@ -28,15 +28,12 @@ import argparse
 import itertools
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from advisor.backbones import PRE_LOGITS, TapInfo  # noqa: E402
-from advisor.models import DatasetProfile  # noqa: E402
-from advisor.rules import Thresholds, recommend  # noqa: E402
+from advisor.backbones import PRE_LOGITS, TapInfo
+from advisor.models import DatasetProfile
+from advisor.rules import Thresholds, recommend
 
 TAP_MARGIN = 0.02
 PROVISIONAL = Thresholds(similarity=0.5, large_per_class=200, large_total=1000, probe_stages=3, frozen_fraction=0.6)

@@ -18,13 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path; benchmarks/strategies.py would shadow
-# the `strategies` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from advisor.compare import compare  # noqa: E402
-from advisor.features import resolve_device  # noqa: E402
-from advisor.models import STRATEGIES  # noqa: E402
+from advisor.compare import compare
+from advisor.features import resolve_device
+from advisor.models import STRATEGIES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -22,20 +22,17 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from advisor.advise import recommend_dataset  # noqa: E402
-from advisor.backbones import PRE_LOGITS, create_backbone  # noqa: E402
-from advisor.compare import compare  # noqa: E402
-from advisor.data import scan_dataset  # noqa: E402
-from advisor.features import resolve_device  # noqa: E402
-from advisor.rules import plan_for_strategy  # noqa: E402
-from advisor.runner import apply_overrides, run_plan  # noqa: E402
+from advisor.advise import recommend_dataset
+from advisor.backbones import PRE_LOGITS, create_backbone
+from advisor.compare import compare
+from advisor.data import scan_dataset
+from advisor.features import resolve_device
+from advisor.rules import plan_for_strategy
+from advisor.runner import apply_overrides, run_plan
 
 
 def _run(plan, dataset, run_dir, **kw) -> dict:
