@@ -66,3 +66,21 @@ def test_sweeps_subsample_caps_train_and_keeps_val(tmp_path):
     assert sorted(Path(s.path).name for s in sub.split("val")) == sorted(Path(s.path).name for s in full.split("val"))
     again = scan_dataset(sweeps.subsample(str(src), 5, tmp_path / "sub2"))
     assert sorted(Path(s.path).name for s in again.split("train")) == sorted(Path(s.path).name for s in sub.split("train"))
+
+
+def test_sweeps_taps_and_depths_on_a_tiny_dataset(tmp_path):
+    spec = importlib.util.spec_from_file_location("sweeps", REPO / "benchmarks" / "sweeps.py")
+    sweeps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweeps)
+    from advisor.advise import recommend_dataset
+
+    data = write_class_images(tmp_path / "data", {"red": 10, "blue": 10}, size=36)
+    rec = recommend_dataset(data, backbone="test/tiny-cnn", sample_size=20, cache_dir=tmp_path / "cache", num_workers=0)
+    kw = {"cache_dir": tmp_path / "cache", "num_workers": 0}
+    taps = sweeps.tap_sweep(rec, str(data), tmp_path / "runs", input_size=32, backbone="test/tiny-cnn", **kw)
+    assert [r["tap"] for r in taps] == ["stage1", "stage2", "stage3", "pre_logits"]
+    assert all(r["selected"]["taps"] == [r["tap"]] and 0 <= r["val_accuracy"] <= 1 for r in taps)
+    depths = sweeps.depth_sweep(rec, str(data), tmp_path / "runs", input_size=32, epochs=1, backbone="test/tiny-cnn", **kw)
+    assert [r["frozen_stages"] for r in depths] == [2, 1, 0, None]  # every partial depth, then the full fine-tune
+    assert [r["selected"]["frozen_stages"] for r in depths] == [2, 1, 0, 0]
+    assert depths[0]["trainable_params"] < depths[1]["trainable_params"] < depths[2]["trainable_params"]
