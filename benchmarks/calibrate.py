@@ -248,10 +248,10 @@ def markdown(result: dict) -> str:
                      f"{r['before']['strategy']} | {r['before']['regret']:.2f} | {r['after']['strategy']} | "
                      f"{r['after']['regret']:.2f} | {r['held_out']['strategy']} | {r['held_out']['regret']:.2f} |")
     suite = [r for r in result["rows"] if r["suite"]]
+    lines.append("")
     for label, key in (("before", "before"), ("after", "after"), ("held out", "held_out")):
         vals = [r[key]["regret"] for r in suite]
-        lines.append(f"\n{label}: suite mean regret {_mean(vals):.2f} points, max {max(vals):.2f}"
-                     if label == "before" else f"{label}: suite mean regret {_mean(vals):.2f} points, max {max(vals):.2f}")
+        lines.append(f"{label}: suite mean regret {_mean(vals):.2f} points, max {max(vals):.2f}")
     ev = result["evidence"]
     lines += ["", f"similarity (rule 3): the layer probe beat the linear probe on {', '.join(ev['similarity']['different'])}; "
                   f"the cut misplaces {ev['similarity']['misplaced']} of {ev['similarity']['points']} points",

@@ -46,10 +46,10 @@ def _run(plan, dataset, run_dir, **kw) -> dict:
 
 
 def tap_sweep(rec, dataset, runs: Path, *, input_size, backbone, **kw) -> list[dict]:
-    taps = [t.name for t in create_backbone(backbone).taps]
-    base = plan_for_strategy(rec, "layer-probe", taps=create_backbone(backbone).taps)
+    bb_taps = create_backbone(backbone).taps
+    base = plan_for_strategy(rec, "layer-probe", taps=bb_taps)
     rows = []
-    for tap in taps:
+    for tap in (t.name for t in bb_taps):
         plan = apply_overrides(base.model_copy(update={"taps": [tap]}), input_size=input_size)
         rows.append({"tap": tap, **_run(plan, dataset, runs / f"tap-{tap}", **kw)})
     return rows
