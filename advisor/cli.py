@@ -295,11 +295,17 @@ def render_recommendation(rec) -> None:
         out.print(f"[magenta]evidence:[/magenta] {n}", soft_wrap=True)
     plan = rec.plan
     out.print(f"[bold green]Recommended: {rec.strategy}[/bold green] (rules {', '.join(plan.rule_ids)})")
+    r = plan.recipe
     fields = {"taps": ", ".join(plan.taps) or None, "frozen stages": plan.frozen_stages, "trainable stages": plan.trainable_stages,
-              "lr head": plan.lr_head if plan.strategy.endswith("finetune") else None, "lr backbone": plan.lr_backbone,
-              "epochs": plan.epochs if plan.strategy.endswith("finetune") else None, "batch size": plan.batch_size,
-              "input size": plan.input_size, "class weighting": plan.class_weighting or None,
-              "balanced sampler": plan.balanced_sampler or None, "adapt BN": plan.adapt_bn or None}
+              "batch size": plan.batch_size, "input size": plan.input_size, "class weighting": plan.class_weighting or None,
+              "balanced sampler": plan.balanced_sampler or None}
+    if r is not None:
+        fields.update({"epochs": r.epochs, "lr head": f"{r.lr_head:.1e}", "lr backbone": f"{r.backbone_lr:.1e}",
+                       "weight decay": f"{r.weight_decay:g}", "label smoothing": f"{r.label_smoothing:g}",
+                       "augment": r.augment + (" + flips" if r.hflip else ", no flips"), "BatchNorm": r.bn,
+                       "EMA": "off" if r.ema is None else f"window {r.ema:.0%} of steps",
+                       "drop-path": f"{r.drop_path:g}" if r.drop_path else None,
+                       "early stopping": r.early_stopping.policy if r.early_stopping.policy != "none" else "none (full schedule)"})
     out.print("plan: " + "; ".join(f"{k} {v}" for k, v in fields.items() if v is not None), soft_wrap=True)
     for n in plan.notes:
         out.print(f"  [dim]- {n}[/dim]", soft_wrap=True)

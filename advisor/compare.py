@@ -91,7 +91,7 @@ def compare(
     t1 = time.perf_counter()
     for name in names:
         plan = plan_for_strategy(rec, name, taps=taps)
-        cap = min(epochs, plan.epochs) if epochs and name.endswith("finetune") else None
+        cap = min(epochs, plan.recipe.epochs) if epochs and plan.recipe is not None else None
         plan = apply_overrides(plan, input_size=input_size, epochs=cap)
         ts = time.perf_counter()
         out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,

@@ -6,11 +6,12 @@ They are what ``advisor profile`` / ``advisor recommend --json`` print and what
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from advisor.data import SizeSummary, SkippedFile
+from advisor.recipe import FinetuneRecipe
 from advisor.transferability import TapEvidence
 
 StrategyName = Literal["linear-probe", "layer-probe", "partial-finetune", "full-finetune"]
@@ -140,9 +141,13 @@ class BoundaryNote(BaseModel):
 
 
 class RunPlan(BaseModel):
-    """Everything a strategy needs to run; saved by ``recommend --save-plan`` and run later."""
+    """Everything a strategy needs to run; saved by ``recommend --save-plan`` and run later.
 
-    version: int = 1
+    Fine-tunes carry their whole training recipe in ``recipe`` (one source: advisor/recipe.py);
+    probes have none. Version 1 plans (recipe fields at the top level) are read and converted.
+    """
+
+    version: int = 2
     dataset: str
     backbone: str
     strategy: StrategyName
@@ -150,20 +155,37 @@ class RunPlan(BaseModel):
     taps: list[str] = Field(default_factory=list)  # features the probe reads (layer/linear probe)
     frozen_stages: int | None = None  # fine-tunes: how many stages stay frozen (from the input side)
     trainable_stages: int | None = None
-    lr_head: float = 1e-2
-    lr_backbone: float | None = None
-    weight_decay: float = 1e-4
-    epochs: int = 10
-    warmup_epochs: int = 1
-    batch_size: int = 32
-    input_size: int = 224
+    recipe: FinetuneRecipe | None = None  # fine-tunes only
+    batch_size: int = Field(32, ge=2)
+    input_size: int = Field(224, ge=16)
     class_weighting: bool = False
     balanced_sampler: bool = False
-    augment: bool = True
-    adapt_bn: bool = False  # re-estimate BatchNorm statistics on the new data (input-level shift)
     seed: int = 0
     val_fraction: float | None = None
     notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_version_1(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("version", 1) != 1:
+            return data
+        data = dict(data)
+        old = {k: data.pop(k) for k in ("lr_head", "lr_backbone", "weight_decay", "epochs", "warmup_epochs", "augment",
+                                        "adapt_bn") if k in data}
+        data["version"] = 2
+        if str(data.get("strategy", "")).endswith("finetune") and data.get("recipe") is None:
+            recipe = {k: old[k] for k in ("lr_head", "lr_backbone", "weight_decay", "epochs", "warmup_epochs") if k in old}
+            if "augment" in old:
+                recipe["augment"] = "crop" if old["augment"] else "none"
+            recipe["bn"] = "adapt" if old.get("adapt_bn") else "train"
+            data["recipe"] = recipe
+        return data
+
+    @model_validator(mode="after")
+    def _recipe_for_finetunes(self) -> RunPlan:
+        if self.strategy.endswith("finetune") and self.recipe is None:
+            self.recipe = FinetuneRecipe()
+        return self
 
 
 class Recommendation(BaseModel):

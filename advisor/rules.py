@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.backbones import PRE_LOGITS, TapInfo
 from advisor.errors import AdvisorError
+from advisor.recipe import BATCH_SIZE, MAX_STEPS, MIN_STEPS, default_recipe, finetune_schedule
 from advisor.models import (
     STRATEGIES,
     BoundaryNote,
@@ -57,16 +58,6 @@ __all__ = [
 SizeClass = Literal["small", "large"]
 SimilarityClass = Literal["similar", "different"]
 RuleKind = Literal["quadrant", "override", "modifier", "warning"]
-
-# Plan constants that are choices, not thresholds: changing them changes every plan alike.
-BATCH_SIZE = 32
-LR_HEAD_FINETUNE = 1e-3  # AdamW
-BACKBONE_LR_FACTOR = 0.1  # pretrained weights move 10x slower than the new head
-STEPS_PER_SQRT_IMAGE = 40
-MIN_STEPS, MAX_STEPS = 300, 3000
-MIN_EPOCHS, MAX_EPOCHS = 3, 30
-WARMUP_EPOCHS = 1
-
 
 class Thresholds(BaseModel):
     """Every threshold the rules compare against.
@@ -264,8 +255,10 @@ _INPUT_SHIFT_ACTION = {
     "linear-probe": "a linear probe on pre_logits cannot correct it: if it underperforms, try a layer "
     "probe or a fine-tune with re-estimated BatchNorm statistics",
     "layer-probe": "the layer probe therefore also sweeps an earlier tap ({earlier_tap})",
-    "partial-finetune": "the fine-tune therefore re-estimates BatchNorm statistics on this data (adapt_bn)",
-    "full-finetune": "the fine-tune therefore re-estimates BatchNorm statistics on this data (adapt_bn)",
+    "partial-finetune": "the fine-tune therefore re-estimates BatchNorm statistics on this data before training "
+    "(recipe bn: train or adapt, never frozen)",
+    "full-finetune": "the fine-tune therefore re-estimates BatchNorm statistics on this data before training "
+    "(recipe bn: train or adapt, never frozen)",
 }
 
 
@@ -279,18 +272,6 @@ def probe_sweep_taps(stage_taps: Sequence[str], probe_stages: int | None = None)
     """The taps a layer probe sweeps: the deepest ``probe_stages`` stage taps, then pre_logits."""
     k = Thresholds().probe_stages if probe_stages is None else probe_stages
     return (*tuple(stage_taps)[-k:], PRE_LOGITS)
-
-
-def finetune_schedule(train_images: int, *, batch_size: int = BATCH_SIZE) -> tuple[int, int]:
-    """(optimizer steps, epochs) of a fine-tune: steps grow like sqrt(N), epochs follow from them.
-
-    steps = clamp(40 * sqrt(N), 300, 3000); epochs = clamp(ceil(steps * batch / N), 3, 30).
-    """
-    if train_images < 1:
-        raise AdvisorError(f"a fine-tune schedule needs at least 1 training image; got {train_images}")
-    steps = int(min(MAX_STEPS, max(MIN_STEPS, round(STEPS_PER_SQRT_IMAGE * math.sqrt(train_images)))))
-    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(steps * batch_size / train_images)))
-    return steps, epochs
 
 
 def _size_class(profile: DatasetProfile, t: Thresholds) -> SizeClass:
@@ -419,7 +400,11 @@ _LARGE = (
     "Large ({train_per_class_median:.0f} training images per class >= {large_per_class:.0f} "
     "and {train_images} in total >= {large_total})"
 )
-_FINETUNE_NOTE = "AdamW; lr_backbone = lr_head / 10 so pretrained weights move less than the new head"
+_FINETUNE_NOTE = (
+    "recipe (advisor/recipe.py): the head starts as a cross-validated probe on the features training starts from; "
+    "AdamW, backbone lr a tenth of the head's so pretrained weights move less; warm-up then cosine to zero; "
+    "label smoothing, RandomResizedCrop + TrivialAugment, EMA weights reported; the schedule runs to its end"
+)
 
 
 def _schedule_note(ctx: Context) -> str:
@@ -431,15 +416,8 @@ def _schedule_note(ctx: Context) -> str:
 
 
 def _probe_fields() -> dict[str, Any]:
-    # Probes train on frozen cached features: no backbone LR, no stage split, default head LR.
-    defaults = RunPlan.model_fields
-    return {
-        "frozen_stages": None,
-        "trainable_stages": None,
-        "lr_head": defaults["lr_head"].default,
-        "lr_backbone": None,
-        "epochs": defaults["epochs"].default,
-    }
+    # Probes train on frozen cached features: no stage split, no training recipe.
+    return {"frozen_stages": None, "trainable_stages": None, "recipe": None}
 
 
 def _linear_probe_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
@@ -459,15 +437,12 @@ def _layer_probe_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finetune_plan(ctx: Context, frozen: int) -> dict[str, Any]:
-    _, epochs = finetune_schedule(ctx.profile.train_images)
+    recipe = default_recipe(ctx.profile.train_images, full=frozen == 0)
     return {
         "taps": [],
         "frozen_stages": frozen,
         "trainable_stages": len(ctx.stage_taps) - frozen,
-        "lr_head": LR_HEAD_FINETUNE,
-        "lr_backbone": LR_HEAD_FINETUNE * BACKBONE_LR_FACTOR,
-        "epochs": epochs,
-        "warmup_epochs": WARMUP_EPOCHS,
+        "recipe": recipe.model_dump(),
         "notes": [_FINETUNE_NOTE, _schedule_note(ctx)],
     }
 
@@ -522,11 +497,14 @@ def _input_shift_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"low-resolution images are upsampled to {size} px: their blur is a shift the early layers see")
     strategy = plan["strategy"]
     if strategy in ("partial-finetune", "full-finetune"):
+        recipe = dict(plan["recipe"])
+        if recipe.get("bn", "train") == "frozen":
+            recipe["bn"] = "adapt"
         notes.append(
-            "re-estimate BatchNorm statistics on this data (adapt_bn): the shift sits in early layers, "
-            "which training only the top would not correct"
+            f"BatchNorm statistics are re-estimated on this data before training (bn: {recipe.get('bn', 'train')}): "
+            "the shift sits in early layers, which training only the top would not correct"
         )
-        return {"adapt_bn": True, "notes": notes}
+        return {"recipe": recipe, "notes": notes}
     if strategy == "layer-probe":
         earlier = ctx.earlier_tap
         if earlier is not None and earlier not in plan["taps"]:
@@ -879,7 +857,6 @@ def recommend(
         "strategy": quadrant.strategy,
         "rule_ids": [rule.id for rule in fired],
         "batch_size": BATCH_SIZE,
-        "warmup_epochs": WARMUP_EPOCHS,
         "input_size": profile.input_size,
         "seed": seed,
         "val_fraction": val_fraction,
@@ -924,20 +901,25 @@ _STRATEGY_PLANS: dict[str, Callable[[Context, dict[str, Any]], dict[str, Any]]] 
 def plan_for_strategy(rec: Recommendation, strategy: str, *, taps: Sequence[TapInfo]) -> RunPlan:
     """The plan ``rec`` would hold had the rules chosen ``strategy``: for a strategy the user forces.
 
-    Strategy fields (taps, frozen stages, learning rates, epochs) come from the same builders
-    the rules use; modifiers (class weighting, sampler, BN adaptation) are kept from ``rec``.
+    Strategy fields (taps, frozen stages, recipe) come from the same builders the rules use, then
+    every modifier rule that fired (class weighting, sampler, BatchNorm re-estimation, flips) is
+    applied again to them, so a forced fine-tune gets the same modifiers as a recommended one.
     """
     if strategy not in _STRATEGY_PLANS:
         raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(_STRATEGY_PLANS)}")
     if strategy == rec.strategy:
         return rec.plan
     ctx = build_context(rec.profile, taps=taps, thresholds=Thresholds(**rec.thresholds), epochs_cap=rec.epochs_cap)
-    fields = _STRATEGY_PLANS[strategy](ctx, rec.plan.model_dump())
-    notes = fields.pop("notes", [])
-    return rec.plan.model_copy(update={
-        **fields, "strategy": strategy, "rule_ids": [*rec.plan.rule_ids, "user"],
-        "notes": [f"strategy forced to {strategy} by the user (the rules advised {rec.strategy})", *notes],
-    })
+    fields = {**rec.plan.model_dump(), "strategy": strategy, "notes": []}
+    fields.update(_STRATEGY_PLANS[strategy](ctx, dict(fields)))
+    notes = [f"strategy forced to {strategy} by the user (the rules advised {rec.strategy})", *fields.pop("notes", [])]
+    fired = set(rec.plan.rule_ids)
+    for rule in RULES:
+        if rule.kind == "modifier" and rule.id in fired and rule.plan is not None:
+            update = rule.plan(ctx, dict(fields))
+            notes += update.pop("notes", [])
+            fields.update(update)
+    return RunPlan(**{**fields, "rule_ids": [*rec.plan.rule_ids, "user"], "notes": notes})
 
 
 def rules_markdown() -> str:

@@ -220,19 +220,22 @@ def resume_run(run_dir: str | os.PathLike, *, device: str | None = None, progres
 
 def apply_overrides(plan: RunPlan, *, epochs: int | None = None, input_size: int | None = None,
                     batch_size: int | None = None, strategy: str | None = None) -> RunPlan:
-    """A copy of ``plan`` with the user's explicit choices on top.
+    """A copy of ``plan`` with the user's explicit choices on top (``epochs`` caps a fine-tune's recipe).
 
     A saved plan carries no profile, so a strategy forced onto it drops the old strategy's own
-    fields (taps, stage split, backbone learning rate) and the new one uses its defaults.
+    fields (taps, stage split, recipe) and the new one uses its defaults.
     """
-    update = {k: v for k, v in {"epochs": epochs, "input_size": input_size, "batch_size": batch_size}.items() if v is not None}
+    fields = plan.model_dump()
+    fields.update({k: v for k, v in {"input_size": input_size, "batch_size": batch_size}.items() if v is not None})
     if strategy and strategy != plan.strategy:
-        update.update(strategy=strategy, rule_ids=[*plan.rule_ids, "user"], taps=[], frozen_stages=None,
-                      trainable_stages=None, lr_backbone=None,
+        fields.update(strategy=strategy, rule_ids=[*plan.rule_ids, "user"], taps=[], frozen_stages=None,
+                      trainable_stages=None, recipe=None,
                       notes=[*plan.notes, f"strategy forced to {strategy} by the user (the plan said {plan.strategy})"])
-        if strategy.endswith("finetune") and not plan.strategy.endswith("finetune"):
-            update["lr_head"] = 1e-3  # the fine-tunes' AdamW rate; a probe plan's lr_head is unused and too large
-    return plan.model_copy(update=update)
+    plan = RunPlan(**fields)  # a fine-tune without a recipe gets the default one here
+    if epochs is not None and plan.recipe is not None:
+        warmup = min(plan.recipe.warmup_epochs, max(0, epochs - 1))
+        plan.recipe = plan.recipe.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})
+    return plan
 
 
 def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbone: str = "efficientnet_lite0",

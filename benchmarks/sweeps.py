@@ -64,7 +64,7 @@ def depth_sweep(rec, dataset, runs: Path, *, input_size, epochs, backbone, **kw)
         plan = plan_for_strategy(rec, name, taps=bb_taps)
         if frozen is not None:
             plan = plan.model_copy(update={"frozen_stages": frozen, "trainable_stages": stages - frozen})
-        cap = min(epochs, plan.epochs) if epochs else None
+        cap = min(epochs, plan.recipe.epochs) if epochs and plan.recipe is not None else None
         plan = apply_overrides(plan, input_size=input_size, epochs=cap)
         label = "full" if frozen is None else f"frozen{frozen}"
         rows.append({"frozen_stages": frozen, "stages": stages, **_run(plan, dataset, runs / f"depth-{label}", **kw)})

@@ -114,6 +114,15 @@ class RunResult(BaseModel):
     artifacts: dict[str, str] = {}
     epochs_completed: int | None = None
     stopped_early: bool = False
+    # (path, true class, predicted class) of every validation image evaluated: paired comparisons
+    # between strategies (compare) need the per-image outcomes, not only the accuracy.
+    predictions: list[tuple[str, int, int]] = []
+
+
+def predictions_of(logits: torch.Tensor, y: torch.Tensor, paths: list[str]) -> list[tuple[str, int, int]]:
+    """Per-image (path, label, prediction) rows for :attr:`RunResult.predictions`."""
+    pred = logits.argmax(1).tolist()
+    return [(p, int(t), int(q)) for p, t, q in zip(paths, y.tolist(), pred)]
 
 
 @dataclass

@@ -18,7 +18,9 @@ from advisor.errors import AdvisorError
 from advisor.features import extract_features
 from advisor.models import RunPlan
 from advisor.rules import probe_sweep_taps
-from strategies.base import RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, register_strategy
+from strategies.base import (
+    RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, predictions_of, register_strategy,
+)
 from strategies.probe import class_weights_from, fit_probe, layer_probe_sweep
 
 
@@ -88,7 +90,7 @@ class _Probe(Strategy):
             selected={"taps": list(fit.taps), "l2": fit.l2, "cv_accuracy": fit.cv_accuracy,
                       "cv_table": [list(r) for r in fit.cv_table], "features_from_cache": fs.summary.from_cache,
                       "features_computed": fs.summary.computed},
-            sweep=sweep,
+            sweep=sweep, predictions=predictions_of(logits, fs.labels[va], [fs.paths[i] for i in va.tolist()]),
         )
         return result, model.eval()
 

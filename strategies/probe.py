@@ -261,7 +261,7 @@ class _CVResult(NamedTuple):
 
 def _cv(
     x: Tensor, y: Tensor, *, num_classes: int, grid: Sequence[float], folds: int, seed: int,
-    class_weights: Tensor | None, device: str | torch.device, max_iter: int,
+    class_weights: Tensor | None, device: str | torch.device, max_iter: int, standardize: bool = True,
 ) -> _CVResult:
     _check_matrix(x, "x")
     _check_labels(y, x.shape[0], num_classes)
@@ -293,8 +293,12 @@ def _cv(
     # Scored with the same class weights as the loss: when they say the minority class matters,
     # the choice of l2 should not reward ignoring it. Without weights this is plain accuracy.
     sample_w = torch.ones_like(yd, dtype=_DTYPE) if cw is None else cw[yd]
-    stds = [fit_standardizer(xd[train[f]]) for f in range(k)]
-    means, scales = torch.stack([s.mean for s in stds]), torch.stack([s.std for s in stds])
+    if standardize:
+        stds = [fit_standardizer(xd[train[f]]) for f in range(k)]
+        means, scales = torch.stack([s.mean for s in stds]), torch.stack([s.std for s in stds])
+    else:  # the caller's features are already on the scale the final fit uses
+        means = torch.zeros(k, xd.shape[1], dtype=xd.dtype, device=dev)
+        scales = torch.ones(k, xd.shape[1], dtype=xd.dtype, device=dev)
     # Out-of-fold hits per l2, pooled over folds: every row is held out once, and equal counts
     # give exactly equal scores, so ties between l2 values (and taps) are real ties.
     hits = torch.zeros(len(values), dtype=torch.float64, device=dev)
@@ -327,8 +331,10 @@ def cv_select_l2(
     class_weights: Tensor | None = None,
     device: str | torch.device = "cpu",
     max_iter: int = 100,
+    standardize: bool = True,
 ) -> tuple[float, list[tuple[float, float]]]:
-    """Stratified k-fold choice of ``l2`` on raw (unstandardised) training features.
+    """Stratified k-fold choice of ``l2`` on raw training features (standardised inside each fold,
+    unless ``standardize=False``: then the features are used as given).
 
     Returns ``(best l2, [(l2, CV accuracy), ...])`` in ascending ``l2``; ties go to the larger
     ``l2``. The accuracy is pooled over held-out rows (class-weighted when ``class_weights`` is
@@ -336,7 +342,7 @@ def cv_select_l2(
     skipped and the middle grid value returned with an empty table (``fit_probe`` records why).
     """
     res = _cv(x, y, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
-              class_weights=class_weights, device=device, max_iter=max_iter)
+              class_weights=class_weights, device=device, max_iter=max_iter, standardize=standardize)
     return res.l2, res.table
 
 

@@ -3,8 +3,9 @@
 * freezing: :func:`freeze`, :func:`unfreeze`, :func:`freeze_stages` (by backbone depth);
 * BatchNorm: :func:`set_bn_eval`, :func:`train_mode` (frozen BN layers stay in eval mode, so
   their running statistics never move), :func:`reestimate_bn` (AdaBN);
-* optimisation: :func:`param_groups` (head vs backbone learning rate, no decay on 1-D
-  parameters), :func:`warmup_cosine`, :class:`EarlyStopping`;
+* optimisation: :func:`param_groups` (head vs backbone learning rate, optional layer-wise
+  decay, no weight decay on 1-D parameters), :func:`warmup_cosine`, :class:`WeightEMA`,
+  :func:`set_drop_path`, :class:`EarlyStopping` (on a :func:`holdout_split` of the training data);
 * data: :class:`EpochBatchSampler` (a permutation per ``(seed, epoch)``, resumable at any
   batch), :class:`ImageSamples` (per-sample augmentation seeded by ``(seed, epoch, index)``, so
   results do not depend on worker count or assignment), :func:`collate_skip` (bad images are
@@ -40,6 +41,7 @@ __all__ = [
     "EarlyStopping",
     "EpochBatchSampler",
     "EvalTransform",
+    "WeightEMA",
     "ImageSamples",
     "TrainTransform",
     "collate_skip",
@@ -47,15 +49,18 @@ __all__ = [
     "freeze",
     "freeze_stages",
     "get_rng_state",
+    "holdout_split",
     "load_checkpoint",
     "mix_seed",
     "param_groups",
     "reestimate_bn",
     "save_checkpoint",
     "set_bn_eval",
+    "set_drop_path",
     "set_rng_state",
     "steps_per_epoch",
     "train_mode",
+    "trainable_bn_layers",
     "trainable_names",
     "unfreeze",
     "warmup_cosine",
@@ -119,8 +124,13 @@ def set_bn_eval(module: nn.Module) -> None:
         bn.eval()
 
 
-def train_mode(model: nn.Module) -> None:
-    """``model.train()``, except that frozen parts go to eval mode.
+def trainable_bn_layers(module: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers whose affine parameters train (the ones batch statistics would reach)."""
+    return [bn for bn in _bn_layers(module) if not _is_frozen_bn(bn)]
+
+
+def train_mode(model: nn.Module, *, bn_train: bool = True) -> None:
+    """``model.train()``, except that frozen parts go to eval mode (and every BN with ``bn_train=False``).
 
     Explicitly: every BatchNorm layer whose parameters are frozen is put in eval mode. A frozen
     layer must compute the function it had when frozen; in train mode a BN normalises with
@@ -132,7 +142,7 @@ def train_mode(model: nn.Module) -> None:
     model.train()
     for m in model.modules():
         if isinstance(m, _BatchNorm):
-            if _is_frozen_bn(m):
+            if _is_frozen_bn(m) or not bn_train:
                 m.eval()
             continue
         flags = [p.requires_grad for p in m.parameters()]
@@ -141,16 +151,19 @@ def train_mode(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor], *, forward: Callable | None = None) -> int:
-    """AdaBN (Li et al. 2016): replace every BatchNorm's running statistics by those of ``batches``.
+def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor], *, forward: Callable | None = None,
+                  layers: Sequence[_BatchNorm] | None = None) -> int:
+    """AdaBN (Li et al. 2016): replace BatchNorm running statistics by those of ``batches``.
 
-    The rest of the model runs in eval mode (no dropout); each BN runs in train mode with
-    ``momentum=None``, so its running mean/var become the plain average over the batches
-    (per-batch statistics, equally weighted) instead of an exponential average that would
-    still remember ImageNet. Weights are untouched. Returns the number of images seen; the
-    model is left in eval mode.
+    ``layers`` (default: every BN of ``model``) run in train mode with ``momentum=None``, so
+    their running mean/var become the plain average over the batches (per-batch statistics,
+    equally weighted) instead of an exponential average that would still remember ImageNet;
+    the rest of the model runs in eval mode (no dropout, other BN layers keep their statistics).
+    While the pass runs, the re-estimated layers normalise with batch statistics: what
+    ``forward`` sees is what a train-mode step sees. Weights are untouched. Returns the number
+    of images seen; the model is left in eval mode.
     """
-    layers = [bn for bn in _bn_layers(model) if bn.track_running_stats]
+    layers = [bn for bn in (_bn_layers(model) if layers is None else layers) if bn.track_running_stats]
     momenta = [bn.momentum for bn in layers]
     model.eval()
     for bn in layers:
@@ -173,15 +186,24 @@ def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor], *, forward:
 
 
 def param_groups(
-    model: TransferClassifier, lr_head: float, lr_backbone: float, weight_decay: float
+    model: TransferClassifier, lr_head: float, lr_backbone: float, weight_decay: float, *, layer_decay: float = 1.0
 ) -> list[dict[str, Any]]:
     """AdamW groups of the trainable parameters: head / backbone, each split by weight decay.
 
     Biases and normalisation weights (every 1-D parameter) get no weight decay: decaying a BN
-    scale towards 0 shrinks activations rather than regularising. Empty groups are left out;
-    each group carries a ``name`` (``head``, ``head_no_decay``, ``backbone``, ``backbone_no_decay``).
+    scale towards 0 shrinks activations rather than regularising. With ``layer_decay < 1`` the
+    backbone's learning rate falls by that factor per depth below the top (stem, stages, head
+    layers: depth 0..S+1), so generic early layers move least. Empty groups are left out; each
+    group carries a ``name`` (``head``, ``head_no_decay``, ``backbone``/``backbone_no_decay``,
+    with ``@depth`` appended under layer decay).
     """
     head = {id(p) for p in model.head.parameters()}
+    depth_of: dict[int, int] = {}
+    top = 0
+    if layer_decay != 1.0:
+        for depth, params in stage_parameters(model.backbone).items():
+            top = max(top, depth)
+            depth_of.update({id(p): depth for _, p in params})
     groups: dict[str, dict[str, Any]] = {}
     for _, p in model.named_parameters():
         if not p.requires_grad:
@@ -189,12 +211,89 @@ def param_groups(
         part = "head" if id(p) in head else "backbone"
         decay = p.ndim > 1
         key = part if decay else f"{part}_no_decay"
-        group = groups.setdefault(key, {
-            "name": key, "params": [], "lr": lr_head if part == "head" else lr_backbone,
-            "weight_decay": weight_decay if decay else 0.0,
-        })
+        lr = lr_head
+        if part == "backbone":
+            lr = lr_backbone
+            if id(p) in depth_of:
+                key += f"@{depth_of[id(p)]}"
+                lr = lr_backbone * layer_decay ** (top - depth_of[id(p)])
+        group = groups.setdefault(key, {"name": key, "params": [], "lr": lr, "weight_decay": weight_decay if decay else 0.0})
         group["params"].append(p)
-    return [groups[k] for k in ("head", "head_no_decay", "backbone", "backbone_no_decay") if k in groups]
+    order = {"head": 0, "head_no_decay": 1}
+    return sorted(groups.values(), key=lambda g: (order.get(g["name"], 2), g["name"]))
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (parameters and BN statistics).
+
+    ``update`` after every optimiser step: ``ema = d * ema + (1 - d) * current``, with the decay
+    warmed up as ``min(decay, (1 + t) / (10 + t))`` so the first steps do not keep the start
+    weights for a whole window. Integer buffers are copied. The state is plain tensors, so it
+    checkpoints with ``weights_only=True``.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = float(decay), 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.state[k].lerp_(v.detach(), 1.0 - d)
+            else:
+                self.state[k].copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "state": {k: v.cpu() for k, v in self.state.items()}}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.decay, self.updates = float(saved["decay"]), int(saved["updates"])
+        for k, v in saved["state"].items():
+            self.state[k].copy_(v)
+
+
+def set_drop_path(model: TransferClassifier, rate: float, *, min_depth: int = 0) -> int:
+    """Stochastic depth in the backbone's residual blocks, rising linearly with block order to ``rate``.
+
+    Only blocks at depth >= ``min_depth`` (the trainable ones) get it: a frozen block must compute
+    what it did when frozen. Works on timm blocks (a ``drop_path`` attribute) and torchvision's
+    ``StochasticDepth``. Returns how many blocks were set (0 for a backbone without either).
+    """
+    from timm.layers import DropPath
+    from torchvision.ops import StochasticDepth
+
+    blocks = [(n, m) for n, m in model.backbone.model.named_modules()
+              if isinstance(getattr(m, "drop_path", None), (nn.Identity, DropPath)) or isinstance(m, StochasticDepth)]
+    count = 0
+    for i, (name, m) in enumerate(blocks):
+        if model.backbone.stage_of(name)[1] < min_depth:
+            continue
+        r = rate * i / max(1, len(blocks) - 1)
+        if isinstance(m, StochasticDepth):
+            m.p = r
+        else:
+            m.drop_path = DropPath(r) if r > 0 else nn.Identity()
+        count += 1
+    return count
+
+
+def holdout_split(labels: Sequence[int], fraction: float, *, seed: int) -> tuple[list[int], list[int]]:
+    """(train positions, hold-out positions): ``round(fraction * n)`` of each class held out, one at least
+    where the class has 2 or more images (a class of one stays in training). Seeded and stratified."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    train, held = [], []
+    for _, idx in sorted(by_class.items()):
+        order = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        k = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held += order[:k]
+        train += order[k:]
+    return sorted(train), sorted(held)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -225,7 +324,7 @@ class EarlyStopping:
     better models apart.
     """
 
-    patience: int | None = 3
+    patience: int | None = None
     best_accuracy: float = -math.inf
     best_loss: float = math.inf
     best_epoch: int = 0
@@ -373,22 +472,32 @@ def random_resized_crop_params(width: int, height: int, scale: tuple[float, floa
 
 
 class TrainTransform:
-    """RandomResizedCrop(size, scale) + horizontal flip + ToTensor + Normalize, drawing only from ``generator``."""
+    """RandomResizedCrop(size, scale) [+ horizontal flip] [+ TrivialAugmentWide] + ToTensor + Normalize.
 
-    def __init__(self, tc: TransformConfig, size: int, *, scale: tuple[float, float] = (0.6, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> None:
-        self.size, self.scale, self.ratio, self.flip = size, scale, ratio, flip
+    Every random draw comes from ``generator`` (TrivialAugment's own draws run in a forked torch
+    RNG seeded from it), so an image's augmentation is a function of its seed alone.
+    """
+
+    def __init__(self, tc: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, trivial: bool = False) -> None:
+        self.size, self.scale, self.ratio, self.flip, self.trivial = size, scale, ratio, flip, trivial
         self.interpolation, self.mean, self.std = tc.interpolation, tc.mean, tc.std
 
     def __call__(self, img: Any, generator: torch.Generator) -> torch.Tensor:
-        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import InterpolationMode, TrivialAugmentWide
         from torchvision.transforms import functional as TF
 
+        img = img if img.mode == "RGB" else img.convert("RGB")
         top, left, h, w = random_resized_crop_params(img.width, img.height, self.scale, self.ratio, generator)
         img = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
                               interpolation=InterpolationMode(self.interpolation), antialias=True)
         if self.flip and torch.rand(1, generator=generator).item() < 0.5:
             img = TF.hflip(img)
+        if self.trivial:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                img = TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)(img)
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 
 

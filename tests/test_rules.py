@@ -207,8 +207,7 @@ def test_place_returns_the_cell():
 def test_linear_probe_plan():
     plan = recommend(make_profile(SMALL), taps=TAPS, seed=7, val_fraction=0.2).plan
     assert plan.taps == ["pre_logits"]
-    assert plan.frozen_stages is None and plan.trainable_stages is None and plan.lr_backbone is None
-    assert plan.lr_head == 1e-2  # probes keep the RunPlan default
+    assert plan.frozen_stages is None and plan.trainable_stages is None and plan.recipe is None  # probes train no backbone
     assert (plan.seed, plan.val_fraction, plan.batch_size, plan.input_size) == (7, 0.2, 32, 224)
 
 
@@ -227,8 +226,9 @@ def test_layer_probe_on_a_three_stage_backbone_sweeps_all_stages():
 def test_partial_finetune_freezes_the_calibrated_share_of_stages():
     plan = recommend(make_profile(LARGE), taps=TAPS).plan
     assert (plan.frozen_stages, plan.trainable_stages) == (2, 3)  # round(0.4 * 5)
-    assert plan.lr_head == 1e-3 and plan.lr_backbone == pytest.approx(1e-4)
-    assert plan.warmup_epochs == 1 and plan.taps == []
+    assert plan.recipe.lr_head == 1e-3 and plan.recipe.backbone_lr == pytest.approx(1e-4)
+    assert plan.recipe.warmup_epochs == 1 and plan.taps == [] and plan.recipe.drop_path == 0
+    assert plan.recipe.early_stopping.policy == "none"  # the schedule runs to its end
     assert (recommend(make_profile(LARGE), taps=TAPS_3).plan.frozen_stages) == 1  # round(1.2)
     assert (recommend(make_profile(LARGE), taps=TAPS_4).plan.frozen_stages) == 2  # round(1.6)
     deeper = recommend(make_profile(LARGE), taps=TAPS, thresholds=Thresholds(frozen_fraction=0.6)).plan
@@ -238,7 +238,8 @@ def test_partial_finetune_freezes_the_calibrated_share_of_stages():
 def test_full_finetune_trains_every_stage_with_smaller_backbone_lr():
     plan = recommend(make_profile(LARGE, score=DIFFERENT), taps=TAPS).plan
     assert (plan.frozen_stages, plan.trainable_stages) == (0, 5)
-    assert plan.lr_backbone == pytest.approx(plan.lr_head / 10)
+    assert plan.recipe.backbone_lr == pytest.approx(plan.recipe.lr_head / 10)
+    assert plan.recipe.drop_path > 0  # stochastic depth only where every stage trains
     assert any("AdamW" in note for note in plan.notes)
 
 
@@ -253,7 +254,7 @@ def test_finetune_schedule(n, steps, epochs):
 def test_finetune_epochs_follow_the_schedule():
     profile = make_profile({f"c{i}": 500 for i in range(10)})
     plan = recommend(profile, taps=TAPS).plan
-    assert plan.epochs == finetune_schedule(5000)[1] == 19
+    assert plan.recipe.epochs == finetune_schedule(5000)[1] == 19
 
 
 def test_schedule_rejects_empty_training_set():
@@ -264,7 +265,7 @@ def test_schedule_rejects_empty_training_set():
 def test_override_replaces_quadrant_plan_fields():
     plan = recommend(make_profile(with_class(LARGE, "rare", 19)), taps=TAPS).plan
     assert plan.strategy == "linear-probe"
-    assert plan.taps == ["pre_logits"] and plan.frozen_stages is None and plan.lr_backbone is None
+    assert plan.taps == ["pre_logits"] and plan.frozen_stages is None and plan.recipe is None
     assert not any("AdamW" in note for note in plan.notes)
 
 
@@ -282,24 +283,25 @@ def test_imbalance_modifiers_set_plan_flags():
     assert (balanced.class_weighting, balanced.balanced_sampler) == (False, False)
 
 
-def test_input_shift_adapts_bn_for_finetunes():
+def test_input_shift_re_estimates_bn_for_finetunes():
     for score in (SIMILAR, DIFFERENT):
         plan = recommend(make_profile(LARGE, score=score, greyscale=0.7), taps=TAPS).plan
-        assert plan.adapt_bn is True
+        assert plan.recipe.bn in ("train", "adapt") and "R10" in plan.rule_ids
         assert any("replicated to 3 channels" in note for note in plan.notes)
-    assert recommend(make_profile(LARGE), taps=TAPS).plan.adapt_bn is False
+        assert any("re-estimated on this data" in note for note in plan.notes)
+    assert "R10" not in recommend(make_profile(LARGE), taps=TAPS).plan.rule_ids
 
 
 def test_input_shift_adds_an_earlier_tap_to_the_layer_probe():
     plan = recommend(make_profile(SMALL, score=DIFFERENT, median_side=40, below_64=600), taps=TAPS).plan
     assert plan.taps == ["stage3", "stage4", "stage5", "pre_logits"]
-    assert plan.adapt_bn is False
+    assert plan.recipe is None
     assert any("upsampled to 224 px" in note for note in plan.notes)
 
 
 def test_input_shift_on_a_linear_probe_only_adds_notes():
     plan = recommend(make_profile(SMALL, greyscale=0.8), taps=TAPS).plan
-    assert plan.taps == ["pre_logits"] and plan.adapt_bn is False
+    assert plan.taps == ["pre_logits"] and plan.recipe is None
     assert any("layer probe" in note for note in plan.notes)
 
 
@@ -457,7 +459,7 @@ def test_input_shift_rationale_names_the_action_per_strategy():
     def r10(profile, taps=TAPS, thresholds=None):
         return next(h.rationale for h in recommend(profile, taps=taps, thresholds=thresholds).hits if h.id == "R10")
 
-    assert "re-estimates BatchNorm statistics on this data (adapt_bn)" in r10(make_profile(LARGE, greyscale=0.9))
+    assert "re-estimates BatchNorm statistics on this data before training" in r10(make_profile(LARGE, greyscale=0.9))
     assert "also sweeps an earlier tap (stage3)" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9))
     assert "also sweeps an earlier tap (stage1)" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9), TAPS_3)
     assert "already sweeps every stage" in r10(make_profile(SMALL, score=DIFFERENT, greyscale=0.9), TAPS_3, PROVISIONAL)

@@ -154,12 +154,15 @@ def test_an_interrupted_probe_run_resumes_to_the_same_result(colours, tmp_path, 
 
 
 def test_overrides_record_a_forced_strategy():
-    plan = RunPlan(dataset="d", backbone="b", strategy="linear-probe", rule_ids=["R1"], taps=["pre_logits"], lr_head=1e-2)
+    plan = RunPlan(dataset="d", backbone="b", strategy="linear-probe", rule_ids=["R1"], taps=["pre_logits"])
     forced = apply_overrides(plan, strategy="layer-probe", epochs=3, input_size=96)
-    assert forced.strategy == "layer-probe" and forced.epochs == 3 and forced.input_size == 96
+    assert forced.strategy == "layer-probe" and forced.recipe is None and forced.input_size == 96  # a probe has no epochs
     assert forced.taps == []  # the probe's single tap must not stop the sweep
     assert "user" in forced.rule_ids and any("forced" in n for n in forced.notes)
-    assert apply_overrides(plan, strategy="full-finetune").lr_head == 1e-3
+    finetune = apply_overrides(plan, strategy="full-finetune", epochs=4)
+    assert finetune.recipe.lr_head == 1e-3 and finetune.recipe.epochs == 4  # the default recipe, capped
+    one = apply_overrides(finetune, epochs=1)
+    assert one.recipe.epochs == 1 and one.recipe.warmup_epochs == 0
 
 
 def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
@@ -203,6 +206,8 @@ def test_a_forced_strategy_skips_the_similarity_measurement(colours, tmp_path, m
                    input_size=32, num_workers=0)
     assert out.plan.strategy == "layer-probe" and "user" in out.plan.rule_ids
     # the forced strategy gets its own plan fields: a sweep over the stage taps, not R1's pre_logits
-    assert out.plan.taps == ["stage2", "stage3", "pre_logits"] and len(out.result["sweep"]) > 1
+    assert out.plan.taps[-3:] == ["stage2", "stage3", "pre_logits"] and len(out.result["sweep"]) > 1
+    # the modifiers that fired are applied to the forced strategy too: R10 (36 px images) adds the earlier tap
+    assert "R10" in out.plan.rule_ids and out.plan.taps[0] == "stage1"
     assert out.recommendation.profile.similarity is None
     assert any("forced" in n for n in out.plan.notes)
