@@ -283,6 +283,11 @@ def render_recommendation(rec) -> None:
     out.print(f"size: median {p.train_per_class_median:.0f} training images per class (threshold {th['large_per_class']:.0f}), "
               f"{p.train_images} in total (threshold {th['large_total']:.0f}) -> [bold]{rec.size_class}[/bold]")
     out.print(f"similarity: {sim_txt} (threshold {th['similarity']:.2f}) -> [bold]{rec.similarity_class}[/bold]")
+    if p.flip_check is not None:
+        fc = p.flip_check
+        out.print(f"horizontal flips: probe accuracy {fc.accuracy:.3f} on held-out images, {fc.flipped_accuracy:.3f} mirrored "
+                  f"(drop {fc.drop:+.3f} ± {fc.drop_se:.3f}, {fc.images} images) -> "
+                  f"[bold]{'labels change: no flips' if 'R17' in rec.plan.rule_ids else 'labels survive: flips allowed'}[/bold]")
     out.print("[bold]Rules that fired[/bold]")
     for h in rec.hits:
         out.print(f"  [cyan]{h.id}[/cyan] ({h.kind}) {h.title}: {h.rationale}", soft_wrap=True)
@@ -511,16 +516,18 @@ def compare_cmd(
         return
     t = Table(title=f"{res.dataset}: strategies under one budget (input {res.input_size or 'default'} px, "
                     f"fine-tune epochs cap {res.epochs_cap or 'plan'})", title_justify="left")
-    for c in ("strategy", "val accuracy [95% CI]", "wall time", "trainable params", "chose", ""):
+    for c in ("strategy", "val accuracy [95% CI]", "behind best (points) [95% CI]", "wall time", "trainable params", "chose", ""):
         t.add_column(c)
     for r in res.rows:
-        mark = " ".join(x for x in ("[green]recommended[/green]" if r.recommended else "", "[bold]winner[/bold]" if r.winner else "") if x)
+        mark = " ".join(x for x in ("[green]recommended[/green]" if r.recommended else "", "[bold]best[/bold]" if r.winner else "",
+                                    "tied" if r.tied_with_best and not r.winner else "") if x)
         chose = ", ".join(f"{k} {v}" for k, v in r.selected.items())
-        t.add_row(r.strategy, f"{r.val_accuracy:.4f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]", f"{r.seconds:.1f} s",
+        behind = "-" if r.winner else f"{r.behind_best:.2f} [{r.behind_best_ci[0]:.2f}, {r.behind_best_ci[1]:.2f}]"
+        t.add_row(r.strategy, f"{r.val_accuracy:.4f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]", behind, f"{r.seconds:.1f} s",
                   f"{r.trainable_params:,}", chose, mark)
     out.print(t)
-    out.print(f"recommended [bold]{res.recommended}[/bold], winner [bold]{res.winner}[/bold]: regret "
-              f"[bold]{res.regret_points:.2f}[/bold] accuracy points; recommend took {res.recommend_seconds:.1f} s = "
+    out.print(f"{res.verdict}. Regret [bold]{res.regret_points:.2f}[/bold] accuracy points "
+              f"[{res.regret_ci[0]:.2f}, {res.regret_ci[1]:.2f}]; recommend took {res.recommend_seconds:.1f} s = "
               f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
     out.print(f"saved to {res.saved_to}", soft_wrap=True)
 

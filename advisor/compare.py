@@ -9,11 +9,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel
 
 from advisor.advise import recommend_dataset
 from advisor.backbones import create_backbone
 from advisor.errors import AdvisorError
+from advisor.stats import paired_bootstrap
 from advisor.io import write_text_atomic
 from advisor.models import STRATEGIES, Recommendation
 from advisor.rules import plan_for_strategy
@@ -34,6 +36,11 @@ class CompareRow(BaseModel):
     run_dir: str
     recommended: bool = False
     winner: bool = False
+    # Accuracy points behind the most accurate strategy, paired over the same validation images,
+    # with its 95 % bootstrap interval; tied: the interval reaches 0, so the data cannot order them.
+    behind_best: float = 0.0
+    behind_best_ci: tuple[float, float] = (0.0, 0.0)
+    tied_with_best: bool = True
 
 
 class Comparison(BaseModel):
@@ -44,6 +51,8 @@ class Comparison(BaseModel):
     recommended: str
     winner: str
     regret_points: float  # winner's accuracy minus the recommended strategy's, in accuracy points
+    regret_ci: tuple[float, float] = (0.0, 0.0)  # paired bootstrap, 95 %, in points
+    verdict: str = ""  # what the comparison can and cannot claim, in words
     rows: list[CompareRow]
     input_size: int | None
     epochs_cap: int | None
@@ -72,7 +81,9 @@ def compare(
     """Recommend, then run each strategy (same split, backbone, input size and epoch cap) and rank them.
 
     The winner is the most accurate strategy (ties: fewer trained parameters); regret is the
-    winner's validation accuracy minus the recommended strategy's.
+    winner's validation accuracy minus the recommended strategy's, with a paired bootstrap
+    interval over the validation images; a strategy whose interval behind the winner reaches 0
+    is reported as tied with it (the data cannot separate them).
     """
     names = list(strategies or STRATEGIES)
     unknown = [n for n in names if n not in STRATEGIES]
@@ -87,7 +98,7 @@ def compare(
     taps = create_backbone(backbone).taps
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(runs_dir) / f"compare-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(dataset).resolve().name)}-{stamp}"
-    rows = []
+    rows, predictions = [], {}
     t1 = time.perf_counter()
     for name in names:
         plan = plan_for_strategy(rec, name, taps=taps)
@@ -97,6 +108,7 @@ def compare(
         out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,
                        num_workers=num_workers, progress=progress)
         r, m = out.result, out.result["metrics"]
+        predictions[name] = r.get("predictions", [])
         rows.append(CompareRow(
             strategy=name, val_accuracy=m["val_accuracy"], ci=tuple(m["val_accuracy_ci"]), n_val=m["n_val"],
             seconds=round(time.perf_counter() - ts, 2), trainable_params=r["trainable_params"], total_params=r["total_params"],
@@ -106,12 +118,28 @@ def compare(
     compare_seconds = time.perf_counter() - t1
     best = max(rows, key=lambda row: (row.val_accuracy, -row.trainable_params))
     recommended = next(row for row in rows if row.strategy == rec.strategy)
+    correct = _paired_correct(predictions)
     for row in rows:
         row.winner = row is best
         row.recommended = row is recommended
+        if row is not best:
+            diff, lo, hi = paired_bootstrap(correct[best.strategy], correct[row.strategy], seed=seed)
+            row.behind_best, row.behind_best_ci = round(100 * diff, 3), (round(100 * lo, 3), round(100 * hi, 3))
+            row.tied_with_best = lo <= 0
+    tied = [row.strategy for row in rows if row.tied_with_best and row is not best]
+    if recommended is best:
+        verdict = f"the recommended {rec.strategy} scored best"
+    elif recommended.tied_with_best:
+        verdict = (f"{best.strategy} scored best, but the recommended {rec.strategy} is tied with it on these "
+                   f"{best.n_val} validation images: the regret interval includes 0")
+    else:
+        verdict = f"{best.strategy} beat the recommended {rec.strategy}: the regret interval excludes 0"
+    if tied and recommended is best:
+        verdict += f"; tied with it (the data cannot separate them): {', '.join(tied)}"
     result = Comparison(
         dataset=str(Path(dataset).resolve()), backbone=backbone, recommended=rec.strategy, winner=best.strategy,
-        regret_points=round(100 * (best.val_accuracy - recommended.val_accuracy), 3), rows=rows,
+        regret_points=round(100 * (best.val_accuracy - recommended.val_accuracy), 3),
+        regret_ci=recommended.behind_best_ci, verdict=verdict, rows=rows,
         input_size=input_size, epochs_cap=epochs, recommend_seconds=round(recommend_seconds, 2),
         compare_seconds=round(compare_seconds, 2),
         recommend_cost_fraction=round(recommend_seconds / compare_seconds, 4) if compare_seconds else 0.0,
@@ -119,3 +147,13 @@ def compare(
     )
     write_text_atomic(base / "compare.json", result.model_dump_json(indent=2))
     return result
+
+
+def _paired_correct(predictions: dict[str, list]) -> dict[str, torch.Tensor]:
+    """1/0 correctness per strategy on the validation images every strategy evaluated, in one order."""
+    by_path = {name: {p: int(t == q) for p, t, q in rows} for name, rows in predictions.items()}
+    common = sorted(set.intersection(*(set(v) for v in by_path.values()))) if by_path else []
+    if not common:
+        raise AdvisorError("the strategies share no evaluated validation image; nothing to compare",
+                           hint="check that the validation images decode")
+    return {name: torch.tensor([v[p] for p in common], dtype=torch.float64) for name, v in by_path.items()}

@@ -87,6 +87,23 @@ class DuplicateGroup(BaseModel):
         return len(set(self.labels)) > 1
 
 
+class FlipCheck(BaseModel):
+    """Whether labels survive a horizontal flip, measured with a cross-validated linear probe.
+
+    The probe is fitted on the original images of the other folds and scored on the held-out
+    images, as they are and mirrored. Natural photographs lose nothing; digits, characters and
+    anything with a handedness lose accuracy, and then flips must not be used as augmentation.
+    """
+
+    images: int
+    folds: int
+    accuracy: float  # held-out accuracy on the original images
+    flipped_accuracy: float  # the same probes on the same images, mirrored
+    drop: float  # accuracy - flipped_accuracy
+    drop_se: float  # standard error of the paired difference
+    method: str = ""
+
+
 class DatasetProfile(BaseModel):
     """Everything measured about a dataset that the rules may look at."""
 
@@ -117,6 +134,7 @@ class DatasetProfile(BaseModel):
     ignored_files: int = 0
     similarity: SimilarityReport | None = None
     tap_evidence: list[TapEvidence] = Field(default_factory=list)  # per depth, on the profiling sample
+    flip_check: FlipCheck | None = None  # do labels survive a horizontal flip (on the profiling sample)
     split_source: str
     split_seed: int | None = None
 

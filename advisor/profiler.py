@@ -8,6 +8,7 @@ file scan. Features of the sample are cached, so a second profile does no forwar
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -18,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from advisor.backbones import PRE_LOGITS, Backbone, create_backbone
-from advisor.data import DatasetScan, Sample, file_digest, scan_dataset
+from advisor.data import DatasetScan, Sample, file_digest, load_image, scan_dataset
 from advisor.features import extract_features, resolve_device
-from advisor.models import DatasetProfile, DuplicateGroup
+from advisor.models import DatasetProfile, DuplicateGroup, FlipCheck
 from advisor.similarity import greyscale_share, load_reference, measure_similarity
 from advisor.transferability import per_tap_evidence
 
@@ -147,7 +148,7 @@ def build_profile(
     exact = exact_duplicates(scan)
     near: list[DuplicateGroup] = []
     used: list[Sample] = []
-    grey = measured = None
+    grey = measured = flips = None
     evidence = []
     if similarity:
         sample = stratified_sample(scan.samples, sample_size, seed=seed)
@@ -170,6 +171,13 @@ def build_profile(
                                         taps=[t.name for t in backbone.taps], seed=seed)
         if progress:
             progress("similarity", 1, 1)
+        if len(used) >= 2 * len(scan.classes):
+            if progress:
+                progress("flip check", 0, 1)
+            pixels, mirrored = thumbnails(used)
+            flips = flip_check(pixels, mirrored, fs.labels, num_classes=len(scan.classes), seed=seed)
+            if progress:
+                progress("flip check", 1, 1)
     dups = exact + near
     cross = sum(1 for g in dups if g.crosses_splits)
     conflicting = sum(1 for g in dups if g.conflicting_labels)
@@ -205,6 +213,7 @@ def build_profile(
         ignored_files=scan.ignored_hidden + scan.ignored_non_image + scan.ignored_unlabeled,
         similarity=measured,
         tap_evidence=evidence,
+        flip_check=flips,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )
@@ -231,3 +240,58 @@ def profile_dataset(
     profile = build_profile(scan, bb, sample_size=sample_size, seed=seed, rounds=rounds, device=device,
                             cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=similarity)
     return profile, bb, scan
+
+
+FLIP_THUMBNAIL = 16  # px: enough for the layout of digits and characters, and cheap
+# Pixel probes are ill-conditioned: a short grid and 30 L-BFGS iterations keep the check at a few
+# seconds on 2 CPU cores (the full probe grid took 13-31 s for the same choice within 1 point).
+FLIP_L2_GRID = (1e-2, 1e-1, 1.0, 10.0)
+FLIP_MAX_ITER = 30
+
+
+def thumbnails(samples: list[Sample], size: int = FLIP_THUMBNAIL) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw pixels of each image squashed to ``size`` x ``size`` RGB, as they are and mirrored: ``[N, 3 * size**2]`` each."""
+    from PIL import Image, ImageOps
+
+    rows, mirrored = [], []
+    for s in samples:
+        img = load_image(s.path).convert("RGB").resize((size, size), Image.BILINEAR)
+        for out, im in ((rows, img), (mirrored, ImageOps.mirror(img))):
+            out.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float() / 255)
+    return torch.stack(rows), torch.stack(mirrored)
+
+
+def flip_check(features: torch.Tensor, flipped: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+               seed: int = 0) -> FlipCheck | None:
+    """Cross-validated probe accuracy on held-out images as they are and mirrored (None: too few images).
+
+    The probe reads raw thumbnail pixels, not backbone features: ImageNet features are trained to
+    be nearly flip-invariant once pooled (a mirrored digit gets almost the same pre_logits as the
+    digit), so they cannot show a flip that changes a label; pixels keep the layout. The verdict
+    (do labels survive?) is rule R17's, against ``Thresholds.flip_drop``.
+    """
+    from strategies.probe import cv_select_l2, fit_logistic, fit_standardizer, stratified_folds
+
+    y = labels.long()
+    present = torch.bincount(y, minlength=num_classes)
+    present = present[present > 0]
+    if len(present) < 2 or int(present.min()) < 2:
+        return None
+    k = min(5, int(present.min()))
+    l2, _ = cv_select_l2(features, y, num_classes=num_classes, folds=k, seed=seed, grid=FLIP_L2_GRID, max_iter=FLIP_MAX_ITER)
+    fold_of = stratified_folds(y, k, seed=seed)
+    hit, hit_flip = torch.zeros(len(y)), torch.zeros(len(y))
+    for f in range(k):
+        tr, te = fold_of != f, fold_of == f
+        std = fit_standardizer(features[tr])
+        W, b = fit_logistic(std.apply(features[tr]), y[tr], num_classes=num_classes, l2=l2, max_iter=FLIP_MAX_ITER)
+        hit[te] = ((std.apply(features[te]) @ W.T + b).argmax(1) == y[te]).float()
+        hit_flip[te] = ((std.apply(flipped[te]) @ W.T + b).argmax(1) == y[te]).float()
+    diff = hit - hit_flip
+    drop, se = float(diff.mean()), float(diff.std(correction=1) / math.sqrt(len(y))) if len(y) > 1 else 0.0
+    return FlipCheck(
+        images=len(y), folds=k, accuracy=round(float(hit.mean()), 4), flipped_accuracy=round(float(hit_flip.mean()), 4),
+        drop=round(drop, 4), drop_se=round(se, 4),
+        method=f"{k}-fold linear probe on {FLIP_THUMBNAIL}x{FLIP_THUMBNAIL} RGB pixels (L2 {l2:g} by CV), fitted on "
+               "original images, scored on held-out images as they are and mirrored",
+    )

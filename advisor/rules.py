@@ -10,7 +10,7 @@ Every decision is a :class:`Rule` in :data:`RULES`, evaluated in that fixed orde
 
 1. quadrant rules R1-R4 (exactly one fires) set the strategy;
 2. override rules R5-R7 (at most one fires) replace it when the table's answer is unsafe;
-3. modifier rules R8-R10 adjust the plan of whichever strategy was chosen;
+3. modifier rules R8-R10 and R17 adjust the plan of whichever strategy was chosen;
 4. warning rules R11-R14 change nothing in the plan but are reported.
 
 A rule's ``rationale`` is a ``str.format`` template over :meth:`Context.values`, so every
@@ -106,6 +106,11 @@ class Thresholds(BaseModel):
         20, ge=0,
         description="smallest training class below which a fine-tune falls back to a probe (R6, R7)",
     )
+    flip_drop: float = Field(
+        0.02, ge=0, le=1,
+        description="held-out probe accuracy lost on mirrored images at or above which (and above twice its "
+        "standard error) horizontal flips are taken to change labels and are not used as augmentation (R17)",
+    )
     min_schedule_fraction: float = Field(
         0.5, gt=0, le=1,
         description="a fine-tune capped below this share of its schedule's epochs falls back to a probe (R15, R16)",
@@ -171,6 +176,12 @@ class Context:
         """The stage just before the layer-probe sweep, if any."""
         n, k = len(self.stage_taps), self.thresholds.probe_stages
         return self.stage_taps[n - k - 1] if n > k else None
+
+    @property
+    def flips_change_labels(self) -> bool:
+        """R17: the profiler's flip check lost at least ``flip_drop`` accuracy, beyond twice its standard error."""
+        fc = self.profile.flip_check
+        return fc is not None and fc.drop >= self.thresholds.flip_drop and fc.drop > 2 * fc.drop_se
 
     @property
     def straddles(self) -> bool:
@@ -247,6 +258,11 @@ class Context:
             "finetune_steps": steps,
             "finetune_epochs": epochs,
             "epochs_cap": self.epochs_cap if self.epochs_cap is not None else nan,
+            "flip_accuracy": p.flip_check.accuracy if p.flip_check else nan,
+            "flip_flipped_accuracy": p.flip_check.flipped_accuracy if p.flip_check else nan,
+            "flip_drop_pct": 100 * p.flip_check.drop if p.flip_check else nan,
+            "flip_drop_se_pct": 100 * p.flip_check.drop_se if p.flip_check else nan,
+            "flip_images": p.flip_check.images if p.flip_check else 0,
             "schedule_share_pct": 100 * self.epochs_cap / epochs if self.epochs_cap is not None and epochs else nan,
         }
 
@@ -518,6 +534,13 @@ def _input_shift_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
     return {"notes": notes}
 
 
+def _no_flip_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
+    if plan.get("recipe") is None:
+        return {"notes": ["probes train on unaugmented features: nothing to change"]}
+    return {"recipe": {**dict(plan["recipe"]), "hflip": False},
+            "notes": ["no horizontal flips in the fine-tune's augmentation: they change labels here"]}
+
+
 def _imbalance_plan(ctx: Context, plan: dict[str, Any]) -> dict[str, Any]:
     return {"class_weighting": True}
 
@@ -679,6 +702,19 @@ RULES: tuple[Rule, ...] = (
         "only the head; {input_shift_action}.",
         when="greyscale share >= greyscale_share, or median shorter side < low_resolution, "
         "or similarity shift_pattern is 'input-level'",
+    ),
+    Rule(
+        id="R17",
+        title="labels change under a horizontal flip: no flip augmentation",
+        kind="modifier",
+        strategy=None,
+        condition=lambda ctx: ctx.flips_change_labels,
+        plan=_no_flip_plan,
+        rationale="A linear probe on the images' pixels scored {flip_accuracy:.1%} on held-out images and "
+        "{flip_flipped_accuracy:.1%} on the same images mirrored ({flip_images} images): a drop of {flip_drop_pct:.1f} "
+        "points (standard error {flip_drop_se_pct:.1f}, threshold {flip_drop:.0%}), so a mirrored image is not like "
+        "this data's own (digits, text, a fixed orientation) and flips must not be used to augment it.",
+        when="the flip check's accuracy drop >= flip_drop and > 2 standard errors",
     ),
     Rule(
         id="R11",
