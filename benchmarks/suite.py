@@ -45,6 +45,8 @@ def run_suite(datasets: list[str], *, input_size: int | None, epochs: int | None
             "quadrant": f"{rec.size_class}, {rec.similarity_class}",
             "rule": "+".join(h.id for h in rec.hits if h.kind in ("quadrant", "override")),
             "recommended": res.recommended, "best": res.winner, "regret_points": res.regret_points,
+            "regret_ci": list(res.regret_ci), "verdict": res.verdict,
+            "tied_with_best": [r.strategy for r in res.rows if r.tied_with_best and not r.winner],
             "accuracy": {r.strategy: r.val_accuracy for r in res.rows},
             "seconds": {r.strategy: r.seconds for r in res.rows},
             "recommend_seconds": res.recommend_seconds, "compare_seconds": res.compare_seconds,
