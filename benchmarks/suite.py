@@ -48,6 +48,7 @@ def run_suite(datasets: list[str], *, input_size: int | None, epochs: int | None
             "regret_ci": list(res.regret_ci), "verdict": res.verdict,
             "tied_with_best": [r.strategy for r in res.rows if r.tied_with_best and not r.winner],
             "accuracy": {r.strategy: r.val_accuracy for r in res.rows},
+            "ci": {r.strategy: list(r.ci) for r in res.rows},
             "seconds": {r.strategy: r.seconds for r in res.rows},
             "recommend_seconds": res.recommend_seconds, "compare_seconds": res.compare_seconds,
             "recommend_cost_fraction": res.recommend_cost_fraction,
@@ -71,7 +72,13 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['dataset']} | {r['images']} ({r['train_images']}, {r['train_per_class_median']:.0f}) | {sim} | "
                      f"{r['quadrant']} ({r['rule']}) | {r['recommended']} | {r['best']} | {accs} | {r['regret_points']:.2f} | "
                      f"{r['recommend_cost_fraction']:.1%} |")
+    # A fine-tune starts from the linear probe's head (LP-FT): ending below the probe's accuracy by more
+    # than the probe's interval would mean training made the model worse.
+    worse = [f"{r['dataset']} {k} {r['accuracy'][k]:.3f} < {r['ci']['linear-probe'][0]:.3f}" for r in rows if "ci" in r
+             for k in ("partial-finetune", "full-finetune") if k in r["accuracy"] and "linear-probe" in r["ci"]
+             and r["accuracy"][k] < r["ci"]["linear-probe"][0]]
     if rows:
+        lines += ["", "fine-tunes below the linear probe's 95 % interval (their warm start): " + ("; ".join(worse) or "none")]
         regrets = [r["regret_points"] for r in rows]
         lines += ["", f"mean regret {sum(regrets) / len(regrets):.2f} points (target <= 1.0), max {max(regrets):.2f} "
                       f"(target <= 3.0); recommend costs at most {max(r['recommend_cost_fraction'] for r in rows):.1%} "
