@@ -84,7 +84,6 @@ class TransformConfig(BaseModel):
     mean: tuple[float, float, float] = _IMAGENET_MEAN
     std: tuple[float, float, float] = _IMAGENET_STD
     crop_pct: float = Field(default=0.875, gt=0)
-    hflip: bool = False  # mirror every image (the profiler's flip check); not a training augmentation
 
     @property
     def resize_size(self) -> int:
@@ -100,7 +99,6 @@ class TransformConfig(BaseModel):
                 T.Lambda(_to_rgb),
                 T.Resize(self.resize_size, interpolation=T.InterpolationMode(self.interpolation)),
                 T.CenterCrop(self.input_size),
-                *([T.RandomHorizontalFlip(p=1.0)] if self.hflip else []),
                 T.ToTensor(),
                 T.Normalize(self.mean, self.std),
             ]
@@ -111,8 +109,7 @@ class TransformConfig(BaseModel):
 
     def digest(self) -> str:
         """Short stable hash of the config, for cache keys."""
-        # hflip=False is left out so that caches written before the field existed stay valid.
-        return hashlib.sha256(self.model_dump_json(exclude=None if self.hflip else {"hflip"}).encode()).hexdigest()[:16]
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
 class BNLayerInfo(BaseModel):

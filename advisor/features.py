@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from advisor.backbones import Backbone, TransformConfig
+from advisor.backbones import Backbone
 from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest, load_image
 from advisor.errors import AdvisorError, ImageLoadError
 
@@ -90,12 +90,12 @@ class FeatureCache:
         self._names: dict[Path, frozenset[str]] = {}
 
     @classmethod
-    def for_backbone(cls, root: str | os.PathLike, backbone: Backbone, transform: TransformConfig | None = None) -> FeatureCache:
+    def for_backbone(cls, root: str | os.PathLike, backbone: Backbone) -> FeatureCache:
         return cls(
             root,
             backbone=backbone.name,
             weights_digest=backbone.weights_digest,
-            transform_digest=(transform or backbone.transform_config).digest(),
+            transform_digest=backbone.transform_config.digest(),
         )
 
     def _shards(self) -> list[Path]:
@@ -278,7 +278,6 @@ def extract_features(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     flush_every: int = 256,
     progress: ProgressFn | None = None,
-    transform: TransformConfig | None = None,
 ) -> FeatureSet:
     """Pooled features of every tap for ``items`` (Samples or image paths).
 
@@ -287,9 +286,7 @@ def extract_features(
     what it computed. Images that fail to decode are reported in ``summary.failed``.
     ``features`` also holds ``meta:grey`` ([N, 1], 1 = greyscale image) and, with
     ``bn_moments``, the per-image BatchNorm input moments named by :func:`bn_names`.
-    ``transform`` replaces the backbone's eval transform (its own cache namespace).
     """
-    tc = transform or backbone.transform_config
     t0 = time.perf_counter()
     samples = [it for it in items if isinstance(it, Sample)]
     paths = [it.path if isinstance(it, Sample) else os.fspath(it) for it in items]
@@ -312,7 +309,7 @@ def extract_features(
     failed: list[SkippedFile] = []
     failed_pos: set[int] = set()
     if use_cache:
-        cache = FeatureCache.for_backbone(cache_dir or default_cache_dir(), backbone, tc)
+        cache = FeatureCache.for_backbone(cache_dir or default_cache_dir(), backbone)
         cache.clean_temporaries()
         for i, p in enumerate(paths):
             try:
@@ -342,6 +339,7 @@ def extract_features(
         model = backbone.to(dev).eval()
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+        tc = backbone.transform_config
         loader = torch.utils.data.DataLoader(
             _ImageFiles(paths, todo, tc.eval_transform(), max_pixels, tc.mean, tc.std),
             batch_size=batch_size,
@@ -405,7 +403,7 @@ def extract_features(
     summary = ExtractionSummary(
         backbone=backbone.name,
         weights_digest=backbone.weights_digest,
-        transform_digest=tc.digest(),
+        transform_digest=backbone.transform_config.digest(),
         taps=tap_names,
         tap_channels={t: known[t] for t in tap_names},
         images=len(paths),
