@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from advisor.errors import AdvisorError
-from advisor.io import write_text_atomic
+from advisor.io import read_model, write_text_atomic
 from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 from advisor.rules import Thresholds, plan_for_strategy, recommend
@@ -127,11 +126,5 @@ def save_plan(plan: RunPlan, path: str | os.PathLike) -> Path:
 
 
 def load_plan(path: str | os.PathLike) -> RunPlan:
-    """Read a plan saved by ``recommend --save-plan``; a bad file is a one-line error."""
-    try:
-        return RunPlan.model_validate_json(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise AdvisorError(f"plan file not found: {path}", hint="create one with advisor recommend DATASET --save-plan FILE") from err
-    except (ValueError, json.JSONDecodeError) as err:
-        first = str(err).splitlines()
-        raise AdvisorError(f"{path} is not a valid plan: {' '.join(first[:3])}") from err
+    """Read a plan saved by ``recommend --save-plan``; a missing or bad file is a one-line error."""
+    return read_model(path, RunPlan, fix="write a fresh one with advisor recommend DATASET --save-plan FILE")

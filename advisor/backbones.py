@@ -377,9 +377,17 @@ def create_backbone(
     return builder(weights=weights, pretrained=pretrained, seed=seed).eval()
 
 
+TEST_BACKBONES_ENV = "ADVISOR_TEST_BACKBONES"
+
+
+def _user_visible(name: str) -> bool:
+    """Test fixtures (random weights) exist only where ``$ADVISOR_TEST_BACKBONES`` is set, i.e. in tests."""
+    return _REGISTRY[name].source != "test" or bool(os.environ.get(TEST_BACKBONES_ENV))
+
+
 def list_backbones() -> list[BackboneInfo]:
-    """Registered backbones, with whether their weights are available offline."""
-    return [backbone_info(name) for name in _REGISTRY]
+    """Registered backbones, with whether their weights are available offline (test fixtures left out)."""
+    return [backbone_info(name) for name in _REGISTRY if _user_visible(name)]
 
 
 def backbone_info(name: str) -> BackboneInfo:
@@ -418,6 +426,9 @@ def backbone_info(name: str) -> BackboneInfo:
 
 def _resolve(name: str) -> Callable[..., Backbone]:
     if name in _REGISTRY:
+        if not _user_visible(name):
+            raise BackboneError(f"{name!r} is a test fixture with random weights: advice built on it would be meaningless",
+                                hint=f"choose a backbone from `advisor backbones` (tests set {TEST_BACKBONES_ENV}=1)")
         return _REGISTRY[name].builder
     family, arch = _split_family(name)
     return functools.partial(_build_timm if family == "timm" else _build_torchvision, arch)
@@ -427,10 +438,11 @@ def _split_family(name: str) -> tuple[str, str]:
     family, sep, arch = name.partition("/")
     if sep and arch and family in _FAMILIES:
         return family, arch
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+    visible = [n for n in _REGISTRY if _user_visible(n)]
+    close = difflib.get_close_matches(name, visible, n=1)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     raise BackboneError(
-        f"unknown backbone {name!r}{guess}; registered: {', '.join(_REGISTRY)}",
+        f"unknown backbone {name!r}{guess}; registered: {', '.join(visible)}",
         hint="any timm or torchvision classifier also works as timm/<name> or torchvision/<name>, "
         "e.g. timm/resnet50 or torchvision/resnet50",
     )

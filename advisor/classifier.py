@@ -22,7 +22,8 @@ from torch import nn
 
 from advisor.backbones import PRE_LOGITS, Backbone, TransformConfig, create_backbone
 from advisor.errors import AdvisorError
-from advisor.io import write_text_atomic
+from advisor.data import file_digest
+from advisor.io import call_writing, read_model, write_text_atomic
 
 CARD_FORMAT = "advisor-model-v1"
 MODEL_FILE = "model.safetensors"
@@ -44,6 +45,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, float] = {}
     created: str | None = None
     advisor_version: str | None = None
+    model_digest: str | None = None  # blake2b-128 of model.safetensors: the two files belong together
 
 
 class TransferClassifier(nn.Module):
@@ -91,47 +93,95 @@ class TransferClassifier(nn.Module):
 
 
 def save_classifier(model: TransferClassifier, run_dir: str | os.PathLike, card: ModelCard) -> tuple[Path, Path]:
-    """Write ``model.safetensors`` and ``model.json`` atomically into ``run_dir``."""
+    """Write ``model.safetensors`` and then ``model.json`` (which records the former's digest), atomically."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     tensors = dict(model.head_state())
     if card.backbone_in_file:
         tensors.update({f"backbone.{k}": v for k, v in model.backbone.model.state_dict().items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    tmp = run_dir / f".{MODEL_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT})
-    os.replace(tmp, run_dir / MODEL_FILE)
+    needed = sum(v.numel() * v.element_size() for v in tensors.values())
+    call_writing(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT}),
+                 needed=needed)
+    card = card.model_copy(update={"model_digest": file_digest(run_dir / MODEL_FILE)})
     write_text_atomic(run_dir / CARD_FILE, card.model_dump_json(indent=2))
     return run_dir / MODEL_FILE, run_dir / CARD_FILE
 
 
+_RERUN = "the run directory is damaged: copy both files from the original run, or train again"
+
+
+def _check_card(card: ModelCard, tensors: dict[str, torch.Tensor], card_path: Path, model_path: Path) -> None:
+    """model.json and model.safetensors must describe the same model; name the first disagreement."""
+    def bad(what: str) -> AdvisorError:
+        return AdvisorError(f"{model_path.name} and {card_path} disagree: {what}", hint=_RERUN)
+
+    for key in ("head.weight", "head.bias", "feature_mean", "feature_std"):
+        if key not in tensors:
+            raise bad(f"the model file has no {key}")
+    weight = tensors["head.weight"]
+    if weight.dim() != 2 or tuple(weight.shape) != (len(card.classes), card.feature_dim):
+        raise bad(f"head is {tuple(weight.shape)}, the card says {len(card.classes)} classes x {card.feature_dim} features")
+    for key in ("head.bias", "feature_mean", "feature_std"):
+        n = len(card.classes) if key == "head.bias" else card.feature_dim
+        if tuple(tensors[key].shape) != (n,):
+            raise bad(f"{key} has shape {tuple(tensors[key].shape)}, expected ({n},)")
+    if not all(torch.isfinite(tensors[k]).all() for k in ("head.weight", "head.bias", "feature_mean", "feature_std")):
+        raise bad("the head holds non-finite values")
+    if not (tensors["feature_std"] > 0).all():
+        raise bad("feature_std has values <= 0")
+    has_backbone = any(k.startswith("backbone.") for k in tensors)
+    if has_backbone != card.backbone_in_file:
+        held = "holds" if has_backbone else "does not hold"
+        raise bad(f"the model file {held} backbone weights but backbone_in_file is {card.backbone_in_file}")
+    if len(set(card.classes)) != len(card.classes) or not all(card.classes):
+        raise bad("class names are empty or repeated")
+
+
 def load_classifier(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[TransferClassifier, ModelCard]:
-    """Rebuild a saved classifier from ``model.json`` + ``model.safetensors`` (no pickle involved)."""
+    """Rebuild a saved classifier from ``model.json`` + ``model.safetensors`` (no pickle involved).
+
+    Every field of the card is checked against the tensors (and the file's digest, when the card
+    records one) before anything is built.
+    """
     run_dir = Path(run_dir)
     card_path, model_path = run_dir / CARD_FILE, run_dir / MODEL_FILE
-    if not card_path.exists() or not model_path.exists():
+    if not run_dir.is_dir() or not card_path.exists() or not model_path.exists():
         raise AdvisorError(f"{run_dir} holds no saved model ({CARD_FILE} and {MODEL_FILE})",
                            hint="point at a run directory written by `advisor run`")
-    try:
-        card = ModelCard.model_validate_json(card_path.read_text())
-    except ValueError as err:
-        raise AdvisorError(f"{card_path} is not a valid model card: {str(err).splitlines()[0]}") from err
+    card = read_model(card_path, ModelCard, fix=_RERUN)
     if card.format != CARD_FORMAT:
         raise AdvisorError(f"{card_path} has format {card.format!r}; this advisor reads {CARD_FORMAT!r}")
-    tensors = load_file(str(model_path))
+    if card.model_digest is not None and file_digest(model_path) != card.model_digest:
+        raise AdvisorError(f"{model_path} is not the file {card_path} was written with (digest differs)", hint=_RERUN)
+    try:
+        tensors = load_file(str(model_path))
+    except Exception as err:
+        raise AdvisorError(f"{model_path} is damaged ({' '.join(str(err).split())[:120] or type(err).__name__})",
+                           hint=_RERUN) from None
+    _check_card(card, tensors, card_path, model_path)
     if card.backbone_in_file:
         # The file has every backbone weight: start from a random init, nothing to find offline.
         backbone = create_backbone(card.backbone, pretrained=False)
         state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        missing, unexpected = backbone.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise AdvisorError(f"{model_path} does not match {card.backbone}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        expected = backbone.model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        shapes = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+        if missing or unexpected or shapes:
+            raise AdvisorError(f"{model_path} does not match {card.backbone}: missing {missing[:3]}, unexpected "
+                               f"{unexpected[:3]}, other shapes {sorted(shapes)[:3]}", hint=_RERUN)
+        backbone.model.load_state_dict(state)
     else:
         backbone = create_backbone(card.backbone)
         if backbone.weights_digest != card.weights_digest:
             raise AdvisorError(
                 f"the model was trained on {card.backbone} weights {card.weights_digest}, but the weights found now are "
                 f"{backbone.weights_digest}", hint="install the same weights the run used")
+    channels = {t.name: t.channels for t in backbone.taps}
+    if unknown := [t for t in card.taps if t not in channels]:
+        raise AdvisorError(f"{card_path} names taps {unknown} that {card.backbone} does not have", hint=_RERUN)
+    if sum(channels[t] for t in card.taps) != card.feature_dim:
+        raise AdvisorError(f"{card_path} says {card.feature_dim} features, but taps {card.taps} of {card.backbone} "
+                           f"give {sum(channels[t] for t in card.taps)}", hint=_RERUN)
     backbone.transform_config = card.transform
     model = TransferClassifier(backbone, card.taps, len(card.classes))
     model.set_head(tensors["head.weight"], tensors["head.bias"], tensors["feature_mean"], tensors["feature_std"])

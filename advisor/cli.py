@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -36,7 +38,28 @@ BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backb
 WeightsOpt = typer.Option(None, "--weights", help="Weights file (.safetensors, or a state dict saved with torch.save).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder [default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+# Option ranges, checked before any work (click reports a value outside them with exit code 2).
+MIN_INPUT, MAX_INPUT = 32, 1024  # below 32 px a stride-32 network sees a single pixel
+WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader worker processes [default: cores - 1].")
+InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
+                            help=f"Input resolution in pixels, {MIN_INPUT}-{MAX_INPUT} (e.g. 128 for quick CPU runs).")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
+
+
+# C0/C1 controls (ESC starts terminal escape sequences) and the invisible bidi/zero-width marks
+# that can make a name display as something else.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def shown(value: object) -> str:
+    """A user-controlled string made safe for the terminal and for rich markup.
+
+    Undecodable bytes of a file name and control characters are shown as ``\\xNN`` escapes,
+    and ``[`` is escaped so that rich prints ``evil[red].jpg`` as it is, never as markup.
+    """
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+    return escape(text)
 
 
 class _RateColumn(ProgressColumn):
@@ -72,6 +95,12 @@ def _print_json(model, **dump) -> None:
     typer.echo(text)
 
 
+def _fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"{value} is not strictly between 0 and 1 (e.g. 0.2)")
+    return value
+
+
 @app.command("backbones")
 def backbones_cmd(json_out: bool = JsonOpt) -> None:
     """List bundled backbones, their size and whether their weights are available offline."""
@@ -87,7 +116,7 @@ def backbones_cmd(json_out: bool = JsonOpt) -> None:
     for i in infos:
         params = f"{i.params / 1e6:.2f} M" if i.params else "?"
         ok = "[green]yes[/green]" if i.weights_available else "[red]no[/red]"
-        table.add_row(i.name, params, ok, i.weights_location or i.hint or "")
+        table.add_row(shown(i.name), params, ok, shown(i.weights_location or i.hint or ""))
     out.print(table)
     out.print("Any timm model: [bold]timm/<name>[/bold]; any torchvision model: [bold]torchvision/<name>[/bold] "
               "(weights from their local caches or --weights FILE).")
@@ -97,7 +126,8 @@ def backbones_cmd(json_out: bool = JsonOpt) -> None:
 def inspect_cmd(
     dataset: Path = DatasetArg,
     json_out: bool = JsonOpt,
-    val_fraction: float = typer.Option(0.2, help="Validation share when the dataset has no val split."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", callback=_fraction,
+                                       help="Validation share when the dataset has no val split, between 0 and 1."),
     seed: int = typer.Option(0, help="Seed of the stratified split (recorded in the result)."),
 ) -> None:
     """Scan a dataset: classes, counts per split, skipped and ignored files, sizes, colour modes."""
@@ -111,8 +141,10 @@ def inspect_cmd(
 
 
 def render_scan(scan) -> None:
+    from advisor.data import IMAGE_EXTENSIONS
+
     splits = sorted(scan.counts, key=["train", "val", "test"].index)
-    out.print(f"[bold]{scan.root}[/bold]  layout {scan.layout}, split from {scan.split_source}"
+    out.print(f"[bold]{shown(scan.root)}[/bold]  layout {scan.layout}, split from {scan.split_source}"
               + (f" (val {scan.val_fraction:.0%}, seed {scan.split_seed})" if scan.split_seed is not None else ""),
               soft_wrap=True)
     table = Table()
@@ -122,7 +154,7 @@ def render_scan(scan) -> None:
     table.add_column("total", justify="right")
     for c in scan.classes:
         row = [scan.counts[s].get(c, 0) for s in splits]
-        table.add_row(c, *map(str, row), str(sum(row)))
+        table.add_row(shown(c), *map(str, row), str(sum(row)))
     totals = [sum(scan.counts[s].values()) for s in splits]
     table.add_row("[bold]all[/bold]", *map(str, totals), f"[bold]{sum(totals)}[/bold]")
     out.print(table)
@@ -133,10 +165,17 @@ def render_scan(scan) -> None:
     out.print("colour modes: " + ", ".join(f"{m} {n}" for m, n in sorted(scan.modes.items(), key=lambda kv: -kv[1])))
     out.print(f"ignored: {scan.ignored_hidden} hidden, {scan.ignored_non_image} non-image files, "
               f"{scan.ignored_unlabeled} images outside any class folder")
+    if scan.ignored_extensions:
+        exts = ", ".join(f"{shown(e or '(none)')} {n}" for e, n in sorted(scan.ignored_extensions.items(), key=lambda kv: -kv[1]))
+        out.print(f"  non-image files by extension: {exts} (advisor reads {', '.join(sorted(IMAGE_EXTENSIONS))})",
+                  soft_wrap=True)
+    if scan.external_links:
+        out.print(f"followed {scan.external_links} symlink(s) to files or class folders outside {shown(scan.root)}",
+                  soft_wrap=True)
     if scan.skipped:
         out.print(f"[yellow]skipped {len(scan.skipped)} unusable file(s):[/yellow]")
         for s in scan.skipped:
-            out.print(f"  [yellow]{s.path}[/yellow]: {s.reason}", soft_wrap=True)
+            out.print(f"  [yellow]{shown(s.path)}[/yellow]: {shown(s.reason)}", soft_wrap=True)
     else:
         out.print("skipped: none")
 
@@ -148,8 +187,8 @@ def features_cmd(
     weights: Optional[Path] = WeightsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(32, help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: cores - 1]."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per forward pass."),
+    workers: Optional[int] = WorkersOpt,
     key: str = typer.Option("content", help="Cache key per image: content (file hash) or stat (path+size+mtime)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -162,7 +201,7 @@ def features_cmd(
         raise AdvisorError(f"--key must be content or stat, got {key!r}")
     scan = scan_dataset(dataset)
     bb = create_backbone(backbone, weights=weights)
-    with progress_bar(f"features {bb.name}") as cb:
+    with progress_bar(f"features {shown(bb.name)}") as cb:
         fs = extract_features(scan.samples, bb, cache_dir=cache_dir, device=device, batch_size=batch_size,
                               num_workers=workers, key_mode=key, progress=cb)
     s = fs.summary
@@ -175,11 +214,12 @@ def features_cmd(
     if scan.skipped or s.failed:
         out.print(f"[yellow]skipped {len(scan.skipped) + len(s.failed)} unusable file(s)[/yellow] (see `advisor inspect`)")
         for f in s.failed:
-            out.print(f"  [yellow]{f.path}[/yellow]: {f.reason}", soft_wrap=True)
-    out.print(f"cached in {s.cache_dir}", soft_wrap=True)
+            out.print(f"  [yellow]{shown(f.path)}[/yellow]: {shown(f.reason)}", soft_wrap=True)
+    out.print(f"cached in {shown(s.cache_dir)}", soft_wrap=True)
 
 
-SampleOpt = typer.Option(300, "--sample-size", help="Images read for the similarity estimate (stratified by class).")
+SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
+                         help="Images read for the similarity estimate (stratified by class), at least 4.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the sample, the bootstrap and the split.")
 
 
@@ -204,7 +244,7 @@ def _iv(iv, fmt: str = ".3f") -> str:
 
 def render_profile(p) -> None:
     splits = ", ".join(f"{k} {v}" for k, v in p.images_per_split.items())
-    out.print(f"[bold]{p.dataset}[/bold]: {p.images_total} images, {p.num_classes} classes ({splits}); split from {p.split_source}"
+    out.print(f"[bold]{shown(p.dataset)}[/bold]: {p.images_total} images, {p.num_classes} classes ({splits}); split from {p.split_source}"
               + (f" (seed {p.split_seed})" if p.split_seed is not None else ""), soft_wrap=True)
     out.print(f"training images per class: min {p.train_per_class_min}, median {p.train_per_class_median:.0f}; "
               f"imbalance (largest/smallest) {p.imbalance_ratio:.2f}")
@@ -217,7 +257,7 @@ def render_profile(p) -> None:
               f"(cosine >= {p.near_duplicate_threshold} on the {p.near_duplicate_sample}-image sample); "
               f"{p.cross_split_duplicates} cross the train/val split, {p.conflicting_label_duplicates} with conflicting labels")
     for g in (p.exact_duplicates + p.near_duplicates)[:5]:
-        out.print(f"  [dim]{g.kind}: " + "  ".join(f"{path} ({s}/{lab})" for path, s, lab in zip(g.paths, g.splits, g.labels)) + "[/dim]", soft_wrap=True)
+        out.print(f"  [dim]{g.kind}: " + "  ".join(f"{shown(path)} ({s}/{shown(lab)})" for path, s, lab in zip(g.paths, g.splits, g.labels)) + "[/dim]", soft_wrap=True)
     if p.skipped:
         out.print(f"[yellow]skipped {len(p.skipped)} unusable file(s)[/yellow] (advisor inspect lists them)")
     sim = p.similarity
@@ -230,7 +270,7 @@ def render_profile(p) -> None:
         t.add_column(c)
     for s in sim.signals:
         if not s.available:
-            t.add_row(s.name, f"[dim]unavailable: {s.unavailable_reason}[/dim]", "", "", "no")
+            t.add_row(s.name, f"[dim]unavailable: {shown(s.unavailable_reason)}[/dim]", "", "", "no")
             continue
         t.add_row(s.name, _iv(s.raw), "" if s.null is None else f"{s.null:.3f}",
                   _iv(s.similarity) if s.similarity else "", "yes" if s.in_score else "no")
@@ -244,7 +284,7 @@ def render_profile(p) -> None:
             d.add_row(row.stage, str(row.layers), _iv(row.shift), "" if row.excess is None else f"{row.excess:+.3f}",
                       str(row.skipped_channels))
         out.print(d)
-        out.print(f"shift pattern: [bold]{sim.shift_pattern}[/bold]: {sim.shift_pattern_reason}")
+        out.print(f"shift pattern: [bold]{sim.shift_pattern}[/bold]: {shown(sim.shift_pattern_reason)}")
     if p.tap_evidence:
         e = Table(title=f"Transferability by depth ({sim.sample_size}-image sample)", title_justify="left")
         for c in ("tap", "dim", "LogME", "k-NN accuracy (5-fold)"):
@@ -256,8 +296,8 @@ def render_profile(p) -> None:
         out.print(e)
     for s in sim.signals:
         if s.available and s.method:
-            out.print(f"[dim]{s.name}: {s.method}[/dim]", soft_wrap=True)
-    out.print(f"[dim]combined: {sim.method}[/dim]", soft_wrap=True)
+            out.print(f"[dim]{s.name}: {shown(s.method)}[/dim]", soft_wrap=True)
+    out.print(f"[dim]combined: {shown(sim.method)}[/dim]", soft_wrap=True)
 
 
 def render_recommendation(rec) -> None:
@@ -290,14 +330,14 @@ def render_recommendation(rec) -> None:
                   f"[bold]{'labels change: no flips' if 'R17' in rec.plan.rule_ids else 'labels survive: flips allowed'}[/bold]")
     out.print("[bold]Rules that fired[/bold]")
     for h in rec.hits:
-        out.print(f"  [cyan]{h.id}[/cyan] ({h.kind}) {h.title}: {h.rationale}", soft_wrap=True)
+        out.print(f"  [cyan]{h.id}[/cyan] ({h.kind}) {shown(h.title)}: {shown(h.rationale)}", soft_wrap=True)
     out.print("[bold]Boundaries[/bold]")
     for b in rec.boundaries:
-        out.print(f"  {b.axis}: {b.margin}; {b.flip}", soft_wrap=True)
+        out.print(f"  {b.axis}: {shown(b.margin)}; {shown(b.flip)}", soft_wrap=True)
     for w in rec.warnings:
-        out.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+        out.print(f"[yellow]warning:[/yellow] {shown(w)}", soft_wrap=True)
     for n in rec.evidence_notes:
-        out.print(f"[magenta]evidence:[/magenta] {n}", soft_wrap=True)
+        out.print(f"[magenta]evidence:[/magenta] {shown(n)}", soft_wrap=True)
     plan = rec.plan
     out.print(f"[bold green]Recommended: {rec.strategy}[/bold green] (rules {', '.join(plan.rule_ids)})")
     r = plan.recipe
@@ -311,9 +351,9 @@ def render_recommendation(rec) -> None:
                        "EMA": "off" if r.ema is None else f"window {r.ema:.0%} of steps",
                        "drop-path": f"{r.drop_path:g}" if r.drop_path else None,
                        "early stopping": r.early_stopping.policy if r.early_stopping.policy != "none" else "none (full schedule)"})
-    out.print("plan: " + "; ".join(f"{k} {v}" for k, v in fields.items() if v is not None), soft_wrap=True)
+    out.print("plan: " + "; ".join(f"{k} {shown(v)}" for k, v in fields.items() if v is not None), soft_wrap=True)
     for n in plan.notes:
-        out.print(f"  [dim]- {n}[/dim]", soft_wrap=True)
+        out.print(f"  [dim]- {shown(n)}[/dim]", soft_wrap=True)
     if rec.seconds is not None:
         out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
 
@@ -351,7 +391,7 @@ def recommend_cmd(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write the executable plan (JSON) here."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000,
                                          help="The fine-tune epoch budget you will run with; a cap far below the "
                                               "schedule turns a fine-tune into a probe (R15, R16)."),
     json_out: bool = JsonOpt,
@@ -369,7 +409,7 @@ def recommend_cmd(
         return
     render_recommendation(rec)
     if save_plan is not None:
-        out.print(f"plan saved to {save_plan}")
+        out.print(f"plan saved to {shown(save_plan)}", soft_wrap=True)
 
 
 def render_result(outcome) -> None:
@@ -381,7 +421,7 @@ def render_result(outcome) -> None:
     out.print(f"trained {r['trainable_params']:,} of {r['total_params']:,} parameters in {r['seconds']:.1f} s on {r['device']}")
     sel = {k: v for k, v in r["selected"].items() if k != "cv_table"}
     if sel:
-        out.print("chose: " + "; ".join(f"{k} {v}" for k, v in sel.items()), soft_wrap=True)
+        out.print("chose: " + "; ".join(f"{k} {shown(v)}" for k, v in sel.items()), soft_wrap=True)
     if r["sweep"]:
         t = Table(title="Layer sweep (cross-validated on the training split)", title_justify="left")
         for c in ("taps", "dim", "CV accuracy", "L2"):
@@ -393,11 +433,11 @@ def render_result(outcome) -> None:
     for c in ("class", "precision", "recall", "f1", "support"):
         t.add_column(c)
     for c in m["per_class"]:
-        t.add_row(c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
+        t.add_row(shown(c["name"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
     out.print(t)
-    out.print(f"artifacts in [bold]{outcome.run_dir}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
+    out.print(f"artifacts in [bold]{shown(outcome.run_dir)}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
               soft_wrap=True)
-    out.print(f"predict with: advisor predict {outcome.run_dir} IMAGE_OR_FOLDER", soft_wrap=True)
+    out.print(f"predict with: advisor predict {shown(outcome.run_dir)} IMAGE_OR_FOLDER", soft_wrap=True)
 
 
 @app.command("run")
@@ -411,11 +451,11 @@ def run_cmd(
     backbone: str = BackboneOpt,
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the plan's epochs (fine-tunes)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Override the input resolution (e.g. 128 for quick CPU runs)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000, help="Override the plan's epochs (fine-tunes)."),
+    input_size: Optional[int] = InputSizeOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: cores - 1]."),
+    workers: Optional[int] = WorkersOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
@@ -449,7 +489,7 @@ def run_cmd(
                                           runs_dir=runs_dir, device=dev, cache_dir=cache_dir, num_workers=workers,
                                           epochs=epochs, input_size=input_size, progress=cb, on_recommendation=show)
     except runner.RunInterrupted as stop:
-        err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {stop.run_dir}",
+        err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {shown(stop.run_dir)}",
                           soft_wrap=True)
         sys.exit(130)
     if json_out:
@@ -462,7 +502,7 @@ def run_cmd(
 def predict_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
-    top_k: int = typer.Option(3, "--top-k", "-k", help="Classes per image."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, max=1000, help="Classes per image."),
     device: str = DeviceOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -473,17 +513,17 @@ def predict_cmd(
     if json_out:
         _print_json(rep)
         return
-    t = Table(title=f"{rep.strategy} model from {rep.run_dir}", title_justify="left")
+    t = Table(title=f"{rep.strategy} model from {shown(rep.run_dir)}", title_justify="left")
     t.add_column("image")
     for i in range(min(top_k, len(rep.classes))):
         t.add_column(f"top {i + 1}")
     for p in rep.predictions:
-        t.add_row(p.path, *[f"{c.label} {c.probability:.3f}" for c in p.top])
+        t.add_row(shown(p.path), *[f"{shown(c.label)} {c.probability:.3f}" for c in p.top])
     out.print(t)
     if rep.skipped:
         out.print(f"[yellow]skipped {len(rep.skipped)} file(s):[/yellow]")
         for s in rep.skipped:
-            out.print(f"  [yellow]{s.path}[/yellow]: {s.reason}", soft_wrap=True)
+            out.print(f"  [yellow]{shown(s.path)}[/yellow]: {shown(s.reason)}", soft_wrap=True)
     if rep.ignored:
         out.print(f"ignored {rep.ignored} non-image or hidden file(s)")
 
@@ -494,13 +534,13 @@ def compare_cmd(
     strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated subset [default: all four]."),
     backbone: str = BackboneOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the comparison's runs and compare.json go."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="One input size for every strategy (e.g. 128 on a CPU)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch cap for the fine-tunes (one budget for all)."),
+    input_size: Optional[int] = InputSizeOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000, help="Epoch cap for the fine-tunes (one budget for all)."),
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: cores - 1]."),
+    workers: Optional[int] = WorkersOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every strategy on the same split and backbone; show accuracy, time, parameters and the advice's regret."""
@@ -514,39 +554,54 @@ def compare_cmd(
     if json_out:
         _print_json(res, exclude={"recommendation"})
         return
-    t = Table(title=f"{res.dataset}: strategies under one budget (input {res.input_size or 'default'} px, "
+    t = Table(title=f"{shown(res.dataset)}: strategies under one budget (input {res.input_size or 'default'} px, "
                     f"fine-tune epochs cap {res.epochs_cap or 'plan'})", title_justify="left")
     for c in ("strategy", "val accuracy [95% CI]", "behind best (points) [95% CI]", "wall time", "trainable params", "chose", ""):
         t.add_column(c)
     for r in res.rows:
         mark = " ".join(x for x in ("[green]recommended[/green]" if r.recommended else "", "[bold]best[/bold]" if r.winner else "",
                                     "tied" if r.tied_with_best and not r.winner else "") if x)
-        chose = ", ".join(f"{k} {v}" for k, v in r.selected.items())
+        chose = ", ".join(f"{k} {shown(v)}" for k, v in r.selected.items())
         behind = "-" if r.winner else f"{r.behind_best:.2f} [{r.behind_best_ci[0]:.2f}, {r.behind_best_ci[1]:.2f}]"
         t.add_row(r.strategy, f"{r.val_accuracy:.4f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]", behind, f"{r.seconds:.1f} s",
                   f"{r.trainable_params:,}", chose, mark)
     out.print(t)
-    out.print(f"{res.verdict}. Regret [bold]{res.regret_points:.2f}[/bold] accuracy points "
+    out.print(f"{shown(res.verdict)}. Regret [bold]{res.regret_points:.2f}[/bold] accuracy points "
               f"[{res.regret_ci[0]:.2f}, {res.regret_ci[1]:.2f}]; recommend took {res.recommend_seconds:.1f} s = "
               f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
-    out.print(f"saved to {res.saved_to}", soft_wrap=True)
+    out.print(f"saved to {shown(res.saved_to)}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: core errors become one red line and exit code 2."""
+    """Console entry point: user errors become one red line and exit code 2; a bug exits 1."""
+    from pydantic import ValidationError
+
     try:
         # Standalone mode lets click render usage errors (with their exit code 2) itself.
         app(args=argv)
     except AdvisorError as err:
-        err_console.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/bold red] {shown(err)}", soft_wrap=True)
+        sys.exit(2)
+    except ValidationError as err:
+        # Values that reached a pydantic boundary (a plan, an option) and broke its rules.
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ())) or err.title
+        err_console.print(f"[bold red]error:[/bold red] invalid {shown(where)}: {shown(first.get('msg', err))} "
+                          f"(got {shown(repr(first.get('input'))[:80])})", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
         sys.exit(130)
+    except OSError as err:
+        # The environment, not a bug: a vanished file, a full disk, a permission.
+        where = f" {err.filename}" if err.filename else ""
+        err_console.print(f"[bold red]error:[/bold red] cannot access{shown(where)} ({shown(err.strerror or err)})",
+                          soft_wrap=True)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - a bug still gets one line, not a traceback
         if os.environ.get("ADVISOR_DEBUG"):
             raise
-        err_console.print(f"[bold red]internal error:[/bold red] {type(err).__name__}: {err} "
+        err_console.print(f"[bold red]internal error:[/bold red] {type(err).__name__}: {shown(err)} "
                           "(set ADVISOR_DEBUG=1 for the traceback and please report it)", soft_wrap=True)
         sys.exit(1)
 

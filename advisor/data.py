@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import re
+import stat
 import statistics
 import warnings
 from collections import Counter
@@ -26,8 +27,10 @@ from pydantic import BaseModel
 from advisor.errors import DatasetError, ImageLoadError
 
 __all__ = [
+    "ACCEPTED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "MAX_ASPECT_RATIO",
     "DatasetScan",
     "Sample",
     "SizeSummary",
@@ -39,9 +42,14 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
+     ".ppm", ".pgm", ".pbm", ".pnm"}
 )
+# What is decoded is decided by content, not by the name: these Pillow formats only. Formats
+# that run external programs (EPS needs Ghostscript) or are rarely images of a dataset are refused.
+ACCEPTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM"})
 DEFAULT_MAX_PIXELS: int = 89_478_485  # PIL's own DecompressionBombWarning threshold
+MAX_ASPECT_RATIO: float = 100.0  # longer/shorter side; beyond it a resize to the input size explodes
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -54,8 +62,6 @@ _SPLIT_ALIASES: dict[str, Split] = {
 }
 _ALLOWED_SPLITS = ", ".join(_SPLIT_ALIASES)
 _SIZE_THRESHOLDS = (64, 128, 224)
-# A JPEG may carry a little padding after its end-of-image marker; 1 KiB covers it.
-_JPEG_TAIL = 1024
 _CHUNK = 64  # files per thread task
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -107,6 +113,8 @@ class DatasetScan(BaseModel):
     ignored_hidden: int
     ignored_non_image: int
     ignored_unlabeled: int = 0  # images outside any class folder (e.g. directly in root)
+    ignored_extensions: dict[str, int] = {}  # extension ('' when none) -> non-image files ignored
+    external_links: int = 0  # symlinks followed to files or class folders outside the dataset folder
     sizes: SizeSummary
     modes: dict[str, int]
     split_source: Literal["folders", "manifest", "stratified"]
@@ -149,6 +157,15 @@ class _Listing:
     non_image: int = 0
     unlabeled: int = 0
     split_column: bool = False
+    extensions: Counter[str] = field(default_factory=Counter)
+    root_real: str = ""
+    class_reals: dict[str, str] = field(default_factory=dict)  # real path of a class folder -> its folder
+    external_links: int = 0  # followed links (files, class folders) that lead outside the dataset
+
+    def ignore(self, name: str) -> None:
+        """Count a file that is not an image by its name."""
+        self.non_image += 1
+        self.extensions[os.path.splitext(name)[1].lower()] += 1
 
 
 def _is_image_name(name: str) -> bool:
@@ -171,20 +188,46 @@ def _split_top(listing: _Listing, folder: str) -> list[os.DirEntry[str]]:
         elif _is_image_name(entry.name):
             listing.unlabeled += 1
         else:
-            listing.non_image += 1
+            listing.ignore(entry.name)
     return dirs
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _link_skip(listing: _Listing, path: str, reason: str) -> None:
+    listing.unreadable_dirs.append(SkippedFile(path=path, reason=reason))
+
+
 def _walk_class(listing: _Listing, top: str, label: str, split: Split | None) -> None:
-    """Add every image under ``top`` (nested folders included) to the listing."""
+    """Add every image under ``top`` (nested folders included) to the listing.
+
+    Symbolic links (docs/security.md): links to files are followed (subsets built from links
+    are common), and those that leave the dataset are counted; a class folder may itself be
+    a link; a link to a folder *inside* a class is followed only when it stays inside that
+    class folder and does not point back at a folder that contains it (no loops, no
+    relabelled images). The same file reached twice in a class counts once. Skipped links
+    are listed with the reason.
+    """
     listing.classes.add(label)
-    seen: set[tuple[int, int]] = set()  # guards against symlink loops
+    class_real = os.path.realpath(top)
+    if class_real in listing.class_reals:
+        _link_skip(listing, top, f"same folder as {listing.class_reals[class_real]} (symlink); "
+                                 "one folder cannot hold two classes")
+        return
+    listing.class_reals[class_real] = top
+    if listing.root_real and not _inside(class_real, listing.root_real):
+        listing.external_links += 1
+    seen: set[tuple[int, int]] = set()  # guards against loops the checks below miss (e.g. bind mounts)
+    files_seen: set[str] = set()
     stack = [top]
     while stack:
         folder = stack.pop()
         try:
             st = os.stat(folder)
             if (st.st_dev, st.st_ino) in seen:
+                _link_skip(listing, folder, "folder loop: already part of this class")
                 continue
             seen.add((st.st_dev, st.st_ino))
             entries = _sorted_entries(folder)
@@ -196,17 +239,36 @@ def _walk_class(listing: _Listing, top: str, label: str, split: Split | None) ->
         for entry in entries:
             if entry.name.startswith("."):
                 listing.hidden += 1
-            elif entry.is_dir():
+                continue
+            link = entry.is_symlink()
+            real = os.path.realpath(entry.path) if link else None
+            if entry.is_dir():
+                if link:
+                    if not _inside(real, class_real):
+                        _link_skip(listing, entry.path, f"folder symlink leaves its class folder (-> {real}); "
+                                                        "its images would get this folder's label")
+                        continue
+                    if _inside(os.path.realpath(folder), real):
+                        _link_skip(listing, entry.path, "symlink loop: points at a folder that contains it")
+                        continue
                 stack.append(entry.path)
             elif _is_image_name(entry.name):
-                # Broken symlinks land here too and are reported as missing files.
+                key = real or os.path.realpath(entry.path)
+                if key in files_seen:
+                    _link_skip(listing, entry.path, "same file as another image of this class (symlink)")
+                    continue
+                files_seen.add(key)
+                if link and listing.root_real and not _inside(real, listing.root_real):
+                    listing.external_links += 1
+                # Broken symlinks and special files (FIFOs, devices) land here and are skipped
+                # by _inspect with their reason.
                 listing.candidates.append(_Candidate(entry.path, label, split))
             else:
-                listing.non_image += 1
+                listing.ignore(entry.name)
 
 
 def _list_folders(root: str) -> _Listing:
-    probe = _Listing(layout="class-folders")
+    probe = _Listing(layout="class-folders", root_real=os.path.realpath(root))
     top_dirs = _split_top(probe, root)
     split_dirs = [d for d in top_dirs if d.name.lower() in _SPLIT_ALIASES]
     if not split_dirs:
@@ -237,7 +299,9 @@ def _list_folders(root: str) -> _Listing:
             hint="add root/train/<class>/<image>, or use root/<class>/<image> without splits",
         )
 
-    listing = _Listing(layout="split-folders", hidden=probe.hidden, non_image=probe.non_image)
+    listing = _Listing(layout="split-folders", hidden=probe.hidden, non_image=probe.non_image,
+                       extensions=probe.extensions, root_real=probe.root_real)
+    listing.external_links = probe.external_links
     listing.unlabeled = probe.unlabeled
     for split in SPLITS:
         if split not in by_split:
@@ -301,7 +365,7 @@ def _list_csv(csv_path: str) -> _Listing:
                 if _is_image_name(path):
                     listing.candidates.append(_Candidate(path, label, split))
                 else:
-                    listing.non_image += 1
+                    listing.ignore(path)
     except UnicodeDecodeError as exc:
         raise DatasetError(
             f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})",
@@ -407,20 +471,57 @@ def _oriented_size(im: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def _jpeg_decodes(f) -> bool:
-    f.seek(0)
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def _open_regular(path: str):
+    """Open ``path`` for reading without ever blocking; raise _Unusable unless it is a regular file."""
     try:
-        with Image.open(f) as im:
-            im.load()
-        return True
-    except Exception:
-        return False
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise _Unusable("missing file") from None
+    except IsADirectoryError:
+        raise _Unusable("not a regular file (a folder)") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise _Unusable(f"not a regular file ({kind})")
+    return os.fdopen(fd, "rb")
+
+
+class _Unusable(Exception):
+    """Internal: why a file cannot be used (becomes a skip reason)."""
+
+
+def _check_image(im: Image.Image, width: int, height: int, max_pixels: int) -> None:
+    """Refuse formats outside ACCEPTED_FORMATS, decompression bombs and extreme shapes."""
+    if im.format not in ACCEPTED_FORMATS:
+        raise _Unusable(f"{im.format or 'unknown'} format is not read by advisor (accepted: "
+                        f"{', '.join(sorted(ACCEPTED_FORMATS))}); convert it to PNG or JPEG")
+    if width * height > max_pixels:
+        raise _Unusable(_bomb_reason(width, height, max_pixels))
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise _Unusable(f"extreme shape {width}x{height} (aspect ratio above {MAX_ASPECT_RATIO:.0f}:1); "
+                        "crop or pad the image")
+
+
+def _decode(im: Image.Image) -> None:
+    """Decode every pixel (JPEG at 1/8 scale: the whole entropy-coded stream, a fraction of the work)."""
+    if im.format in ("JPEG", "MPO"):
+        im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+    im.load()
 
 
 def _inspect(path: str, max_pixels: int) -> tuple[int, int, str] | str:
-    """(width, height, mode) of a usable image, or the reason it is unusable."""
+    """(width, height, mode) of a usable image, or the reason it is unusable.
+
+    Every pixel is decoded once here, so a run never trains on a file that fails later.
+    """
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 return "empty file (0 bytes)"
@@ -432,24 +533,26 @@ def _inspect(path: str, max_pixels: int) -> tuple[int, int, str] | str:
                 return _pil_bomb_reason(exc, f, max_pixels)
             with im:
                 width, height = im.size
-                if width * height > max_pixels:
-                    return _bomb_reason(width, height, max_pixels)
+                _check_image(im, width, height, max_pixels)
                 mode, fmt = im.mode, im.format
                 width, height = _oriented_size(im)
-                if fmt in ("JPEG", "MPO"):
-                    f.seek(max(0, size - _JPEG_TAIL))
-                    # Rare files (e.g. motion photos) append data after the marker, so a
-                    # missing marker is confirmed by a full decode before skipping.
-                    if b"\xff\xd9" not in f.read() and not _jpeg_decodes(f):
-                        return "truncated JPEG (no end-of-image marker)"
-                elif fmt == "PNG":
+                if fmt == "PNG":
                     try:
-                        im.verify()  # chunk CRCs up to IEND, no pixel decoding
+                        im.verify()  # chunk CRCs up to IEND, which decoding does not check
                     except Exception as exc:
                         return _png_reason(exc)
+                    f.seek(0)
+                    im = Image.open(f)
+                try:
+                    _decode(im)
+                except Exception as exc:
+                    reason = _one_line(exc)
+                    if "truncated" in reason.lower():
+                        return f"truncated {fmt} (the file ends before the image data does)"
+                    return f"cannot decode {fmt} ({reason})"
                 return width, height, mode
-    except FileNotFoundError:
-        return "missing file"
+    except _Unusable as why:
+        return str(why)
     except Exception as exc:
         return f"cannot read ({type(exc).__name__}: {_one_line(exc)})"
 
@@ -652,6 +755,8 @@ def scan_dataset(
         ignored_hidden=listing.hidden,
         ignored_non_image=listing.non_image,
         ignored_unlabeled=listing.unlabeled,
+        ignored_extensions=dict(sorted(listing.extensions.items())),
+        external_links=listing.external_links,
         sizes=_size_summary(infos),
         modes=dict(sorted(Counter(mode for _, _, mode in infos).items())),
         split_source="stratified" if carve else "manifest" if listing.layout == "csv" else "folders",
@@ -695,10 +800,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image (first frame) as RGB; raise ImageLoadError with a short reason."""
+    """Decode an image (first frame) as RGB; raise ImageLoadError with a short reason.
+
+    The same checks as the scan apply: regular files only, accepted formats, the pixel and
+    aspect-ratio bounds.
+    """
     p = os.fspath(path)
     try:
-        with open(p, "rb") as f:
+        with _open_regular(p) as f:
             try:
                 im = Image.open(f)
             except UnidentifiedImageError:
@@ -706,8 +815,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageLoadError(p, _pil_bomb_reason(exc, f, max_pixels)) from None
             width, height = im.size
-            if width * height > max_pixels:
-                raise ImageLoadError(p, _bomb_reason(width, height, max_pixels))
+            _check_image(im, width, height, max_pixels)
             try:
                 im.load()
             except Exception as exc:
@@ -715,8 +823,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             return to_rgb(im)
     except ImageLoadError:
         raise
-    except FileNotFoundError:
-        raise ImageLoadError(p, "missing file") from None
+    except _Unusable as why:
+        raise ImageLoadError(p, str(why)) from None
     except Exception as exc:
         raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {_one_line(exc)})") from None
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,14 +32,16 @@ from typing import Literal
 import torch
 from pydantic import BaseModel
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from advisor.backbones import Backbone
 from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest, load_image
 from advisor.errors import AdvisorError, ImageLoadError
+from advisor.io import call_writing, ensure_writable_dir
 
 CACHE_ENV = "ADVISOR_CACHE_DIR"
-SHARD_FORMAT = "advisor-features-v1"
+SHARD_FORMAT = "advisor-features-v2"  # v2 adds a checksum of keys and values
+_READABLE_FORMATS = frozenset({"advisor-features-v1", SHARD_FORMAT})
 KeyMode = Literal["content", "stat"]
 # (done, total) -> None; the CLI turns it into a progress bar, the core never prints.
 ProgressFn = Callable[[int, int], None]
@@ -88,6 +89,9 @@ class FeatureCache:
         self.dir = self.root / "features" / _slug(backbone) / f"{weights_digest[:16]}-{transform_digest[:12]}"
         self._index: dict[str, list[tuple[Path, int]]] | None = None
         self._names: dict[Path, frozenset[str]] = {}
+        self._digests: dict[Path, str | None] = {}
+        self._reported: set[Path] = set()
+        self.dropped: list[SkippedFile] = []  # shards found damaged (and deleted) or not regular files
 
     @classmethod
     def for_backbone(cls, root: str | os.PathLike, backbone: Backbone) -> FeatureCache:
@@ -99,7 +103,25 @@ class FeatureCache:
         )
 
     def _shards(self) -> list[Path]:
-        return sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []
+        if not self.dir.is_dir():
+            return []
+        shards = []
+        for path in sorted(self.dir.glob("*.safetensors")):
+            if path.is_file() and not path.is_symlink():
+                shards.append(path)
+            elif path not in self._reported:
+                self._reported.add(path)
+                self.dropped.append(SkippedFile(path=str(path), reason="not a regular file; ignored"))
+        return shards
+
+    def _drop(self, shard: Path, reason: str) -> None:
+        """A shard that fails a check is worth nothing: delete it, record why; its rows are recomputed."""
+        self.dropped.append(SkippedFile(path=str(shard), reason=reason))
+        try:
+            shard.unlink(missing_ok=True)
+        except OSError:
+            pass  # read-only cache: it stays unused
+        self._names.pop(shard, None)
 
     def index(self) -> dict[str, list[tuple[Path, int]]]:
         """key -> [(shard, row), ...] newest first, read from shard headers only (no tensor data)."""
@@ -109,22 +131,29 @@ class FeatureCache:
                 try:
                     with safe_open(str(shard), framework="pt") as f:
                         meta = f.metadata() or {}
+                        if meta.get("format") not in _READABLE_FORMATS:
+                            raise ValueError(f"unknown format {meta.get('format')!r}")
+                        keys = json.loads(meta["keys"])
                         names = frozenset(k[len("tap."):] for k in f.keys())
-                    if meta.get("format") != SHARD_FORMAT:
-                        raise ValueError("unknown shard format")
-                    keys = json.loads(meta["keys"])
-                except Exception:
-                    # A shard we cannot read is worth nothing: drop it and recompute its rows.
-                    shard.unlink(missing_ok=True)
+                        rows = {f.get_slice(k).get_shape()[0] if f.get_slice(k).get_shape() else -1 for k in f.keys()}
+                    if not isinstance(keys, list) or rows != {len(keys)}:
+                        raise ValueError(f"{len(keys)} keys but {sorted(rows)} rows")
+                except Exception as err:
+                    self._drop(shard, f"unreadable header ({type(err).__name__}: {' '.join(str(err).split())[:100]})")
                     continue
                 self._names[shard] = names
+                self._digests[shard] = meta.get("digest")
                 for row, key in enumerate(keys):
                     index.setdefault(key, []).append((shard, row))
             self._index = index
         return self._index
 
     def get(self, keys: Sequence[str], taps: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """Cached rows for ``keys`` from shards that hold every name in ``taps``: key -> tap -> tensor."""
+        """Cached rows for ``keys`` from shards that hold every name in ``taps``: key -> tap -> tensor.
+
+        A shard whose checksum fails or that holds a non-finite value is dropped (see ``dropped``)
+        and its rows are left out, so the caller recomputes them.
+        """
         index = self.index()
         wanted = set(taps)
         by_shard: dict[Path, list[tuple[str, int]]] = {}
@@ -136,9 +165,16 @@ class FeatureCache:
         found: dict[str, dict[str, torch.Tensor]] = {}
         for shard, rows in by_shard.items():
             try:
-                tensors = load_file(str(shard))
-            except Exception:
-                shard.unlink(missing_ok=True)
+                with safe_open(str(shard), framework="pt") as f:
+                    shard_keys = json.loads((f.metadata() or {})["keys"])
+                    tensors = {k: f.get_tensor(k) for k in f.keys()}
+                expected = self._digests.get(shard)
+                if expected is not None and _shard_digest(shard_keys, tensors) != expected:
+                    raise ValueError("checksum mismatch: the file changed after it was written")
+                if bad := [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+                    raise ValueError(f"non-finite values in {bad[0]}")
+            except Exception as err:
+                self._drop(shard, f"damaged ({' '.join(str(err).split())[:120]}); its rows are recomputed")
                 self._index = None
                 continue
             for key, row in rows:
@@ -146,21 +182,15 @@ class FeatureCache:
         return found
 
     def put(self, keys: Sequence[str], features: dict[str, torch.Tensor]) -> Path:
-        """Write one shard atomically (temp file in the same folder, then rename)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Write one shard atomically (temp file in the same folder, then a rename), with its checksum."""
         tensors = {f"tap.{t}": v.detach().to("cpu", torch.float32).contiguous() for t, v in features.items()}
-        meta = {"format": SHARD_FORMAT, "keys": json.dumps(list(keys))}
+        meta = {"format": SHARD_FORMAT, "keys": json.dumps(list(keys)), "digest": _shard_digest(list(keys), tensors)}
         final = self.dir / f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".part")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        needed = sum(v.numel() * 4 for v in tensors.values())
+        call_writing(final, lambda tmp: save_file(tensors, str(tmp), metadata=meta), needed=needed)
         if self._index is not None:
             self._names[final] = frozenset(features)
+            self._digests[final] = meta["digest"]
             for row, key in enumerate(keys):
                 self._index.setdefault(key, []).insert(0, (final, row))
         return final
@@ -169,11 +199,23 @@ class FeatureCache:
         """Remove leftovers of killed writes; young ones may belong to a concurrent run."""
         removed = 0
         now = time.time()
-        for tmp in self.dir.glob(".tmp-*.part") if self.dir.is_dir() else []:
+        leftovers = [*self.dir.glob(".tmp-*.part"), *self.dir.glob(".*.safetensors.*.tmp")] if self.dir.is_dir() else []
+        for tmp in leftovers:
             if now - tmp.stat().st_mtime > older_than_s:
                 tmp.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def _shard_digest(keys: list[str], tensors: dict[str, torch.Tensor]) -> str:
+    """blake2b-128 of a shard's keys, tensor names, shapes and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(keys).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 class ExtractionSummary(BaseModel):
@@ -188,6 +230,7 @@ class ExtractionSummary(BaseModel):
     from_cache: int
     computed: int
     failed: list[SkippedFile]
+    cache_dropped: list[SkippedFile] = []  # damaged cache shards deleted and recomputed
     device: str
     seconds: float
     images_per_s: float | None
@@ -309,7 +352,9 @@ def extract_features(
     failed: list[SkippedFile] = []
     failed_pos: set[int] = set()
     if use_cache:
-        cache = FeatureCache.for_backbone(cache_dir or default_cache_dir(), backbone)
+        root = ensure_writable_dir(cache_dir or default_cache_dir(), what="feature cache", option="--cache-dir")
+        cache = FeatureCache.for_backbone(root, backbone)
+        ensure_writable_dir(cache.dir, what="feature cache", option="--cache-dir")
         cache.clean_temporaries()
         for i, p in enumerate(paths):
             try:
@@ -414,6 +459,7 @@ def extract_features(
         seconds=round(seconds, 3),
         images_per_s=round(computed / seconds, 2) if computed else None,
         cache_dir=str(cache.dir) if cache is not None else None,
+        cache_dropped=list(cache.dropped) if cache is not None else [],
     )
     fs = FeatureSet(paths=[paths[i] for i in order], index=order, features=feats, summary=summary)
     if samples and len(samples) == len(paths):

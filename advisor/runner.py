@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from advisor import __version__
 from advisor.advise import recommend_dataset
-from advisor.io import write_text_atomic
+from advisor.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.backbones import create_backbone
 from advisor.classifier import ModelCard, save_classifier
 from advisor.data import scan_dataset
@@ -149,8 +149,11 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         raise RunInterrupted(run_dir) from None
     except Exception as err:
         state.status, state.error = "failed", f"{type(err).__name__}: {err}"
-        _write(run_dir, "run.json", state)
-        ctx.event("failed", error=state.error)
+        try:  # on a full disk even this small write may fail; the error below still says what happened
+            _write(run_dir, "run.json", state)
+            ctx.event("failed", error=state.error)
+        except (OSError, AdvisorError):
+            pass
         raise
     card = ModelCard(strategy=plan.strategy, backbone=backbone.name, weights_digest=backbone.weights_digest,
                      backbone_in_file=plan.strategy.endswith("finetune"), taps=model.taps, feature_dim=model.feature_dim,
@@ -187,6 +190,7 @@ def run_plan(
     if not Path(dataset).exists():
         raise AdvisorError(f"dataset not found: {dataset}")
     plan = plan.model_copy(update={"dataset": dataset})
+    ensure_writable_dir(runs_dir if not run_dir else Path(run_dir).parent, what="runs folder", option="--runs-dir")
     rd = Path(run_dir) if run_dir else new_run_dir(runs_dir, dataset, plan.strategy)
     if rd.exists() and any(rd.iterdir()):
         raise AdvisorError(f"run directory {rd} already exists and is not empty", hint="use --resume to continue it")
@@ -206,15 +210,16 @@ def resume_run(run_dir: str | os.PathLike, *, device: str | None = None, progres
     rd = Path(run_dir)
     if not (rd / "run.json").exists() or not (rd / "plan.json").exists():
         raise AdvisorError(f"{rd} is not a run directory (no run.json/plan.json)", hint="pass the folder `advisor run` printed")
-    state = RunState.model_validate_json((rd / "run.json").read_text())
+    fix = "the run directory is damaged: start a new run"
+    state = read_model(rd / "run.json", RunState, fix=fix)
     if state.status == "finished":
         raise AdvisorError(f"run {rd} already finished", hint="start a new run instead of resuming")
-    plan = RunPlan.model_validate_json((rd / "plan.json").read_text())
+    plan = read_model(rd / "plan.json", RunPlan, fix=fix)
     if device:
         state.device = device
     rec = None
     if (rd / "recommendation.json").exists():
-        rec = Recommendation.model_validate_json((rd / "recommendation.json").read_text())
+        rec = read_model(rd / "recommendation.json", Recommendation, fix=fix)
     return execute(rd, plan, state, resume=True, progress=progress, recommendation=rec)
 
 

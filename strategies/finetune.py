@@ -23,7 +23,7 @@ plan). A fit runs, in order:
    (seed recorded) picks the epoch. The validation split is evaluated every epoch for the
    learning curve only; nothing is selected on it.
 
-Runs are exactly resumable: ``checkpoints/last.pt`` (written every epoch, every
+Runs are exactly resumable: ``checkpoints/last.safetensors`` (written every epoch, every
 ``checkpoint_every_steps`` steps and on Ctrl-C) holds everything the loop depends on, and the
 data order, augmentation and dropout noise are functions of ``(seed, epoch, step/index)``. On
 CPU a resumed run ends with the same weights and metrics as an uninterrupted one.
@@ -65,9 +65,9 @@ from strategies.training import (
     trainable_bn_layers, trainable_names, warmup_cosine,
 )
 
-CHECKPOINT_FORMAT = "advisor-finetune-checkpoint-v2"
+CHECKPOINT_FORMAT = "advisor-finetune-checkpoint-v3"
 CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_FILE = "last.pt"
+CHECKPOINT_FILE = "last.safetensors"
 # Settings that change how a run executes but not what it computes: a resume may differ in them.
 _RESUME_FREE = frozenset({"num_workers", "checkpoint_every_steps"})
 

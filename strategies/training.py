@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import random
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -35,6 +38,7 @@ from advisor.backbones import TransformConfig
 from advisor.classifier import TransferClassifier, stage_parameters
 from advisor.data import Sample, load_image
 from advisor.errors import AdvisorError, ImageLoadError
+from advisor.io import atomic_path
 
 __all__ = [
     "Batch",
@@ -559,31 +563,65 @@ def collate_skip(items: list[tuple[int, torch.Tensor | None, int, str | None]]) 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, fsync, then rename: a kill never leaves half a file.
+_TREE_KEY = "advisor.tree"
 
-    Keep ``state`` to tensors, numbers, strings, bools, None and lists/tuples/dicts of them, so
-    that :func:`load_checkpoint` can read it with ``weights_only=True``.
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able tree with every tensor moved into ``tensors`` (dict keys and tuples kept exact)."""
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj.detach().cpu().contiguous().clone()
+        return {"$t": name}
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise TypeError(f"checkpoint keys must be scalars, got {type(k).__name__}")
+        return {"$d": [[k, _encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"a checkpoint holds tensors, numbers, strings and containers of them, not {type(obj).__name__}")
+
+
+def _decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if "$t" in tree:
+            return tensors[tree["$t"]]
+        if "$d" in tree:
+            return {k: _decode(v, tensors) for k, v in tree["$d"]}
+        if "$tuple" in tree:
+            return tuple(_decode(v, tensors) for v in tree["$tuple"])
+        raise ValueError(f"unknown node {sorted(tree)[:3]}")
+    if isinstance(tree, list):
+        return [_decode(v, tensors) for v in tree]
+    return tree
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` as safetensors (tensors) plus a JSON tree in its header: no pickle, atomic, fsynced.
+
+    ``state`` holds tensors, numbers, strings, bools, None and lists/tuples/dicts of them (an
+    optimizer's ``state_dict`` qualifies); a kill at any point leaves the previous checkpoint.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    tensors: dict[str, torch.Tensor] = {}
+    tree = json.dumps(_encode(state, tensors))
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + len(tree)
+    with atomic_path(path, needed=needed) as tmp:
+        save_file(tensors, str(tmp), metadata={_TREE_KEY: tree})
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is unpickled)."""
+    """Read a checkpoint written by :func:`save_checkpoint`; a damaged file is one clear error."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            tree = json.loads((f.metadata() or {})[_TREE_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return _decode(tree, tensors)
     except Exception as err:
-        raise AdvisorError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}",
-                           hint="delete it to start over") from err
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise AdvisorError(f"checkpoint {path} is damaged ({type(err).__name__}: {first})",
+                           hint="delete it to start the run over") from None

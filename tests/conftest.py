@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# The random-weight test backbone (test/tiny-cnn) is hidden from users; tests and the
+# subprocesses they start may build it.
+os.environ["ADVISOR_TEST_BACKBONES"] = "1"
 EXAMPLE = REPO / "examples" / "ants-bees"
 
 

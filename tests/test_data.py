@@ -62,7 +62,7 @@ def paths_of(scan: DatasetScan, split: str | None = None) -> set[str]:
 
 
 def test_constants():
-    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"} <= IMAGE_EXTENSIONS
     assert DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS == 89_478_485
 
 
@@ -241,7 +241,7 @@ def test_broken_file_corpus_is_skipped_with_reasons(tmp_path):
     empty.write_bytes(b"")
     truncated = noisy_jpeg(tmp_path / "mixed" / "truncated.jpg", seed=1)
     data = truncated.read_bytes()
-    assert len(data) > 4096  # half must drop more than the 1 KiB tail that is checked
+    assert len(data) > 4096
     truncated.write_bytes(data[: len(data) // 2])
     text = tmp_path / "mixed" / "text.jpg"
     text.write_text("this is not a JPEG\n")
@@ -253,7 +253,7 @@ def test_broken_file_corpus_is_skipped_with_reasons(tmp_path):
     assert len(scan.skipped) == 4
     assert {s.path: s.reason for s in scan.skipped} == {
         str(empty): "empty file (0 bytes)",
-        str(truncated): "truncated JPEG (no end-of-image marker)",
+        str(truncated): "truncated JPEG (the file ends before the image data does)",
         str(text): "not an image (cannot identify image file)",
         str(bad_crc): "corrupt PNG (CRC error in chunk IDAT)",
     }

@@ -272,13 +272,17 @@ def test_ctrl_c_waits_for_the_end_of_a_deferred_block():
 def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):
     state = {"model": {"w": torch.arange(3.0)}, "epoch": 2, "lr": [1e-3, 1e-4], "name": "x", "best": None,
              "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "inf": -math.inf}
-    path = save_checkpoint(tmp_path / "ck" / "last.pt", state)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
-    loaded = torch.load(path, weights_only=True)
+    state["optimizer"] = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"params": [0], "lr": 0.1}]}
+    path = save_checkpoint(tmp_path / "ck" / "last.safetensors", state)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.safetensors"]
+    with open(path, "rb") as f:  # safetensors: an 8-byte header length, then JSON; never a pickle
+        assert f.read(9)[8:] == b"{"
+    loaded = load_checkpoint(path)
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["rng"]["python"] == state["rng"]["python"]
-    assert load_checkpoint(path)["lr"] == [1e-3, 1e-4]
+    assert loaded["lr"] == [1e-3, 1e-4] and loaded["inf"] == -math.inf and loaded["best"] is None
+    assert list(loaded["optimizer"]["state"]) == [0]  # int keys survive (an optimizer needs them)
     path.write_bytes(b"garbage")
-    with pytest.raises(AdvisorError, match="cannot read checkpoint"):
+    with pytest.raises(AdvisorError, match="checkpoint .* is damaged"):
         load_checkpoint(path)
 
 
@@ -334,7 +338,7 @@ def test_finetune_trains(strategy, dataset, cache_dir, tmp_path):
     assert result.trainable_params == trainable < result.total_params == sum(p.numel() for p in model.parameters())
     kinds = [e["event"] for e in events(tmp_path / "run")]
     assert kinds.count("epoch") == 4 and kinds[-1] == "finetune_done"
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert ckpt["epoch"] == 4 and ckpt["step_in_epoch"] == 0 and ckpt["frozen_stages"] == result.selected["frozen_stages"]
     assert {k: v for k, v in ckpt["curves"].items() if v} == result.curves and set(ckpt["trainable"]) == {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -463,7 +467,7 @@ def test_interrupted_run_resumes_to_identical_result(signal_name, at_step, resum
         assert "KeyboardInterrupt" in proc.stderr
         interrupted = [e for e in events(run_dir) if e["event"] == "interrupted"]
         assert interrupted and interrupted[0]["global_step"] == at_step
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == resumes_at  # mid-epoch
     assert ckpt["global_step"] == resumes_at[0] * STEPS_PER_EPOCH + resumes_at[1]
 

@@ -184,7 +184,7 @@ def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["run", str(EXAMPLE)], "choose exactly one"),
     (["run", "--strategy", "nope", str(EXAMPLE)], "unknown strategy"),
-    (["run", "--plan", "/no/such/plan.json"], "plan file not found"),
+    (["run", "--plan", "/no/such/plan.json"], "plan.json is missing"),
     (["predict", "/tmp", str(EXAMPLE)], "no saved model"),
 ])
 def test_cli_run_errors_are_one_line(args, message, capsys):
