@@ -133,8 +133,11 @@ def _check_card(card: ModelCard, tensors: dict[str, torch.Tensor], card_path: Pa
     if has_backbone != card.backbone_in_file:
         held = "holds" if has_backbone else "does not hold"
         raise bad(f"the model file {held} backbone weights but backbone_in_file is {card.backbone_in_file}")
-    if len(set(card.classes)) != len(card.classes) or not all(card.classes):
-        raise bad("class names are empty or repeated")
+    if len(set(card.classes)) != len(card.classes) or not all(card.classes) or len(card.classes) < 2:
+        raise bad("class names are fewer than 2, empty or repeated")
+    tf = card.transform
+    if not 16 <= tf.input_size <= 4096 or not all(s > 0 for s in tf.std) or not 0 < tf.crop_pct <= 1:
+        raise bad(f"the transform is unusable (input size {tf.input_size}, std {list(tf.std)}, crop {tf.crop_pct})")
 
 
 def load_classifier(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[TransferClassifier, ModelCard]:

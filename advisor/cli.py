@@ -36,7 +36,15 @@ err_console = Console(stderr=True, highlight=False)
 DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
 BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")
 WeightsOpt = typer.Option(None, "--weights", help="Weights file (.safetensors, or a state dict saved with torch.save).")
-CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder [default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
+def _folder(value: Optional[Path]) -> Optional[Path]:
+    """A folder option must not name an existing file (caught here, before any work)."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a folder; remove it or choose another path")
+    return value
+
+
+CacheOpt = typer.Option(None, "--cache-dir", callback=_folder,
+                        help="Feature cache folder [default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 # Option ranges, checked before any work (click reports a value outside them with exit code 2).
 MIN_INPUT, MAX_INPUT = 32, 1024  # below 32 px a stride-32 network sees a single pixel
@@ -447,7 +455,7 @@ def run_cmd(
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Force a strategy: linear-probe, layer-probe, partial-finetune, full-finetune."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run a plan saved by `advisor recommend --save-plan`."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its directory."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", callback=_folder, help="Where run directories are created."),
     backbone: str = BackboneOpt,
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
@@ -533,7 +541,8 @@ def compare_cmd(
     dataset: Path = DatasetArg,
     strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated subset [default: all four]."),
     backbone: str = BackboneOpt,
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the comparison's runs and compare.json go."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", callback=_folder,
+                                  help="Where the comparison's runs and compare.json go."),
     input_size: Optional[int] = InputSizeOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000, help="Epoch cap for the fine-tunes (one budget for all)."),
     sample_size: int = SampleOpt,
@@ -572,13 +581,53 @@ def compare_cmd(
     out.print(f"saved to {shown(res.saved_to)}", soft_wrap=True)
 
 
+def _click_exceptions():
+    """click's exception classes as this typer raises them (recent typer vendors its own click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer: the click package itself
+        from click import exceptions
+    return exceptions
+
+
+def _usage_message(err) -> str:
+    """click's message on one line, naming the option as typed and its allowed range."""
+    text = " ".join(err.format_message().split())
+    param = getattr(err, "param", None)
+    if param is None or type(err).__name__ == "MissingParameter":
+        return text
+    name = max(getattr(param, "opts", None) or [param.name or "value"], key=len)
+    ptype = getattr(param, "type", None)  # click keeps ranges on the type, typer on the parameter
+    low = getattr(param, "min", None) if getattr(param, "min", None) is not None else getattr(ptype, "min", None)
+    high = getattr(param, "max", None) if getattr(param, "max", None) is not None else getattr(ptype, "max", None)
+    allowed = ""
+    if low is not None or high is not None:
+        allowed = "; allowed range " + ("" if low is None else f"{low} <= ") + name + ("" if high is None else f" <= {high}")
+    detail = text.split(":", 1)[1].strip() if text.startswith("Invalid value") and ":" in text else text
+    return f"invalid value for {name}: {detail}{allowed}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one red line and exit code 2; a bug exits 1."""
     from pydantic import ValidationError
 
+    click_exc = _click_exceptions()
     try:
-        # Standalone mode lets click render usage errors (with their exit code 2) itself.
-        app(args=argv)
+        # Not standalone: usage errors come back here and get the same one-line form as the rest.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click_exc.NoArgsIsHelpError as err:
+        out.print(escape(err.ctx.get_help()) if err.ctx else "")
+        sys.exit(0)
+    except click_exc.UsageError as err:
+        command = f"advisor {err.ctx.info_name}" if err.ctx and err.ctx.parent else "advisor"
+        err_console.print(f"[bold red]error:[/bold red] {shown(_usage_message(err))} (see {shown(command)} --help)",
+                          soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
     except AdvisorError as err:
         err_console.print(f"[bold red]error:[/bold red] {shown(err)}", soft_wrap=True)
         sys.exit(2)

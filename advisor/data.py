@@ -477,18 +477,22 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_I
 
 def _open_regular(path: str):
     """Open ``path`` for reading without ever blocking; raise _Unusable unless it is a regular file."""
+    def refuse(mode: int) -> _Unusable:
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        return _Unusable(f"not a regular file ({kind})")
+
     try:
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        mode = os.stat(path).st_mode  # sockets cannot be opened at all; say what they are
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise _Unusable("missing file") from None
-    except IsADirectoryError:
-        raise _Unusable("not a regular file (a folder)") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
-        raise _Unusable(f"not a regular file ({kind})")
+        raise refuse(mode)
     return os.fdopen(fd, "rb")
 
 
@@ -531,6 +535,8 @@ def _inspect(path: str, max_pixels: int) -> tuple[int, int, str] | str:
                 return _unidentified_reason(f)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 return _pil_bomb_reason(exc, f, max_pixels)
+            except OSError as exc:  # identified, but its plugin cannot even start (e.g. a cut WEBP)
+                return f"corrupt image ({_one_line(exc)})"
             with im:
                 width, height = im.size
                 _check_image(im, width, height, max_pixels)
@@ -814,6 +820,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
                 raise ImageLoadError(p, _unidentified_reason(f)) from None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageLoadError(p, _pil_bomb_reason(exc, f, max_pixels)) from None
+            except OSError as exc:
+                raise ImageLoadError(p, f"corrupt image ({_one_line(exc)})") from None
             width, height = im.size
             _check_image(im, width, height, max_pixels)
             try:

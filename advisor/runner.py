@@ -142,6 +142,18 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     ctx.event("resume" if resume else "start", strategy=plan.strategy, dataset=state.dataset)
     try:
         result, model = strategy.fit(data, backbone, config, ctx)
+        card = ModelCard(strategy=plan.strategy, backbone=backbone.name, weights_digest=backbone.weights_digest,
+                         backbone_in_file=plan.strategy.endswith("finetune"), taps=model.taps,
+                         feature_dim=model.feature_dim, classes=data.classes, transform=model.backbone.transform_config,
+                         metrics={"val_accuracy": result.metrics.val_accuracy}, created=_now(), advisor_version=__version__)
+        model_path, card_path = save_classifier(model, run_dir, card)
+        result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
+                                 "report": str(run_dir / "report.md"), "events": str(run_dir / "events.jsonl")})
+        write_text_atomic(run_dir / "metrics.json",
+                          json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
+        _write(run_dir, "result.json", result)
+        report = _report_md(plan, state, result, run_dir, recommendation)
+        write_text_atomic(run_dir / "report.md", report)
     except KeyboardInterrupt:
         state.status = "interrupted"
         _write(run_dir, "run.json", state)
@@ -149,23 +161,12 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         raise RunInterrupted(run_dir) from None
     except Exception as err:
         state.status, state.error = "failed", f"{type(err).__name__}: {err}"
-        try:  # on a full disk even this small write may fail; the error below still says what happened
+        try:  # on a full disk even this small write may fail; the error raised below still says what happened
             _write(run_dir, "run.json", state)
             ctx.event("failed", error=state.error)
         except (OSError, AdvisorError):
             pass
         raise
-    card = ModelCard(strategy=plan.strategy, backbone=backbone.name, weights_digest=backbone.weights_digest,
-                     backbone_in_file=plan.strategy.endswith("finetune"), taps=model.taps, feature_dim=model.feature_dim,
-                     classes=data.classes, transform=model.backbone.transform_config,
-                     metrics={"val_accuracy": result.metrics.val_accuracy}, created=_now(), advisor_version=__version__)
-    model_path, card_path = save_classifier(model, run_dir, card)
-    result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
-                             "report": str(run_dir / "report.md"), "events": str(run_dir / "events.jsonl")})
-    write_text_atomic(run_dir / "metrics.json", json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
-    _write(run_dir, "result.json", result)
-    report = _report_md(plan, state, result, run_dir, recommendation)
-    write_text_atomic(run_dir / "report.md", report)
     state.status, state.finished = "finished", _now()
     _write(run_dir, "run.json", state)
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
