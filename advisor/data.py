@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel
 
-from advisor.errors import DatasetError, ImageLoadError
+from advisor.errors import DatasetError, ImageLoadError, one_line
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -233,7 +233,7 @@ def _walk_class(listing: _Listing, top: str, label: str, split: Split | None) ->
             entries = _sorted_entries(folder)
         except OSError as exc:
             listing.unreadable_dirs.append(
-                SkippedFile(path=folder, reason=f"cannot read folder ({_one_line(exc)})")
+                SkippedFile(path=folder, reason=f"cannot read folder ({one_line(exc)})")
             )
             continue
         for entry in entries:
@@ -379,10 +379,6 @@ def _list_csv(csv_path: str) -> _Listing:
 # ------------------------------------------------------------------------ inspection
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
 
 def _fmt_pixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} Mpx" if pixels >= 100_000 else f"{pixels} px"
@@ -416,7 +412,7 @@ def _pil_bomb_reason(exc: Exception, f, max_pixels: int) -> str:
     """Reason for PIL's own bomb check, which fires before Image.open returns a size."""
     size = _header_size(f)
     if size is None:
-        return f"decompression bomb: {_one_line(exc).rstrip('.')}; downscale the image"
+        return f"decompression bomb: {one_line(exc).rstrip('.')}; downscale the image"
     width, height = size
     if width * height > max_pixels:
         return _bomb_reason(width, height, max_pixels)
@@ -435,7 +431,7 @@ def _png_reason(exc: Exception) -> str:
         return f"corrupt PNG ({kind} in chunk {m[1]})"
     if "truncated" in text.lower():
         return "truncated PNG (file ends before the IEND chunk)"
-    return f"corrupt PNG ({_one_line(exc)})"
+    return f"corrupt PNG ({one_line(exc)})"
 
 
 def _unidentified_reason(f) -> str:
@@ -447,7 +443,7 @@ def _unidentified_reason(f) -> str:
     # PIL hides the plugin's error behind "cannot identify"; the plugin itself says more.
     for magic, plugin, describe in (
         (_PNG_MAGIC, PngImagePlugin.PngImageFile, _png_reason),
-        (_JPEG_MAGIC, JpegImagePlugin.JpegImageFile, lambda e: f"corrupt JPEG ({_one_line(e)})"),
+        (_JPEG_MAGIC, JpegImagePlugin.JpegImageFile, lambda e: f"corrupt JPEG ({one_line(e)})"),
     ):
         if head.startswith(magic):
             f.seek(0)
@@ -536,7 +532,7 @@ def _inspect(path: str, max_pixels: int) -> tuple[int, int, str] | str:
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 return _pil_bomb_reason(exc, f, max_pixels)
             except OSError as exc:  # identified, but its plugin cannot even start (e.g. a cut WEBP)
-                return f"corrupt image ({_one_line(exc)})"
+                return f"corrupt image ({one_line(exc)})"
             with im:
                 width, height = im.size
                 _check_image(im, width, height, max_pixels)
@@ -552,7 +548,7 @@ def _inspect(path: str, max_pixels: int) -> tuple[int, int, str] | str:
                 try:
                     _decode(im)
                 except Exception as exc:
-                    reason = _one_line(exc)
+                    reason = one_line(exc)
                     if "truncated" in reason.lower():
                         return f"truncated {fmt} (the file ends before the image data does)"
                     return f"cannot decode {fmt} ({reason})"
@@ -560,7 +556,7 @@ def _inspect(path: str, max_pixels: int) -> tuple[int, int, str] | str:
     except _Unusable as why:
         return str(why)
     except Exception as exc:
-        return f"cannot read ({type(exc).__name__}: {_one_line(exc)})"
+        return f"cannot read ({type(exc).__name__}: {one_line(exc)})"
 
 
 def _inspect_all(paths: list[str], max_pixels: int) -> list[tuple[int, int, str] | str]:
@@ -634,7 +630,7 @@ def _list_root(root: str) -> _Listing:
     try:
         return lister(root)
     except OSError as exc:
-        raise DatasetError(f"cannot read {root} ({_one_line(exc)})", hint="check its permissions") from None
+        raise DatasetError(f"cannot read {root} ({one_line(exc)})", hint="check its permissions") from None
 
 
 def _check_trainable(
@@ -821,20 +817,20 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageLoadError(p, _pil_bomb_reason(exc, f, max_pixels)) from None
             except OSError as exc:
-                raise ImageLoadError(p, f"corrupt image ({_one_line(exc)})") from None
+                raise ImageLoadError(p, f"corrupt image ({one_line(exc)})") from None
             width, height = im.size
             _check_image(im, width, height, max_pixels)
             try:
                 im.load()
             except Exception as exc:
-                raise ImageLoadError(p, f"cannot decode {im.format or 'image'} ({_one_line(exc)})") from None
+                raise ImageLoadError(p, f"cannot decode {im.format or 'image'} ({one_line(exc)})") from None
             return to_rgb(im)
     except ImageLoadError:
         raise
     except _Unusable as why:
         raise ImageLoadError(p, str(why)) from None
     except Exception as exc:
-        raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

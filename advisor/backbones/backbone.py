@@ -1,0 +1,288 @@
+"""The Backbone module and its records: taps, the evaluation transform, BatchNorm layers, listings."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from advisor.errors import BackboneError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+PRE_LOGITS = "pre_logits"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# --------------------------------------------------------------------------- public records
+
+
+class TapInfo(BaseModel):
+    """One feature tap: a stage output, or ``pre_logits`` (the classifier's input)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    channels: int
+    stride: int | None = None  # None for pre_logits, which has no spatial grid
+    module: str | None = None  # for pre_logits: the classifier whose *input* is tapped
+
+
+class TransformConfig(BaseModel):
+    """Eval-time preprocessing: resize shorter side, center crop, normalise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_size: int = Field(gt=0)
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    mean: tuple[float, float, float] = _IMAGENET_MEAN
+    std: tuple[float, float, float] = _IMAGENET_STD
+    crop_pct: float = Field(default=0.875, gt=0)
+
+    @property
+    def resize_size(self) -> int:
+        # The epsilon keeps e.g. 240 / (240 / 255) at 255 rather than 254.
+        return math.floor(self.input_size / self.crop_pct + 1e-6)
+
+    def eval_transform(self) -> Callable[[Any], torch.Tensor]:
+        """A picklable PIL image -> ``[3, input_size, input_size]`` float tensor transform."""
+        from torchvision import transforms as T
+
+        return T.Compose(
+            [
+                T.Lambda(_to_rgb),
+                T.Resize(self.resize_size, interpolation=T.InterpolationMode(self.interpolation)),
+                T.CenterCrop(self.input_size),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def with_input_size(self, size: int) -> TransformConfig:
+        return TransformConfig(**{**self.model_dump(), "input_size": size})
+
+    def digest(self) -> str:
+        """Short stable hash of the config, for cache keys."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class BNLayerInfo(BaseModel):
+    """A BatchNorm layer whose running statistics describe ImageNet at that depth."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    channels: int
+    stage: str  # 'stem', a stage tap name, or 'head'
+    depth: int  # 0 = stem, 1.. = stage index, then head
+
+
+class BackboneInfo(BaseModel):
+    """What is known about a backbone without building it for real."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    source: Literal["bundled", "timm", "torchvision", "test"]
+    description: str = ""
+    params: int | None = None
+    weights_available: bool
+    # The weights file when available, otherwise where it would be looked up (if one place).
+    weights_location: str | None = None
+    hint: str | None = None
+
+
+def _to_rgb(img: Any) -> Any:
+    # Grayscale, palette and RGBA images would otherwise give 1 or 4 channels.
+    return img if getattr(img, "mode", "RGB") == "RGB" else img.convert("RGB")
+
+
+# --------------------------------------------------------------------------- the module
+
+
+class Backbone(nn.Module):
+    """An ImageNet classifier plus the metadata needed to use it as a feature extractor."""
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        *,
+        taps: Sequence[TapInfo],
+        transform_config: TransformConfig,
+        class_names: Sequence[str] | None = None,
+        weights_digest: str,
+        weights_source: str,
+        channels_last_taps: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.taps = list(taps)
+        self.transform_config = transform_config
+        self.class_names = list(class_names) if class_names is not None else None
+        self.weights_digest = weights_digest
+        self.weights_source = weights_source
+        self._taps_by_name = {t.name: t for t in self.taps}
+        # Pooling picks the channel axis by size; this settles the rare NHWC ambiguity.
+        self._channels_last = frozenset(channels_last_taps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def stage_of(self, module_name: str) -> tuple[str, int]:
+        """(stage, depth) of a submodule: 'stem' (0), a stage tap name (1..S), or 'head' (S+1).
+
+        A module belongs to the first stage tap whose module ends at or after it in module
+        order; what comes before the first stage is the stem, what comes after the last the head.
+        """
+        if getattr(self, "_stage_index", None) is None:
+            names = [n for n, _ in self.model.named_modules()]
+            position = {n: i for i, n in enumerate(names)}
+            stage_taps = [t for t in self.taps if t.name != PRE_LOGITS and t.module in position]
+            first_start = min((position[t.module] for t in stage_taps), default=len(names))
+            ends = []
+            for t in stage_taps:
+                prefix = t.module + "."
+                ends.append((max([position[t.module]] + [position[n] for n in names if n.startswith(prefix)]), t.name))
+            self._stage_index = (position, first_start, ends)
+        position, first_start, ends = self._stage_index
+        pos = position[module_name]
+        if pos < first_start:
+            return "stem", 0
+        for i, (end, tap) in enumerate(ends):
+            if end >= pos:
+                return tap, i + 1
+        return "head", len(ends) + 1
+
+    def num_stages(self) -> int:
+        return sum(1 for t in self.taps if t.name != PRE_LOGITS)
+
+    def bn_layers(self) -> list[BNLayerInfo]:
+        """The BatchNorm2d layers in module order, each assigned to its stage (see :meth:`stage_of`).
+
+        Their running statistics are ImageNet's own, which the profiler compares the new data against.
+        """
+        if getattr(self, "_bn_layers", None) is None:
+            layers = []
+            for name, module in self.model.named_modules():
+                if isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
+                    stage, depth = self.stage_of(name)
+                    layers.append(BNLayerInfo(name=name, channels=module.num_features, stage=stage, depth=depth))
+            self._bn_layers = layers
+        return self._bn_layers
+
+    def forward_taps(
+        self, x: torch.Tensor, taps: Sequence[str] | None = None, *, bn_moments: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Run the model once and return each requested tap globally average pooled to ``[B, C]``.
+
+        ``taps=None`` means all taps. With ``bn_moments`` the same pass also returns, for every
+        BatchNorm layer, the per-image channel mean and variance of its input over the spatial
+        grid (``bn:<layer>:mean`` / ``bn:<layer>:var``). Gradient mode is the caller's choice.
+        """
+        names = [t.name for t in self.taps] if taps is None else list(dict.fromkeys(taps))
+        unknown = [n for n in names if n not in self._taps_by_name]
+        if unknown:
+            raise BackboneError(
+                f"{self.name} has no tap {unknown[0]!r}",
+                hint=f"available taps: {', '.join(self._taps_by_name)}",
+            )
+        if not names:
+            return {}
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(tap: TapInfo, value: Any) -> None:
+            # Pool inside the hook so full feature maps are freed as the pass goes on.
+            captured[tap.name] = _global_pool(
+                value, tap.channels, tap.name in self._channels_last, where=f"{self.name}:{tap.name}"
+            )
+
+        handles = []
+        if bn_moments:
+            for layer in self.bn_layers():
+
+                def moments(_m, args, layer=layer) -> None:
+                    a = args[0].float()
+                    captured[f"bn:{layer.name}:mean"] = a.mean((2, 3))
+                    captured[f"bn:{layer.name}:var"] = a.var((2, 3), unbiased=False)
+
+                handles.append(self.model.get_submodule(layer.name).register_forward_pre_hook(moments))
+        try:
+            for name in names:
+                tap = self._taps_by_name[name]
+                module = self.model.get_submodule(tap.module)
+                if tap.name == PRE_LOGITS:
+                    handles.append(
+                        module.register_forward_pre_hook(
+                            lambda _m, args, tap=tap: capture(tap, args[0])
+                        )
+                    )
+                else:
+                    handles.append(
+                        module.register_forward_hook(
+                            lambda _m, _args, out, tap=tap: capture(tap, out)
+                        )
+                    )
+            self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [n for n in names if n not in captured]
+        if missing:
+            raise BackboneError(f"{self.name}: tap {missing[0]!r} was not reached by the forward pass")
+        result = {n: captured[n] for n in names}
+        if bn_moments:
+            result.update({k: v for k, v in captured.items() if k.startswith("bn:")})
+        return result
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weights={self.weights_source!r}"
+
+
+def _global_pool(value: Any, channels: int, channels_last: bool, *, where: str) -> torch.Tensor:
+    t = value[0] if isinstance(value, (tuple, list)) else value
+    if t.ndim == 2:
+        pooled = t
+    elif t.ndim == 3:  # tokens [B, N, C] (ViT-like) or [B, C, L]
+        pooled = t.mean(1) if t.shape[-1] == channels else t.mean(2)
+    elif t.ndim == 4:
+        nchw = t.shape[1] == channels and not (channels_last and t.shape[-1] == channels)
+        pooled = t.mean((2, 3)) if nchw else t.mean((1, 2))
+    else:
+        pooled = t.flatten(2).mean(2)
+    if pooled.ndim != 2 or pooled.shape[1] != channels:
+        raise BackboneError(
+            f"{where}: output of shape {tuple(t.shape)} does not have the declared {channels} channels"
+        )
+    return pooled
+
+
+def _on_meta(fn: Callable[[], Any]) -> Any:
+    # Shapes without memory or init cost, so listing never builds real models.
+    with torch.device("meta"):
+        return fn()
+
+
+
+def _has_submodule(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+
+
+def _module_path(model: nn.Module, target: nn.Module) -> str | None:
+    return next((path for path, m in model.named_modules() if m is target), None)
+
+
