@@ -1,0 +1,28 @@
+"""The rule table and the thresholds as markdown (docs/decision-rules.md)."""
+
+from __future__ import annotations
+
+from advisor.rules.table import RULES
+from advisor.rules.thresholds import Thresholds
+
+
+def rules_markdown() -> str:
+    """The rule table in evaluation order: id, kind, condition, strategy, rationale template."""
+    lines = [
+        "| id | kind | fires when | strategy | rationale (template) |",
+        "|---|---|---|---|---|",
+    ]
+    for rule in RULES:
+        template = rule.rationale.replace("|", "\\|")
+        lines.append(
+            f"| {rule.id} | {rule.kind} | {rule.when} | {rule.strategy or '-'} | {template} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def thresholds_markdown() -> str:
+    """The thresholds with their defaults and meaning, as a markdown table."""
+    lines = ["| threshold | default | meaning |", "|---|---|---|"]
+    for name, field in Thresholds.model_fields.items():
+        lines.append(f"| `{name}` | {field.default:g} | {field.description} |")
+    return "\n".join(lines) + "\n"
