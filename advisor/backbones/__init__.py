@@ -16,8 +16,9 @@ a single forward pass.
 
 from __future__ import annotations
 
-from advisor.backbones import lite as _lite  # noqa: F401  (importing registers them)
-from advisor.backbones import testing as _testing
+# Importing these modules registers their backbones.
+from advisor.backbones import lite as _lite  # noqa: F401
+from advisor.backbones import testing as _testing  # noqa: F401
 from advisor.backbones.backbone import (
     DEFAULT_BACKBONE,
     PRE_LOGITS,
