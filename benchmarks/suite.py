@@ -98,7 +98,9 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--strategies", default=None, help="comma-separated subset [default: all four; the recommended one always runs]")
     args = ap.parse_args()
-    datasets = args.datasets or default_datasets()
+    # a bare name ("eurosat") means the shared dataset of that name
+    datasets = [str(SHARED / d) if not Path(d).exists() and (SHARED / d).is_dir() else d
+                for d in args.datasets] or default_datasets()
     if not datasets:
         sys.exit("no datasets given and ../shared/data not found")
     out = Path(args.out)
