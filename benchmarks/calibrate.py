@@ -17,6 +17,12 @@ rules, in words:
    between measured values. Among equally good candidates the one closest to the provisional
    values wins (sum of |log ratio|): a threshold moves only as far as the measurements demand.
 
+4. **Budget.** ``min_schedule_fraction`` (R15, R16) is cut, among the suite rows run under an
+   epoch cap, between the shares of the schedule at which a capped fine-tune lost to the better
+   probe and those at which it beat it (fewest misplaced, ties nearest the provisional value).
+   The cut never goes below the smallest share measured: below it the evidence was mixed (5 of
+   30 epochs at 128 px: fine-tunes tied or lost to the probe, docs/finetune.md).
+
 Check: leave one dataset (and its subsets) out, calibrate on the rest, score the one left out.
 Writes OUT.json and OUT.md; ``tests/test_calibration.py`` checks that the shipped defaults of
 :class:`advisor.rules.Thresholds` are what this script derives from the shipped measurements.
@@ -33,10 +39,13 @@ from pathlib import Path
 
 from advisor.backbones import PRE_LOGITS, TapInfo
 from advisor.models import DatasetProfile
+from advisor.recipe import finetune_schedule
 from advisor.rules import Thresholds, recommend
 
 TAP_MARGIN = 0.02
-PROVISIONAL = Thresholds(similarity=0.5, large_per_class=200, large_total=1000, probe_stages=3, frozen_fraction=0.6)
+PROVISIONAL = Thresholds(similarity=0.5, large_per_class=200, large_total=1000, probe_stages=3, frozen_fraction=0.6,
+                         min_schedule_fraction=0.5)
+CALIBRATED = ("similarity", "large_per_class", "large_total", "probe_stages", "frozen_fraction", "min_schedule_fraction")
 # EfficientNet-Lite0's taps: calibration only needs their names and order.
 TAPS = tuple(TapInfo(name=n, channels=1) for n in ["stage1", "stage2", "stage3", "stage4", "stage5", PRE_LOGITS])
 
@@ -87,22 +96,37 @@ def _subset_profile(profile: DatasetProfile, per_class: int) -> DatasetProfile:
     })
 
 
-def data_points(suite: list[dict], sweeps: dict) -> list[dict]:
-    """One point per suite dataset and per size-sweep subset: its profile and measured accuracies."""
+def data_points(suite: list[dict], sweeps: dict, *, size_subsets: bool = True) -> list[dict]:
+    """One point per suite dataset and (unless ``size_subsets`` is off) per size-sweep subset.
+
+    Each point has its profile, measured accuracies and the epoch cap its fine-tunes ran under.
+    Turn ``size_subsets`` off when the sweeps were measured under another recipe than the suite.
+    """
     points = []
     for row in suite:
         profile = DatasetProfile.model_validate(row["profile"])
-        points.append({"dataset": row["dataset"], "group": row["dataset"], "profile": profile, "accuracy": row["accuracy"]})
-        for sub in (sweeps.get(row["dataset"]) or {}).get("sizes") or []:
+        points.append({"dataset": row["dataset"], "group": row["dataset"], "profile": profile, "accuracy": row["accuracy"],
+                       "epochs_cap": row.get("epochs_cap")})
+        for sub in ((sweeps.get(row["dataset"]) or {}).get("sizes") or []) if size_subsets else []:
             if sub["per_class"] >= profile.train_per_class_median:
                 continue
             points.append({"dataset": f"{row['dataset']}@{sub['per_class']}/class", "group": row["dataset"],
-                           "profile": _subset_profile(profile, sub["per_class"]), "accuracy": sub["accuracy"]})
+                           "profile": _subset_profile(profile, sub["per_class"]), "accuracy": sub["accuracy"],
+                           "epochs_cap": None})
     return points
 
 
 def strategy_for(point: dict, t: Thresholds) -> str:
-    return recommend(point["profile"], taps=TAPS, thresholds=t).strategy
+    return recommend(point["profile"], taps=TAPS, thresholds=t, epochs_cap=point.get("epochs_cap")).strategy
+
+
+def schedule_share(point: dict) -> float | None:
+    """The share of its fine-tune schedule a capped point ran, or None when it ran the whole schedule."""
+    cap = point.get("epochs_cap")
+    if cap is None or point["profile"].train_images < 1:
+        return None
+    epochs = finetune_schedule(point["profile"].train_images)[1]
+    return cap / epochs if cap < epochs else None
 
 
 def regret(point: dict, t: Thresholds) -> float:
@@ -110,11 +134,16 @@ def regret(point: dict, t: Thresholds) -> float:
     return 100 * (max(acc.values()) - acc[strategy_for(point, t)])
 
 
-def _midpoints(values: Sequence[float], *, geometric: bool) -> list[float]:
+def _midpoints(values: Sequence[float], *, geometric: bool, lowest_measured: bool = False) -> list[float]:
+    """Cut candidates: the midpoints between measured values and one beyond each end.
+
+    With ``lowest_measured`` the low end is the smallest measured value itself, so that a cut
+    ``value >= t`` never reaches below what was measured.
+    """
     v = sorted(set(values))
     mids = [math.sqrt(a * b) if geometric else (a + b) / 2 for a, b in itertools.pairwise(v)]
     lo, hi = (v[0] / 2, v[-1] * 2) if geometric else (max(0.0, v[0] - 0.05), min(1.0, v[-1] + 0.05))
-    return [lo, *mids, hi]
+    return [v[0] if lowest_measured else lo, *mids, hi]
 
 
 def _threshold(points: list[tuple[float, bool]], candidates: Sequence[float], provisional: float) -> tuple[float, int]:
@@ -168,6 +197,31 @@ def calibrate_boundaries(points: list[dict], base: Thresholds) -> tuple[Threshol
     return t, evidence
 
 
+def calibrate_budget(points: list[dict], base: Thresholds) -> tuple[Thresholds, dict]:
+    """Rule 4: the least share of its schedule at which a capped fine-tune may still run (R15, R16).
+
+    A capped point counts as 'enough' when its better fine-tune beat the better probe under the cap.
+    """
+    pts = [(share, _finetune_best(p["accuracy"]) > _probe_best(p["accuracy"]))
+           for p in points if (share := schedule_share(p)) is not None
+           and {"partial-finetune", "full-finetune"} & p["accuracy"].keys()]
+    if not pts:
+        return base, {"points": 0, "misplaced": 0, "won": [], "lost": []}
+    cut, errors = _threshold(pts, [*_midpoints([v for v, _ in pts], geometric=False, lowest_measured=True),
+                                   PROVISIONAL.min_schedule_fraction], PROVISIONAL.min_schedule_fraction)
+    cut = math.floor(cut * 100) / 100  # two decimals, rounded down so the measured shares stay on the allowed side
+    evidence = {"points": len(pts), "misplaced": errors,
+                "won": sorted(round(v, 3) for v, won in pts if won), "lost": sorted(round(v, 3) for v, won in pts if not won)}
+    return base.model_copy(update={"min_schedule_fraction": cut}), evidence
+
+
+def _fit(points: list[dict], base: Thresholds) -> tuple[Thresholds, dict]:
+    """Rules 3 and 4 on these points."""
+    t, evidence = calibrate_boundaries(points, base)
+    t, evidence["budget"] = calibrate_budget(points, t)
+    return t, evidence
+
+
 def joint_grid(points: list[dict], base: Thresholds) -> tuple[Thresholds, float]:
     """The alternative this script rejects: all three boundaries searched jointly for least mean regret."""
     sims = [p["profile"].similarity.score.value for p in points if p["profile"].similarity]
@@ -187,21 +241,22 @@ def joint_grid(points: list[dict], base: Thresholds) -> tuple[Thresholds, float]
     return best, best_key[0] if best_key else math.nan
 
 
-def calibrate(suite: list[dict], sweeps: dict) -> dict:
+def calibrate(suite: list[dict], sweeps: dict, *, size_subsets: bool = True) -> dict:
     probe_stages, tap_notes = calibrate_probe_stages(sweeps)
     frozen_fraction, depth_means = calibrate_frozen_fraction(sweeps)
     base = PROVISIONAL.model_copy(update={"probe_stages": probe_stages, "frozen_fraction": round(frozen_fraction, 3)})
-    points = data_points(suite, sweeps)
-    calibrated, evidence = calibrate_boundaries(points, base)
+    points = data_points(suite, sweeps, size_subsets=size_subsets)
+    calibrated, evidence = _fit(points, base)
     grid, grid_mean = joint_grid(points, base)
     grid_lodo = {}
     held_out = {}
     for group in dict.fromkeys(p["group"] for p in points):
         rest = [p for p in points if p["group"] != group]
-        fit, _ = calibrate_boundaries(rest, base)
+        fit, _ = _fit(rest, base)
         gfit, _ = joint_grid(rest, base)
         grid_lodo[group] = {p["dataset"]: round(regret(p, gfit), 3) for p in points if p["group"] == group}
-        held_out[group] = {"thresholds": {k: getattr(fit, k) for k in ("similarity", "large_per_class", "large_total")},
+        held_out[group] = {"thresholds": {k: getattr(fit, k) for k in
+                                          ("similarity", "large_per_class", "large_total", "min_schedule_fraction")},
                            "points": {p["dataset"]: {"strategy": strategy_for(p, fit), "regret": round(regret(p, fit), 3)}
                                       for p in points if p["group"] == group}}
     rows = []
@@ -217,10 +272,8 @@ def calibrate(suite: list[dict], sweeps: dict) -> dict:
             "held_out": lodo,
         })
     return {
-        "thresholds": {k: getattr(calibrated, k) for k in
-                       ("similarity", "large_per_class", "large_total", "probe_stages", "frozen_fraction")},
-        "provisional": {k: getattr(PROVISIONAL, k) for k in
-                        ("similarity", "large_per_class", "large_total", "probe_stages", "frozen_fraction")},
+        "thresholds": {k: getattr(calibrated, k) for k in CALIBRATED},
+        "provisional": {k: getattr(PROVISIONAL, k) for k in CALIBRATED},
         "tap_notes": tap_notes, "depth_mean_accuracy": {str(k): round(v, 4) for k, v in sorted(depth_means.items())},
         "evidence": evidence, "rows": rows, "held_out": held_out,
         "joint_grid": {
@@ -257,6 +310,11 @@ def markdown(result: dict) -> str:
                   f"the cut misplaces {ev['similarity']['misplaced']} of {ev['similarity']['points']} points",
               f"size (rule 3): a fine-tune beat both probes on {', '.join(ev['size']['large'])}; the per-class cut "
               f"misplaces {ev['size']['misplaced_by_per_class']} of {ev['size']['points']} points"]
+    budget = ev.get("budget") or {}
+    if budget.get("points"):
+        lines.append(f"budget (rule 4): capped fine-tunes beat both probes at schedule shares {budget['won'] or 'none'} "
+                     f"and lost at {budget['lost'] or 'none'}; the cut misplaces {budget['misplaced']} of "
+                     f"{budget['points']} points")
     g = result["joint_grid"]
     gs = list(g["suite_regret"].values())
     gh = list(g["held_out_regret"].values())
@@ -274,8 +332,11 @@ def main() -> None:
     ap.add_argument("--suite", default="docs/suite_gpu_before.json", help="a suite run under the provisional thresholds")
     ap.add_argument("--sweeps", default="docs/sweeps_gpu.json")
     ap.add_argument("--out", default="docs/calibration")
+    ap.add_argument("--no-size-subsets", action="store_true",
+                    help="use the sweeps for taps and depth only (when they were measured under another recipe)")
     args = ap.parse_args()
-    result = calibrate(json.loads(Path(args.suite).read_text()), json.loads(Path(args.sweeps).read_text()))
+    result = calibrate(json.loads(Path(args.suite).read_text()), json.loads(Path(args.sweeps).read_text()),
+                       size_subsets=not args.no_size_subsets)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = markdown(result)

@@ -68,3 +68,26 @@ def test_calibration_report_matches_the_docs(cal):
     md = cal.markdown(cal.calibrate(suite, sweeps))
     assert md == (REPO / "docs" / "calibration.md").read_text()
     assert md.split("\n\n")[1] in (REPO / "docs" / "decision-rules.md").read_text()  # the before/after table
+
+
+def _capped_point(cal, name, *, train_images, cap, finetune, probe):
+    from advisor.models import DatasetProfile
+    profile = DatasetProfile.model_validate(json.loads((REPO / "docs" / "suite_gpu_before.json").read_text())[0]["profile"])
+    profile = profile.model_copy(update={"train_images": train_images})
+    return {"dataset": name, "group": name, "profile": profile, "epochs_cap": cap,
+            "accuracy": {"linear-probe": probe, "layer-probe": probe, "partial-finetune": finetune, "full-finetune": finetune}}
+
+
+def test_budget_cut_separates_lost_from_won_and_never_goes_below_the_measured_shares(cal):
+    epochs = cal.finetune_schedule(2000)[1]
+    lost = _capped_point(cal, "a", train_images=2000, cap=round(0.1 * epochs), finetune=0.80, probe=0.85)
+    won = _capped_point(cal, "b", train_images=2000, cap=round(0.3 * epochs), finetune=0.90, probe=0.85)
+    t, ev = cal.calibrate_budget([lost, won], cal.PROVISIONAL)
+    share_lost, share_won = cal.schedule_share(lost), cal.schedule_share(won)
+    assert ev["misplaced"] == 0 and share_lost < t.min_schedule_fraction <= share_won
+    # every capped fine-tune won: the cut is the smallest share measured (rounded down), not below it
+    t, ev = cal.calibrate_budget([won], cal.PROVISIONAL)
+    assert t.min_schedule_fraction == pytest.approx(int(share_won * 100) / 100) and ev["lost"] == []
+    # an uncapped point is no evidence about budgets
+    full = _capped_point(cal, "c", train_images=2000, cap=None, finetune=0.9, probe=0.8)
+    assert cal.calibrate_budget([full], cal.PROVISIONAL)[0] == cal.PROVISIONAL
