@@ -21,6 +21,7 @@ import torch
 from advisor.backbones import PRE_LOGITS, Backbone, create_backbone
 from advisor.data import DatasetScan, Sample, file_digest, load_image, scan_dataset
 from advisor.features import extract_features, resolve_device
+from advisor.logistic import cv_select_l2, fit_logistic, fit_standardizer, stratified_folds
 from advisor.models import DatasetProfile, DuplicateGroup, FlipCheck
 from advisor.similarity import greyscale_share, load_reference, measure_similarity
 from advisor.transferability import per_tap_evidence
@@ -270,8 +271,6 @@ def flip_check(features: torch.Tensor, flipped: torch.Tensor, labels: torch.Tens
     digit), so they cannot show a flip that changes a label; pixels keep the layout. The verdict
     (do labels survive?) is rule R17's, against ``Thresholds.flip_drop``.
     """
-    from strategies.probe import cv_select_l2, fit_logistic, fit_standardizer, stratified_folds
-
     y = labels.long()
     present = torch.bincount(y, minlength=num_classes)
     present = present[present > 0]

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from pydantic import BaseModel
 
+from advisor.logistic import stratified_folds
+
 # The reference adds this to the alpha/beta denominators so a perfect fit (N < D) keeps
 # alpha and beta finite. That is the same as maximising evidence - (alpha + beta) * EPS / 2,
 # which the reference reports; we keep both so the scores agree with it.
@@ -127,21 +129,6 @@ def logme(
     return float(evidence.mean())
 
 
-def _stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """Fold index per sample: each class shuffled (seeded, on CPU) and dealt round-robin."""
-    gen = torch.Generator().manual_seed(seed)
-    lab = labels.cpu()
-    fold = torch.empty_like(lab)
-    offset = 0
-    for cls in torch.unique(lab):
-        idx = torch.nonzero(lab == cls).squeeze(1)
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        # Continue dealing where the last class stopped so fold sizes stay balanced.
-        fold[idx] = (torch.arange(idx.numel()) + offset) % folds
-        offset += idx.numel()
-    return fold.to(labels.device)
-
-
 def knn_accuracy(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -166,7 +153,7 @@ def knn_accuracy(
     f = torch.nn.functional.normalize(f - f.mean(0, keepdim=True), dim=1)
     labels = labels.to(device=f.device, dtype=torch.long)
     c = int(labels.max()) + 1
-    fold = _stratified_folds(labels, folds, seed)
+    fold = stratified_folds(labels, folds, seed=seed)
     correct = 0
     for i in range(folds):
         test = torch.nonzero(fold == i).squeeze(1)

@@ -52,12 +52,12 @@ from advisor.data import Sample
 from advisor.errors import AdvisorError
 from advisor.features import default_num_workers, extract_features
 from advisor.rules import frozen_stages_for
+from advisor.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
 from advisor.models import RunPlan
 from advisor.recipe import FinetuneRecipe
 from strategies.base import (
     RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, predictions_of, register_strategy,
 )
-from strategies.probe import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
 from strategies.training import (
     EarlyStopping, EpochBatchSampler, EvalTransform, ImageSamples, TrainTransform, WeightEMA, collate_skip,
     defer_sigint, freeze_stages, get_rng_state, holdout_split, load_checkpoint, mix_seed, param_groups,

@@ -21,7 +21,8 @@ from advisor.rules import probe_sweep_taps
 from strategies.base import (
     RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, predictions_of, register_strategy,
 )
-from strategies.probe import class_weights_from, fit_probe, layer_probe_sweep
+from advisor.logistic import class_weights_from
+from strategies.probe import fit_probe, layer_probe_sweep
 
 
 class ProbeConfig(BaseModel):

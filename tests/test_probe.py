@@ -8,21 +8,16 @@ import pytest
 import torch
 
 from advisor.errors import AdvisorError
-from strategies.probe import (
+from advisor.logistic import (
     DEFAULT_L2_GRID,
     MIN_STD,
-    ProbeFit,
-    SweepRow,
     class_weights_from,
     cv_select_l2,
     fit_logistic,
-    fit_probe,
     fit_standardizer,
-    layer_probe_sweep,
-    predict_logits,
     stratified_folds,
-    sweep_candidates,
 )
+from strategies.probe import ProbeFit, SweepRow, fit_probe, layer_probe_sweep, predict_logits, sweep_candidates
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,8 @@ from advisor.models import FlipCheck
 from advisor.profiler import flip_check, thumbnails
 from advisor.recipe import FinetuneRecipe, default_recipe, finetune_schedule
 from advisor.rules import plan_for_strategy, recommend
-from strategies.probe import _CVResult, _one_standard_error
+from advisor.logistic import CVResult
+from strategies.probe import _one_standard_error
 
 from test_rules import DIFFERENT, LARGE, SMALL, TAPS, make_profile
 
@@ -84,7 +85,7 @@ def test_default_recipe_follows_the_schedule():
 
 def _cand(taps, dim, hits):
     held = torch.tensor(hits, dtype=torch.float64)
-    return (taps, torch.zeros(len(hits), dim), _CVResult(0.1, [(0.1, float(held.mean()))], 5, None, held), float(held.mean()))
+    return (taps, torch.zeros(len(hits), dim), CVResult(0.1, [(0.1, float(held.mean()))], 5, None, held), float(held.mean()))
 
 
 def test_one_standard_error_rule_keeps_the_top_layer_unless_the_gain_is_real():
