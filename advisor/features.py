@@ -35,8 +35,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from advisor.backbones import Backbone
-from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest, load_image
-from advisor.errors import AdvisorError, ImageLoadError
+from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest
+from advisor.errors import AdvisorError
+from advisor.images import ImageDataset, collate_skip
 from advisor.io import call_writing, ensure_writable_dir
 
 CACHE_ENV = "ADVISOR_CACHE_DIR"
@@ -260,40 +261,11 @@ GREY = "meta:grey"  # 1.0 when the decoded image has R == G == B (within JPEG ro
 _GREY_TOL = 3 / 255
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes and transforms images; a bad file yields its reason instead of raising."""
-
-    def __init__(self, paths: Sequence[str], positions: Sequence[int], transform, max_pixels: int, mean, std) -> None:
-        self.paths = paths
-        self.positions = positions
-        self.transform = transform
-        self.max_pixels = max_pixels
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int):
-        pos = self.positions[i]
-        try:
-            img = load_image(self.paths[pos], max_pixels=self.max_pixels)
-            x = self.transform(img)
-            raw = x * self.std + self.mean  # greyness is a property of pixels, not of normalised values
-            grey = float((raw[0] - raw[1]).abs().max() < _GREY_TOL and (raw[1] - raw[2]).abs().max() < _GREY_TOL)
-            return pos, x, grey, None
-        except ImageLoadError as err:
-            return pos, None, None, err.reason
-        except Exception as err:  # a transform failing on one odd image must not end the run
-            return pos, None, None, f"{type(err).__name__}: {err}"
-
-
-def _collate(items):
-    good = [(p, t, g) for p, t, g, _ in items if t is not None]
-    bad = [(p, r) for p, _, _, r in items if r is not None]
-    if good:
-        return [p for p, _, _ in good], torch.stack([t for _, t, _ in good]), torch.tensor([[g] for _, _, g in good]), bad
-    return [], None, None, bad
+def _greyness(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[B, 1]: 1.0 where an image's channels agree within JPEG rounding (on pixels, not normalised values)."""
+    raw = x * std + mean
+    agree = ((raw[:, 0] - raw[:, 1]).abs().amax(dim=(1, 2)) < _GREY_TOL) & ((raw[:, 1] - raw[:, 2]).abs().amax(dim=(1, 2)) < _GREY_TOL)
+    return agree.float().unsqueeze(1)
 
 
 def default_num_workers() -> int:
@@ -385,12 +357,13 @@ def extract_features(
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         tc = backbone.transform_config
+        mean, std = torch.tensor(tc.mean).view(1, 3, 1, 1), torch.tensor(tc.std).view(1, 3, 1, 1)
         loader = torch.utils.data.DataLoader(
-            _ImageFiles(paths, todo, tc.eval_transform(), max_pixels, tc.mean, tc.std),
+            ImageDataset(paths, tc.eval_transform(), max_pixels=max_pixels),
             batch_size=batch_size,
-            shuffle=False,
+            sampler=todo,  # the uncached positions, in order
             num_workers=default_num_workers() if num_workers is None else num_workers,
-            collate_fn=_collate,
+            collate_fn=collate_skip,
             pin_memory=dev.type == "cuda",
         )
         pending_keys: list[str] = []
@@ -405,10 +378,12 @@ def extract_features(
 
         try:
             with torch.inference_mode():
-                for pos, batch, grey, bad in loader:
+                for index, batch, _, bad in loader:
+                    pos = index.tolist()
                     for p, reason in bad:
                         failed.append(SkippedFile(path=paths[p], reason=reason))
                     if batch is not None:
+                        grey = _greyness(batch, mean, std)
                         tf = time.perf_counter()
                         batch = batch.to(dev, non_blocking=True)
                         if dev.type == "cuda":

@@ -52,6 +52,7 @@ from advisor.data import Sample
 from advisor.errors import AdvisorError
 from advisor.features import default_num_workers, extract_features
 from advisor.rules import frozen_stages_for
+from advisor.images import ImageDataset, collate_skip, mix_seed
 from advisor.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
 from advisor.models import RunPlan
 from advisor.recipe import FinetuneRecipe
@@ -59,8 +60,8 @@ from strategies.base import (
     RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, predictions_of, register_strategy,
 )
 from strategies.training import (
-    EarlyStopping, EpochBatchSampler, EvalTransform, ImageSamples, TrainTransform, WeightEMA, collate_skip,
-    defer_sigint, freeze_stages, get_rng_state, holdout_split, load_checkpoint, mix_seed, param_groups,
+    EarlyStopping, EpochBatchSampler, EvalTransform, TrainTransform, WeightEMA,
+    defer_sigint, freeze_stages, get_rng_state, holdout_split, load_checkpoint, param_groups,
     reestimate_bn, save_checkpoint, set_drop_path, set_rng_state, steps_per_epoch, train_mode,
     trainable_bn_layers, trainable_names, warmup_cosine,
 )
@@ -200,7 +201,7 @@ class _Run:
 
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, seed=self.seed,
                                     weights=self._balanced_weights() if cfg.balanced_sampler else None)
-        train_loader = self._loader(ImageSamples(self.train_samples, self._train_transform(), seed=self.seed), sampler)
+        train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self._train_transform(), seed=self.seed), sampler)
         val_loader = self._eval_loader(self.data.val)
         holdout_loader = self._eval_loader(self.holdout) if self.holdout else None
         loss_weights = class_weights_from(self.labels, self.num_classes).to(self.dev) if self.weight_loss else None
@@ -448,7 +449,7 @@ class _Run:
 
     # ------------------------------------------------------------------ evaluation and data
 
-    def _loader(self, dataset: ImageSamples, batches) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset: ImageDataset, batches) -> torch.utils.data.DataLoader:
         # Persistent workers, forked once: with a DataLoader per epoch, re-forking the grown training
         # process slowed the forward passes epoch after epoch (1.0 -> 4.7 s per batch over 5 epochs, CPU).
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.workers,
@@ -458,7 +459,7 @@ class _Run:
     def _eval_loader(self, samples: list[Sample], order: list[int] | None = None) -> torch.utils.data.DataLoader:
         keys = [(0, i) for i in (range(len(samples)) if order is None else order)]
         batches = [keys[i:i + self.cfg.batch_size] for i in range(0, len(keys), self.cfg.batch_size)]
-        return self._loader(ImageSamples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed), batches)
+        return self._loader(ImageDataset.from_samples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed), batches)
 
     @torch.inference_mode()
     def _evaluate(self, model: TransferClassifier, loader, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -7,16 +7,13 @@
   decay, no weight decay on 1-D parameters), :func:`warmup_cosine`, :class:`WeightEMA`,
   :func:`set_drop_path`, :class:`EarlyStopping` (on a :func:`holdout_split` of the training data);
 * data: :class:`EpochBatchSampler` (a permutation per ``(seed, epoch)``, resumable at any
-  batch), :class:`ImageSamples` (per-sample augmentation seeded by ``(seed, epoch, index)``, so
-  results do not depend on worker count or assignment), :func:`collate_skip` (bad images are
-  dropped from the batch and reported, not raised);
+  batch), :class:`TrainTransform` / :class:`EvalTransform` for ``advisor.images.ImageDataset``;
 * checkpoints: :func:`save_checkpoint` (atomic) and :func:`load_checkpoint` (``weights_only``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -26,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -36,26 +33,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from advisor.backbones import TransformConfig
 from advisor.classifier import TransferClassifier, stage_parameters
-from advisor.data import Sample, load_image
-from advisor.errors import AdvisorError, ImageLoadError
+from advisor.errors import AdvisorError
 from advisor.io import atomic_path
 
 __all__ = [
-    "Batch",
     "EarlyStopping",
     "EpochBatchSampler",
     "EvalTransform",
     "WeightEMA",
-    "ImageSamples",
     "TrainTransform",
-    "collate_skip",
     "defer_sigint",
     "freeze",
     "freeze_stages",
     "get_rng_state",
     "holdout_split",
     "load_checkpoint",
-    "mix_seed",
     "param_groups",
     "reestimate_bn",
     "save_checkpoint",
@@ -361,14 +353,6 @@ class EarlyStopping:
 # --------------------------------------------------------------------------- determinism
 
 
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from a tuple of integers; nearby tuples give unrelated streams."""
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(int(p).to_bytes(16, "little", signed=True))
-    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Batches per epoch; a final batch of a single image is dropped (train-mode BN cannot use it)."""
     full, rest = divmod(n, batch_size)
@@ -513,51 +497,6 @@ class EvalTransform:
 
     def __call__(self, img: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.transform(img)
-
-
-class ImageSamples(torch.utils.data.Dataset):
-    """Images keyed by ``(epoch, index)``: decoded, transformed with a generator seeded by ``(seed, epoch, index)``.
-
-    Seeding per sample (not per worker) makes the augmentation of an image in an epoch the same
-    whichever worker loads it and however many there are. A file that fails to decode yields its
-    reason instead of raising; :func:`collate_skip` drops it from the batch.
-    """
-
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any, torch.Generator], torch.Tensor],
-                 *, seed: int = 0) -> None:
-        self.samples, self.transform, self.seed = list(samples), transform, seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[int, torch.Tensor | None, int, str | None]:
-        epoch, i = key
-        sample = self.samples[i]
-        try:
-            img = load_image(sample.path)
-            x = self.transform(img, torch.Generator().manual_seed(mix_seed(self.seed, epoch, i)))
-            return i, x, sample.label, None
-        except ImageLoadError as err:
-            return i, None, sample.label, err.reason
-        except Exception as err:  # a transform failing on one odd image must not end the run
-            return i, None, sample.label, f"{type(err).__name__}: {err}"
-
-
-class Batch(NamedTuple):
-    index: torch.Tensor  # positions of the good images in the dataset
-    x: torch.Tensor | None  # None when every image of the batch failed
-    y: torch.Tensor
-    bad: list[tuple[int, str]]  # (position, reason) of the images that failed
-
-
-def collate_skip(items: list[tuple[int, torch.Tensor | None, int, str | None]]) -> Batch:
-    """Stack the images that decoded; report the others."""
-    good = [(i, x, y) for i, x, y, _ in items if x is not None]
-    bad = [(i, r) for i, x, _, r in items if x is None]
-    if not good:
-        return Batch(torch.empty(0, dtype=torch.long), None, torch.empty(0, dtype=torch.long), bad)
-    return Batch(torch.tensor([i for i, _, _ in good]), torch.stack([x for _, x, _ in good]),
-                 torch.tensor([y for _, _, y in good]), bad)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -21,13 +21,14 @@ from advisor.backbones import create_backbone
 from advisor.classifier import TransferClassifier
 from advisor.data import load_image, scan_dataset
 from advisor.errors import AdvisorError
+from advisor.images import ImageDataset, collate_skip, mix_seed
 from advisor.models import RunPlan
 from advisor.recipe import FinetuneRecipe
 from strategies.base import RunContext, RunData, get_strategy
 from strategies.finetune import FinetuneConfig, FullFinetuneConfig, default_frozen_stages
 from strategies.training import (
-    EarlyStopping, EpochBatchSampler, EvalTransform, ImageSamples, TrainTransform, WeightEMA, collate_skip, defer_sigint,
-    freeze_stages, holdout_split, load_checkpoint, mix_seed, param_groups, reestimate_bn, save_checkpoint, steps_per_epoch,
+    EarlyStopping, EpochBatchSampler, EvalTransform, TrainTransform, WeightEMA, defer_sigint,
+    freeze_stages, holdout_split, load_checkpoint, param_groups, reestimate_bn, save_checkpoint, steps_per_epoch,
     train_mode, warmup_cosine,
 )
 from conftest import write_class_images
@@ -243,7 +244,7 @@ def test_epoch_batch_sampler_is_a_seeded_permutation_resumable_at_any_batch():
 def test_augmentation_depends_on_seed_epoch_index_not_on_workers(dataset):
     samples = scan_dataset(dataset).split("train")
     tc = tiny_backbone().transform_config
-    ds = ImageSamples(samples, TrainTransform(tc, 32), seed=3)
+    ds = ImageDataset.from_samples(samples, TrainTransform(tc, 32), seed=3)
     _, x, label, reason = ds[(1, 5)]
     assert reason is None and x.shape == (3, 32, 32) and label == samples[5].label
     assert torch.equal(ds[(1, 5)][1], x) and not torch.equal(ds[(2, 5)][1], x)
@@ -255,7 +256,7 @@ def test_augmentation_depends_on_seed_epoch_index_not_on_workers(dataset):
 
     for (i0, x0), (i2, x2) in zip(batches(0), batches(2), strict=True):
         assert torch.equal(i0, i2) and torch.equal(x0, x2)
-    evaluated = ImageSamples(samples, EvalTransform(tc))[(0, 5)][1]
+    evaluated = ImageDataset.from_samples(samples, EvalTransform(tc))[(0, 5)][1]
     assert torch.equal(evaluated, tc.eval_transform()(load_image(samples[5].path)))
 
 
@@ -353,7 +354,7 @@ def test_head_warmup_and_adapt_bn(dataset, cache_dir, tmp_path):
     # Frozen BN layers hold exactly the AdaBN estimate on the training images: training left them alone.
     reference = TransferClassifier(tiny_backbone(), ["pre_logits"], 2).to(memory_format=torch.channels_last)
     samples = scan_dataset(dataset).split("train")
-    ds = ImageSamples(samples, EvalTransform(reference.backbone.transform_config))
+    ds = ImageDataset.from_samples(samples, EvalTransform(reference.backbone.transform_config))
     # The same shuffled batches as the run's BN pass (a permutation seeded by (seed, -2)).
     order = torch.randperm(24, generator=torch.Generator().manual_seed(mix_seed(0, -2))).tolist()
     batches = [torch.stack([ds[(0, i)][1] for i in order[j:j + 4]]) for j in range(0, 24, 4)]
