@@ -421,27 +421,28 @@ def recommend_cmd(
 
 
 def render_result(outcome) -> None:
+    from advisor.report import accuracy_phrase, selected_items
+
     r = outcome.result
-    m = r["metrics"]
-    lo, hi = m["val_accuracy_ci"]
-    out.print(f"[bold green]{r['strategy']}[/bold green]: validation accuracy [bold]{m['val_accuracy']:.4f}[/bold] "
-              f"(95% CI {lo:.3f}-{hi:.3f}, {m['n_val']} images), loss {m['val_loss']:.4f}")
-    out.print(f"trained {r['trainable_params']:,} of {r['total_params']:,} parameters in {r['seconds']:.1f} s on {r['device']}")
-    sel = {k: v for k, v in r["selected"].items() if k != "cv_table"}
+    m = r.metrics
+    out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
+              + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
+    out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
+    sel = selected_items(r)
     if sel:
         out.print("chose: " + "; ".join(f"{k} {shown(v)}" for k, v in sel.items()), soft_wrap=True)
-    if r["sweep"]:
+    if r.sweep:
         t = Table(title="Layer sweep (cross-validated on the training split)", title_justify="left")
         for c in ("taps", "dim", "CV accuracy", "L2"):
             t.add_column(c)
-        for row in r["sweep"]:
+        for row in r.sweep:
             t.add_row(", ".join(row["taps"]), str(row["dim"]), f"{row['cv_accuracy']:.4f}", f"{row['l2']:g}")
         out.print(t)
     t = Table(title="Validation per class", title_justify="left")
     for c in ("class", "precision", "recall", "f1", "support"):
         t.add_column(c)
-    for c in m["per_class"]:
-        t.add_row(shown(c["name"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
+    for c in m.per_class:
+        t.add_row(shown(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
     out.print(t)
     out.print(f"artifacts in [bold]{shown(outcome.run_dir)}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
               soft_wrap=True)

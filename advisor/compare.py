@@ -107,13 +107,13 @@ def compare(
         ts = time.perf_counter()
         out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,
                        num_workers=num_workers, progress=progress)
-        r, m = out.result, out.result["metrics"]
-        predictions[name] = r.get("predictions", [])
+        r, m = out.result, out.result.metrics
+        predictions[name] = r.predictions
         rows.append(CompareRow(
-            strategy=name, val_accuracy=m["val_accuracy"], ci=tuple(m["val_accuracy_ci"]), n_val=m["n_val"],
-            seconds=round(time.perf_counter() - ts, 2), trainable_params=r["trainable_params"], total_params=r["total_params"],
-            input_size=plan.input_size, epochs=r.get("epochs_completed"), run_dir=out.run_dir,
-            selected={k: v for k, v in r["selected"].items() if k in ("taps", "l2", "frozen_stages", "best_epoch", "epochs_run")},
+            strategy=name, val_accuracy=m.val_accuracy, ci=tuple(m.val_accuracy_ci), n_val=m.n_val,
+            seconds=round(time.perf_counter() - ts, 2), trainable_params=r.trainable_params, total_params=r.total_params,
+            input_size=plan.input_size, epochs=r.epochs_completed, run_dir=out.run_dir,
+            selected={k: v for k, v in r.selected.items() if k in ("taps", "l2", "frozen_stages", "best_epoch", "epochs_run")},
         ))
     compare_seconds = time.perf_counter() - t1
     best = max(rows, key=lambda row: (row.val_accuracy, -row.trainable_params))

@@ -35,6 +35,8 @@ from advisor.data import scan_dataset
 from advisor.errors import AdvisorError
 from advisor.features import resolve_device
 from advisor.models import DatasetProfile, Recommendation, RunPlan
+from advisor.report import run_report_md
+from advisor.results import RunResult
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -67,7 +69,7 @@ class RunOutcome(BaseModel):
 
     run_dir: str
     plan: RunPlan
-    result: dict  # RunResult as a dict (strategies/ depends on advisor/, not the other way round)
+    result: RunResult
     report: str
     recommendation: Recommendation | None = None
 
@@ -89,39 +91,6 @@ def new_run_dir(runs_dir: str | os.PathLike, dataset: str | os.PathLike, strateg
 
 def _write(run_dir: Path, name: str, model: BaseModel) -> Path:
     return write_text_atomic(run_dir / name, model.model_dump_json(indent=2))
-
-
-def _report_md(plan: RunPlan, state: RunState, result, run_dir: Path, rec: Recommendation | None) -> str:
-    m = result.metrics
-    lo, hi = m.val_accuracy_ci
-    lines = [f"# {Path(state.dataset).name}: {plan.strategy}", "",
-             f"- dataset: `{state.dataset}`", f"- backbone: `{plan.backbone}`, input {plan.input_size} px",
-             f"- validation accuracy: **{m.val_accuracy:.4f}** (95 % CI {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}",
-             f"- parameters trained: {result.trainable_params:,} of {result.total_params:,}",
-             f"- wall time: {result.seconds:.1f} s on {result.device}", ""]
-    if rec is not None:
-        lines += ["## Why this strategy", ""]
-        lines += [f"- **{h.id}** ({h.kind}) {h.title}: {h.rationale}" for h in rec.hits]
-        lines += [f"- warning: {w}" for w in rec.warnings] + [f"- evidence: {n}" for n in rec.evidence_notes] + [""]
-    if result.selected:
-        lines += ["## What the strategy chose", ""]
-        lines += [f"- {k}: {v}" for k, v in result.selected.items() if k != "cv_table"] + [""]
-    if result.sweep:
-        lines += ["## Layer sweep (cross-validated on the training split)", "", "| taps | dim | CV accuracy | L2 |", "|---|---|---|---|"]
-        lines += [f"| {', '.join(r['taps'])} | {r['dim']} | {r['cv_accuracy']:.4f} | {r['l2']:g} |" for r in result.sweep] + [""]
-    lines += ["## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in m.per_class]
-    names = [c.name for c in m.per_class]
-    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "", "| | " + " | ".join(names) + " |",
-              "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, m.confusion)]
-    if result.curves:
-        lines += ["", "## Learning curves", "", "| epoch | " + " | ".join(result.curves) + " |", "|---" * (len(result.curves) + 1) + "|"]
-        for i in range(max(len(v) for v in result.curves.values())):
-            lines.append(f"| {i + 1} | " + " | ".join(f"{v[i]:.4f}" if i < len(v) else "" for v in result.curves.values()) + " |")
-    lines += ["", "## Use the model", "", f"    advisor predict {run_dir} IMAGE_OR_FOLDER ...", "",
-              "`model.safetensors` + `model.json` load without pickle: `advisor.classifier.load_classifier(run_dir)`.", ""]
-    return "\n".join(lines)
 
 
 def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, progress=None,
@@ -152,7 +121,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         write_text_atomic(run_dir / "metrics.json",
                           json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
         _write(run_dir, "result.json", result)
-        report = _report_md(plan, state, result, run_dir, recommendation)
+        report = run_report_md(plan, result, dataset=state.dataset, run_dir=run_dir, recommendation=recommendation)
         write_text_atomic(run_dir / "report.md", report)
     except KeyboardInterrupt:
         state.status = "interrupted"
@@ -170,7 +139,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     state.status, state.finished = "finished", _now()
     _write(run_dir, "run.json", state)
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
-    return RunOutcome(run_dir=str(run_dir), plan=plan, result=result.model_dump(), report=report, recommendation=recommendation)
+    return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report=report, recommendation=recommendation)
 
 
 def run_plan(

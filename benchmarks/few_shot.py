@@ -39,8 +39,8 @@ def main() -> None:
                     plan = RunPlan(dataset=str(sub), backbone="efficientnet_lite0", strategy=strategy, rule_ids=["bench"],
                                    input_size=args.input_size)
                     out = run_plan(plan, run_dir=Path(tmp) / f"run-{Path(path).name}-{k}-{strategy}")
-                    acc[strategy] = out.result["metrics"]["val_accuracy"]
-                    chose = out.result["selected"].get("taps")
+                    acc[strategy] = out.result.metrics.val_accuracy
+                    chose = out.result.selected.get("taps")
                 print(f"{Path(path).name:14s} {k:>3d} {acc['linear-probe']:>13.4f} {acc['layer-probe']:>12.4f}  {'+'.join(chose)}",
                       flush=True)
                 if args.json:

@@ -23,7 +23,7 @@ from advisor.runner import run_plan
 def run(dataset: str, strategy: str, size: int, tmp: Path, tag: str) -> tuple[float, list[str]]:
     plan = RunPlan(dataset=dataset, backbone="efficientnet_lite0", strategy=strategy, rule_ids=["bench"], input_size=size)
     out = run_plan(plan, run_dir=tmp / f"{Path(dataset).name}-{strategy}-{tag}")
-    return out.result["metrics"]["val_accuracy"], out.result["selected"]["taps"]
+    return out.result.metrics.val_accuracy, out.result.selected["taps"]
 
 
 def main() -> None:

@@ -39,10 +39,10 @@ def _run(plan, dataset, run_dir, **kw) -> dict:
     t0 = time.perf_counter()
     out = run_plan(plan, dataset=dataset, run_dir=run_dir, **kw)
     r = out.result
-    return {"val_accuracy": r["metrics"]["val_accuracy"], "ci": r["metrics"]["val_accuracy_ci"],
-            "n_val": r["metrics"]["n_val"], "seconds": round(time.perf_counter() - t0, 2),
-            "trainable_params": r["trainable_params"],
-            "selected": {k: v for k, v in r["selected"].items() if k in ("taps", "l2", "cv_accuracy", "frozen_stages", "best_epoch")}}
+    return {"val_accuracy": r.metrics.val_accuracy, "ci": r.metrics.val_accuracy_ci,
+            "n_val": r.metrics.n_val, "seconds": round(time.perf_counter() - t0, 2),
+            "trainable_params": r.trainable_params,
+            "selected": {k: v for k, v in r.selected.items() if k in ("taps", "l2", "cv_accuracy", "frozen_stages", "best_epoch")}}
 
 
 def tap_sweep(rec, dataset, runs: Path, *, input_size, backbone, **kw) -> list[dict]:

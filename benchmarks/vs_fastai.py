@@ -31,7 +31,7 @@ import torch
 
 from advisor.backbones import create_backbone
 from advisor.data import scan_dataset
-from strategies.base import wilson_interval
+from advisor.results import wilson_interval
 
 
 def input_size_for(dataset: str, cap: int) -> int:
@@ -75,9 +75,9 @@ def run_advisor(dataset: str, strategy: str, epochs: int, size: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = auto_run(dataset, strategy=strategy, runs_dir=Path(tmp) / "runs", cache_dir=Path(tmp) / "cache",
                        epochs=epochs, input_size=size, num_workers=0)
-    m = out.result["metrics"]
-    return {"tool": f"advisor {strategy}", "val_accuracy": m["val_accuracy"], "ci": tuple(m["val_accuracy_ci"]),
-            "n_val": m["n_val"], "seconds": round(time.perf_counter() - t0, 1), "epochs": out.plan.recipe.epochs,
+    m = out.result.metrics
+    return {"tool": f"advisor {strategy}", "val_accuracy": m.val_accuracy, "ci": tuple(m.val_accuracy_ci),
+            "n_val": m.n_val, "seconds": round(time.perf_counter() - t0, 1), "epochs": out.plan.recipe.epochs,
             "recipe": out.plan.recipe.model_dump(mode="json")}
 
 

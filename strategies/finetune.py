@@ -51,19 +51,34 @@ from advisor.classifier import TransferClassifier
 from advisor.data import Sample
 from advisor.errors import AdvisorError
 from advisor.features import default_num_workers, extract_features
-from advisor.rules import frozen_stages_for
 from advisor.images import ImageDataset, collate_skip, mix_seed
 from advisor.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
 from advisor.models import RunPlan
 from advisor.recipe import FinetuneRecipe
-from strategies.base import (
-    RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, predictions_of, register_strategy,
-)
+from advisor.results import RunResult, classification_metrics
+from advisor.rules import frozen_stages_for
+from strategies.base import RunContext, RunData, Strategy, count_params, predictions_of, register_strategy
 from strategies.training import (
-    EarlyStopping, EpochBatchSampler, EvalTransform, TrainTransform, WeightEMA,
-    defer_sigint, freeze_stages, get_rng_state, holdout_split, load_checkpoint, param_groups,
-    reestimate_bn, save_checkpoint, set_drop_path, set_rng_state, steps_per_epoch, train_mode,
-    trainable_bn_layers, trainable_names, warmup_cosine,
+    EarlyStopping,
+    EpochBatchSampler,
+    EvalTransform,
+    TrainTransform,
+    WeightEMA,
+    defer_sigint,
+    freeze_stages,
+    get_rng_state,
+    holdout_split,
+    load_checkpoint,
+    param_groups,
+    reestimate_bn,
+    save_checkpoint,
+    set_drop_path,
+    set_rng_state,
+    steps_per_epoch,
+    train_mode,
+    trainable_bn_layers,
+    trainable_names,
+    warmup_cosine,
 )
 
 CHECKPOINT_FORMAT = "advisor-finetune-checkpoint-v3"

@@ -16,12 +16,11 @@ from advisor.backbones import PRE_LOGITS, Backbone
 from advisor.classifier import TransferClassifier
 from advisor.errors import AdvisorError
 from advisor.features import extract_features
-from advisor.models import RunPlan
-from advisor.rules import probe_sweep_taps
-from strategies.base import (
-    RunContext, RunData, RunResult, Strategy, classification_metrics, count_params, predictions_of, register_strategy,
-)
 from advisor.logistic import class_weights_from
+from advisor.models import RunPlan
+from advisor.results import RunResult, classification_metrics
+from advisor.rules import probe_sweep_taps
+from strategies.base import RunContext, RunData, Strategy, count_params, predictions_of, register_strategy
 from strategies.probe import fit_probe, layer_probe_sweep
 
 

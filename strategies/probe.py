@@ -21,14 +21,8 @@ from torch import Tensor
 
 from advisor.backbones import PRE_LOGITS
 from advisor.errors import AdvisorError
-from advisor.logistic import (
-    DEFAULT_L2_GRID,
-    CVResult,
-    Standardizer,
-    cross_validate,
-    fit_logistic,
-    fit_standardizer,
-)
+from advisor.logistic import DEFAULT_L2_GRID, CVResult, Standardizer, cross_validate, fit_logistic, fit_standardizer
+
 
 @dataclass
 class ProbeFit:

@@ -103,7 +103,7 @@ def test_run_plan_writes_every_artifact_and_predict_uses_them(colours, tmp_path)
     rep = predict(rd, [s.path for s in val], top_k=2)
     assert len(rep.predictions) == len(val) and all(len(p.top) == 2 for p in rep.predictions)
     correct = sum(p.top[0].label == scan.classes[s.label] for p, s in zip(rep.predictions, val))
-    assert correct / len(val) == pytest.approx(outcome.result["metrics"]["val_accuracy"])
+    assert correct / len(val) == pytest.approx(outcome.result.metrics.val_accuracy)
     probs = [c.probability for c in rep.predictions[0].top]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
 
@@ -150,7 +150,7 @@ def test_an_interrupted_probe_run_resumes_to_the_same_result(colours, tmp_path, 
     monkeypatch.setattr(lin, "fit_probe", real)
     resumed = resume_run(rd)
     fresh = run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs2", num_workers=0)
-    assert resumed.result["metrics"] == fresh.result["metrics"]
+    assert resumed.result.metrics == fresh.result.metrics
 
 
 def test_overrides_record_a_forced_strategy():
@@ -206,7 +206,7 @@ def test_a_forced_strategy_skips_the_similarity_measurement(colours, tmp_path, m
                    input_size=32, num_workers=0)
     assert out.plan.strategy == "layer-probe" and "user" in out.plan.rule_ids
     # the forced strategy gets its own plan fields: a sweep over the stage taps, not R1's pre_logits
-    assert out.plan.taps[-3:] == ["stage2", "stage3", "pre_logits"] and len(out.result["sweep"]) > 1
+    assert out.plan.taps[-3:] == ["stage2", "stage3", "pre_logits"] and len(out.result.sweep) > 1
     # the modifiers that fired are applied to the forced strategy too: R10 (36 px images) adds the earlier tap
     assert "R10" in out.plan.rule_ids and out.plan.taps[0] == "stage1"
     assert out.recommendation.profile.similarity is None

@@ -1,0 +1,55 @@
+"""Reports of finished runs: the wording every surface (report.md, the terminal) shares, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from advisor.models import Recommendation, RunPlan
+from advisor.results import Metrics, RunResult
+
+
+def accuracy_phrase(m: Metrics, *, emphasis: Callable[[str], str] = str) -> str:
+    """'0.9000 (95 % CI 0.815-0.948, 80 images), loss 0.3120', the accuracy through ``emphasis``."""
+    lo, hi = m.val_accuracy_ci
+    return f"{emphasis(f'{m.val_accuracy:.4f}')} (95 % CI {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}"
+
+
+def selected_items(result: RunResult) -> dict[str, object]:
+    """What the strategy chose, without the bulky CV table."""
+    return {k: v for k, v in result.selected.items() if k != "cv_table"}
+
+
+def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Path,
+                  recommendation: Recommendation | None = None) -> str:
+    """``report.md`` of a finished run: headline, why this strategy, what it chose, per class, confusion, curves."""
+    rec = recommendation
+    m = result.metrics
+    lines = [f"# {Path(dataset).name}: {plan.strategy}", "",
+             f"- dataset: `{dataset}`", f"- backbone: `{plan.backbone}`, input {plan.input_size} px",
+             f"- validation accuracy: {accuracy_phrase(m, emphasis=lambda s: f'**{s}**')}",
+             f"- parameters trained: {result.trainable_params:,} of {result.total_params:,}",
+             f"- wall time: {result.seconds:.1f} s on {result.device}", ""]
+    if rec is not None:
+        lines += ["## Why this strategy", ""]
+        lines += [f"- **{h.id}** ({h.kind}) {h.title}: {h.rationale}" for h in rec.hits]
+        lines += [f"- warning: {w}" for w in rec.warnings] + [f"- evidence: {n}" for n in rec.evidence_notes] + [""]
+    if selected_items(result):
+        lines += ["## What the strategy chose", ""]
+        lines += [f"- {k}: {v}" for k, v in selected_items(result).items()] + [""]
+    if result.sweep:
+        lines += ["## Layer sweep (cross-validated on the training split)", "", "| taps | dim | CV accuracy | L2 |", "|---|---|---|---|"]
+        lines += [f"| {', '.join(r['taps'])} | {r['dim']} | {r['cv_accuracy']:.4f} | {r['l2']:g} |" for r in result.sweep] + [""]
+    lines += ["## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in m.per_class]
+    names = [c.name for c in m.per_class]
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "", "| | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, m.confusion)]
+    if result.curves:
+        lines += ["", "## Learning curves", "", "| epoch | " + " | ".join(result.curves) + " |", "|---" * (len(result.curves) + 1) + "|"]
+        for i in range(max(len(v) for v in result.curves.values())):
+            lines.append(f"| {i + 1} | " + " | ".join(f"{v[i]:.4f}" if i < len(v) else "" for v in result.curves.values()) + " |")
+    lines += ["", "## Use the model", "", f"    advisor predict {run_dir} IMAGE_OR_FOLDER ...", "",
+              "`model.safetensors` + `model.json` load without pickle: `advisor.classifier.load_classifier(run_dir)`.", ""]
+    return "\n".join(lines)
