@@ -185,8 +185,7 @@ def load_classifier(run_dir: str | os.PathLike, *, device: str | torch.device = 
     if sum(channels[t] for t in card.taps) != card.feature_dim:
         raise AdvisorError(f"{card_path} says {card.feature_dim} features, but taps {card.taps} of {card.backbone} "
                            f"give {sum(channels[t] for t in card.taps)}", hint=_RERUN)
-    backbone.transform_config = card.transform
-    model = TransferClassifier(backbone, card.taps, len(card.classes))
+    model = TransferClassifier(backbone.with_transform(card.transform), card.taps, len(card.classes))
     model.set_head(tensors["head.weight"], tensors["head.bias"], tensors["feature_mean"], tensors["feature_std"])
     return model.to(device).eval(), card
 

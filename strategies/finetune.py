@@ -192,9 +192,8 @@ class _Run:
         cfg, ctx = self.cfg, self.ctx
         if len(self.train_samples) < 2:
             raise AdvisorError("a fine-tune needs at least 2 training images")
-        # Train, validation and the warm-up's features all use this input size. The backbone is the
-        # run's own (built for it), so changing its transform changes no one else's.
-        self.backbone.transform_config = self.backbone.transform_config.with_input_size(cfg.input_size)
+        # Train, validation and the warm-up's features all use this input size.
+        self.backbone = self.backbone.with_input_size(cfg.input_size)
         ckpt = self._read_checkpoint()
         model = self._build_model()
         if ckpt is None:

@@ -37,8 +37,6 @@ class ProbeConfig(BaseModel):
 
 
 def _extract(data: RunData, backbone: Backbone, taps: list[str], config: ProbeConfig, ctx: RunContext):
-    if config.input_size and config.input_size != backbone.transform_config.input_size:
-        backbone.transform_config = backbone.transform_config.with_input_size(config.input_size)
     fs = extract_features(data.train + data.val, backbone, taps=taps, cache_dir=ctx.cache_dir, device=str(ctx.device),
                           batch_size=config.batch_size, num_workers=ctx.num_workers,
                           progress=lambda d, t: ctx.report("features", d, t))
@@ -60,6 +58,8 @@ class _Probe(Strategy):
             stages = [t.name for t in backbone.taps if t.name != PRE_LOGITS]
             taps = list(probe_sweep_taps(stages)) if config.sweep else [PRE_LOGITS]
         config = config.model_copy(update={"taps": taps})
+        if config.input_size:
+            backbone = backbone.with_input_size(config.input_size)
         fs, tr, va = _extract(data, backbone, taps, config, ctx)
         num_classes = len(data.classes)
         y_train = fs.labels[tr]

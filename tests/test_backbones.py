@@ -180,6 +180,18 @@ def test_transform_config():
     assert TransformConfig(input_size=240, crop_pct=240 / 255).resize_size == 255
 
 
+def test_a_backbones_transform_is_immutable_and_another_size_shares_the_weights():
+    a = create_backbone("test/tiny-cnn", seed=0)
+    with pytest.raises(AttributeError):
+        a.transform_config = a.transform_config.with_input_size(48)
+    b = a.with_input_size(48)
+    assert a.transform_config.input_size == 32 and b.transform_config.input_size == 48
+    assert a.with_input_size(32) is a
+    assert all(p is q for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(a.eval()(x), b.eval()(x))
+
+
 # --------------------------------------------------------------------------- test/tiny-cnn and weights files
 
 

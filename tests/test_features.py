@@ -90,7 +90,7 @@ def test_cache_namespace_depends_on_weights_and_transform(tiny_dataset, tmp_path
     ca, cb = FeatureCache.for_backbone(tmp_path, a), FeatureCache.for_backbone(tmp_path, b)
     assert ca.dir != cb.dir
     c = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
-    c.transform_config = c.transform_config.with_input_size(48)
+    c = c.with_input_size(48)
     assert FeatureCache.for_backbone(tmp_path, c).dir != ca.dir
     # same backbone, same weights -> same namespace
     assert FeatureCache.for_backbone(tmp_path, create_backbone("test/tiny-cnn", pretrained=False, seed=0)).dir == ca.dir

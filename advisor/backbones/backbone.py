@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -123,13 +125,34 @@ class Backbone(nn.Module):
         self.name = name
         self.model = model
         self.taps = list(taps)
-        self.transform_config = transform_config
+        self._transform_config = transform_config
         self.class_names = list(class_names) if class_names is not None else None
         self.weights_digest = weights_digest
         self.weights_source = weights_source
         self._taps_by_name = {t.name: t for t in self.taps}
         # Pooling picks the channel axis by size; this settles the rare NHWC ambiguity.
         self._channels_last = frozenset(channels_last_taps)
+
+    @property
+    def transform_config(self) -> TransformConfig:
+        """How images are prepared for this backbone. Read-only: see :meth:`with_transform`."""
+        return self._transform_config
+
+    def with_transform(self, transform_config: TransformConfig) -> Backbone:
+        """This backbone (the same module and weights, not a copy of them) under another transform.
+
+        The original keeps its own transform, so a strategy that runs at another input size
+        changes nothing for whoever else holds the backbone.
+        """
+        if transform_config == self._transform_config:
+            return self
+        other = copy.copy(self)  # a new Backbone object; its submodules and parameters are shared
+        other.__dict__["_transform_config"] = transform_config
+        return other
+
+    def with_input_size(self, size: int) -> Backbone:
+        """:meth:`with_transform` at another input size."""
+        return self.with_transform(self._transform_config.with_input_size(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
