@@ -101,22 +101,22 @@ def recommend_dataset(
     if sample_size < 4:
         raise AdvisorError(f"--sample-size must be at least 4, got {sample_size}")
     t0 = time.perf_counter()
-    profile, bb, scan = profile_dataset(
+    profile, backbone_model, scan = profile_dataset(
         dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed, rounds=rounds,
         device=device, cache_dir=cache_dir, val_fraction=val_fraction, num_workers=num_workers, progress=progress,
         similarity=similarity,
     )
-    rec = recommend(profile, taps=bb.taps, thresholds=thresholds, seed=seed, epochs_cap=epochs_cap,
+    rec = recommend(profile, taps=backbone_model.taps, thresholds=thresholds, seed=seed, epochs_cap=epochs_cap,
                     val_fraction=scan.val_fraction if scan.split_source == "stratified" else None)
     rec.evidence_notes = evidence_notes(rec)
     if rec.plan.strategy == "layer-probe" and profile.tap_evidence:
         # The sweep always includes the tap the evidence ranks first.
         best = max(profile.tap_evidence, key=lambda e: (e.knn_accuracy, e.logme)).tap
         if best not in rec.plan.taps:
-            rec.plan.taps = [t.name for t in bb.taps if t.name in {*rec.plan.taps, best}]
+            rec.plan.taps = [t.name for t in backbone_model.taps if t.name in {*rec.plan.taps, best}]
             rec.plan.notes.append(f"added {best} to the sweep: it has the best per-depth evidence")
     if force_strategy is not None:
-        rec.plan = plan_for_strategy(rec, force_strategy, taps=bb.taps)
+        rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
 

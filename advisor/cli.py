@@ -208,11 +208,11 @@ def features_cmd(
     if key not in ("content", "stat"):
         raise AdvisorError(f"--key must be content or stat, got {key!r}")
     scan = scan_dataset(dataset)
-    bb = create_backbone(backbone, weights=weights)
-    with progress_bar(f"features {shown(bb.name)}") as cb:
-        fs = extract_features(scan.samples, bb, cache_dir=cache_dir, device=device, batch_size=batch_size,
+    backbone_model = create_backbone(backbone, weights=weights)
+    with progress_bar(f"features {shown(backbone_model.name)}") as cb:
+        feature_set = extract_features(scan.samples, backbone_model, cache_dir=cache_dir, device=device, batch_size=batch_size,
                               num_workers=workers, key_mode=key, progress=cb)
-    s = fs.summary
+    s = feature_set.summary
     if json_out:
         _print_json(s)
         return

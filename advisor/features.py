@@ -356,10 +356,10 @@ def extract_features(
         model = backbone.to(dev).eval()
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        tc = backbone.transform_config
-        mean, std = torch.tensor(tc.mean).view(1, 3, 1, 1), torch.tensor(tc.std).view(1, 3, 1, 1)
+        transform = backbone.transform_config
+        mean, std = torch.tensor(transform.mean).view(1, 3, 1, 1), torch.tensor(transform.std).view(1, 3, 1, 1)
         loader = torch.utils.data.DataLoader(
-            ImageDataset(paths, tc.eval_transform(), max_pixels=max_pixels),
+            ImageDataset(paths, transform.eval_transform(), max_pixels=max_pixels),
             batch_size=batch_size,
             sampler=todo,  # the uncached positions, in order
             num_workers=default_num_workers() if num_workers is None else num_workers,
@@ -436,9 +436,9 @@ def extract_features(
         cache_dir=str(cache.dir) if cache is not None else None,
         cache_dropped=list(cache.dropped) if cache is not None else [],
     )
-    fs = FeatureSet(paths=[paths[i] for i in order], index=order, features=feats, summary=summary)
+    feature_set = FeatureSet(paths=[paths[i] for i in order], index=order, features=feats, summary=summary)
     if samples and len(samples) == len(paths):
-        fs.labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
-        fs.splits = [samples[i].split for i in order]
-    fs.extra["forward_seconds"] = forward_seconds
-    return fs
+        feature_set.labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
+        feature_set.splits = [samples[i].split for i in order]
+    feature_set.extra["forward_seconds"] = forward_seconds
+    return feature_set

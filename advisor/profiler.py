@@ -154,21 +154,21 @@ def build_profile(
     if similarity:
         sample = stratified_sample(scan.samples, sample_size, seed=seed)
         # Every tap comes from the same forward pass; the per-depth evidence reads them all.
-        fs = extract_features(
+        feature_set = extract_features(
             sample, backbone, bn_moments=bool(backbone.bn_layers()), device=str(dev),
             cache_dir=cache_dir, num_workers=num_workers,
             progress=(lambda d, t: progress("features", d, t)) if progress else None,
         )
-        used = [sample[i] for i in fs.index]
-        near = near_duplicates(fs.features[PRE_LOGITS], used, scan.classes, exclude={frozenset(g.paths) for g in exact})
+        used = [sample[i] for i in feature_set.index]
+        near = near_duplicates(feature_set.features[PRE_LOGITS], used, scan.classes, exclude={frozenset(g.paths) for g in exact})
         if progress:
             progress("similarity", 0, 1)
         reference, missing = load_reference(backbone)
-        measured = measure_similarity(fs, backbone, reference=reference, reference_missing=missing,
+        measured = measure_similarity(feature_set, backbone, reference=reference, reference_missing=missing,
                                       rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
-        grey = greyscale_share(fs, rounds=rounds, seed=seed)
+        grey = greyscale_share(feature_set, rounds=rounds, seed=seed)
         if len(used) >= 2 * len(scan.classes):
-            evidence = per_tap_evidence({t.name: fs.features[t.name] for t in backbone.taps}, fs.labels,
+            evidence = per_tap_evidence({t.name: feature_set.features[t.name] for t in backbone.taps}, feature_set.labels,
                                         taps=[t.name for t in backbone.taps], seed=seed)
         if progress:
             progress("similarity", 1, 1)
@@ -176,7 +176,7 @@ def build_profile(
             if progress:
                 progress("flip check", 0, 1)
             pixels, mirrored = thumbnails(used)
-            flips = flip_check(pixels, mirrored, fs.labels, num_classes=len(scan.classes), seed=seed)
+            flips = flip_check(pixels, mirrored, feature_set.labels, num_classes=len(scan.classes), seed=seed)
             if progress:
                 progress("flip check", 1, 1)
     dups = exact + near
@@ -210,7 +210,7 @@ def build_profile(
         near_duplicate_sample=len(used),
         cross_split_duplicates=cross,
         conflicting_label_duplicates=conflicting,
-        skipped=list(scan.skipped) + (list(fs.summary.failed) if similarity else []),
+        skipped=list(scan.skipped) + (list(feature_set.summary.failed) if similarity else []),
         ignored_files=scan.ignored_hidden + scan.ignored_non_image + scan.ignored_unlabeled,
         similarity=measured,
         tap_evidence=evidence,
@@ -237,10 +237,10 @@ def profile_dataset(
 ) -> tuple[DatasetProfile, Backbone, DatasetScan]:
     """Scan ``dataset``, build ``backbone`` and measure the profile."""
     scan = scan_dataset(dataset, val_fraction=val_fraction, seed=seed)
-    bb = create_backbone(backbone, weights=weights)
-    profile = build_profile(scan, bb, sample_size=sample_size, seed=seed, rounds=rounds, device=device,
+    backbone_model = create_backbone(backbone, weights=weights)
+    profile = build_profile(scan, backbone_model, sample_size=sample_size, seed=seed, rounds=rounds, device=device,
                             cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=similarity)
-    return profile, bb, scan
+    return profile, backbone_model, scan
 
 
 FLIP_THUMBNAIL = 16  # px: enough for the layout of digits and characters, and cheap

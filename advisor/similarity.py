@@ -146,7 +146,7 @@ def frechet_with_null(x: torch.Tensor, ref: torch.Tensor, *, splits: int = 3, se
     return float(t_raw.mean()), float(t_null.mean()), float(t_null.std()) if splits > 1 else 0.0
 
 
-def bn_shift_weighted(fs: FeatureSet, backbone: Backbone, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int, int]]]:
+def bn_shift_weighted(feature_set: FeatureSet, backbone: Backbone, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int, int]]]:
     """Per-stage BatchNorm shift for each weight row: stage -> [B]; and stage -> (layers, channels, skipped).
 
     Per channel: ((mu - mu_r)^2 + (sigma - sigma_r)^2) / var_r, the 1-D Fréchet distance between
@@ -164,8 +164,8 @@ def bn_shift_weighted(fs: FeatureSet, backbone: Backbone, w: torch.Tensor) -> tu
         rm = bn.running_mean.detach().float().cpu()
         rv = bn.running_var.detach().float().cpu()
         keep = (rv > MIN_RUNNING_VAR) & (rv > 1e-4 * rv.median())
-        cols_m.append(fs.features[f"bn:{layer.name}:mean"].float()[:, keep] - rm[keep])
-        cols_v.append(fs.features[f"bn:{layer.name}:var"].float()[:, keep])
+        cols_m.append(feature_set.features[f"bn:{layer.name}:mean"].float()[:, keep] - rm[keep])
+        cols_v.append(feature_set.features[f"bn:{layer.name}:var"].float()[:, keep])
         rms.append(rm[keep])
         rvs.append(rv[keep])
         layer_of.append(torch.full((int(keep.sum()),), li, dtype=torch.long))
@@ -238,7 +238,7 @@ def _pattern(depths: list[DepthShift]) -> tuple[str, str]:
 
 
 def measure_similarity(
-    fs: FeatureSet,
+    feature_set: FeatureSet,
     backbone: Backbone,
     *,
     reference: Reference | None = None,
@@ -247,17 +247,17 @@ def measure_similarity(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> SimilarityReport:
-    """Similarity signals and the combined score for the images in ``fs``.
+    """Similarity signals and the combined score for the images in ``feature_set``.
 
-    ``fs`` must hold ``pre_logits`` and the BatchNorm moments (``extract_features(...,
+    ``feature_set`` must hold ``pre_logits`` and the BatchNorm moments (``extract_features(...,
     bn_moments=True)``). Runs on ``device`` (the GPU when there is one).
     """
-    n = fs.features[PRE_LOGITS].shape[0]
+    n = feature_set.features[PRE_LOGITS].shape[0]
     if n < 4:
         raise ValueError(f"similarity needs at least 4 images, got {n}")
     w = bootstrap_weights(n, rounds, seed=seed, device=device)
     ones = torch.ones(1, n, dtype=torch.float64, device=device)
-    x = fs.features[PRE_LOGITS].to(device)
+    x = feature_set.features[PRE_LOGITS].to(device)
     signals: list[SignalEstimate] = []
     combined_point, combined_draws = [], []
 
@@ -288,8 +288,8 @@ def measure_similarity(
             signals.append(SignalEstimate(name=name, available=False, unavailable_reason=reference_missing, in_score=False))
 
     depths: list[DepthShift] = []
-    if any(k.startswith("bn:") for k in fs.features):
-        both, counts = bn_shift_weighted(fs, backbone, torch.cat([ones, w]))
+    if any(k.startswith("bn:") for k in feature_set.features):
+        both, counts = bn_shift_weighted(feature_set, backbone, torch.cat([ones, w]))
         per_stage_1 = {k: v[:1] for k, v in both.items()}
         per_stage_w = {k: v[1:] for k, v in both.items()}
         baseline = reference.bn_baseline if reference is not None else {}
@@ -322,7 +322,7 @@ def measure_similarity(
         signals.append(SignalEstimate(name="bn_shift", available=False, in_score=False,
                                       unavailable_reason=f"{backbone.name} has no BatchNorm layers"))
 
-    conf = head_confidence(fs.features[PRE_LOGITS].cpu(), backbone)
+    conf = head_confidence(feature_set.features[PRE_LOGITS].cpu(), backbone)
     if conf is not None:
         cw = (w.cpu() @ conf) / n
         signals.append(SignalEstimate(
@@ -348,9 +348,9 @@ def measure_similarity(
     )
 
 
-def greyscale_share(fs: FeatureSet, rounds: int = 200, seed: int = 0) -> Interval | None:
-    if GREY not in fs.features or fs.features[GREY].shape[0] == 0:
+def greyscale_share(feature_set: FeatureSet, rounds: int = 200, seed: int = 0) -> Interval | None:
+    if GREY not in feature_set.features or feature_set.features[GREY].shape[0] == 0:
         return None
-    g = fs.features[GREY][:, 0].double()
+    g = feature_set.features[GREY][:, 0].double()
     w = bootstrap_weights(g.shape[0], rounds, seed=seed)
     return _interval(float(g.mean()), (w @ g) / g.shape[0])

@@ -11,31 +11,6 @@ from collections.abc import Callable
 import torch
 
 
-def mean_cov(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample mean and unbiased covariance of the rows of ``x``."""
-    x = x.double()
-    mu = x.mean(0)
-    xc = x - mu
-    return mu, xc.T @ xc / max(x.shape[0] - 1, 1)
-
-
-def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
-    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
-
-
-def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
-    """||mu1-mu2||^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), the Fréchet (2-Wasserstein) distance of Gaussians.
-
-    The symmetric form keeps the matrix under the square root PSD, so eigh is exact where
-    scipy's sqrtm of the non-symmetric C1 C2 needs an imaginary-part clean-up.
-    """
-    mu1, mu2, cov1, cov2 = (t.double() for t in (mu1, mu2, cov1, cov2))
-    s1 = _sqrt_psd(cov1)
-    cross = torch.linalg.eigvalsh(s1 @ cov2 @ s1).clamp_min(0).sqrt().sum()
-    return float((mu1 - mu2).pow(2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * cross)
-
-
 def frechet_distance_features(x: torch.Tensor, y: torch.Tensor) -> float:
     """Fréchet distance between the sample Gaussians of the rows of ``x`` and ``y``.
 

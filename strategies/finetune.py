@@ -342,14 +342,14 @@ class _Run:
         cfg = self.cfg
         if features is None:
             # Eval-mode features of the network as training starts: cached unless BN was re-estimated.
-            fs = extract_features(self.train_samples, self.backbone, taps=[PRE_LOGITS], cache_dir=self.ctx.cache_dir,
+            feature_set = extract_features(self.train_samples, self.backbone, taps=[PRE_LOGITS], cache_dir=self.ctx.cache_dir,
                                   use_cache=cfg.bn == "frozen", device=str(self.dev), batch_size=cfg.batch_size,
                                   num_workers=self.extract_workers, progress=lambda d, t: self.ctx.report("features", d, t))
-            for f in fs.summary.failed:
+            for f in feature_set.summary.failed:
                 self._note_skipped(f.path, f.reason)
-            if fs.labels is None or len(fs.labels) == 0:
+            if feature_set.labels is None or len(feature_set.labels) == 0:
                 raise AdvisorError("no training image could be decoded")
-            features = (fs.features[PRE_LOGITS], fs.labels)
+            features = (feature_set.features[PRE_LOGITS], feature_set.labels)
         x, y = features
         # One scale shared by all features (their RMS deviation), not one per feature: per-feature
         # scaling blows near-constant features up to unit variance, the probe puts weight on them,
@@ -377,10 +377,10 @@ class _Run:
     # ------------------------------------------------------------------ training
 
     def _train_transform(self):
-        tc, cfg = self.backbone.transform_config, self.cfg
+        transform, cfg = self.backbone.transform_config, self.cfg
         if cfg.augment == "none":
-            return EvalTransform(tc)
-        return TrainTransform(tc, cfg.input_size, scale=(cfg.crop_scale, 1.0), flip=cfg.hflip, trivial=cfg.augment == "trivial")
+            return EvalTransform(transform)
+        return TrainTransform(transform, cfg.input_size, scale=(cfg.crop_scale, 1.0), flip=cfg.hflip, trivial=cfg.augment == "trivial")
 
     def _balanced_weights(self) -> torch.Tensor:
         counts = torch.bincount(self.labels, minlength=self.num_classes).double()
@@ -554,13 +554,13 @@ class _Run:
         if not self.ctx.resume or not self.path.exists():
             return None
         ckpt = load_checkpoint(self.path)
-        tc = self.backbone.transform_config.model_dump(mode="json")
+        transform = self.backbone.transform_config.model_dump(mode="json")
         checks = [
             ("format", ckpt.get("format"), CHECKPOINT_FORMAT),
             ("strategy", ckpt.get("strategy"), self.name),
             ("seed", ckpt.get("seed"), self.seed),
             ("backbone", ckpt.get("backbone"), {"name": self.backbone.name, "weights_digest": self.backbone.weights_digest,
-                                                "transform": tc}),
+                                                "transform": transform}),
             ("dataset", ckpt.get("data"), self._fingerprint()),
             ("frozen_stages", ckpt.get("frozen_stages"), self.frozen),
             ("config", self._compared_config(ckpt.get("config") or {}), self._compared_config(self.cfg.model_dump(mode="json"))),

@@ -37,15 +37,15 @@ class ProbeConfig(BaseModel):
 
 
 def _extract(data: RunData, backbone: Backbone, taps: list[str], config: ProbeConfig, ctx: RunContext):
-    fs = extract_features(data.train + data.val, backbone, taps=taps, cache_dir=ctx.cache_dir, device=str(ctx.device),
+    feature_set = extract_features(data.train + data.val, backbone, taps=taps, cache_dir=ctx.cache_dir, device=str(ctx.device),
                           batch_size=config.batch_size, num_workers=ctx.num_workers,
                           progress=lambda d, t: ctx.report("features", d, t))
-    if fs.summary.failed:
-        ctx.event("skipped_images", count=len(fs.summary.failed), paths=[f.path for f in fs.summary.failed])
-    tr, va = fs.rows("train"), fs.rows("val")
+    if feature_set.summary.failed:
+        ctx.event("skipped_images", count=len(feature_set.summary.failed), paths=[f.path for f in feature_set.summary.failed])
+    tr, va = feature_set.rows("train"), feature_set.rows("val")
     if len(tr) == 0 or len(va) == 0:
         raise AdvisorError(f"no usable {'training' if len(tr) == 0 else 'validation'} images after decoding")
-    return fs, tr, va
+    return feature_set, tr, va
 
 
 class _Probe(Strategy):
@@ -60,11 +60,11 @@ class _Probe(Strategy):
         config = config.model_copy(update={"taps": taps})
         if config.input_size:
             backbone = backbone.with_input_size(config.input_size)
-        fs, tr, va = _extract(data, backbone, taps, config, ctx)
+        feature_set, tr, va = _extract(data, backbone, taps, config, ctx)
         num_classes = len(data.classes)
-        y_train = fs.labels[tr]
+        y_train = feature_set.labels[tr]
         weights = class_weights_from(y_train, num_classes) if config.class_weighting else None
-        train_feats = {t: fs.features[t][tr] for t in config.taps}
+        train_feats = {t: feature_set.features[t][tr] for t in config.taps}
         ctx.report("probe", 0, 1)
         sweep = []
         if config.sweep and len(config.taps) > 1:
@@ -80,17 +80,17 @@ class _Probe(Strategy):
         model.requires_grad_(False)
         model.head.requires_grad_(True)  # what the probe trained
         with torch.no_grad():
-            logits = model.classify_features(torch.cat([fs.features[t][va] for t in fit.taps], 1))
-        metrics = classification_metrics(logits, fs.labels[va], data.classes)
+            logits = model.classify_features(torch.cat([feature_set.features[t][va] for t in fit.taps], 1))
+        metrics = classification_metrics(logits, feature_set.labels[va], data.classes)
         trainable, total = count_params(model)
         ctx.event("probe", taps=list(fit.taps), l2=fit.l2, cv_accuracy=fit.cv_accuracy, val_accuracy=metrics.val_accuracy)
         result = RunResult(
             strategy=self.name, metrics=metrics, trainable_params=trainable, total_params=total,
             seconds=round(time.perf_counter() - t0, 2), device=str(ctx.device),
             selected={"taps": list(fit.taps), "l2": fit.l2, "cv_accuracy": fit.cv_accuracy,
-                      "cv_table": [list(r) for r in fit.cv_table], "features_from_cache": fs.summary.from_cache,
-                      "features_computed": fs.summary.computed},
-            sweep=sweep, predictions=predictions_of(logits, fs.labels[va], [fs.paths[i] for i in va.tolist()]),
+                      "cv_table": [list(r) for r in fit.cv_table], "features_from_cache": feature_set.summary.from_cache,
+                      "features_computed": feature_set.summary.computed},
+            sweep=sweep, predictions=predictions_of(logits, feature_set.labels[va], [feature_set.paths[i] for i in va.tolist()]),
         )
         return result, model.eval()
 

@@ -466,10 +466,10 @@ class TrainTransform:
     RNG seeded from it), so an image's augmentation is a function of its seed alone.
     """
 
-    def __init__(self, tc: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
+    def __init__(self, transform: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, trivial: bool = False) -> None:
         self.size, self.scale, self.ratio, self.flip, self.trivial = size, scale, ratio, flip, trivial
-        self.interpolation, self.mean, self.std = tc.interpolation, tc.mean, tc.std
+        self.interpolation, self.mean, self.std = transform.interpolation, transform.mean, transform.std
 
     def __call__(self, img: Any, generator: torch.Generator) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode, TrivialAugmentWide
@@ -490,10 +490,10 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """The backbone's eval transform at ``tc.input_size``; takes (and ignores) a generator like :class:`TrainTransform`."""
+    """The backbone's eval transform at ``transform.input_size``; takes (and ignores) a generator like :class:`TrainTransform`."""
 
-    def __init__(self, tc: TransformConfig) -> None:
-        self.transform = tc.eval_transform()
+    def __init__(self, transform: TransformConfig) -> None:
+        self.transform = transform.eval_transform()
 
     def __call__(self, img: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.transform(img)
