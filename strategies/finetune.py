@@ -23,6 +23,9 @@ plan). A fit runs, in order:
    (seed recorded) picks the epoch. The validation split is evaluated every epoch for the
    learning curve only; nothing is selected on it.
 
+The loop (:class:`FinetuneLoop`) only trains, evaluates and keeps its position; steps 1-2, the
+EMA, hold-out selection and checkpoints are small callbacks (``strategies/callbacks.py``).
+
 Runs are exactly resumable: ``checkpoints/last.safetensors`` (written every epoch, every
 ``checkpoint_every_steps`` steps and on Ctrl-C) holds everything the loop depends on, and the
 data order, augmentation and dropout noise are functions of ``(seed, epoch, step/index)``. On
@@ -34,13 +37,11 @@ The caller's torch RNG state is left as it was (the fit runs in a forked RNG).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,42 +51,43 @@ from advisor.backbones import PRE_LOGITS, Backbone
 from advisor.classifier import TransferClassifier
 from advisor.data import Sample
 from advisor.errors import AdvisorError
-from advisor.features import default_num_workers, extract_features
+from advisor.features import default_num_workers
 from advisor.images import ImageDataset, collate_skip, mix_seed
-from advisor.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
+from advisor.logistic import class_weights_from
 from advisor.models import RunPlan
 from advisor.recipe import FinetuneRecipe
 from advisor.results import RunResult, classification_metrics
 from advisor.rules import frozen_stages_for
 from strategies.base import RunContext, RunData, Strategy, count_params, predictions_of, register_strategy
+from strategies.callbacks import (
+    CHECKPOINT_FORMAT,
+    Callback,
+    Checkpointing,
+    HoldoutSelection,
+    WarmStart,
+    WeightAveraging,
+    run_hooks,
+)
 from strategies.training import (
-    EarlyStopping,
     EpochBatchSampler,
     EvalTransform,
     TrainTransform,
-    WeightEMA,
     defer_sigint,
     freeze_stages,
-    get_rng_state,
     holdout_split,
-    load_checkpoint,
     param_groups,
-    reestimate_bn,
-    save_checkpoint,
     set_drop_path,
     set_rng_state,
     steps_per_epoch,
     train_mode,
-    trainable_bn_layers,
     trainable_names,
     warmup_cosine,
 )
 
-CHECKPOINT_FORMAT = "advisor-finetune-checkpoint-v3"
+__all__ = ["CHECKPOINT_FORMAT", "FinetuneConfig", "FinetuneLoop", "FullFinetuneConfig", "default_frozen_stages"]
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.safetensors"
-# Settings that change how a run executes but not what it computes: a resume may differ in them.
-_RESUME_FREE = frozenset({"num_workers", "checkpoint_every_steps"})
 
 
 class FinetuneConfig(FinetuneRecipe):
@@ -122,36 +124,34 @@ class _Position:
     seen: int = 0
 
 
+class EpochResult(NamedTuple):
+    """One epoch's evaluation, as the callbacks see it at ``on_epoch_end``."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    holdout_accuracy: float  # nan without a hold-out slice
+    holdout_loss: float
+    lr: float
+
+
 _CURVES = ("train_loss", "val_loss", "val_accuracy", "holdout_accuracy", "lr")
 
 
-@dataclass
-class _Run:
-    """One fit: the loop and every piece of state a checkpoint must capture."""
+class FinetuneLoop:
+    """One fit: trains, evaluates each epoch and keeps its position; callbacks do the rest.
 
-    name: str
-    data: RunData
-    backbone: Backbone
-    cfg: FinetuneConfig
-    frozen: int
-    ctx: RunContext
-    pos: _Position = field(default_factory=_Position)
-    stopper: EarlyStopping = field(default_factory=EarlyStopping)
-    best_state: dict[str, torch.Tensor] | None = None
-    curves: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in _CURVES})
-    skipped: dict[str, str] = field(default_factory=dict)
-    stopped_early: bool = False
-    warmup: dict[str, Any] | None = None
-    first_loss: float | None = None
-    seconds_before: float = 0.0
-    resumed: bool = False
+    What the loop itself checkpoints: its position, curves, skipped files, the first batch's
+    loss, the optimiser, the schedule and the RNG; each callback adds its own state.
+    """
 
-    def __post_init__(self) -> None:
-        cfg = self.cfg
-        self.dev = torch.device(self.ctx.device)
+    def __init__(self, name: str, data: RunData, backbone: Backbone, cfg: FinetuneConfig, frozen: int, ctx: RunContext) -> None:
+        self.name, self.data, self.backbone, self.cfg, self.frozen, self.ctx = name, data, backbone, cfg, frozen, ctx
+        self.dev = torch.device(ctx.device)
         self.cuda = self.dev.type == "cuda"
-        self.seed = self.ctx.seed
-        nw = cfg.num_workers if cfg.num_workers is not None else self.ctx.num_workers
+        self.seed = ctx.seed
+        nw = cfg.num_workers if cfg.num_workers is not None else ctx.num_workers
         self.extract_workers = nw  # None: the feature extractor's own default
         # Unset on a CPU: no loader processes. Training there is compute-bound (decoding a batch is a
         # few % of its forward/backward) and a worker competes with the compute threads for the
@@ -160,25 +160,47 @@ class _Run:
         self.lr_backbone = cfg.backbone_lr
         # Early stopping decides on a stratified slice of the training split, never on the reported split.
         stop = cfg.early_stopping
-        self.train_samples, self.holdout = list(self.data.train), []
+        self.train_samples, self.holdout = list(data.train), []
         if stop.policy == "holdout":
-            keep, held = holdout_split([s.label for s in self.data.train], stop.holdout_fraction, seed=stop.holdout_seed)
+            keep, held = holdout_split([s.label for s in data.train], stop.holdout_fraction, seed=stop.holdout_seed)
             if not held:
                 raise AdvisorError("early stopping on a hold-out slice needs a class with at least 2 training images",
                                    hint="set the recipe's early_stopping.policy to none")
-            self.train_samples = [self.data.train[i] for i in keep]
-            self.holdout = [self.data.train[i] for i in held]
+            self.train_samples = [data.train[i] for i in keep]
+            self.holdout = [data.train[i] for i in held]
         self.steps_per_epoch = steps_per_epoch(len(self.train_samples), cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.path = self.ctx.run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-        self.stopper = EarlyStopping(stop.patience if stop.policy == "holdout" else None)
-        self.num_classes = len(self.data.classes)
+        self.num_classes = len(data.classes)
         self.labels = torch.tensor([s.label for s in self.train_samples], dtype=torch.long)
         # The loss is class-weighted unless batches are already class-balanced: both would over-correct.
         self.weight_loss = cfg.class_weighting and not cfg.balanced_sampler
         self.bn_train = cfg.bn == "train"
-        self.ema: WeightEMA | None = None
+        decay = cfg.ema_decay(self.total_steps)
+        self.warm_start = WarmStart()
+        self.averaging = WeightAveraging(decay) if decay is not None else None
+        self.selection = HoldoutSelection(stop.patience, cfg.epochs) if self.holdout else None
+        self.checkpointing = Checkpointing(ctx.run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE, every_steps=cfg.checkpoint_every_steps)
+        # Order matters: end-of-validation hooks run in reverse, so the selection's snapshot sees the EMA.
+        self.callbacks: list[Callback] = [cb for cb in (self.warm_start, self.averaging, self.selection, self.checkpointing)
+                                          if cb is not None]
+        self.pos = _Position()
+        self.curves: dict[str, list[float]] = {k: [] for k in _CURVES}
+        self.skipped: dict[str, str] = {}
+        self.first_loss: float | None = None
+        self.last_epoch: EpochResult | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.seconds_before = 0.0
+        self.resumed = False
         self.t0 = time.perf_counter()
+
+    @property
+    def path(self):
+        return self.checkpointing.path
+
+    @property
+    def stopped_early(self) -> bool:
+        return any(cb.should_stop for cb in self.callbacks)
 
     # ------------------------------------------------------------------ the fit
 
@@ -194,41 +216,40 @@ class _Run:
             raise AdvisorError("a fine-tune needs at least 2 training images")
         # Train, validation and the warm-up's features all use this input size.
         self.backbone = self.backbone.with_input_size(cfg.input_size)
-        ckpt = self._read_checkpoint()
+        ckpt = self.checkpointing.read(self)
         model = self._build_model()
         if ckpt is None:
             try:
-                self._prepare(model)
+                run_hooks(self.callbacks, "on_fit_start", self, model)
             except KeyboardInterrupt:
                 ctx.event("interrupted", stage="setup")
                 raise
         else:
             model.load_state_dict(ckpt["model"])
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.lr_head, self.lr_backbone, cfg.weight_decay,
-                                                   layer_decay=cfg.layer_decay))
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr_head, self.lr_backbone, cfg.weight_decay,
+                                                        layer_decay=cfg.layer_decay))
         warmup_steps = min(cfg.warmup_epochs * self.steps_per_epoch, self.total_steps)
-        scheduler = warmup_cosine(optimizer, warmup_steps, self.total_steps)
-        decay = cfg.ema_decay(self.total_steps)
-        self.ema = WeightEMA(model, decay) if decay is not None else None
+        self.scheduler = warmup_cosine(self.optimizer, warmup_steps, self.total_steps)
+        run_hooks(self.callbacks, "on_train_start", self, model)
         if ckpt is not None:
-            self._restore(ckpt, model, optimizer, scheduler)
+            self._restore(ckpt, model)
 
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, seed=self.seed,
                                     weights=self._balanced_weights() if cfg.balanced_sampler else None)
         train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self._train_transform(), seed=self.seed), sampler)
-        val_loader = self._eval_loader(self.data.val)
-        holdout_loader = self._eval_loader(self.holdout) if self.holdout else None
+        val_loader = self.eval_loader(self.data.val)
+        holdout_loader = self.eval_loader(self.holdout) if self.holdout else None
         loss_weights = class_weights_from(self.labels, self.num_classes).to(self.dev) if self.weight_loss else None
         try:
             while self.pos.epoch < cfg.epochs and not self.stopped_early:
                 if self.pos.step < self.steps_per_epoch:
                     sampler.set_epoch(self.pos.epoch, self.pos.step)
-                    self._train_epoch(model, optimizer, scheduler, train_loader, loss_weights)
-                self._end_epoch(model, optimizer, scheduler, val_loader, holdout_loader)
+                    self._train_epoch(model, train_loader, loss_weights)
+                self._end_epoch(model, val_loader, holdout_loader)
         except KeyboardInterrupt:
-            path = self._save(model, optimizer, scheduler)
+            run_hooks(self.callbacks, "on_interrupt", self, model)
             ctx.event("interrupted", stage="train", epoch=self.pos.epoch, step_in_epoch=self.pos.step,
-                      global_step=self.pos.global_step, checkpoint=str(path))
+                      global_step=self.pos.global_step, checkpoint=str(self.path))
             raise
         return self._finish(model, val_loader)
 
@@ -245,18 +266,13 @@ class _Run:
         model.to(self.dev, memory_format=torch.channels_last)
         return model
 
-    def _reported(self, model: TransferClassifier) -> TransferClassifier:
-        """The weights a result reports: the EMA's when there is one (loaded into ``model``)."""
-        if self.ema is not None:
-            model.load_state_dict(self.ema.state)
-        return model
-
     def _finish(self, model: TransferClassifier, val_loader) -> tuple[RunResult, TransferClassifier]:
-        if self.best_state is not None:  # early stopping on the hold-out slice kept its best epoch
-            model.load_state_dict(self.best_state)
-        else:
-            self._reported(model)
-        logits, y, paths = self._evaluate(model, val_loader, self.data.val)
+        best = self.selection.best_state if self.selection is not None else None
+        if best is not None:  # early stopping on the hold-out slice kept its best epoch
+            model.load_state_dict(best)
+        elif self.averaging is not None:
+            self.averaging.load_into(model)
+        logits, y, paths = self.evaluate(model, val_loader, self.data.val)
         metrics = classification_metrics(logits, y, self.data.classes)
         trainable, total = count_params(model)
         seconds = self.seconds_before + time.perf_counter() - self.t0
@@ -265,15 +281,15 @@ class _Run:
             "frozen_stages": self.frozen,
             "trainable_stages": self.backbone.num_stages() - self.frozen,
             "epochs_run": self.pos.epoch,
-            "best_epoch": self.stopper.best_epoch if self.holdout else None,
-            "reported_weights": ("best hold-out epoch" if self.best_state is not None
-                                 else "EMA" if self.ema is not None else "final"),
+            "best_epoch": self.selection.stopper.best_epoch if self.selection is not None else None,
+            "reported_weights": ("best hold-out epoch" if best is not None
+                                 else "EMA" if self.averaging is not None else "final"),
             "holdout_images": len(self.holdout),
             "steps": self.pos.global_step,
             "lr_head": cfg.lr_head,
             "lr_backbone": self.lr_backbone,
             "bn": cfg.bn,
-            "head_warmup": self.warmup,
+            "head_warmup": self.warm_start.summary,
             "first_batch_loss": self.first_loss,
             "loss_weighting": "class" if self.weight_loss else "none",
             "balanced_sampler": cfg.balanced_sampler,
@@ -290,90 +306,6 @@ class _Run:
         )
         return result, model.eval()
 
-    # ------------------------------------------------------------------ before training
-
-    def _prepare(self, model: TransferClassifier) -> None:
-        """BatchNorm set-up by policy, then the warm-up head on the features training starts from."""
-        bn = self.cfg.bn
-        features = None
-        if bn == "adapt":
-            self._bn_pass(model, layers=None, collect=False)  # every BN re-estimated, then frozen
-        elif bn == "train":
-            # One pass both re-estimates the trainable BN layers and, since they normalise with batch
-            # statistics while it runs, yields exactly the features a training step's forward sees.
-            features = self._bn_pass(model, layers=trainable_bn_layers(model.backbone), collect=self.cfg.head_warmup)
-        if self.cfg.head_warmup:
-            self._warm_up_head(model, features)
-
-    def _bn_pass(self, model: TransferClassifier, *, layers, collect: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-        # Shuffled like training batches: in file order a batch holds one class, batch statistics then
-        # subtract the class's own mean, and the features lose exactly what the head must learn
-        # (measured: a cross-validated probe on such features scored 0.16 on a 2-class set).
-        order = torch.randperm(len(self.train_samples), generator=torch.Generator().manual_seed(mix_seed(self.seed, -2)))
-        loader = self._eval_loader(self.train_samples, order=order.tolist())
-        total = len(self.train_samples)
-        feats, labels = [], []
-
-        def forward(x: torch.Tensor) -> None:
-            out = model.backbone.forward_taps(x, [PRE_LOGITS])[PRE_LOGITS]
-            if collect:
-                feats.append(out.float().cpu())
-
-        def batches():
-            done = 0
-            for batch in loader:
-                self._note_bad(batch.bad, self.train_samples)
-                done += len(batch.y) + len(batch.bad)
-                if batch.x is not None:
-                    # Train-mode BN cannot normalise a batch of one; its statistics would be noise anyway.
-                    if len(batch.y) > 1:
-                        labels.append(batch.y)
-                        yield self._to_device(batch.x)
-                self.ctx.report("adapt_bn", done, total)
-
-        with self._autocast():
-            seen = reestimate_bn(model.backbone, batches(), forward=forward, layers=layers)
-        if seen == 0:
-            raise AdvisorError("no training image could be decoded")
-        self.ctx.event("adapt_bn", images=seen, layers="all" if layers is None else len(layers))
-        return (torch.cat(feats), torch.cat(labels)) if collect else None
-
-    def _warm_up_head(self, model: TransferClassifier, features: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        cfg = self.cfg
-        if features is None:
-            # Eval-mode features of the network as training starts: cached unless BN was re-estimated.
-            feature_set = extract_features(self.train_samples, self.backbone, taps=[PRE_LOGITS], cache_dir=self.ctx.cache_dir,
-                                  use_cache=cfg.bn == "frozen", device=str(self.dev), batch_size=cfg.batch_size,
-                                  num_workers=self.extract_workers, progress=lambda d, t: self.ctx.report("features", d, t))
-            for f in feature_set.summary.failed:
-                self._note_skipped(f.path, f.reason)
-            if feature_set.labels is None or len(feature_set.labels) == 0:
-                raise AdvisorError("no training image could be decoded")
-            features = (feature_set.features[PRE_LOGITS], feature_set.labels)
-        x, y = features
-        # One scale shared by all features (their RMS deviation), not one per feature: per-feature
-        # scaling blows near-constant features up to unit variance, the probe puts weight on them,
-        # and once fine-tuning moves them a little the logits explode. A shared scale keeps the
-        # geometry of the features, so the probe's L2 penalty is isotropic in the backbone's space.
-        per_feature = fit_standardizer(x)
-        std = Standardizer(per_feature.mean, torch.full_like(per_feature.std, float(per_feature.std.pow(2).mean().sqrt())))
-        # The probe sees the natural class mix (no sampler), so imbalance is corrected in its loss.
-        weights = class_weights_from(y, self.num_classes) if cfg.class_weighting or cfg.balanced_sampler else None
-        xs = std.apply(x)
-        l2, how = cfg.head_l2, "set in the recipe"
-        if l2 is None:
-            # Cross-validated like the probes: a head fitted at a tiny L2 memorises the training set
-            # (top probability ~1 on every image), so its gradients at the start of fine-tuning are ~0.
-            l2, _ = cv_select_l2(xs, y, num_classes=self.num_classes, class_weights=weights, seed=self.seed,
-                                 device=self.dev, standardize=False)
-            how = "cross-validated on the training split"
-        W, b = fit_logistic(xs, y, num_classes=self.num_classes, l2=l2, class_weights=weights, device=self.dev)
-        model.set_head(W, b, std.mean, std.std)
-        logits = xs @ W.T + b
-        self.warmup = {"l2": l2, "l2_choice": how, "train_accuracy": round(float((logits.argmax(1) == y).float().mean()), 4),
-                       "train_loss": round(float(F.cross_entropy(logits, y)), 4), "images": int(len(y)), "bn": cfg.bn}
-        self.ctx.event("head_warmup", **self.warmup)
-
     # ------------------------------------------------------------------ training
 
     def _train_transform(self):
@@ -386,17 +318,17 @@ class _Run:
         counts = torch.bincount(self.labels, minlength=self.num_classes).double()
         return 1.0 / counts[self.labels]
 
-    def _train_epoch(self, model, optimizer, scheduler, loader, loss_weights) -> None:
-        pos, cfg = self.pos, self.cfg
+    def _train_epoch(self, model, loader, loss_weights) -> None:
+        pos, cfg, optimizer, scheduler = self.pos, self.cfg, self.optimizer, self.scheduler
         train_mode(model, bn_train=self.bn_train)
         for batch in loader:
-            self._note_bad(batch.bad, self.train_samples)
+            self.note_bad(batch.bad, self.train_samples)
             # Dropout / drop-path noise is a function of (seed, epoch, step): a resumed run draws the same.
             torch.manual_seed(mix_seed(self.seed, pos.epoch, pos.step))
             loss_value = None
             if batch.x is not None:
-                x, y = self._to_device(batch.x), batch.y.to(self.dev, non_blocking=True)
-                with self._autocast():
+                x, y = self.to_device(batch.x), batch.y.to(self.dev, non_blocking=True)
+                with self.autocast():
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, weight=loss_weights, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -410,8 +342,7 @@ class _Run:
                 if loss_value is not None:
                     optimizer.step()
                     scheduler.step()
-                    if self.ema is not None:
-                        self.ema.update(model)
+                    run_hooks(self.callbacks, "on_optimizer_step", self, model)
                     pos.loss_sum += loss_value * len(batch.y)
                     pos.seen += len(batch.y)
                 else:  # every image of the batch was bad: the schedule still advances
@@ -421,45 +352,38 @@ class _Run:
                 pos.step += 1
                 pos.global_step += 1
             self.ctx.report("train", pos.global_step, self.total_steps)
-            every = cfg.checkpoint_every_steps
-            if every and pos.global_step % every == 0 and pos.step < self.steps_per_epoch:
-                self._save(model, optimizer, scheduler)
+            run_hooks(self.callbacks, "on_step_end", self, model)
 
-    def _end_epoch(self, model, optimizer, scheduler, val_loader, holdout_loader) -> None:
+    def _end_epoch(self, model, val_loader, holdout_loader) -> None:
         pos = self.pos
-        # Evaluate the weights that would be reported (the EMA's), then put the training weights back.
-        current = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.ema is not None else None
-        self._reported(model)
-        logits, y, _ = self._evaluate(model, val_loader, self.data.val)
+        run_hooks(self.callbacks, "on_validation_start", self, model)
+        logits, y, _ = self.evaluate(model, val_loader, self.data.val)
         accuracy = float((logits.argmax(1) == y).float().mean())
         val_loss = float(F.cross_entropy(logits, y))
         held_acc = held_loss = math.nan
         if holdout_loader is not None:
-            h_logits, h_y, _ = self._evaluate(model, holdout_loader, self.holdout)
+            h_logits, h_y, _ = self.evaluate(model, holdout_loader, self.holdout)
             held_acc, held_loss = float((h_logits.argmax(1) == h_y).float().mean()), float(F.cross_entropy(h_logits, h_y))
-        evaluated = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if self.holdout else None
-        if current is not None:
-            model.load_state_dict(current)
+        run_hooks(self.callbacks, "on_validation_end", self, model)
         # The lr of the epoch's last step, read off the schedule (valid after a resume too).
-        lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](pos.global_step - 1)
+        lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](pos.global_step - 1)
         with defer_sigint():
             epoch = pos.epoch + 1
             train_loss = pos.loss_sum / pos.seen if pos.seen else math.nan
+            self.last_epoch = EpochResult(epoch, train_loss, val_loss, accuracy, held_acc, held_loss, lr)
             for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("val_accuracy", accuracy),
                                ("holdout_accuracy", held_acc), ("lr", lr)):
                 if key != "holdout_accuracy" or self.holdout:
                     self.curves[key].append(value)
-            # Selection reads the hold-out slice of the training split only.
-            if self.holdout and self.stopper.update(epoch, held_acc, held_loss):
-                self.best_state = evaluated
             pos.epoch, pos.step, pos.loss_sum, pos.seen = epoch, 0, 0.0, 0
-            self.stopped_early = self.stopper.should_stop and epoch < self.cfg.epochs
-        self._save(model, optimizer, scheduler)
+            # Selection (on the hold-out slice of the training split only), then the checkpoint.
+            run_hooks(self.callbacks, "on_epoch_end", self, model)
         self.ctx.event("epoch", epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=accuracy,
                        holdout_accuracy=None if math.isnan(held_acc) else held_acc, lr=lr,
                        seconds=round(time.perf_counter() - self.t0, 2))
         if self.stopped_early:
-            self.ctx.event("early_stop", epoch=epoch, best_epoch=self.stopper.best_epoch, patience=self.stopper.patience)
+            stopper = self.selection.stopper
+            self.ctx.event("early_stop", epoch=epoch, best_epoch=stopper.best_epoch, patience=stopper.patience)
 
     # ------------------------------------------------------------------ evaluation and data
 
@@ -470,21 +394,23 @@ class _Run:
                                            collate_fn=collate_skip, pin_memory=self.cuda,
                                            persistent_workers=self.workers > 0)
 
-    def _eval_loader(self, samples: list[Sample], order: list[int] | None = None) -> torch.utils.data.DataLoader:
+    def eval_loader(self, samples: list[Sample], order: list[int] | None = None) -> torch.utils.data.DataLoader:
+        """Un-augmented batches of ``samples`` (in ``order``, default file order)."""
         keys = [(0, i) for i in (range(len(samples)) if order is None else order)]
         batches = [keys[i:i + self.cfg.batch_size] for i in range(0, len(keys), self.cfg.batch_size)]
         return self._loader(ImageDataset.from_samples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed), batches)
 
     @torch.inference_mode()
-    def _evaluate(self, model: TransferClassifier, loader, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def evaluate(self, model: TransferClassifier, loader, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(logits, labels, paths) of every image that decoded."""
         model.eval()
         logits, labels, paths = [], [], []
         for batch in loader:
-            self._note_bad(batch.bad, samples)
+            self.note_bad(batch.bad, samples)
             if batch.x is None:
                 continue
-            with self._autocast():
-                out = model(self._to_device(batch.x))
+            with self.autocast():
+                out = model(self.to_device(batch.x))
             logits.append(out.float().cpu())
             labels.append(batch.y)
             paths += [samples[i].path for i in batch.index.tolist()]
@@ -492,109 +418,39 @@ class _Run:
             raise AdvisorError("no validation image could be decoded")
         return torch.cat(logits), torch.cat(labels), paths
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
-    def _autocast(self):
+    def autocast(self):
         return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.cuda)
 
-    def _note_bad(self, bad: list[tuple[int, str]], samples: list[Sample]) -> None:
+    def note_bad(self, bad: list[tuple[int, str]], samples: list[Sample]) -> None:
         for i, reason in bad:
-            self._note_skipped(samples[i].path, reason)
+            self.note_skipped(samples[i].path, reason)
 
-    def _note_skipped(self, path: str, reason: str) -> None:
+    def note_skipped(self, path: str, reason: str) -> None:
         if path not in self.skipped:  # each bad file is reported once per run, however often it is drawn
             self.skipped[path] = reason
             self.ctx.event("skipped_image", path=path, reason=reason)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ resume
 
-    def _fingerprint(self) -> str:
-        rows = [self.data.classes, [(s.path, s.label) for s in self.data.train], [(s.path, s.label) for s in self.data.val]]
-        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-    def _compared_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in config.items() if k not in _RESUME_FREE}
-
-    def _save(self, model, optimizer, scheduler):
-        pos = self.pos
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "strategy": self.name,
-            "config": self.cfg.model_dump(mode="json"),
-            "seed": self.seed,
-            "backbone": {"name": self.backbone.name, "weights_digest": self.backbone.weights_digest,
-                         "transform": self.backbone.transform_config.model_dump(mode="json")},
-            "data": self._fingerprint(),
-            "frozen_stages": self.frozen,
-            "trainable": trainable_names(model),
-            "epoch": pos.epoch,
-            "step_in_epoch": pos.step,
-            "global_step": pos.global_step,
-            "epoch_loss_sum": pos.loss_sum,
-            "epoch_seen": pos.seen,
-            "steps_per_epoch": self.steps_per_epoch,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "early_stopping": self.stopper.state_dict(),
-            "best_model": self.best_state,
-            "stopped_early": self.stopped_early,
-            "curves": {k: list(v) for k, v in self.curves.items()},
-            "skipped": dict(self.skipped),
-            "head_warmup": self.warmup,
-            "first_loss": self.first_loss,
-            "rng": get_rng_state(),
-            "seconds": self.seconds_before + time.perf_counter() - self.t0,
-        }
-        return save_checkpoint(self.path, state)
-
-    def _read_checkpoint(self) -> dict[str, Any] | None:
-        if not self.ctx.resume or not self.path.exists():
-            return None
-        ckpt = load_checkpoint(self.path)
-        transform = self.backbone.transform_config.model_dump(mode="json")
-        checks = [
-            ("format", ckpt.get("format"), CHECKPOINT_FORMAT),
-            ("strategy", ckpt.get("strategy"), self.name),
-            ("seed", ckpt.get("seed"), self.seed),
-            ("backbone", ckpt.get("backbone"), {"name": self.backbone.name, "weights_digest": self.backbone.weights_digest,
-                                                "transform": transform}),
-            ("dataset", ckpt.get("data"), self._fingerprint()),
-            ("frozen_stages", ckpt.get("frozen_stages"), self.frozen),
-            ("config", self._compared_config(ckpt.get("config") or {}), self._compared_config(self.cfg.model_dump(mode="json"))),
-        ]
-        for what, saved, now in checks:
-            if saved != now:
-                detail = ""
-                if what == "config":
-                    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-                    detail = f" ({', '.join(f'{k}: {saved.get(k)!r} then, {now.get(k)!r} now' for k in diff)})"
-                raise AdvisorError(f"checkpoint {self.path} is from a different run: its {what} differs{detail}",
-                                   hint="resume with the same settings, or start over without resuming")
-        return ckpt
-
-    def _restore(self, ckpt: dict[str, Any], model, optimizer, scheduler) -> None:
+    def _restore(self, ckpt: dict[str, Any], model: TransferClassifier) -> None:
         if ckpt["trainable"] != trainable_names(model):
             raise AdvisorError(f"checkpoint {self.path} trained other parameters than this run would",
                                hint="start over without resuming")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
         self.pos = _Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]),
                              float(ckpt["epoch_loss_sum"]), int(ckpt["epoch_seen"]))
-        self.stopper.load_state_dict(ckpt["early_stopping"])
-        if self.ema is not None and ckpt.get("ema") is not None:
-            self.ema.load_state_dict(ckpt["ema"])
+        for cb in self.callbacks:
+            cb.load_state_dict(ckpt)
         self.first_loss = ckpt.get("first_loss")
-        self.best_state = ckpt["best_model"]
-        self.stopped_early = bool(ckpt["stopped_early"])
         self.curves = {k: list(ckpt["curves"].get(k, [])) for k in _CURVES}
         self.skipped = dict(ckpt["skipped"])
-        self.warmup = ckpt["head_warmup"]
         self.seconds_before = float(ckpt["seconds"])
         self.resumed = True
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])  # last: nothing after it may draw
         self.ctx.event("resumed", checkpoint=str(self.path), epoch=self.pos.epoch, step_in_epoch=self.pos.step,
                        global_step=self.pos.global_step)
 
@@ -613,7 +469,7 @@ class _Finetune(Strategy):
 
     def fit(self, data: RunData, backbone: Backbone, config: FinetuneConfig, ctx: RunContext) -> tuple[RunResult, TransferClassifier]:
         config = self.Config.model_validate(config.model_dump()) if not isinstance(config, self.Config) else config
-        return _Run(self.name, data, backbone, config, self._frozen(config, backbone), ctx).fit()
+        return FinetuneLoop(self.name, data, backbone, config, self._frozen(config, backbone), ctx).fit()
 
 
 @register_strategy("partial-finetune")
