@@ -215,6 +215,20 @@ def calibrate_budget(points: list[dict], base: Thresholds) -> tuple[Thresholds, 
     return base.model_copy(update={"min_schedule_fraction": cut}), evidence
 
 
+def budget_report(points: list[dict], calibrated: Thresholds) -> dict:
+    """Regret on the capped suite under the thresholds before rule 4 moved, after, and with rule 4 held out."""
+    before = calibrated.model_copy(update={"min_schedule_fraction": PROVISIONAL.min_schedule_fraction})
+    rows = []
+    for p in points:
+        rest = [q for q in points if q["group"] != p["group"]]
+        held, _ = calibrate_budget(rest, calibrated)
+        rows.append({"dataset": p["dataset"], "share": round(schedule_share(p) or 1.0, 3),
+                     "best": max(p["accuracy"], key=p["accuracy"].get),
+                     **{label: {"strategy": strategy_for(p, t), "regret": round(regret(p, t), 3)}
+                        for label, t in (("before", before), ("after", calibrated), ("held_out", held))}})
+    return {"rows": rows}
+
+
 def _fit(points: list[dict], base: Thresholds) -> tuple[Thresholds, dict]:
     """Rules 3 and 4 on these points."""
     t, evidence = calibrate_boundaries(points, base)
@@ -241,12 +255,18 @@ def joint_grid(points: list[dict], base: Thresholds) -> tuple[Thresholds, float]
     return best, best_key[0] if best_key else math.nan
 
 
-def calibrate(suite: list[dict], sweeps: dict, *, size_subsets: bool = True) -> dict:
+def calibrate(suite: list[dict], sweeps: dict, *, size_subsets: bool = True, budget_suite: list[dict] | None = None) -> dict:
+    """Rules 1-4 on the measurements; ``budget_suite`` (capped runs of another suite) sets rule 4 alone."""
     probe_stages, tap_notes = calibrate_probe_stages(sweeps)
     frozen_fraction, depth_means = calibrate_frozen_fraction(sweeps)
     base = PROVISIONAL.model_copy(update={"probe_stages": probe_stages, "frozen_fraction": round(frozen_fraction, 3)})
     points = data_points(suite, sweeps, size_subsets=size_subsets)
     calibrated, evidence = _fit(points, base)
+    budget = None
+    if budget_suite is not None:
+        budget_points = data_points(budget_suite, {}, size_subsets=False)
+        calibrated, evidence["budget"] = calibrate_budget(budget_points, calibrated)
+        budget = budget_report(budget_points, calibrated)
     grid, grid_mean = joint_grid(points, base)
     grid_lodo = {}
     held_out = {}
@@ -272,6 +292,7 @@ def calibrate(suite: list[dict], sweeps: dict, *, size_subsets: bool = True) -> 
             "held_out": lodo,
         })
     return {
+        "budget_suite": budget,
         "thresholds": {k: getattr(calibrated, k) for k in CALIBRATED},
         "provisional": {k: getattr(PROVISIONAL, k) for k in CALIBRATED},
         "tap_notes": tap_notes, "depth_mean_accuracy": {str(k): round(v, 4) for k, v in sorted(depth_means.items())},
@@ -315,6 +336,19 @@ def markdown(result: dict) -> str:
         lines.append(f"budget (rule 4): capped fine-tunes beat both probes at schedule shares {budget['won'] or 'none'} "
                      f"and lost at {budget['lost'] or 'none'}; the cut misplaces {budget['misplaced']} of "
                      f"{budget['points']} points")
+    if result.get("budget_suite"):
+        lines += ["", "budget suite (rule 4 alone; size and similarity as above):", "",
+                  "| dataset | share of schedule | best | before: strategy | regret | after: strategy | regret "
+                  "| held out: strategy | regret |", "|---|---|---|---|---|---|---|---|---|"]
+        brows = result["budget_suite"]["rows"]
+        for r in brows:
+            lines.append(f"| {r['dataset']} | {r['share']:.2f} | {r['best']} | {r['before']['strategy']} | "
+                         f"{r['before']['regret']:.2f} | {r['after']['strategy']} | {r['after']['regret']:.2f} | "
+                         f"{r['held_out']['strategy']} | {r['held_out']['regret']:.2f} |")
+        lines.append("")
+        for label in ("before", "after", "held_out"):
+            vals = [r[label]["regret"] for r in brows]
+            lines.append(f"budget suite, {label.replace('_', ' ')}: mean regret {_mean(vals):.2f} points, max {max(vals):.2f}")
     g = result["joint_grid"]
     gs = list(g["suite_regret"].values())
     gh = list(g["held_out_regret"].values())
@@ -334,9 +368,12 @@ def main() -> None:
     ap.add_argument("--out", default="docs/calibration")
     ap.add_argument("--no-size-subsets", action="store_true",
                     help="use the sweeps for taps and depth only (when they were measured under another recipe)")
+    ap.add_argument("--budget-suite", default=None,
+                    help="a suite run under an epoch cap: sets min_schedule_fraction (rule 4) alone")
     args = ap.parse_args()
     result = calibrate(json.loads(Path(args.suite).read_text()), json.loads(Path(args.sweeps).read_text()),
-                       size_subsets=not args.no_size_subsets)
+                       size_subsets=not args.no_size_subsets,
+                       budget_suite=json.loads(Path(args.budget_suite).read_text()) if args.budget_suite else None)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = markdown(result)
