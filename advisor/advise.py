@@ -125,6 +125,14 @@ def save_plan(plan: RunPlan, path: str | os.PathLike) -> Path:
     return write_text_atomic(path, plan.model_dump_json(indent=2))
 
 
+def save_advice(rec: Recommendation, path: str | os.PathLike) -> tuple[Path, Path]:
+    """The plan at ``path`` and, next to it, its report (``plan.json`` -> ``plan.html``)."""
+    from advisor.report.html import recommendation_page
+
+    plan_path = save_plan(rec.plan, path)
+    return plan_path, write_text_atomic(plan_path.with_suffix(".html"), recommendation_page(rec))
+
+
 def load_plan(path: str | os.PathLike) -> RunPlan:
     """Read a plan saved by ``recommend --save-plan``; a missing or bad file is a one-line error."""
     return read_model(path, RunPlan, fix="write a fresh one with advisor recommend DATASET --save-plan FILE")

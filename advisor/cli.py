@@ -405,19 +405,18 @@ def recommend_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
-    from advisor.advise import recommend_dataset, save_plan as write_plan
+    from advisor.advise import recommend_dataset, save_advice
 
     with stage_bars() as cb:
         rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                                 device=device, cache_dir=cache_dir, progress=cb, epochs_cap=epochs)
-    if save_plan is not None:
-        write_plan(rec.plan, save_plan)
+    saved = save_advice(rec, save_plan) if save_plan is not None else None
     if json_out:
         _print_json(rec)
         return
     render_recommendation(rec)
-    if save_plan is not None:
-        out.print(f"plan saved to {shown(save_plan)}", soft_wrap=True)
+    if saved is not None:
+        out.print(f"plan saved to {shown(saved[0])}, its report to {shown(saved[1])}", soft_wrap=True)
 
 
 def render_result(outcome) -> None:
@@ -446,6 +445,7 @@ def render_result(outcome) -> None:
     out.print(t)
     out.print(f"artifacts in [bold]{shown(outcome.run_dir)}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
               soft_wrap=True)
+    out.print(f"report: [bold]{shown(Path(outcome.run_dir) / 'report.html')}[/bold] (open it in a browser)", soft_wrap=True)
     out.print(f"predict with: advisor predict {shown(outcome.run_dir)} IMAGE_OR_FOLDER", soft_wrap=True)
 
 
@@ -579,7 +579,18 @@ def compare_cmd(
     out.print(f"{shown(res.verdict)}. Regret [bold]{res.regret_points:.2f}[/bold] accuracy points "
               f"[{res.regret_ci[0]:.2f}, {res.regret_ci[1]:.2f}]; recommend took {res.recommend_seconds:.1f} s = "
               f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
-    out.print(f"saved to {shown(res.saved_to)}", soft_wrap=True)
+    out.print(f"saved to {shown(res.saved_to)}; report: [bold]{shown(Path(res.saved_to).parent / 'report.html')}[/bold]",
+              soft_wrap=True)
+
+
+@app.command("report")
+def report_cmd(
+    path: Path = typer.Argument(..., help="A run directory (from `advisor run`) or a compare directory (from `advisor compare`)."),
+) -> None:
+    """(Re)build report.html in a run or compare directory: figures, rules, the confidently wrong images."""
+    from advisor.report.html import write_report_html
+
+    out.print(f"report written to [bold]{shown(write_report_html(path))}[/bold]", soft_wrap=True)
 
 
 def _click_exceptions():

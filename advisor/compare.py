@@ -146,6 +146,9 @@ def compare(
         saved_to=str(base / "compare.json"), recommendation=rec,
     )
     write_text_atomic(base / "compare.json", result.model_dump_json(indent=2))
+    from advisor.report.html import write_report_html  # the report module reads Comparison from here
+
+    write_report_html(base)
     return result
 
 

@@ -76,3 +76,4 @@ class RunResult(BaseModel):
     # (path, true class, predicted class) of every validation image evaluated: paired comparisons
     # between strategies (compare) need the per-image outcomes, not only the accuracy.
     predictions: list[tuple[str, int, int]] = []
+    confidence: list[float] = []  # per prediction: the probability of the predicted class (report galleries)

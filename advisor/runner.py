@@ -9,6 +9,7 @@ A run directory ``<runs>/<dataset>-<strategy>-<time>/`` holds::
     result.json      the strategy's RunResult (parameters, time, what it selected)
     model.safetensors + model.json   the trained classifier and its card (no pickle)
     report.md        a readable summary
+    report.html      the same with figures (map, curves, confusion matrix, most confidently wrong), self-contained
     events.jsonl     the event log
     checkpoints/     fine-tunes: the last checkpoint (resume restarts from it)
 
@@ -36,6 +37,7 @@ from advisor.errors import AdvisorError
 from advisor.features import resolve_device
 from advisor.models import DatasetProfile, Recommendation, RunPlan
 from advisor.report import run_report_md
+from advisor.report.html import write_report_html
 from advisor.results import RunResult
 
 DEFAULT_RUNS_DIR = "runs"
@@ -117,12 +119,14 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
                          metrics={"val_accuracy": result.metrics.val_accuracy}, created=_now(), advisor_version=__version__)
         model_path, card_path = save_classifier(model, run_dir, card)
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
-                                 "report": str(run_dir / "report.md"), "events": str(run_dir / "events.jsonl")})
+                                 "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
+                                 "events": str(run_dir / "events.jsonl")})
         write_text_atomic(run_dir / "metrics.json",
                           json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
         _write(run_dir, "result.json", result)
         report = run_report_md(plan, result, dataset=state.dataset, run_dir=run_dir, recommendation=recommendation)
         write_text_atomic(run_dir / "report.md", report)
+        write_report_html(run_dir)
     except KeyboardInterrupt:
         state.status = "interrupted"
         _write(run_dir, "run.json", state)

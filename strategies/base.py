@@ -56,6 +56,11 @@ def predictions_of(logits: torch.Tensor, y: torch.Tensor, paths: list[str]) -> l
     return [(p, int(t), int(q)) for p, t, q in zip(paths, y.tolist(), pred)]
 
 
+def confidence_of(logits: torch.Tensor) -> list[float]:
+    """Per-image softmax probability of the predicted class, for :attr:`RunResult.confidence`."""
+    return [round(float(v), 4) for v in torch.softmax(logits.float(), dim=1).amax(1)]
+
+
 @dataclass
 class RunData:
     """The images a run trains and validates on."""

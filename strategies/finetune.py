@@ -58,7 +58,7 @@ from advisor.models import RunPlan
 from advisor.recipe import FinetuneRecipe
 from advisor.results import RunResult, classification_metrics
 from advisor.rules import frozen_stages_for
-from strategies.base import RunContext, RunData, Strategy, count_params, predictions_of, register_strategy
+from strategies.base import RunContext, RunData, Strategy, confidence_of, count_params, predictions_of, register_strategy
 from strategies.callbacks import (
     CHECKPOINT_FORMAT,
     Callback,
@@ -303,6 +303,7 @@ class FinetuneLoop:
             trainable_params=trainable, total_params=total, seconds=round(seconds, 2), device=str(self.dev),
             selected=selected, artifacts={"checkpoint": str(self.path)}, epochs_completed=self.pos.epoch,
             stopped_early=self.stopped_early, predictions=predictions_of(logits, y, paths),
+            confidence=confidence_of(logits),
         )
         return result, model.eval()
 

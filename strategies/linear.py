@@ -20,7 +20,7 @@ from advisor.logistic import class_weights_from
 from advisor.models import RunPlan
 from advisor.results import RunResult, classification_metrics
 from advisor.rules import probe_sweep_taps
-from strategies.base import RunContext, RunData, Strategy, count_params, predictions_of, register_strategy
+from strategies.base import RunContext, RunData, Strategy, confidence_of, count_params, predictions_of, register_strategy
 from strategies.probe import fit_probe, layer_probe_sweep
 
 
@@ -91,6 +91,7 @@ class _Probe(Strategy):
                       "cv_table": [list(r) for r in fit.cv_table], "features_from_cache": feature_set.summary.from_cache,
                       "features_computed": feature_set.summary.computed},
             sweep=sweep, predictions=predictions_of(logits, feature_set.labels[va], [feature_set.paths[i] for i in va.tolist()]),
+            confidence=confidence_of(logits),
         )
         return result, model.eval()
 

@@ -15,9 +15,20 @@ def accuracy_phrase(m: Metrics, *, emphasis: Callable[[str], str] = str) -> str:
     return f"{emphasis(f'{m.val_accuracy:.4f}')} (95 % CI {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}"
 
 
-def selected_items(result: RunResult) -> dict[str, object]:
-    """What the strategy chose, without the bulky CV table."""
-    return {k: v for k, v in result.selected.items() if k != "cv_table"}
+def readable(value: object) -> str:
+    """A value as a person reads it: lists joined, floats to 4 significant digits, dicts as 'key value' pairs."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {readable(v)}" for k, v in value.items())
+    return "none" if value is None else str(value)
+
+
+def selected_items(result: RunResult) -> dict[str, str]:
+    """What the strategy chose, readable, without the bulky CV table."""
+    return {k: readable(v) for k, v in result.selected.items() if k != "cv_table"}
 
 
 def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Path,
