@@ -30,6 +30,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Transfer-learning advisor: measure an image dataset, place it in the 2x2 table, run the advice.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from advisor import __version__
+
+        typer.echo(f"advisor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Transfer-learning advisor: measure an image dataset, place it in the 2x2 table, run the advice."""
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -70,10 +84,17 @@ def shown(value: object) -> str:
     return escape(text)
 
 
+# What each stage's progress counts: the training bar counts optimiser steps, not images.
+_STAGE_UNITS = {"train": "step"}
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
+        unit = task.fields.get("unit", "img")
+        if not unit:
+            return Text("")
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s", style="cyan")
+        return Text(f"{speed:6.1f} {unit}/s" if speed else f"   -- {unit}/s", style="cyan")
 
 
 @contextmanager
@@ -233,17 +254,34 @@ SeedOpt = typer.Option(0, "--seed", help="Seed of the sample, the bootstrap and 
 
 @contextmanager
 def stage_bars():
-    """Progress bars for the profiler's stages; yields its ``(stage, done, total)`` callback."""
+    """Progress bars for the core's stages: yields its ``(stage, done, total)`` callback.
+
+    The callback also has an ``event`` hook the runner passes on: each finished epoch prints a line
+    above the bars (loss, held-out accuracy, learning rate), as fastai and Lightning do.
+    """
     with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+        class Reporter:
+            def __call__(self, stage: str, done: int, total: int) -> None:
+                # A one-shot solve (the probe's fit) has no steps to count: a pulsing bar, not "0/1".
+                one_shot = total == 1 and done == 0
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=None if one_shot else total, unit=_STAGE_UNITS.get(stage, "img")
+                                                if not one_shot else "")
+                bar.update(tasks[stage], completed=done, total=None if one_shot else total)
 
-        yield update
+            def event(self, record: dict) -> None:
+                if record.get("event") != "epoch":
+                    return
+                hold = record.get("holdout_accuracy")
+                bar.console.print(
+                    f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
+                    f"val acc {record['val_accuracy']:.4f}" + (f"  hold-out acc {hold:.4f}" if hold is not None else "")
+                    + f"  lr {record['lr']:.2e}  {record['seconds']:.0f} s", highlight=False, soft_wrap=True)
+
+        yield Reporter()
 
 
 def _iv(iv, fmt: str = ".3f") -> str:
@@ -429,7 +467,12 @@ def render_result(outcome) -> None:
     out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
     sel = selected_items(r)
     if sel:
-        out.print("chose: " + "; ".join(f"{k} {shown(v)}" for k, v in sel.items()), soft_wrap=True)
+        t = Table(title="What the strategy chose", title_justify="left", show_header=False)
+        t.add_column("setting", style="bold")
+        t.add_column("value", overflow="fold")
+        for k, v in sel.items():
+            t.add_row(k, shown(v))
+        out.print(t)
     if r.sweep:
         t = Table(title="Layer sweep (cross-validated on the training split)", title_justify="left")
         for c in ("taps", "dim", "CV accuracy", "L2"):
@@ -540,7 +583,7 @@ def predict_cmd(
 @app.command("compare")
 def compare_cmd(
     dataset: Path = DatasetArg,
-    strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated subset [default: all four]."),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated subset (default: all four)."),
     backbone: str = BackboneOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", callback=_folder,
                                   help="Where the comparison's runs and compare.json go."),

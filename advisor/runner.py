@@ -107,7 +107,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     backbone = create_backbone(plan.backbone)
     ctx = RunContext(run_dir=run_dir, device=resolve_device(state.device), seed=plan.seed,
                      cache_dir=Path(state.cache_dir) if state.cache_dir else None, num_workers=state.num_workers,
-                     resume=resume, progress=progress)
+                     resume=resume, progress=progress, on_event=getattr(progress, "event", None))
     state.status = "running"
     _write(run_dir, "run.json", state)
     ctx.event("resume" if resume else "start", strategy=plan.strategy, dataset=state.dataset)
@@ -229,8 +229,9 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                             cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
                             force_strategy=strategy, epochs_cap=epochs)
+    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
+    rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None:
         on_recommendation(rec)
-    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     return run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=device, cache_dir=cache_dir,
                     num_workers=num_workers, progress=progress, recommendation=rec)

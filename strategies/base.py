@@ -92,6 +92,7 @@ class RunContext:
     num_workers: int | None = None
     resume: bool = False
     progress: Callable[[str, int, int], None] | None = None
+    on_event: Callable[[dict], None] | None = None  # sees every event as it is logged (live epoch lines)
     events: list[dict] = field(default_factory=list)
 
     def event(self, kind: str, **data: Any) -> None:
@@ -101,6 +102,8 @@ class RunContext:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "events.jsonl", "a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
+        if self.on_event is not None:
+            self.on_event(rec)
 
     def report(self, stage: str, done: int, total: int) -> None:
         if self.progress:

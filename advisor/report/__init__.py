@@ -22,7 +22,7 @@ def readable(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(readable(v) for v in value) or "none"
     if isinstance(value, dict):
-        return "; ".join(f"{k} {readable(v)}" for k, v in value.items())
+        return ", ".join(f"{k} {readable(v)}" for k, v in value.items())
     return "none" if value is None else str(value)
 
 
