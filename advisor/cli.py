@@ -508,6 +508,8 @@ def run_cmd(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     workers: Optional[int] = WorkersOpt,
+    keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
+                                         help="Keep checkpoints/ (weights + optimiser) after the run finishes."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
@@ -535,11 +537,12 @@ def run_cmd(
 
                 plan = runner.apply_overrides(load_plan(plan_file), epochs=epochs, input_size=input_size, strategy=strategy)
                 outcome = runner.run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
-                                          num_workers=workers, progress=cb)
+                                          num_workers=workers, progress=cb, keep_checkpoint=keep_checkpoint)
             else:
                 outcome = runner.auto_run(dataset, strategy=strategy, backbone=backbone, sample_size=sample_size, seed=seed,
                                           runs_dir=runs_dir, device=dev, cache_dir=cache_dir, num_workers=workers,
-                                          epochs=epochs, input_size=input_size, progress=cb, on_recommendation=show)
+                                          epochs=epochs, input_size=input_size, progress=cb, on_recommendation=show,
+                                          keep_checkpoint=keep_checkpoint)
     except runner.RunInterrupted as stop:
         err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {shown(stop.run_dir)}",
                           soft_wrap=True)
@@ -624,6 +627,25 @@ def compare_cmd(
               f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
     out.print(f"saved to {shown(res.saved_to)}; report: [bold]{shown(Path(res.saved_to).parent / 'report.html')}[/bold]",
               soft_wrap=True)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write (default: RUN_DIR/export)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Export the whole classifier: timm safetensors (timm's key names), TorchScript, ONNX where installed."""
+    from advisor.export import export_run
+
+    res = export_run(run_dir, out_dir=out_dir)
+    if json_out:
+        _print_json(res)
+        return
+    for fmt, path in res.files.items():
+        out.print(f"{fmt}: {shown(path)} (max |logit difference| {res.max_abs_diff.get(fmt, 0.0):.1e})", soft_wrap=True)
+    for fmt, why in res.skipped.items():
+        out.print(f"[yellow]{fmt} skipped[/yellow]: {shown(why)}", soft_wrap=True)
 
 
 @app.command("report")

@@ -106,7 +106,7 @@ def compare(
         plan = apply_overrides(plan, input_size=input_size, epochs=cap)
         ts = time.perf_counter()
         out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,
-                       num_workers=num_workers, progress=progress)
+                       num_workers=num_workers, progress=progress, recommendation=rec)
         r, m = out.result, out.result.metrics
         predictions[name] = r.predictions
         rows.append(CompareRow(

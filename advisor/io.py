@@ -56,6 +56,16 @@ def storage_error(path: str | os.PathLike, err: OSError, *, needed: int | None =
     return AdvisorError(f"cannot write {path} ({err.strerror or err})", hint="check the disk and the folder")
 
 
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which races with other threads.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, needed: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success it replaces ``path``, on any failure it is removed."""
@@ -71,6 +81,8 @@ def atomic_path(path: str | os.PathLike, *, needed: int | None = None) -> Iterat
         yield tmp
         with open(tmp, "rb") as f:  # the bytes are on disk before the rename makes them visible
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; artifacts get the mode any new file would (0644 under umask 022).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +65,7 @@ class RunState(BaseModel):
     finished: str | None = None
     advisor_version: str = __version__
     error: str | None = None
+    keep_checkpoint: bool = False  # a finished run drops its resume checkpoint unless asked to keep it
 
 
 class RunOutcome(BaseModel):
@@ -121,6 +123,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
                                  "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
                                  "events": str(run_dir / "events.jsonl")})
+        if not state.keep_checkpoint:
+            result.artifacts.pop("checkpoint", None)  # removed once the run has finished
         write_text_atomic(run_dir / "metrics.json",
                           json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
         _write(run_dir, "result.json", result)
@@ -142,6 +146,9 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         raise
     state.status, state.finished = "finished", _now()
     _write(run_dir, "run.json", state)
+    if not state.keep_checkpoint:
+        # The model is saved and the run finished: the resume checkpoint (weights + optimiser) is dead weight.
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
     return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report=report, recommendation=recommendation)
 
@@ -158,6 +165,7 @@ def run_plan(
     progress=None,
     recommendation: Recommendation | None = None,
     profile: DatasetProfile | None = None,
+    keep_checkpoint: bool = False,
 ) -> RunOutcome:
     """Start a new run of ``plan`` (on ``dataset``, default the plan's own)."""
     dataset = str(Path(dataset or plan.dataset).resolve())
@@ -170,7 +178,8 @@ def run_plan(
         raise AdvisorError(f"run directory {rd} already exists and is not empty", hint="use --resume to continue it")
     rd.mkdir(parents=True, exist_ok=True)
     state = RunState(dataset=dataset, strategy=plan.strategy, status="running", device=device,
-                     cache_dir=str(cache_dir) if cache_dir else None, num_workers=num_workers, started=_now())
+                     cache_dir=str(cache_dir) if cache_dir else None, num_workers=num_workers, started=_now(),
+                     keep_checkpoint=keep_checkpoint)
     _write(rd, "plan.json", plan)
     if profile is not None or recommendation is not None:
         _write(rd, "profile.json", profile or recommendation.profile)
@@ -220,7 +229,8 @@ def apply_overrides(plan: RunPlan, *, epochs: int | None = None, input_size: int
 def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbone: str = "efficientnet_lite0",
              sample_size: int = 300, seed: int = 0, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, device: str | None = None,
              cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
-             input_size: int | None = None, progress=None, on_recommendation=None) -> RunOutcome:
+             input_size: int | None = None, progress=None, on_recommendation=None,
+             keep_checkpoint: bool = False) -> RunOutcome:
     """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan.
 
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
@@ -234,4 +244,4 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     if on_recommendation is not None:
         on_recommendation(rec)
     return run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=device, cache_dir=cache_dir,
-                    num_workers=num_workers, progress=progress, recommendation=rec)
+                    num_workers=num_workers, progress=progress, recommendation=rec, keep_checkpoint=keep_checkpoint)

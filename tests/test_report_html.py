@@ -42,6 +42,8 @@ def test_every_run_writes_a_self_contained_escaped_report(finished_run):
     assert f"{m.val_accuracy:.4f}" in page
     assert page.count("<svg") >= 3  # map, curves, confusion matrix
     assert "forced" in page  # the strategy was forced and the report says so
+    # a finished run keeps its model and drops the resume checkpoint
+    assert not (Path(finished_run.run_dir) / "checkpoints").exists() and "checkpoint" not in finished_run.result.artifacts
 
 
 def test_report_command_rebuilds_the_page(finished_run, tmp_path):

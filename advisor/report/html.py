@@ -156,8 +156,7 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> l
         out += _figure(curves, "Per epoch: training and validation loss, validation accuracy (recorded, never used to "
                                "select anything) and the learning rate at the epoch's last step.")
     else:
-        out.append("<p class=\"caption\">A probe is fitted in one solve (no epochs); its cross-validated choices are "
-                   "below.</p>")
+        out.append("<p class=\"caption\">A probe is fitted in one solve: there are no epochs to plot.</p>")
     if result.sweep:
         out.append("<h2>Layer sweep</h2><p class=\"caption\">Cross-validated on the training split; the simplest candidate "
                    "within one standard error of the best is kept.</p>")
