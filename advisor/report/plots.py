@@ -54,7 +54,7 @@ def quadrant_map(rec: Recommendation, references: Sequence[dict]) -> str:
     x = max(p.train_per_class_median, 1.0)
     if p.similarity is not None:
         s = p.similarity.score
-        ax.errorbar([x], [s.value], yerr=[[s.value - s.low], [s.high - s.value]], fmt="o", color="#D55E00",
+        ax.errorbar([x], [s.value], yerr=[[max(0.0, s.value - s.low)], [max(0.0, s.high - s.value)]], fmt="o", color="#D55E00",
                     ms=8, capsize=4, zorder=3, label=f"this dataset ({rec.quadrant_rule})")
     else:
         ax.axvline(x, color="#D55E00", lw=2, alpha=0.6, label="this dataset (similarity not measured)")
@@ -183,7 +183,8 @@ def compare_bars(rows: Sequence[dict]) -> str:
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.0, 2.8))
     names = [r["strategy"] for r in rows]
     acc = [r["val_accuracy"] for r in rows]
-    err = [[r["val_accuracy"] - r["ci"][0] for r in rows], [r["ci"][1] - r["val_accuracy"] for r in rows]]
+    # Wilson bounds can sit a rounding error inside the point estimate at 0 or 1: clamp.
+    err = [[max(0.0, r["val_accuracy"] - r["ci"][0]) for r in rows], [max(0.0, r["ci"][1] - r["val_accuracy"]) for r in rows]]
     colours = [STRATEGY_COLOURS.get(n, "#777777") for n in names]
     a.barh(range(len(rows)), acc, xerr=err, color=colours, capsize=3)
     marks = [(" ★ best" if r.get("winner") else "") + (" ◆ recommended" if r.get("recommended") else "") for r in rows]
