@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 from advisor.errors import AdvisorError
+from advisor.features import resolve_device
+from advisor.forecast import Forecast, decode_seconds, finetune_step_seconds, forecast
 from advisor.io import read_model, write_text_atomic
 from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
+from advisor.recipe import default_recipe
 from advisor.rules import Thresholds, plan_for_strategy, recommend
 
 
@@ -117,8 +120,26 @@ def recommend_dataset(
             rec.plan.notes.append(f"added {best} to the sweep: it has the best per-depth evidence")
     if force_strategy is not None:
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
+    if profile.probe_cv:
+        rec.forecast = _forecast(rec, backbone_model, scan, device=device)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
+
+
+def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None) -> Forecast:
+    p = rec.profile
+    plan = rec.plan
+    epochs = plan.recipe.epochs if plan.recipe is not None else default_recipe(p.train_images, full=True).epochs
+    if rec.epochs_cap is not None:
+        epochs = min(epochs, rec.epochs_cap)
+    step = finetune_step_seconds(backbone_model, input_size=p.input_size, batch_size=plan.batch_size,
+                                 device=resolve_device(device))
+    val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
+    sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
+    decode = decode_seconds(sample, backbone_model.transform_config.eval_transform())
+    return forecast(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
+                    per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
+                    epochs=epochs, step_seconds=step, batch_size=plan.batch_size, decode_seconds_per_image=decode)
 
 
 def save_plan(plan: RunPlan, path: str | os.PathLike) -> Path:

@@ -400,6 +400,19 @@ def render_recommendation(rec) -> None:
     out.print("plan: " + "; ".join(f"{k} {shown(v)}" for k, v in fields.items() if v is not None), soft_wrap=True)
     for n in plan.notes:
         out.print(f"  [dim]- {shown(n)}[/dim]", soft_wrap=True)
+    if rec.forecast is not None and rec.forecast.strategies:
+        t = Table(title="Forecast before training (accuracy with an 80 % interval; time on this device)", title_justify="left")
+        for c in ("strategy", "accuracy", "80 % interval", "time", "from"):
+            t.add_column(c, overflow="fold")
+        for f in rec.forecast.strategies:
+            when = f"{f.seconds:.0f} s" if f.seconds is not None else "-"
+            if f.epochs and f.seconds_per_epoch is not None:
+                when += f" ({f.epochs} x {f.seconds_per_epoch:.0f} s)"
+            mark = " ◆" if f.strategy == rec.strategy else ""
+            t.add_row(f.strategy + mark, f"{f.accuracy:.3f}", f"{f.low:.3f}-{f.high:.3f}", when, shown(f.method))
+        out.print(t)
+        for n in rec.forecast.notes:
+            out.print(f"  [dim]- {shown(n)}[/dim]", soft_wrap=True)
     if rec.seconds is not None:
         out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from advisor.data import SizeSummary, SkippedFile
+from advisor.forecast import Forecast
 from advisor.recipe import FinetuneRecipe
 from advisor.transferability import TapEvidence
 
@@ -135,6 +136,7 @@ class DatasetProfile(BaseModel):
     similarity: SimilarityReport | None = None
     tap_evidence: list[TapEvidence] = Field(default_factory=list)  # per depth, on the profiling sample
     flip_check: FlipCheck | None = None  # do labels survive a horizontal flip (on the profiling sample)
+    probe_cv: dict[str, float] = Field(default_factory=dict)  # tap -> 5-fold CV accuracy of a logistic probe (sample)
     split_source: str
     split_seed: int | None = None
 
@@ -222,3 +224,4 @@ class Recommendation(BaseModel):
     epochs_cap: int | None = None  # the fine-tune epoch budget the advice assumed (R15, R16)
     plan: RunPlan
     seconds: float | None = None
+    forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/forecast.py)

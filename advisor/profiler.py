@@ -151,6 +151,7 @@ def build_profile(
     used: list[Sample] = []
     grey = measured = flips = None
     evidence = []
+    probe_cv: dict[str, float] = {}
     if similarity:
         sample = stratified_sample(scan.samples, sample_size, seed=seed)
         # Every tap comes from the same forward pass; the per-depth evidence reads them all.
@@ -170,6 +171,7 @@ def build_profile(
         if len(used) >= 2 * len(scan.classes):
             evidence = per_tap_evidence({t.name: feature_set.features[t.name] for t in backbone.taps}, feature_set.labels,
                                         taps=[t.name for t in backbone.taps], seed=seed)
+            probe_cv = _probe_cv(feature_set, evidence, num_classes=len(scan.classes), seed=seed)
         if progress:
             progress("similarity", 1, 1)
         if len(used) >= 2 * len(scan.classes):
@@ -215,9 +217,25 @@ def build_profile(
         similarity=measured,
         tap_evidence=evidence,
         flip_check=flips,
+        probe_cv=probe_cv,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )
+
+
+def _probe_cv(feature_set, evidence, *, num_classes: int, seed: int) -> dict[str, float]:
+    """5-fold CV accuracy of a logistic probe on pre_logits and on the tap the k-NN evidence ranks first."""
+    taps = [PRE_LOGITS]
+    if evidence:
+        best = max(evidence, key=lambda e: (e.knn_accuracy, e.logme)).tap
+        if best != PRE_LOGITS:
+            taps.append(best)
+    out = {}
+    for tap in taps:
+        _, table = cv_select_l2(feature_set.features[tap], feature_set.labels, num_classes=num_classes, seed=seed)
+        if table:
+            out[tap] = round(max(acc for _, acc in table), 4)
+    return out
 
 
 def profile_dataset(

@@ -1,0 +1,201 @@
+"""What each strategy should score and cost, before anything is trained.
+
+* **Probes** are measured, not guessed: the cross-validated accuracy of a logistic probe on the
+  profiling sample's cached features (``pre_logits`` for the linear probe; the best single tap
+  for the layer probe). The 80 % interval is the binomial spread of an accuracy measured on
+  as many images as the validation split holds.
+* **Fine-tunes** are the better probe's measured accuracy plus a gain predicted from the
+  shipped track record (``advisor/reference/track_record.json``): the gain each reference
+  dataset measured, regressed on log images per class and similarity (ridge, 3 coefficients).
+  The interval adds the 10th-90th percentile of the regression's leave-one-dataset-out residuals.
+* **Time** is a few timed forward/backward steps on this device times the plan's schedule;
+  probes cost one extraction pass (nothing when the features are cached) and a solve.
+
+``benchmarks/forecast_error.py`` measures the forecast against what the suite achieved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from importlib import resources
+
+import torch
+from pydantic import BaseModel
+
+FINETUNES = ("partial-finetune", "full-finetune")
+PROBES = ("linear-probe", "layer-probe")
+Z80 = 1.2816  # two-sided 80 % normal quantile
+RIDGE = 1.0
+
+
+class StrategyForecast(BaseModel):
+    strategy: str
+    accuracy: float
+    low: float  # 80 % interval
+    high: float
+    method: str
+    seconds: float | None = None  # expected wall time of the whole run on this device
+    seconds_per_epoch: float | None = None
+    epochs: int | None = None
+
+
+class Forecast(BaseModel):
+    """Every strategy's expected accuracy (80 % interval) and wall time; which records it learned from."""
+
+    strategies: list[StrategyForecast]
+    records: list[str]  # the reference datasets the fine-tune gain was fitted on
+    notes: list[str] = []
+
+
+def load_track_record() -> list[dict]:
+    try:
+        return json.loads(resources.files("advisor").joinpath("reference/track_record.json").read_text())["datasets"]
+    except (FileNotFoundError, OSError, KeyError, json.JSONDecodeError):
+        return []
+
+
+def _x(per_class: float, similarity: float | None) -> list[float]:
+    return [1.0, math.log10(max(per_class, 1.0)), 0.5 if similarity is None else similarity]
+
+
+def _best_probe(acc: dict) -> float:
+    return max(acc.get(s, 0.0) for s in PROBES)
+
+
+def fit_gain(records: Sequence[dict], strategy: str) -> list[float] | None:
+    """Ridge coefficients of (fine-tune accuracy - best probe accuracy) on ``_x``; None without records."""
+    rows = [r for r in records if strategy in r["accuracy"] and all(s in r["accuracy"] for s in PROBES)]
+    if len(rows) < 3:
+        return None
+    X = torch.tensor([_x(r["train_per_class_median"], r["similarity"]) for r in rows], dtype=torch.float64)
+    y = torch.tensor([r["accuracy"][strategy] - _best_probe(r["accuracy"]) for r in rows], dtype=torch.float64)
+    penalty = RIDGE * torch.eye(X.shape[1], dtype=torch.float64)
+    penalty[0, 0] = 0.0  # the intercept is not shrunk
+    return torch.linalg.solve(X.T @ X + penalty, X.T @ y).tolist()
+
+
+def predict_gain(coef: Sequence[float], per_class: float, similarity: float | None) -> float:
+    return sum(c * v for c, v in zip(coef, _x(per_class, similarity), strict=True))
+
+
+def gain_residuals(records: Sequence[dict], strategy: str) -> list[float]:
+    """Leave-one-dataset-out residuals (achieved - predicted gain) of :func:`fit_gain`."""
+    out = []
+    for r in records:
+        rest = [q for q in records if q is not r]
+        coef = fit_gain(rest, strategy)
+        if coef is None or strategy not in r["accuracy"]:
+            continue
+        achieved = r["accuracy"][strategy] - _best_probe(r["accuracy"])
+        out.append(achieved - predict_gain(coef, r["train_per_class_median"], r["similarity"]))
+    return out
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    v = sorted(values)
+    if not v:
+        return 0.0
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def binomial_interval(p: float, n: int) -> tuple[float, float]:
+    half = Z80 * math.sqrt(max(p * (1 - p), 1e-6) / max(n, 1))
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
+                          steps: int = 2, probe_batch: int = 8) -> float:
+    """Seconds of one optimiser step at ``batch_size``: a few timed steps on a small batch, scaled linearly."""
+    net = backbone.to(device).train()
+    params = [p for p in net.parameters() if p.requires_grad] or list(net.parameters())
+    opt = torch.optim.SGD(params, lr=0.0)  # lr 0: the timing must not change the weights
+    x = torch.randn(probe_batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)
+    times = []
+    try:
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            net(x).float().mean().backward()
+            opt.step()
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
+            if i:  # the first step pays one-off allocation and kernel selection
+                times.append(time.perf_counter() - t0)
+    finally:
+        opt.zero_grad(set_to_none=True)
+        net.eval()
+    return min(times) * batch_size / probe_batch
+
+
+def decode_seconds(paths: Sequence[str], transform) -> float:
+    """Seconds to decode and transform one image, timed on ``paths``."""
+    from advisor.data import load_image
+
+    t0 = time.perf_counter()
+    for p in paths:
+        transform(load_image(p))
+    return (time.perf_counter() - t0) / max(1, len(paths))
+
+
+def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, per_class: float,
+             similarity: float | None, epochs: int | None, step_seconds: float | None, batch_size: int,
+             decode_seconds_per_image: float | None = None, extract_images_per_second: float | None = None,
+             records: Sequence[dict] | None = None) -> Forecast:
+    """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
+
+    Time: a training step's forward is about a third of its forward + backward, so one image's
+    extraction costs ``step_seconds / (3 * batch_size)`` plus its decoding; a fine-tune epoch is its
+    optimiser steps plus the decoding of its images (decoded in-process on the CPU) plus one
+    evaluation pass over the validation images.
+    """
+    records = load_track_record() if records is None else list(records)
+    rows: list[StrategyForecast] = []
+    notes: list[str] = []
+    decode = decode_seconds_per_image or 0.0
+    if not extract_images_per_second and step_seconds:
+        extract_images_per_second = 1.0 / (step_seconds / (3 * batch_size) + decode)
+    total_images = train_images + val_images
+    extract = total_images / extract_images_per_second if extract_images_per_second else None
+    linear = probe_cv.get("pre_logits")
+    layer_tap = max(probe_cv, key=probe_cv.get) if probe_cv else None
+    for name, acc, how in (("linear-probe", linear, "5-fold CV of a logistic probe on pre_logits (profiling sample)"),
+                           ("layer-probe", probe_cv.get(layer_tap) if layer_tap else None,
+                            f"5-fold CV of a logistic probe on {layer_tap}, the best tap (profiling sample)")):
+        if acc is None:
+            continue
+        lo, hi = binomial_interval(acc, val_images)
+        rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
+                                     method=how, seconds=round(extract, 1) if extract else None))
+    best_probe = max((r.accuracy for r in rows), default=None)
+    steps = math.ceil(train_images / batch_size) if train_images else 0
+    for name in FINETUNES:
+        coef = fit_gain(records, name)
+        if best_probe is None or coef is None:
+            continue
+        gain = predict_gain(coef, per_class, similarity)
+        res = gain_residuals(records, name)
+        acc = min(1.0, max(0.0, best_probe + gain))
+        blo, bhi = binomial_interval(acc, val_images)
+        lo = max(0.0, acc - math.hypot(acc - blo, -_quantile(res, 0.1)))
+        hi = min(1.0, acc + math.hypot(bhi - acc, _quantile(res, 0.9)))
+        per_epoch = steps * step_seconds + train_images * decode \
+            + (val_images / extract_images_per_second if extract_images_per_second else 0.0) \
+            if step_seconds is not None else None
+        rows.append(StrategyForecast(
+            strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
+            method=f"the better probe {best_probe:.3f} + a gain of {100 * gain:+.1f} points predicted from "
+                   f"{len(records)} reference datasets",
+            seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
+            seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None))
+    if records:
+        notes.append("fine-tune gains are learned from the shipped track record; its provenance is in "
+                     "advisor/reference/track_record.json")
+    notes.append("probe accuracies are measured on the profiling sample, not the whole training split: on larger "
+                 "datasets the probes trained on everything usually score somewhat higher")
+    return Forecast(strategies=rows, records=[r["dataset"] for r in records], notes=notes)

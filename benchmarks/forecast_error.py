@@ -1,0 +1,80 @@
+"""How far the forecasts are from what the suite achieved, one dataset held out at a time.
+
+    python benchmarks/forecast_error.py docs/suite_cpu64_cap8.json --runs /tmp/bench/runs [--out docs/forecast_error]
+
+* probes: the forecast is the probe's cross-validated accuracy on the training split (read from
+  each suite run's ``result.json``: ``selected.cv_accuracy``); ``recommend`` uses the same CV on
+  its profiling sample;
+* fine-tunes: the better probe's CV accuracy plus the gain :mod:`advisor.forecast` fits on the
+  *other* datasets of the suite (leave one dataset out), with its 80 % interval.
+
+Prints, and writes as OUT.md/OUT.json, |forecast - achieved| per (dataset, strategy), the share
+within 2 points (target >= 80 %) and how often the 80 % interval held the achieved value
+(target 70-90 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from advisor.forecast import forecast
+
+
+def _cv(runs: Path, dataset: str, strategy: str) -> float | None:
+    found = sorted(runs.glob(f"compare-{dataset}-*/{strategy}/result.json"))
+    if not found:
+        return None
+    return json.loads(found[-1].read_text())["selected"].get("cv_accuracy")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite")
+    ap.add_argument("--runs", required=True, help="the suite's --runs-dir (each run's result.json holds the probe's CV)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    suite = json.loads(Path(args.suite).read_text())
+    records = [{"dataset": r["dataset"], "train_per_class_median": r["train_per_class_median"],
+                "similarity": r["similarity"]["value"] if r.get("similarity") else None, "accuracy": r["accuracy"]}
+               for r in suite]
+    rows = []
+    for r, rec in zip(suite, records, strict=True):
+        cv = {"pre_logits": _cv(Path(args.runs), r["dataset"], "linear-probe")}
+        layer = _cv(Path(args.runs), r["dataset"], "layer-probe")
+        if cv["pre_logits"] is None or layer is None:
+            continue
+        cv["best earlier tap"] = layer
+        n_val = r["profile"]["images_total"] - r["train_images"]
+        fc = forecast(probe_cv=cv, val_images=n_val, train_images=r["train_images"], per_class=r["train_per_class_median"],
+                      similarity=rec["similarity"], epochs=None, step_seconds=None, batch_size=32,
+                      extract_images_per_second=None, records=[q for q in records if q is not rec])
+        for f in fc.strategies:
+            achieved = r["accuracy"].get(f.strategy)
+            if achieved is None:
+                continue
+            rows.append({"dataset": r["dataset"], "strategy": f.strategy, "forecast": f.accuracy, "low": f.low, "high": f.high,
+                         "achieved": round(achieved, 4), "error_points": round(100 * (f.accuracy - achieved), 2),
+                         "covered": f.low <= achieved <= f.high})
+    within = sum(abs(x["error_points"]) <= 2.0 for x in rows) / len(rows)
+    covered = sum(x["covered"] for x in rows) / len(rows)
+    lines = ["| dataset | strategy | forecast [80 %] | achieved | error (points) |", "|---|---|---|---|---|"]
+    lines += [f"| {x['dataset']} | {x['strategy']} | {x['forecast']:.3f} [{x['low']:.3f}, {x['high']:.3f}] | {x['achieved']:.3f} | "
+              f"{x['error_points']:+.2f}{'' if x['covered'] else ' (outside)'} |" for x in rows]
+    lines += ["", f"{len(rows)} (dataset, strategy) pairs: |error| <= 2 points for {within:.0%} (target >= 80 %); "
+                  f"the 80 % interval held the achieved value for {covered:.0%} (target 70-90 %)"]
+    for s in ("linear-probe", "layer-probe", "partial-finetune", "full-finetune"):
+        errs = [abs(x["error_points"]) for x in rows if x["strategy"] == s]
+        if errs:
+            lines.append(f"{s}: mean |error| {sum(errs) / len(errs):.2f} points over {len(errs)} datasets")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if args.out:
+        Path(args.out).with_suffix(".md").write_text(md)
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "within_2_points": within,
+                                                                    "interval_coverage": covered}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

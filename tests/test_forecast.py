@@ -1,0 +1,76 @@
+"""advisor/forecast.py: the gain model, its held-out residuals, the intervals and the timed steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from advisor.forecast import (
+    binomial_interval,
+    finetune_step_seconds,
+    fit_gain,
+    forecast,
+    gain_residuals,
+    predict_gain,
+)
+
+
+def _records(gain):
+    out = []
+    for i, (pc, sim) in enumerate([(20, 0.8), (50, 0.6), (100, 0.4), (200, 0.3), (400, 0.7), (800, 0.2)]):
+        probe = 0.8
+        out.append({"dataset": f"d{i}", "train_per_class_median": pc, "similarity": sim,
+                    "accuracy": {"linear-probe": probe - 0.01, "layer-probe": probe,
+                                 "partial-finetune": probe + gain(pc, sim), "full-finetune": probe + gain(pc, sim) + 0.01}})
+    return out
+
+
+def test_the_gain_model_recovers_a_linear_gain_and_its_held_out_residuals_are_small():
+    def truth(pc, sim):  # more data and less similar data gain more from fine-tuning
+        return 0.01 + 0.02 * math.log10(pc) - 0.03 * sim
+
+    records = _records(truth)
+    coef = fit_gain(records, "partial-finetune")
+    for pc, sim in ((30, 0.5), (300, 0.3)):
+        assert predict_gain(coef, pc, sim) == pytest.approx(truth(pc, sim), abs=0.01)  # ridge shrinks a little
+    assert max(abs(r) for r in gain_residuals(records, "partial-finetune")) < 0.02
+    assert fit_gain(records[:2], "partial-finetune") is None  # too few records to fit three coefficients
+
+
+def test_forecast_covers_every_strategy_with_ordered_intervals_and_times():
+    records = _records(lambda pc, sim: 0.05)
+    fc = forecast(probe_cv={"pre_logits": 0.82, "stage5": 0.85}, val_images=200, train_images=800, per_class=80,
+                  similarity=0.5, epochs=10, step_seconds=0.5, batch_size=32, extract_images_per_second=50.0,
+                  records=records)
+    by = {f.strategy: f for f in fc.strategies}
+    assert set(by) == {"linear-probe", "layer-probe", "partial-finetune", "full-finetune"}
+    assert by["linear-probe"].accuracy == 0.82 and by["layer-probe"].accuracy == 0.85  # measured, not modelled
+    assert by["partial-finetune"].accuracy == pytest.approx(0.85 + 0.05, abs=0.005)
+    assert all(f.low <= f.accuracy <= f.high for f in fc.strategies)
+    # 25 steps of 0.5 s and 200 validation images at 50 img/s per epoch, 10 epochs, plus one extraction pass
+    assert by["full-finetune"].seconds_per_epoch == pytest.approx(25 * 0.5 + 4.0)
+    assert by["full-finetune"].seconds == pytest.approx(10 * 16.5 + 1000 / 50)
+    assert fc.records == [r["dataset"] for r in records]
+    # without a track record the fine-tunes are not guessed
+    assert {f.strategy for f in forecast(probe_cv={"pre_logits": 0.8}, val_images=100, train_images=400, per_class=40,
+                                         similarity=None, epochs=5, step_seconds=None, batch_size=32,
+                                         extract_images_per_second=None, records=[]).strategies} == {"linear-probe", "layer-probe"}
+
+
+def test_binomial_interval_is_80_percent_wide_and_clipped():
+    lo, hi = binomial_interval(0.9, 100)
+    assert hi - lo == pytest.approx(2 * 1.2816 * math.sqrt(0.9 * 0.1 / 100), abs=1e-9)
+    assert binomial_interval(1.0, 50)[1] == 1.0
+
+
+def test_timing_steps_leave_the_weights_unchanged():
+    from advisor.backbones import create_backbone
+
+    bb = create_backbone("test/tiny-cnn", seed=0)
+    before = {k: v.clone() for k, v in bb.state_dict().items() if v.is_floating_point() and "running" not in k}
+    seconds = finetune_step_seconds(bb, input_size=32, batch_size=32, device="cpu")
+    assert seconds > 0
+    after = bb.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
