@@ -95,6 +95,13 @@ def _advice_sections(rec: Recommendation, *, forced: str | None = None, probe_cv
     if forced:
         out.append(f"<p class=\"warn\">The strategy was forced to <b>{esc(forced)}</b>; the rules below are what the "
                    f"advice said (<b>{esc(rec.strategy)}</b>).</p>")
+    if rec.forecast is not None and rec.forecast.strategies:
+        out.append("<h2>Forecast before training</h2><p class=\"caption\">What each strategy was expected to score (80 % "
+                   "interval) and cost on this machine, before anything was trained; how each number was made is in the "
+                   "last column.</p>")
+        out.append(_table(["strategy", "accuracy", "80 % interval", "seconds", "how"],
+                          [(f.strategy, f"{f.accuracy:.3f}", f"{f.low:.3f}-{f.high:.3f}",
+                            "-" if f.seconds is None else f"{f.seconds:.0f}", f.method) for f in rec.forecast.strategies]))
     out.append("<h2>Why: the rules that fired</h2><p class=\"caption\">Each rule has a stable ID; its rationale quotes "
                "the measured values and the thresholds.</p><ul>")
     out += [f"<li><b class=\"rule\">{esc(h.id)}</b> <span class=\"tag\">{esc(h.kind)}</span> {esc(h.title)}: "
@@ -196,6 +203,13 @@ def run_page(run_dir: str | Path) -> str:
             f"(95 % interval {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}</p>",
             f"<p>{result.trainable_params:,} of {result.total_params:,} parameters trained in {result.seconds:.1f} s on "
             f"{esc(result.device)}; backbone <code>{esc(plan.backbone)}</code> at {plan.input_size} px.</p>"]
+    predicted = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else [])
+                      if f.strategy == plan.strategy), None)
+    if predicted is not None:
+        inside = "inside" if predicted.low <= m.val_accuracy <= predicted.high else "outside"
+        body.append(f"<p>Forecast before training: {predicted.accuracy:.3f} [80 % {predicted.low:.3f}, {predicted.high:.3f}]; "
+                    f"achieved {m.val_accuracy:.3f}, {100 * (m.val_accuracy - predicted.accuracy):+.1f} points, {inside} "
+                    f"the interval.</p>")
     if rec is not None:
         probe_cv = {r["taps"][0]: r["cv_accuracy"] for r in result.sweep if len(r["taps"]) == 1} or None
         taps = result.selected.get("taps") or []
@@ -227,10 +241,17 @@ def compare_page(compare_dir: str | Path) -> str:
     body += _figure(plots.compare_bars(rows), "Accuracy with its 95 % interval and wall time per strategy; ★ marks the "
                                               "most accurate, ◆ the recommended one. Overlapping intervals mean the data "
                                               "cannot order them (see 'tied').")
-    body.append(_table(["strategy", "accuracy", "95 % interval", "points behind best [95 %]", "tied", "seconds", "trained params"],
+    forecasts = {f.strategy: f for f in (comp.recommendation.forecast.strategies if comp.recommendation.forecast else [])}
+
+    def error(r: dict) -> str:
+        f = forecasts.get(r["strategy"])
+        return "-" if f is None else f"{f.accuracy:.3f} ({100 * (r['val_accuracy'] - f.accuracy):+.1f})"
+
+    body.append(_table(["strategy", "accuracy", "95 % interval", "points behind best [95 %]", "tied", "seconds", "trained params",
+                        "forecast (achieved - forecast, points)"],
                        [(r["strategy"], f"{r['val_accuracy']:.4f}", f"{r['ci'][0]:.3f}-{r['ci'][1]:.3f}",
                          f"{r['behind_best']:.2f} [{r['behind_best_ci'][0]:.2f}, {r['behind_best_ci'][1]:.2f}]",
-                         "yes" if r["tied_with_best"] else "no", f"{r['seconds']:.1f}", f"{r['trainable_params']:,}")
+                         "yes" if r["tied_with_best"] else "no", f"{r['seconds']:.1f}", f"{r['trainable_params']:,}", error(r))
                         for r in rows]))
     body += _advice_sections(comp.recommendation)
     body += ["<h2>Reproduce</h2>",
