@@ -95,6 +95,7 @@ def recommend_dataset(
     similarity: bool = True,
     force_strategy: str | None = None,
     epochs_cap: int | None = None,
+    budget_seconds: float | None = None,
 ) -> Recommendation:
     """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
 
@@ -122,8 +123,51 @@ def recommend_dataset(
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
     if profile.probe_cv:
         rec.forecast = _forecast(rec, backbone_model, scan, device=device)
+    if budget_seconds is not None and force_strategy is None:
+        _fit_budget(rec, budget_seconds, taps=backbone_model.taps)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
+
+
+def parse_duration(text: str) -> float:
+    """'15m', '90s', '1.5h' or a plain number of seconds -> seconds; anything else is a one-line error."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise AdvisorError(f"a budget must be a positive duration like 15m, 90s or 1h; got {text!r}")
+    return value
+
+
+def _fit_budget(rec: Recommendation, budget: float, *, taps) -> None:
+    """Replace the advice by the most accurate forecast that fits ``budget`` seconds, and say what more time buys."""
+    if rec.forecast is None:
+        rec.warnings.append("no forecast could be made (similarity not measured), so the budget was not applied")
+        return
+    timed = [f for f in rec.forecast.strategies if f.seconds is not None]
+    fits = [f for f in timed if f.seconds <= budget]
+    if not fits:
+        cheapest = min(timed, key=lambda f: f.seconds, default=None)
+        rec.warnings.append(f"nothing is forecast to fit the budget of {budget:.0f} s" + (
+            f"; the cheapest, {cheapest.strategy}, needs about {cheapest.seconds:.0f} s" if cheapest else ""))
+        return
+    best = max(fits, key=lambda f: (f.accuracy, -f.seconds))
+    better = [f for f in timed if f.accuracy > best.accuracy and f.seconds > budget]
+    note = f"budget {budget:.0f} s: {best.strategy} has the best forecast that fits ({best.accuracy:.3f}, about {best.seconds:.0f} s)"
+    if better:
+        top = max(better, key=lambda f: f.accuracy)
+        note += (f"; {top.strategy} is forecast {100 * (top.accuracy - best.accuracy):+.1f} points but needs about "
+                 f"{top.seconds:.0f} s")
+    if best.strategy != rec.strategy:
+        rec.plan = plan_for_strategy(rec, best.strategy, taps=taps)
+        rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n]
+        rec.plan.rule_ids = [r for r in rec.plan.rule_ids if r != "user"] + ["budget"]
+        rec.strategy = best.strategy
+    rec.plan.notes.append(note)
+    rec.warnings.append(note)
 
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None) -> Forecast:

@@ -453,14 +453,18 @@ def recommend_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000,
                                          help="The fine-tune epoch budget you will run with; a cap far below the "
                                               "schedule turns a fine-tune into a probe (R15, R16)."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
+                                         "best forecast that fits it, and what more time would buy."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
-    from advisor.advise import recommend_dataset, save_advice
+    from advisor.advise import parse_duration, recommend_dataset, save_advice
 
+    budget_seconds = parse_duration(budget) if budget is not None else None
     with stage_bars() as cb:
         rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                                device=device, cache_dir=cache_dir, progress=cb, epochs_cap=epochs)
+                                device=device, cache_dir=cache_dir, progress=cb, epochs_cap=epochs,
+                                budget_seconds=budget_seconds)
     saved = save_advice(rec, save_plan) if save_plan is not None else None
     if json_out:
         _print_json(rec)
@@ -523,11 +527,15 @@ def run_cmd(
     workers: Optional[int] = WorkersOpt,
     keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
                                          help="Keep checkpoints/ (weights + optimiser) after the run finishes."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="With --auto: a wall-time budget (15m, 90s, 1h); the "
+                                         "strategy with the best forecast that fits it runs."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
     from advisor import runner
+    from advisor.advise import parse_duration
 
+    budget_seconds = parse_duration(budget) if budget is not None else None
     modes = sum([auto, strategy is not None and plan_file is None, plan_file is not None, resume is not None])
     if modes != 1:
         raise AdvisorError("choose exactly one of --auto, --strategy NAME, --plan FILE or --resume RUN_DIR",
@@ -555,7 +563,7 @@ def run_cmd(
                 outcome = runner.auto_run(dataset, strategy=strategy, backbone=backbone, sample_size=sample_size, seed=seed,
                                           runs_dir=runs_dir, device=dev, cache_dir=cache_dir, num_workers=workers,
                                           epochs=epochs, input_size=input_size, progress=cb, on_recommendation=show,
-                                          keep_checkpoint=keep_checkpoint)
+                                          keep_checkpoint=keep_checkpoint, budget_seconds=budget_seconds)
     except runner.RunInterrupted as stop:
         err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {shown(stop.run_dir)}",
                           soft_wrap=True)

@@ -230,7 +230,7 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
              sample_size: int = 300, seed: int = 0, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, device: str | None = None,
              cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
              input_size: int | None = None, progress=None, on_recommendation=None,
-             keep_checkpoint: bool = False) -> RunOutcome:
+             keep_checkpoint: bool = False, budget_seconds: float | None = None) -> RunOutcome:
     """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan.
 
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
@@ -238,7 +238,7 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     """
     rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                             cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
-                            force_strategy=strategy, epochs_cap=epochs)
+                            force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds)
     plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None:

@@ -74,3 +74,35 @@ def test_timing_steps_leave_the_weights_unchanged():
     assert seconds > 0
     after = bb.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_a_budget_picks_the_best_forecast_that_fits_and_says_what_more_time_buys():
+    from advisor.advise import _fit_budget, parse_duration
+    from advisor.errors import AdvisorError
+    from advisor.forecast import Forecast, StrategyForecast
+    from advisor.rules import recommend
+    from test_rules import LARGE, SIMILAR, TAPS, make_profile
+
+    assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
+    for bad in ("soon", "-5m", "0s", ""):
+        with pytest.raises(AdvisorError, match="positive duration"):
+            parse_duration(bad)
+
+    def rec_with(seconds):
+        rec = recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS)  # R3: partial fine-tune
+        rec.forecast = Forecast(records=[], strategies=[
+            StrategyForecast(strategy=s, accuracy=a, low=a - 0.02, high=a + 0.02, method="test", seconds=t)
+            for s, a, t in (("linear-probe", 0.80, 10), ("layer-probe", 0.84, 12),
+                            ("partial-finetune", 0.90, seconds), ("full-finetune", 0.91, 2 * seconds))])
+        return rec
+
+    rec = rec_with(600)
+    _fit_budget(rec, 120, taps=TAPS)
+    assert rec.strategy == rec.plan.strategy == "layer-probe" and rec.plan.rule_ids[-1] == "budget"
+    assert any("full-finetune is forecast +7.0 points but needs about 1200 s" in w for w in rec.warnings)
+    rec = rec_with(60)
+    _fit_budget(rec, 1000, taps=TAPS)
+    assert rec.strategy == "full-finetune" and rec.plan.recipe is not None
+    rec = rec_with(600)
+    _fit_budget(rec, 5, taps=TAPS)  # nothing fits: the advice stays and says so
+    assert rec.strategy == "partial-finetune" and any("nothing is forecast to fit" in w for w in rec.warnings)
