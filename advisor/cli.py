@@ -669,6 +669,26 @@ def export_cmd(
         out.print(f"[yellow]{fmt} skipped[/yellow]: {shown(why)}", soft_wrap=True)
 
 
+@app.command("calibrate")
+def calibrate_cmd(json_out: bool = JsonOpt) -> None:
+    """Score the forecasts recorded by this machine's runs and refit the fine-tune gain model on shipped + local records."""
+    from advisor.forecast import calibrate_forecaster, local_record_path
+
+    res = calibrate_forecaster()
+    if json_out:
+        _print_json(res)
+        return
+    out.print(f"local track record: {shown(local_record_path())}, {res.local_runs} runs", soft_wrap=True)
+    if res.mean_abs_error_points is not None:
+        out.print(f"recorded forecasts: mean |forecast - achieved| {res.mean_abs_error_points:.2f} points; the 80 % "
+                  f"interval held the achieved value in {res.interval_coverage:.0%} of runs")
+    for s in res.gain_error_shipped:
+        after = res.gain_error_with_local.get(s)
+        out.print(f"{s} gain, held out one dataset at a time: {res.gain_error_shipped[s]:.2f} points on the shipped "
+                  f"records; {after:.2f} with this machine's added" if after is not None else "")
+    out.print(f"records: {shown(', '.join(res.records))}", soft_wrap=True)
+
+
 @app.command("report")
 def report_cmd(
     path: Path = typer.Argument(..., help="A run directory (from `advisor run`) or a compare directory (from `advisor compare`)."),

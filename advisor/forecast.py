@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 import torch
 from pydantic import BaseModel
@@ -50,11 +51,70 @@ class Forecast(BaseModel):
     notes: list[str] = []
 
 
-def load_track_record() -> list[dict]:
+LOCAL_RECORD = "track_record.jsonl"  # in the cache folder: every run's forecast against what it achieved
+
+
+def shipped_track_record() -> list[dict]:
     try:
         return json.loads(resources.files("advisor").joinpath("reference/track_record.json").read_text())["datasets"]
     except (FileNotFoundError, OSError, KeyError, json.JSONDecodeError):
         return []
+
+
+def local_record_path() -> Path:
+    from advisor.features import default_cache_dir
+
+    return default_cache_dir() / LOCAL_RECORD
+
+
+def local_outcomes(path: Path | None = None) -> list[dict]:
+    """The runs recorded on this machine (one JSON line each); a damaged line is skipped, not fatal."""
+    path = local_record_path() if path is None else path
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
+    """Local runs grouped per dataset into track-record entries (the latest accuracy of each strategy)."""
+    by: dict[str, dict] = {}
+    for o in outcomes:
+        entry = by.setdefault(o["dataset"], {"dataset": f"{Path(o['dataset']).name} (local)", "accuracy": {},
+                                             "train_per_class_median": o["train_per_class_median"],
+                                             "similarity": o.get("similarity")})
+        entry["accuracy"][o["strategy"]] = o["achieved"]
+    return list(by.values())
+
+
+def load_track_record(*, local: bool = True) -> list[dict]:
+    """The shipped track record, plus this machine's runs (marked '(local)') when ``local``."""
+    return shipped_track_record() + (local_datasets(local_outcomes()) if local else [])
+
+
+def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None) -> dict | None:
+    """Append a finished run's forecast and outcome to the local track record (needs a forecast)."""
+    f = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else []) if f.strategy == strategy), None)
+    if f is None:
+        return None
+    p = rec.profile
+    row = {"dataset": p.dataset, "strategy": strategy, "train_per_class_median": p.train_per_class_median,
+           "similarity": p.similarity.score.value if p.similarity else None, "forecast": f.accuracy,
+           "forecast_low": f.low, "forecast_high": f.high, "achieved": round(achieved, 4),
+           "forecast_seconds": f.seconds, "seconds": round(seconds, 2), "input_size": rec.plan.input_size,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = local_record_path() if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:  # one line per run; appends from parallel runs do not interleave within a line
+        fh.write(json.dumps(row) + "\n")
+    return row
 
 
 def _x(per_class: float, similarity: float | None) -> list[float]:
@@ -92,6 +152,40 @@ def gain_residuals(records: Sequence[dict], strategy: str) -> list[float]:
         achieved = r["accuracy"][strategy] - _best_probe(r["accuracy"])
         out.append(achieved - predict_gain(coef, r["train_per_class_median"], r["similarity"]))
     return out
+
+
+class CalibrationReport(BaseModel):
+    """``advisor calibrate``: how the forecasts did on this machine's runs, and the gain model before/after its records."""
+
+    local_runs: int
+    mean_abs_error_points: float | None  # recorded forecast vs achieved, over the local runs
+    interval_coverage: float | None  # share of local runs whose 80 % interval held the achieved value
+    gain_error_shipped: dict[str, float]  # strategy -> mean |held-out residual| (points), shipped records only
+    gain_error_with_local: dict[str, float]  # the same with this machine's records added
+    records: list[str]
+
+
+def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
+    """Score the recorded forecasts and refit the fine-tune gain model on shipped + local records."""
+    outcomes = local_outcomes(path)
+    shipped = shipped_track_record()
+    combined = shipped + local_datasets(outcomes)
+    errors = [abs(o["forecast"] - o["achieved"]) for o in outcomes]
+    covered = [o["forecast_low"] <= o["achieved"] <= o["forecast_high"] for o in outcomes]
+
+    def gain_error(records: list[dict]) -> dict[str, float]:
+        out = {}
+        for s in FINETUNES:
+            res = gain_residuals(records, s)
+            if res:
+                out[s] = round(100 * sum(abs(r) for r in res) / len(res), 2)
+        return out
+
+    return CalibrationReport(
+        local_runs=len(outcomes), mean_abs_error_points=round(100 * sum(errors) / len(errors), 2) if errors else None,
+        interval_coverage=round(sum(covered) / len(covered), 3) if covered else None,
+        gain_error_shipped=gain_error(shipped), gain_error_with_local=gain_error(combined),
+        records=[r["dataset"] for r in combined])
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -194,8 +288,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
             seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None))
     if records:
-        notes.append("fine-tune gains are learned from the shipped track record; its provenance is in "
-                     "advisor/reference/track_record.json")
+        local = sum(1 for r in records if r["dataset"].endswith("(local)"))
+        notes.append(f"fine-tune gains are learned from {len(records) - local} shipped reference datasets "
+                     f"(advisor/reference/track_record.json) and {local} recorded on this machine")
     notes.append("probe accuracies are measured on the profiling sample, not the whole training split: on larger "
                  "datasets the probes trained on everything usually score somewhat higher")
     return Forecast(strategies=rows, records=[r["dataset"] for r in records], notes=notes)

@@ -39,6 +39,7 @@ from advisor.features import resolve_device
 from advisor.models import DatasetProfile, Recommendation, RunPlan
 from advisor.report import run_report_md
 from advisor.report.html import write_report_html
+from advisor.forecast import record_outcome
 from advisor.results import RunResult
 
 DEFAULT_RUNS_DIR = "runs"
@@ -150,6 +151,11 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         # The model is saved and the run finished: the resume checkpoint (weights + optimiser) is dead weight.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
+    if recommendation is not None:
+        try:  # the local track record learns from every run; failing to write it must not fail the run
+            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, result.seconds)
+        except OSError as err:
+            ctx.event("track_record_not_written", error=str(err))
     return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report=report, recommendation=recommendation)
 
 

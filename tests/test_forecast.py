@@ -106,3 +106,26 @@ def test_a_budget_picks_the_best_forecast_that_fits_and_says_what_more_time_buys
     rec = rec_with(600)
     _fit_budget(rec, 5, taps=TAPS)  # nothing fits: the advice stays and says so
     assert rec.strategy == "partial-finetune" and any("nothing is forecast to fit" in w for w in rec.warnings)
+
+
+def test_runs_append_forecast_and_outcome_to_the_local_record_and_calibrate_reads_it(tmp_path):
+    from advisor.forecast import Forecast, StrategyForecast, calibrate_forecaster, local_datasets, local_outcomes, record_outcome
+    from advisor.rules import recommend
+    from test_rules import LARGE, SIMILAR, TAPS, make_profile
+
+    rec = recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS)
+    assert record_outcome(rec, "partial-finetune", 0.9, 10.0, path=tmp_path / "r.jsonl") is None  # no forecast: nothing
+    rec.forecast = Forecast(records=[], strategies=[
+        StrategyForecast(strategy=s, accuracy=0.8, low=0.75, high=0.85, method="test", seconds=5.0)
+        for s in ("linear-probe", "layer-probe", "partial-finetune")])
+    path = tmp_path / "r.jsonl"
+    for strategy, achieved in (("linear-probe", 0.78), ("partial-finetune", 0.9)):
+        record_outcome(rec, strategy, achieved, 12.0, path=path)
+    path.open("a").write("not json\n")  # a damaged line is skipped
+    outcomes = local_outcomes(path)
+    assert [o["strategy"] for o in outcomes] == ["linear-probe", "partial-finetune"]
+    (entry,) = local_datasets(outcomes)
+    assert entry["dataset"].endswith("(local)") and entry["accuracy"] == {"linear-probe": 0.78, "partial-finetune": 0.9}
+    report = calibrate_forecaster(path)
+    assert report.local_runs == 2 and report.mean_abs_error_points == pytest.approx(6.0)
+    assert report.interval_coverage == 0.5 and report.records[-1] == entry["dataset"]
