@@ -444,7 +444,8 @@ def test_a_zero_byte_checkpoint_is_named_on_resume(base, tmp_path, capsys):
 
     plan = RunPlan(dataset=str(base), backbone="test/tiny-cnn", strategy="partial-finetune", rule_ids=["test"],
                    input_size=32, batch_size=4, recipe=FinetuneRecipe(epochs=1, warmup_epochs=0, ema=None))
-    run = Path(run_plan(plan, runs_dir=tmp_path / "runs", num_workers=0, cache_dir=tmp_path / "cache").run_dir)
+    run = Path(run_plan(plan, runs_dir=tmp_path / "runs", num_workers=0, cache_dir=tmp_path / "cache",
+                        keep_checkpoint=True).run_dir)  # a finished run drops it otherwise
     state = json.loads((run / "run.json").read_text())
     state["status"] = "interrupted"
     (run / "run.json").write_text(json.dumps(state))
