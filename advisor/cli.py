@@ -42,10 +42,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+                                       help="Print the version and exit."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines (errors still print).")) -> None:
     """Transfer-learning advisor: measure an image dataset, place it in the 2x2 table, run the advice."""
+    if quiet:
+        _progress_console.quiet = True
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+_progress_console = Console(stderr=True, highlight=False)  # bars and epoch lines; --quiet silences it, not errors
 
 DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
 BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")
@@ -107,7 +111,7 @@ def progress_bar(description: str):
         _RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=_progress_console,
         transient=False,
     ) as bar:
         task = bar.add_task(description, total=None)
@@ -260,7 +264,7 @@ def stage_bars():
     above the bars (loss, held-out accuracy, learning rate), as fastai and Lightning do.
     """
     with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=_progress_console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
         class Reporter:

@@ -57,7 +57,8 @@ def test_shipped_defaults_are_the_calibrated_ones(cal):
     """The rules' defaults must be what the calibration derives from the measurements shipped in docs/."""
     suite = json.loads((REPO / "docs" / "suite_gpu_before.json").read_text())
     sweeps = json.loads((REPO / "docs" / "sweeps_gpu.json").read_text())
-    derived = cal.calibrate(suite, sweeps)["thresholds"]
+    budget = json.loads((REPO / "docs" / "suite_cpu64_cap8.json").read_text())
+    derived = cal.calibrate(suite, sweeps, budget_suite=budget)["thresholds"]
     shipped = Thresholds()
     assert derived == {k: getattr(shipped, k) for k in derived}
 
@@ -65,7 +66,8 @@ def test_shipped_defaults_are_the_calibrated_ones(cal):
 def test_calibration_report_matches_the_docs(cal):
     suite = json.loads((REPO / "docs" / "suite_gpu_before.json").read_text())
     sweeps = json.loads((REPO / "docs" / "sweeps_gpu.json").read_text())
-    md = cal.markdown(cal.calibrate(suite, sweeps))
+    budget = json.loads((REPO / "docs" / "suite_cpu64_cap8.json").read_text())
+    md = cal.markdown(cal.calibrate(suite, sweeps, budget_suite=budget))
     assert md == (REPO / "docs" / "calibration.md").read_text()
     assert md.split("\n\n")[1] in (REPO / "docs" / "decision-rules.md").read_text()  # the before/after table
 
