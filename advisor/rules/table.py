@@ -208,8 +208,9 @@ RULES: tuple[Rule, ...] = (
         plan=_linear_probe_plan,
         rationale="The table says partial-finetune, but the budget caps it at {epochs_cap:.0f} epochs, "
         "{schedule_share_pct:.0f}% of its {finetune_epochs}-epoch schedule (at least "
-        "{min_schedule_fraction:.0%} needed): measured on five datasets, fine-tunes cut that short lost "
-        "to a probe on every one, so use the similar column's probe, a linear classifier on pre_logits; "
+        "{min_schedule_fraction:.0%} needed): the shortest capped fine-tunes measured to beat the "
+        "probes ran about a quarter of their schedule (eleven datasets, 64 px), below that the evidence is mixed, "
+        "so use the similar column's probe, a linear classifier on pre_logits; "
         "fine-tune when the full schedule fits.",
         when="R3's quadrant, no earlier override, and an epoch cap below min_schedule_fraction of the schedule",
     ),
@@ -222,8 +223,9 @@ RULES: tuple[Rule, ...] = (
         plan=_layer_probe_plan,
         rationale="The table says full-finetune, but the budget caps it at {epochs_cap:.0f} epochs, "
         "{schedule_share_pct:.0f}% of its {finetune_epochs}-epoch schedule (at least "
-        "{min_schedule_fraction:.0%} needed): measured on five datasets, fine-tunes cut that short lost "
-        "to a probe on every one, so use the different column's probe, linear classifiers on "
+        "{min_schedule_fraction:.0%} needed): the shortest capped fine-tunes measured to beat the "
+        "probes ran about a quarter of their schedule (eleven datasets, 64 px), below that the evidence is mixed, "
+        "so use the different column's probe, linear classifiers on "
         "{probe_taps}; fine-tune when the full schedule fits.",
         when="R4's quadrant, no earlier override, and an epoch cap below min_schedule_fraction of the schedule",
     ),

@@ -20,7 +20,7 @@ class Thresholds(BaseModel):
 
     Defaults are calibrated by ``benchmarks/calibrate.py`` on the measured suite
     (``docs/decision-rules.md``, section Calibration); the provisional values were 200 per class,
-    1000 in total, 3 swept stages and 60 % frozen.
+    1000 in total, 3 swept stages, 60 % frozen and half the schedule for a capped fine-tune.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -68,7 +68,7 @@ class Thresholds(BaseModel):
         "standard error) horizontal flips are taken to change labels and are not used as augmentation (R17)",
     )
     min_schedule_fraction: float = Field(
-        0.5, gt=0, le=1,
+        0.26, gt=0, le=1,
         description="a fine-tune capped below this share of its schedule's epochs falls back to a probe (R15, R16)",
     )
     probe_stages: int = Field(
