@@ -96,6 +96,7 @@ def recommend_dataset(
     force_strategy: str | None = None,
     epochs_cap: int | None = None,
     budget_seconds: float | None = None,
+    input_size: int | None = None,
 ) -> Recommendation:
     """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
 
@@ -121,6 +122,8 @@ def recommend_dataset(
             rec.plan.notes.append(f"added {best} to the sweep: it has the best per-depth evidence")
     if force_strategy is not None:
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
+    if input_size is not None:  # the run will use another input size: plan and forecast follow it
+        rec.plan = rec.plan.model_copy(update={"input_size": input_size})
     if profile.probe_cv:
         rec.forecast = _forecast(rec, backbone_model, scan, device=device)
     if budget_seconds is not None and force_strategy is None:
@@ -176,11 +179,11 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None) 
     epochs = plan.recipe.epochs if plan.recipe is not None else default_recipe(p.train_images, full=True).epochs
     if rec.epochs_cap is not None:
         epochs = min(epochs, rec.epochs_cap)
-    step = finetune_step_seconds(backbone_model, input_size=p.input_size, batch_size=plan.batch_size,
+    step = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size,
                                  device=resolve_device(device))
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
-    decode = decode_seconds(sample, backbone_model.transform_config.eval_transform())
+    decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
     return forecast(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                     per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
                     epochs=epochs, step_seconds=step, batch_size=plan.batch_size, decode_seconds_per_image=decode)

@@ -91,7 +91,8 @@ def compare(
         raise AdvisorError(f"unknown strategies {unknown}", hint=f"choose from {', '.join(STRATEGIES)}")
     t0 = time.perf_counter()
     rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
-                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, epochs_cap=epochs)
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, epochs_cap=epochs,
+                            input_size=input_size)
     recommend_seconds = time.perf_counter() - t0
     if rec.strategy not in names:
         names.append(rec.strategy)  # regret needs the recommended strategy's own result

@@ -244,7 +244,8 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     """
     rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                             cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
-                            force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds)
+                            force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds,
+                            input_size=input_size)
     plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None:
