@@ -168,17 +168,23 @@ def build_profile(
         measured = measure_similarity(feature_set, backbone, reference=reference, reference_missing=missing,
                                       rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
         grey = greyscale_share(feature_set, rounds=rounds, seed=seed)
-        if len(used) >= 2 * len(scan.classes):
-            evidence = per_tap_evidence({t.name: feature_set.features[t.name] for t in backbone.taps}, feature_set.labels,
-                                        taps=[t.name for t in backbone.taps], seed=seed)
-            probe_cv = _probe_cv(feature_set, evidence, num_classes=len(scan.classes), seed=seed)
+        # What reads labels (tap evidence, the forecast's probe CV, the flip check) sees training
+        # images only: their results choose taps, flips and strategies, and the validation split's
+        # accuracy is what runs report.
+        train_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "train"], dtype=torch.long)
+        train_feats = {t.name: feature_set.features[t.name][train_rows] for t in backbone.taps}
+        train_labels = feature_set.labels[train_rows]
+        enough = len(train_rows) >= 2 * len(scan.classes)
+        if enough:
+            evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
+            probe_cv = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes), seed=seed)
         if progress:
             progress("similarity", 1, 1)
-        if len(used) >= 2 * len(scan.classes):
+        if enough:
             if progress:
                 progress("flip check", 0, 1)
-            pixels, mirrored = thumbnails(used)
-            flips = flip_check(pixels, mirrored, feature_set.labels, num_classes=len(scan.classes), seed=seed)
+            pixels, mirrored = thumbnails([used[i] for i in train_rows.tolist()])
+            flips = flip_check(pixels, mirrored, train_labels, num_classes=len(scan.classes), seed=seed)
             if progress:
                 progress("flip check", 1, 1)
     dups = exact + near
@@ -223,7 +229,8 @@ def build_profile(
     )
 
 
-def _probe_cv(feature_set, evidence, *, num_classes: int, seed: int) -> dict[str, float]:
+def _probe_cv(features: dict[str, torch.Tensor], labels: torch.Tensor, evidence, *, num_classes: int,
+              seed: int) -> dict[str, float]:
     """5-fold CV accuracy of a logistic probe on pre_logits and on the tap the k-NN evidence ranks first."""
     taps = [PRE_LOGITS]
     if evidence:
@@ -232,7 +239,7 @@ def _probe_cv(feature_set, evidence, *, num_classes: int, seed: int) -> dict[str
             taps.append(best)
     out = {}
     for tap in taps:
-        _, table = cv_select_l2(feature_set.features[tap], feature_set.labels, num_classes=num_classes, seed=seed)
+        _, table = cv_select_l2(features[tap], labels, num_classes=num_classes, seed=seed)
         if table:
             out[tap] = round(max(acc for _, acc in table), 4)
     return out
