@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 
+from advisor.backbones import PRE_LOGITS
 from advisor.errors import AdvisorError
 from advisor.features import resolve_device
 from advisor.forecast import Forecast, decode_seconds, finetune_step_seconds, forecast
@@ -101,7 +103,8 @@ def recommend_dataset(
     """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
 
     ``similarity=False`` measures only what needs no forward pass (R14 then says so);
-    ``epochs_cap`` is the fine-tune budget the plan will run under (R15 and R16 weigh it).
+    ``epochs_cap`` shortens a fine-tune's schedule (the advice warns when it is shorter than the
+    track record measured); ``budget_seconds`` picks the best forecast that fits the time.
     """
     if sample_size < 4:
         raise AdvisorError(f"--sample-size must be at least 4, got {sample_size}")
@@ -124,12 +127,31 @@ def recommend_dataset(
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
     if input_size is not None:  # the run will use another input size: plan and forecast follow it
         rec.plan = rec.plan.model_copy(update={"input_size": input_size})
+    short = _short_cap_warning(rec)
+    if short:
+        rec.warnings.append(short)
     if profile.probe_cv:
-        rec.forecast = _forecast(rec, backbone_model, scan, device=device)
-    if budget_seconds is not None and force_strategy is None:
-        _fit_budget(rec, budget_seconds, taps=backbone_model.taps)
+        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=bool(short))
+        if short:
+            rec.forecast.notes.append(short)
+    if force_strategy is None and (budget_seconds is not None or (short and rec.forecast is not None)):
+        # A short epoch cap is a budget too: the forecast (which credits no gain there) chooses.
+        _fit_budget(rec, budget_seconds if budget_seconds is not None else math.inf, taps=backbone_model.taps)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
+
+
+def _short_cap_warning(rec: Recommendation) -> str | None:
+    """Where an epoch cap cuts a fine-tune below the share of its schedule the track record measured."""
+    if rec.epochs_cap is None or rec.plan.recipe is None or not rec.plan.recipe.epochs:
+        return None
+    share = rec.epochs_cap / rec.plan.recipe.epochs
+    least = rec.thresholds.get("min_schedule_fraction", 0.26)
+    if share >= least:
+        return None
+    return (f"the epoch cap keeps {rec.epochs_cap} of {rec.plan.recipe.epochs} epochs ({share:.0%}) of the {rec.strategy}: "
+            f"the shortest capped fine-tunes measured ran {least:.0%} of their schedules, so its forecast gain is an "
+            "extrapolation; `--budget` lets the forecast choose a strategy that fits the time instead")
 
 
 def parse_duration(text: str) -> float:
@@ -159,7 +181,8 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps) -> None:
         return
     best = max(fits, key=lambda f: (f.accuracy, -f.seconds))
     better = [f for f in timed if f.accuracy > best.accuracy and f.seconds > budget]
-    note = f"budget {budget:.0f} s: {best.strategy} has the best forecast that fits ({best.accuracy:.3f}, about {best.seconds:.0f} s)"
+    label = f"budget {budget:.0f} s" if math.isfinite(budget) else "epoch cap"
+    note = f"{label}: {best.strategy} has the best forecast that fits ({best.accuracy:.3f}, about {best.seconds:.0f} s)"
     if better:
         top = max(better, key=lambda f: f.accuracy)
         note += (f"; {top.strategy} is forecast {100 * (top.accuracy - best.accuracy):+.1f} points but needs about "
@@ -173,20 +196,44 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps) -> None:
     rec.warnings.append(note)
 
 
-def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None) -> Forecast:
+def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False) -> Forecast:
     p = rec.profile
     plan = rec.plan
+    taps = backbone_model.taps
     epochs = plan.recipe.epochs if plan.recipe is not None else default_recipe(p.train_images, full=True).epochs
     if rec.epochs_cap is not None:
         epochs = min(epochs, rec.epochs_cap)
-    step = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size,
-                                 device=resolve_device(device))
+    dev = resolve_device(device)
+    step = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev)
+    frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
+    partial = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev,
+                                    frozen_stages=frozen) if frozen else None
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
     return forecast(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                     per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
-                    epochs=epochs, step_seconds=step, batch_size=plan.batch_size, decode_seconds_per_image=decode)
+                    epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
+                    decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
+                    short_schedule=short_schedule)
+
+
+def _probe_solve_seconds(rec: Recommendation, taps) -> dict[str, float]:
+    """Each probe's solve on the whole training split: the profile's CV seconds per (row x column), scaled.
+
+    The linear probe cross-validates pre_logits; the layer probe every candidate of its sweep
+    (each tap, then the top ones concatenated); the final refit on all rows adds about a tenth.
+    """
+    from strategies.probe import sweep_candidates
+
+    unit = rec.profile.probe_cv_seconds_per_unit
+    if not unit:
+        return {}
+    dims = {t.name: t.channels for t in taps}
+    per_column = unit * rec.profile.train_images * 1.1
+    sweep = sweep_candidates(plan_for_strategy(rec, "layer-probe", taps=taps).taps)
+    return {"linear-probe": per_column * dims.get(PRE_LOGITS, 0),
+            "layer-probe": per_column * sum(dims.get(t, 0) for cand in sweep for t in cand)}
 
 
 def save_plan(plan: RunPlan, path: str | os.PathLike) -> Path:

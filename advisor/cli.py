@@ -455,8 +455,8 @@ def recommend_cmd(
     cache_dir: Optional[Path] = CacheOpt,
     save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write the executable plan (JSON) here."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000,
-                                         help="The fine-tune epoch budget you will run with; a cap far below the "
-                                              "schedule turns a fine-tune into a probe (R15, R16)."),
+                                         help="The fine-tune epoch cap you will run with; below the share of the "
+                                              "schedule the track record measured, the forecast chooses."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
                                          "best forecast that fits it, and what more time would buy."),
     json_out: bool = JsonOpt,

@@ -137,6 +137,8 @@ class DatasetProfile(BaseModel):
     tap_evidence: list[TapEvidence] = Field(default_factory=list)  # per depth, on the profiling sample
     flip_check: FlipCheck | None = None  # do labels survive a horizontal flip (on the profiling sample)
     probe_cv: dict[str, float] = Field(default_factory=dict)  # tap -> 5-fold CV accuracy of a logistic probe (sample)
+    # Seconds that CV took per training row per feature column: what the forecast scales a probe's solve by.
+    probe_cv_seconds_per_unit: float | None = None
     split_source: str
     split_seed: int | None = None
 
@@ -221,7 +223,7 @@ class Recommendation(BaseModel):
     warnings: list[str]
     evidence_notes: list[str] = Field(default_factory=list)  # where measurement and rule disagree
     thresholds: dict[str, float]
-    epochs_cap: int | None = None  # the fine-tune epoch budget the advice assumed (R15, R16)
+    epochs_cap: int | None = None  # the fine-tune epoch cap the advice assumed
     plan: RunPlan
     seconds: float | None = None
     forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/forecast.py)

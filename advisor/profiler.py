@@ -12,6 +12,7 @@ import math
 import os
 import random
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -152,6 +153,7 @@ def build_profile(
     grey = measured = flips = None
     evidence = []
     probe_cv: dict[str, float] = {}
+    cv_unit: float | None = None
     if similarity:
         sample = stratified_sample(scan.samples, sample_size, seed=seed)
         # Every tap comes from the same forward pass; the per-depth evidence reads them all.
@@ -177,7 +179,10 @@ def build_profile(
         enough = len(train_rows) >= 2 * len(scan.classes)
         if enough:
             evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
+            t_cv = time.perf_counter()
             probe_cv = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes), seed=seed)
+            units = sum(train_feats[t].shape[0] * train_feats[t].shape[1] for t in probe_cv)
+            cv_unit = (time.perf_counter() - t_cv) / units if units else None
         if progress:
             progress("similarity", 1, 1)
         if enough:
@@ -224,6 +229,7 @@ def build_profile(
         tap_evidence=evidence,
         flip_check=flips,
         probe_cv=probe_cv,
+        probe_cv_seconds_per_unit=cv_unit,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )

@@ -44,7 +44,7 @@ def test_compare_on_the_shipped_example_with_a_tiny_budget(tmp_path, capsys):
     saved = json.loads(Path(res.saved_to).read_text())
     assert saved["winner"] == res.winner and saved["regret_points"] == res.regret_points
     assert 0 < res.recommend_cost_fraction
-    assert res.recommendation.epochs_cap == 1  # the advice knew the budget it would run under (R15, R16)
+    assert res.recommendation.epochs_cap == 1  # the advice knew the epoch cap it would run under
 
     # the rich table, served from the same cache
     code, out, err = run_main(args + ["--strategies", "linear-probe,layer-probe"], capsys)

@@ -129,3 +129,45 @@ def test_runs_append_forecast_and_outcome_to_the_local_record_and_calibrate_read
     report = calibrate_forecaster(path)
     assert report.local_runs == 2 and report.mean_abs_error_points == pytest.approx(6.0)
     assert report.interval_coverage == 0.5 and report.records[-1] == entry["dataset"]
+
+
+def test_probe_forecasts_shift_by_the_records_median_cv_gap_and_widen_by_its_spread():
+    records = _records(lambda pc, sim: 0.05)
+    gaps = [-0.03, -0.02, -0.02, -0.01, 0.0, -0.04]
+    for r, g in zip(records, gaps, strict=True):
+        r["probe_cv"] = {s: r["accuracy"][s] - g for s in ("linear-probe", "layer-probe")}
+    fc = forecast(probe_cv={"pre_logits": 0.82, "stage5": 0.85}, val_images=10_000, train_images=800, per_class=80,
+                  similarity=0.5, epochs=None, step_seconds=None, batch_size=32, records=records)
+    by = {f.strategy: f for f in fc.strategies}
+    assert by["linear-probe"].cv == 0.82 and by["linear-probe"].accuracy == pytest.approx(0.82 - 0.02)
+    # 10,000 validation images: the binomial spread (0.5 points) is below the records' 10th-90th
+    # percentile gaps (-3.9 and -0.1 points around a median of -2), which set the interval
+    assert by["linear-probe"].low == pytest.approx(0.80 - 0.019, abs=1e-4)
+    assert by["linear-probe"].high == pytest.approx(0.80 + 0.019, abs=1e-4)
+    assert by["partial-finetune"].accuracy == pytest.approx(0.83 + 0.05, abs=0.005)  # from the shifted best probe
+
+
+def test_a_short_schedule_credits_no_fine_tune_gain_and_the_cap_then_picks_the_probe():
+    records = _records(lambda pc, sim: 0.05)
+    kw = dict(probe_cv={"pre_logits": 0.82, "stage5": 0.85}, val_images=200, train_images=800, per_class=80,
+              similarity=0.5, epochs=2, step_seconds=0.5, batch_size=32, extract_images_per_second=50.0, records=records)
+    full = {f.strategy: f for f in forecast(**kw).strategies}
+    short = {f.strategy: f for f in forecast(**kw, short_schedule=True).strategies}
+    assert full["full-finetune"].accuracy > 0.89
+    assert short["full-finetune"].accuracy == short["layer-probe"].accuracy == 0.85
+    assert short["full-finetune"].low < short["layer-probe"].low  # the gain's room stays on the low side
+    assert "no gain credited" in short["full-finetune"].method
+
+
+def test_probe_solves_add_to_their_time_and_a_partial_step_is_timed_with_its_frozen_stages():
+    from advisor.backbones import create_backbone
+
+    fc = forecast(probe_cv={"pre_logits": 0.8}, val_images=200, train_images=800, per_class=80, similarity=0.5,
+                  epochs=None, step_seconds=None, batch_size=32, extract_images_per_second=50.0, records=[],
+                  probe_solve_seconds={"linear-probe": 3.0, "layer-probe": 12.0})
+    by = {f.strategy: f.seconds for f in fc.strategies}
+    assert by == {"linear-probe": 1000 / 50 + 3.0, "layer-probe": 1000 / 50 + 12.0}
+    bb = create_backbone("test/tiny-cnn", seed=0)
+    flags = {n: p.requires_grad for n, p in bb.named_parameters()}
+    assert finetune_step_seconds(bb, input_size=32, batch_size=32, device="cpu", frozen_stages=bb.num_stages() - 1) > 0
+    assert {n: p.requires_grad for n, p in bb.named_parameters()} == flags  # the timing leaves the flags as they were

@@ -158,10 +158,10 @@ CASES = [
     # With two or more classes at 110 the total is at least 220: only one class can miss 175.
     ("total-just-below", make_profile({"c0": 174}), "linear-probe", "R1", ["R1"]),
     ("total-at-threshold", make_profile({"c0": 175}), "partial-finetune", "R3", ["R3"]),
-    # R15 / R16: an epoch cap below half the fine-tune schedule (LARGE: 3000 images, 24 epochs).
-    # 24-epoch schedule, min_schedule_fraction 0.26: a cap of 6 (25 %) is too short, 7 (29 %) is enough.
-    ("budget-short-similar", make_profile(LARGE), "linear-probe", "R3", ["R3", "R15"], 6),
-    ("budget-short-different", make_profile(LARGE, score=DIFFERENT), "layer-probe", "R4", ["R4", "R16"], 6),
+    # R15 / R16 are retired: an epoch cap, even a short one, no longer changes the strategy
+    # (LARGE: 3000 images, a 24-epoch schedule; 6 epochs is 25 %, below min_schedule_fraction 0.26).
+    ("budget-short-similar", make_profile(LARGE), "partial-finetune", "R3", ["R3"], 6),
+    ("budget-short-different", make_profile(LARGE, score=DIFFERENT), "full-finetune", "R4", ["R4"], 6),
     ("budget-enough", make_profile(LARGE, score=DIFFERENT), "full-finetune", "R4", ["R4"], 7),
     ("budget-small-data", make_profile(SMALL, score=DIFFERENT), "layer-probe", "R2", ["R2"], 1),
     ("budget-after-few", make_profile(with_class(LARGE, "rare", 19), score=DIFFERENT), "layer-probe", "R4",
@@ -394,12 +394,16 @@ def test_rule_templates_use_only_context_values():
         assert used <= names, (rule.id, used - names)
 
 
-def test_budget_rule_cites_the_cap_and_the_schedule():
+def test_retired_budget_rules_keep_their_ids_never_fire_and_say_why():
+    retired = {r.id: r for r in RULES if r.retired}
+    assert set(retired) == {"R15", "R16"}
+    ctx = build_context(make_profile(LARGE, score=DIFFERENT), taps=TAPS, epochs_cap=1)
+    assert not any(r.condition(ctx) for r in retired.values())
     rec = recommend(make_profile(LARGE, score=DIFFERENT), taps=TAPS, epochs_cap=4)
-    text = next(h.rationale for h in rec.hits if h.id == "R16")
-    assert "caps it at 4 epochs, 17% of its 24-epoch schedule (at least 26% needed)" in text
-    assert rec.plan.taps == ["stage4", "stage5", "pre_logits"] and rec.plan.frozen_stages is None
-    assert any(w.startswith("The table says full-finetune, but the budget") for w in rec.warnings)
+    assert rec.strategy == "full-finetune" and rec.epochs_cap == 4
+    assert "R16" not in rec.plan.rule_ids
+    table = rules_markdown()
+    assert "| R16 | override (retired) |" in table and "--budget" in table
     with pytest.raises(AdvisorError, match="at least 1; got 0"):
         recommend(make_profile(LARGE), taps=TAPS, epochs_cap=0)
 

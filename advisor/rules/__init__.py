@@ -9,7 +9,8 @@ The table (size x similarity to ImageNet) picks one of four strategies::
 Every decision is a :class:`Rule` in :data:`RULES`, evaluated in that fixed order:
 
 1. quadrant rules R1-R4 (exactly one fires) set the strategy;
-2. override rules R5, R18, R6, R7, R15, R16 (at most one fires) replace it when the table's answer is unsafe;
+2. override rules R5, R18, R6, R7 (at most one fires) replace it when the table's answer is unsafe
+   (R15 and R16 are retired: a rule's ``retired`` note says why, and it never fires);
 3. modifier rules R8-R10 and R17 adjust the plan of whichever strategy was chosen;
 4. warning rules R11-R14 change nothing in the plan but are reported.
 

@@ -142,7 +142,7 @@ def recommend(
 
     ``taps`` are the backbone's feature taps in depth order (stages, then ``pre_logits``);
     ``val_fraction`` is recorded in the plan when the validation split was carved by the scan;
-    ``epochs_cap`` is the budget the plan will run under (R15, R16), if the user set one.
+    ``epochs_cap`` is the epoch cap the plan will run under, if the user set one (recorded; R15 and R16, which weighed it, are retired).
     """
     if epochs_cap is not None and epochs_cap < 1:
         raise AdvisorError(f"the epoch cap must be at least 1; got {epochs_cap}", hint="leave --epochs unset for the plan's schedule")

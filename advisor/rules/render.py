@@ -14,8 +14,11 @@ def rules_markdown() -> str:
     ]
     for rule in RULES:
         template = rule.rationale.replace("|", "\\|")
+        if rule.retired:
+            template = f"**Retired:** {rule.retired}. (Was: {template})"
+        kind = f"{rule.kind} (retired)" if rule.retired else rule.kind
         lines.append(
-            f"| {rule.id} | {rule.kind} | {rule.when} | {rule.strategy or '-'} | {template} |"
+            f"| {rule.id} | {kind} | {rule.when} | {rule.strategy or '-'} | {template} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -36,8 +36,13 @@ class Rule:
     plan: Callable[[RuleContext, dict[str, Any]], dict[str, Any]] | None
     rationale: str  # str.format template over RuleContext.values()
     when: str  # the condition in words, for rules_markdown
+    # Why a rule no longer fires, and what replaced it. Retired rules keep their ID (reports and
+    # plans that cite it stay readable) and never fire again; IDs are not reused.
+    retired: str | None = None
 
     def __post_init__(self) -> None:
+        if self.retired is not None:
+            object.__setattr__(self, "condition", _never)
         # A typo in the table would otherwise surface only in the one report that hits it.
         if self.strategy is not None and self.strategy not in STRATEGIES:
             raise ValueError(f"rule {self.id}: strategy must be one of {STRATEGIES}; got {self.strategy!r}")
@@ -50,6 +55,18 @@ class Rule:
     def explain(self, ctx: RuleContext) -> str:
         return self.rationale.format_map(ctx.values())
 
+
+
+def _never(ctx: RuleContext) -> bool:
+    return False
+
+
+_RETIRED_BUDGET = (
+    "retired when forecasts arrived (issue 13): a measured cost replaced the epoch-share heuristic. "
+    "`--budget 15m` picks the strategy with the best forecast that fits the time; an epoch cap only shortens "
+    "the schedule, and the advice warns when it falls below min_schedule_fraction of it (the track record's "
+    "capped fine-tunes ran 27-36 % of their schedules, and the better one beat the better probe on all eleven datasets)"
+)
 
 
 _SMALL = (
@@ -213,6 +230,7 @@ RULES: tuple[Rule, ...] = (
         "so use the similar column's probe, a linear classifier on pre_logits; "
         "fine-tune when the full schedule fits.",
         when="R3's quadrant, no earlier override, and an epoch cap below min_schedule_fraction of the schedule",
+        retired=_RETIRED_BUDGET,
     ),
     Rule(
         id="R16",
@@ -228,6 +246,7 @@ RULES: tuple[Rule, ...] = (
         "so use the different column's probe, linear classifiers on "
         "{probe_taps}; fine-tune when the full schedule fits.",
         when="R4's quadrant, no earlier override, and an epoch cap below min_schedule_fraction of the schedule",
+        retired=_RETIRED_BUDGET,
     ),
     Rule(
         id="R8",

@@ -69,7 +69,7 @@ class Thresholds(BaseModel):
     )
     min_schedule_fraction: float = Field(
         0.26, gt=0, le=1,
-        description="a fine-tune capped below this share of its schedule's epochs falls back to a probe (R15, R16)",
+        description="a fine-tune capped below this share of its schedule's epochs is outside the measured evidence: the advice warns (R15, R16 retired)",
     )
     probe_stages: int = Field(
         2, ge=1,
