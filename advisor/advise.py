@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from advisor.backbones import PRE_LOGITS
 from advisor.errors import AdvisorError
 from advisor.features import resolve_device
@@ -131,7 +133,7 @@ def recommend_dataset(
     if short:
         rec.warnings.append(short)
     if profile.probe_cv:
-        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=bool(short))
+        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=bool(short), cache_dir=cache_dir)
         if short:
             rec.forecast.notes.append(short)
     if force_strategy is None and (budget_seconds is not None or (short and rec.forecast is not None)):
@@ -196,7 +198,40 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps) -> None:
     rec.warnings.append(note)
 
 
-def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False) -> Forecast:
+STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per machine and configuration
+
+
+def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir) -> float:
+    """A timed training step, remembered in the cache folder so a warm ``recommend`` does not time it again.
+
+    The key names the backbone, weights, input size, batch, frozen stages, device and thread
+    count; delete the file to re-time (a machine under other load runs slower than it timed).
+    """
+    import json
+
+    from advisor.features import default_cache_dir
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
+                              frozen, name)))
+    path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
+        return float(known[key])
+    seconds = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev,
+                                    frozen_stages=frozen)
+    try:
+        write_text_atomic(path, json.dumps({**(known if isinstance(known, dict) else {}), key: seconds}, indent=1))
+    except OSError:
+        pass  # a read-only cache only costs the timing next time
+    return seconds
+
+
+def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
+              cache_dir=None) -> Forecast:
     p = rec.profile
     plan = rec.plan
     taps = backbone_model.taps
@@ -204,10 +239,9 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     if rec.epochs_cap is not None:
         epochs = min(epochs, rec.epochs_cap)
     dev = resolve_device(device)
-    step = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev)
+    step = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
     frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
-    partial = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev,
-                                    frozen_stages=frozen) if frozen else None
+    partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir) if frozen else None
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())

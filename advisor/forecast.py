@@ -174,11 +174,13 @@ class CalibrationReport(BaseModel):
     interval_coverage: float | None  # share of local runs whose 80 % interval held the achieved value
     gain_error_shipped: dict[str, float]  # strategy -> mean |held-out residual| (points), shipped records only
     gain_error_with_local: dict[str, float]  # the same with this machine's records added
+    cv_gap_shipped: float | None = None  # median validation-minus-CV gap of the probes (points), shipped records
+    cv_gap_with_local: float | None = None  # the same with this machine's probe runs added
     records: list[str]
 
 
 def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
-    """Score the recorded forecasts and refit the fine-tune gain model on shipped + local records."""
+    """Score the recorded forecasts and refit the forecaster (fine-tune gains, probe CV gap) on shipped + local records."""
     outcomes = local_outcomes(path)
     shipped = shipped_track_record()
     combined = shipped + local_datasets(outcomes)
@@ -197,7 +199,12 @@ def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
         local_runs=len(outcomes), mean_abs_error_points=round(100 * sum(errors) / len(errors), 2) if errors else None,
         interval_coverage=round(sum(covered) / len(covered), 3) if covered else None,
         gain_error_shipped=gain_error(shipped), gain_error_with_local=gain_error(combined),
+        cv_gap_shipped=_median_points(cv_gaps(shipped)), cv_gap_with_local=_median_points(cv_gaps(combined)),
         records=[r["dataset"] for r in combined])
+
+
+def _median_points(values: Sequence[float]) -> float | None:
+    return round(100 * _quantile(values, 0.5), 2) if values else None
 
 
 def _quantile(values: Sequence[float], q: float) -> float:

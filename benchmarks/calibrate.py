@@ -337,7 +337,9 @@ def markdown(result: dict) -> str:
                      f"and lost at {budget['lost'] or 'none'}; the cut misplaces {budget['misplaced']} of "
                      f"{budget['points']} points")
     if result.get("budget_suite"):
-        lines += ["", "budget suite (rule 4 alone; size and similarity as above):", "",
+        lines += ["", "budget suite (rule 4 alone; size and similarity as above). R15/R16 are retired, so the rule table "
+                  "itself no longer changes strategy under a cap and the columns agree; `min_schedule_fraction` now "
+                  "marks where the forecast credits a capped fine-tune no gain:", "",
                   "| dataset | share of schedule | best | before: strategy | regret | after: strategy | regret "
                   "| held out: strategy | regret |", "|---|---|---|---|---|---|---|---|---|"]
         brows = result["budget_suite"]["rows"]

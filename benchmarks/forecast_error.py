@@ -8,6 +8,11 @@
 * fine-tunes: the better probe's forecast plus the gain :mod:`advisor.forecast` fits on the
   *other* datasets of the suite (leave one dataset out), with its 80 % interval.
 
+Budget regret: at every budget that changes which strategies fit (each strategy's measured wall
+time on that dataset), the strategy ``--budget`` picks (best forecast that fits) against the best
+achieved among those that fit. The measured times stand in for the time forecast here, so this
+isolates the accuracy forecast; ``benchmarks/forecast_time.py`` measures the time forecast.
+
 Prints, and writes as OUT.md/OUT.json, |forecast - achieved| per (dataset, strategy), the share
 within 2 points (target >= 80 %) and how often the 80 % interval held the achieved value
 (target 70-90 %).
@@ -63,6 +68,19 @@ def main() -> None:
                          "covered": f.low <= achieved <= f.high,
                          # P(|error| <= 2 points) for a forecast equal to the true accuracy: the validation split's own noise
                          "noise_floor_within_2": round(math.erf(0.02 / (sd * math.sqrt(2))), 3)})
+    regrets = []
+    for r in suite:
+        fc = {x["strategy"]: x["forecast"] for x in rows if x["dataset"] == r["dataset"]}
+        secs = {k: v for k, v in (r.get("seconds") or {}).items() if k in fc}
+        for budget in sorted(set(secs.values())):
+            fits = [k for k in secs if secs[k] <= budget]
+            pick = max(fits, key=lambda k: (fc[k], -secs[k]))
+            best = max(r["accuracy"][k] for k in fits)
+            regrets.append({"dataset": r["dataset"], "budget_s": budget, "fits": sorted(fits), "picked": pick,
+                            "regret_points": round(100 * (best - r["accuracy"][pick]), 2)})
+    mean_regret = sum(g["regret_points"] for g in regrets) / max(1, len(regrets))
+    choices = [g for g in regrets if len(g["fits"]) > 1]
+    choice_regret = sum(g["regret_points"] for g in choices) / max(1, len(choices))
     within = sum(abs(x["error_points"]) <= 2.0 for x in rows) / len(rows)
     floor = sum(x["noise_floor_within_2"] for x in rows) / len(rows)
     covered = sum(x["covered"] for x in rows) / len(rows)
@@ -75,6 +93,10 @@ def main() -> None:
                   f"the 80 % interval held the achieved value for {covered:.0%} (target 70-90 %)",
               f"noise floor: a forecast equal to each strategy's true accuracy would land within 2 points of the measured "
               f"one for only {floor:.0%} of these pairs, given the validation splits' sizes (binomial)"]
+    lines.append(f"budget: over {len(regrets)} (dataset, budget) pairs, the strategy picked by forecast lost "
+                 f"{mean_regret:.2f} points on average to the best one that fit (target <= 1.0); "
+                 f"{sum(g['regret_points'] > 0 for g in regrets)} picks were not the best; "
+                 f"{choice_regret:.2f} points over the {len(choices)} pairs where two or more strategies fit")
     for s in ("linear-probe", "layer-probe", "partial-finetune", "full-finetune"):
         errs = [abs(x["error_points"]) for x in rows if x["strategy"] == s]
         if errs:
@@ -84,7 +106,8 @@ def main() -> None:
     if args.out:
         Path(args.out).with_suffix(".md").write_text(md)
         Path(args.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "within_2_points": within, "noise_floor_within_2": floor,
-                                                                    "interval_coverage": covered}, indent=2))
+                                                                    "interval_coverage": covered,
+                                                                    "budget_regret": regrets, "mean_budget_regret_points": mean_regret}, indent=2))
 
 
 if __name__ == "__main__":

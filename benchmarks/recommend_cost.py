@@ -6,7 +6,10 @@ Runs the real command (`python -m advisor recommend DATASET --json`) in a fresh 
 an empty feature cache (cold), then again (warm), on DATASET and on a dataset made by copying
 every image ``--repeat`` times (under new names). The profile reads a fixed-size stratified
 sample, so the larger dataset should cost more only by its file scan and file hashing.
-Targets on 2 CPU cores (flowers, 4317 images): cold <= 90 s, warm <= 5 s.
+Targets on 2 CPU cores (flowers, 4317 images): cold <= 90 s, warm <= 5 s. Also prints the cold
+cost as a share of running all four strategies, as ``recommend`` itself forecasts that (target
+<= 5 % on the median shared dataset; ``benchmarks/forecast_time.py`` measures how good those
+time forecasts are). ``--repeat 0`` skips the copy.
 """
 
 from __future__ import annotations
@@ -57,14 +60,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         big = tmp / f"{src.name}-x{args.repeat}"
-        n_big = repeated_copy(src, big, args.repeat)
+        n_big = repeated_copy(src, big, args.repeat) if args.repeat > 0 else 0
         rows = []
-        for name, path in ((src.name, src), (big.name, big)):
+        first = None
+        for name, path in ((src.name, src), (big.name, big))[: 2 if args.repeat > 0 else 1]:
             cache = tmp / f"cache-{name}"
             cold, rec = timed_recommend(path, cache, args.sample_size)
             warm, rec2 = timed_recommend(path, cache, args.sample_size)
             assert rec2["strategy"] == rec["strategy"]
             p = rec["profile"]
+            first = first or rec
             rows.append((name, p["images_total"], cold, warm, rec["seconds"], rec2["seconds"], rec["strategy"], p["similarity"]["score"]))
         print(f"{'dataset':22s} {'images':>7s} {'cold s':>7s} {'warm s':>7s} {'(in-process cold/warm)':>24s}  strategy, similarity")
         for name, n, cold, warm, c_in, w_in, strat, score in rows:
@@ -73,7 +78,13 @@ def main() -> None:
         base = rows[0]
         print(f"targets: cold <= 90 s: {'met' if base[2] <= 90 else 'MISSED'} ({base[2]:.1f} s); "
               f"warm <= 5 s: {'met' if base[3] <= 5 else 'MISSED'} ({base[3]:.1f} s)")
-        print(f"10x dataset ({n_big} files): cold +{rows[1][2] - base[2]:.1f} s, warm +{rows[1][3] - base[3]:.1f} s over the original")
+        total = sum(f["seconds"] or 0.0 for f in ((first.get("forecast") or {}).get("strategies") or []))
+        if total:
+            print(f"cold recommend = {base[2] / total:.2%} of the forecast {total:.0f} s for running all four strategies "
+                  f"(target <= 5 %: {'met' if base[2] <= 0.05 * total else 'MISSED'})")
+        if args.repeat <= 0:
+            return
+        print(f"{args.repeat}x dataset ({n_big} files): cold +{rows[1][2] - base[2]:.1f} s, warm +{rows[1][3] - base[3]:.1f} s over the original")
 
 
 if __name__ == "__main__":
