@@ -47,6 +47,50 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Transfer-learning advisor: measure an image dataset, place it in the 2x2 table, run the advice."""
     if quiet:
         _progress_console.quiet = True
+    from advisor import distributed
+
+    # Under torchrun: join the process group; only rank 0 prints (errors still print on every rank).
+    if not distributed.init_from_env(_argv_value("--device")).main:
+        out.quiet = _progress_console.quiet = True
+
+
+_ARGV: list[str] = []  # the arguments main() was called with (``--devices`` relaunches them under torchrun)
+
+
+def _argv_value(option: str) -> str | None:
+    args = _ARGV or sys.argv[1:]
+    for i, a in enumerate(args):
+        if a == option and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(option + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _without_devices(args: list[str]) -> list[str]:
+    out_args, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--devices":
+            skip = True
+        elif not a.startswith("--devices="):
+            out_args.append(a)
+    return out_args
+
+
+def _relaunch(devices: int | None) -> None:
+    """``--devices N`` (N > 1) outside torchrun: run this same command under torchrun on N processes."""
+    from advisor import distributed
+
+    if devices is None or devices <= 1 or distributed.from_env().world > 1:
+        return
+    rc, failure = distributed.launch(_without_devices(_ARGV or sys.argv[1:]), nproc=devices)
+    if failure:
+        err_console.print(f"[bold red]error:[/bold red] the distributed run stopped: {failure}; the other ranks were "
+                          f"stopped too. Fine-tunes resume from their last checkpoint: advisor run --resume RUN_DIR "
+                          f"--devices {devices}", soft_wrap=True)
+    sys.exit(rc)
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 _progress_console = Console(stderr=True, highlight=False)  # bars and epoch lines; --quiet silences it, not errors
@@ -70,6 +114,9 @@ WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader wor
 InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
                             help=f"Input resolution in pixels, {MIN_INPUT}-{MAX_INPUT} (e.g. 128 for quick CPU runs).")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
+DevicesOpt = typer.Option(None, "--devices", min=1, max=1024,
+                          help="Processes on this machine (one per GPU, or CPU processes with gloo): relaunches "
+                               "this command under torchrun with DistributedDataParallel.")
 
 
 # C0/C1 controls (ESC starts terminal escape sequences) and the invisible bidi/zero-width marks
@@ -124,6 +171,8 @@ def progress_bar(description: str):
 
 def _print_json(model, **dump) -> None:
     """Plain JSON on stdout: rich would wrap long lines and break strings for machines."""
+    if out.quiet:  # a rank other than 0 under torchrun
+        return
     text = model.model_dump_json(indent=2, **dump) if hasattr(model, "model_dump_json") else json.dumps(model, indent=2)
     typer.echo(text)
 
@@ -533,6 +582,7 @@ def run_cmd(
                                          help="Keep checkpoints/ (weights + optimiser) after the run finishes."),
     budget: Optional[str] = typer.Option(None, "--budget", help="With --auto: a wall-time budget (15m, 90s, 1h); the "
                                          "strategy with the best forecast that fits it runs."),
+    devices: Optional[int] = DevicesOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
@@ -540,6 +590,7 @@ def run_cmd(
     from advisor.advise import parse_duration
 
     budget_seconds = parse_duration(budget) if budget is not None else None
+    _relaunch(devices)
     modes = sum([auto, strategy is not None and plan_file is None, plan_file is not None, resume is not None])
     if modes != 1:
         raise AdvisorError("choose exactly one of --auto, --strategy NAME, --plan FILE or --resume RUN_DIR",
@@ -622,11 +673,13 @@ def compare_cmd(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     workers: Optional[int] = WorkersOpt,
+    devices: Optional[int] = DevicesOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every strategy on the same split and backbone; show accuracy, time, parameters and the advice's regret."""
     from advisor.compare import compare
 
+    _relaunch(devices)
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     with stage_bars() as cb:
         res = compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
@@ -739,6 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     from pydantic import ValidationError
 
     click_exc = _click_exceptions()
+    _ARGV[:] = list(argv) if argv is not None else sys.argv[1:]
     try:
         # Not standalone: usage errors come back here and get the same one-line form as the rest.
         code = app(args=argv, standalone_mode=False)
@@ -780,6 +834,10 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]internal error:[/bold red] {type(err).__name__}: {shown(err)} "
                           "(set ADVISOR_DEBUG=1 for the traceback and please report it)", soft_wrap=True)
         sys.exit(1)
+    finally:
+        from advisor import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

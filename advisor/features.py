@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from advisor import distributed
 from advisor.backbones import Backbone
 from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest
 from advisor.errors import AdvisorError
@@ -58,6 +59,8 @@ def default_cache_dir() -> Path:
 
 def resolve_device(device: str | None = None) -> torch.device:
     """``None``/``'auto'`` picks CUDA when available, else the CPU."""
+    if device in (None, "auto", "cuda") and torch.cuda.is_available() and distributed.active():
+        return torch.device("cuda", distributed.rank().local_rank % torch.cuda.device_count())  # one GPU per rank
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -352,6 +355,7 @@ def extract_features(
 
     computed = 0
     forward_seconds = 0.0
+    todo = distributed.share(todo)  # under DDP each rank computes its share; the shares are gathered below
     if todo:
         model = backbone.to(dev).eval()
         if dev.type == "cuda":
@@ -411,6 +415,17 @@ def extract_features(
             # Ctrl-C or an error mid-run: what was computed so far is kept.
             flush()
 
+    if distributed.active():
+        mine = {p: results[p] for p in todo if p in results}
+        failed_mine = [f for f in failed if f.path in {paths[p] for p in todo}]
+        parts = distributed.gather((mine, failed_mine, computed))
+        computed = 0
+        for part, part_failed, part_computed in parts:
+            results.update(part)
+            failed += [f for f in part_failed if f not in failed]
+            computed += part_computed
+        if progress:
+            progress(len(paths), len(paths))
     order = sorted(results)
     widths = {**known, GREY: 1}
     feats = {}

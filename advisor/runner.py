@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from advisor import __version__
+from advisor import __version__, distributed
 from advisor.advise import recommend_dataset
 from advisor.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.backbones import create_backbone
@@ -95,6 +95,8 @@ def new_run_dir(runs_dir: str | os.PathLike, dataset: str | os.PathLike, strateg
 
 
 def _write(run_dir: Path, name: str, model: BaseModel) -> Path:
+    if not distributed.is_main():  # under DDP only rank 0 writes run artifacts
+        return run_dir / name
     return write_text_atomic(run_dir / name, model.model_dump_json(indent=2))
 
 
@@ -120,6 +122,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
                          backbone_in_file=plan.strategy.endswith("finetune"), taps=model.taps,
                          feature_dim=model.feature_dim, classes=data.classes, transform=model.backbone.transform_config,
                          metrics={"val_accuracy": result.metrics.val_accuracy}, created=_now(), advisor_version=__version__)
+        if not distributed.is_main():  # the other ranks trained the same model; rank 0 writes it
+            return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report="", recommendation=recommendation)
         model_path, card_path = save_classifier(model, run_dir, card)
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
                                  "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
@@ -147,11 +151,11 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         raise
     state.status, state.finished = "finished", _now()
     _write(run_dir, "run.json", state)
-    if not state.keep_checkpoint:
+    if not state.keep_checkpoint and distributed.is_main():
         # The model is saved and the run finished: the resume checkpoint (weights + optimiser) is dead weight.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
-    if recommendation is not None:
+    if recommendation is not None and distributed.is_main():
         try:  # the local track record learns from every run; failing to write it must not fail the run
             record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, result.seconds)
         except OSError as err:
@@ -178,11 +182,14 @@ def run_plan(
     if not Path(dataset).exists():
         raise AdvisorError(f"dataset not found: {dataset}")
     plan = plan.model_copy(update={"dataset": dataset})
-    ensure_writable_dir(runs_dir if not run_dir else Path(run_dir).parent, what="runs folder", option="--runs-dir")
-    rd = Path(run_dir) if run_dir else new_run_dir(runs_dir, dataset, plan.strategy)
-    if rd.exists() and any(rd.iterdir()):
-        raise AdvisorError(f"run directory {rd} already exists and is not empty", hint="use --resume to continue it")
-    rd.mkdir(parents=True, exist_ok=True)
+    rd = None
+    if distributed.is_main():  # rank 0 names and creates the run directory; under DDP the others are told
+        ensure_writable_dir(runs_dir if not run_dir else Path(run_dir).parent, what="runs folder", option="--runs-dir")
+        rd = Path(run_dir) if run_dir else new_run_dir(runs_dir, dataset, plan.strategy)
+        if rd.exists() and any(rd.iterdir()):
+            raise AdvisorError(f"run directory {rd} already exists and is not empty", hint="use --resume to continue it")
+        rd.mkdir(parents=True, exist_ok=True)
+    rd = Path(distributed.broadcast(str(rd) if rd else None))
     state = RunState(dataset=dataset, strategy=plan.strategy, status="running", device=device,
                      cache_dir=str(cache_dir) if cache_dir else None, num_workers=num_workers, started=_now(),
                      keep_checkpoint=keep_checkpoint)
@@ -242,13 +249,17 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
     the strategy the user already chose (the plan's other fields come from the file-level profile).
     """
-    rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
-                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
-                            force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds,
-                            input_size=input_size)
+    rec = None
+    if distributed.is_main():  # under DDP rank 0 profiles (a sample: no collectives) and tells the others
+        with distributed.rank_zero_only():
+            rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
+                                    cache_dir=cache_dir, num_workers=num_workers, progress=progress,
+                                    similarity=strategy is None, force_strategy=strategy, epochs_cap=epochs,
+                                    budget_seconds=budget_seconds, input_size=input_size)
+    rec = distributed.broadcast(rec)
     plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
-    if on_recommendation is not None:
+    if on_recommendation is not None and distributed.is_main():
         on_recommendation(rec)
     return run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=device, cache_dir=cache_dir,
                     num_workers=num_workers, progress=progress, recommendation=rec, keep_checkpoint=keep_checkpoint)

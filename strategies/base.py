@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel
 
+from advisor import distributed
 from advisor.backbones import Backbone
 from advisor.classifier import TransferClassifier
 from advisor.data import DatasetScan, Sample
@@ -99,6 +100,8 @@ class RunContext:
         """Append one line to ``events.jsonl`` (flushed at once: the log survives a kill)."""
         rec = {"time": round(time.time(), 3), "event": kind, **data}
         self.events.append(rec)
+        if not distributed.is_main():  # under DDP rank 0 logs and shows; the others hold the same state
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "events.jsonl", "a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
@@ -106,7 +109,7 @@ class RunContext:
             self.on_event(rec)
 
     def report(self, stage: str, done: int, total: int) -> None:
-        if self.progress:
+        if self.progress and distributed.is_main():
             self.progress(stage, done, total)
 
 

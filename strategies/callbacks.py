@@ -31,6 +31,7 @@ from advisor.classifier import TransferClassifier
 from advisor.errors import AdvisorError
 from advisor.features import extract_features
 from advisor.images import mix_seed
+from advisor import distributed
 from advisor.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
 from strategies.training import (
     EarlyStopping,
@@ -117,7 +118,7 @@ class WarmStart(Callback):
         # (measured: a cross-validated probe on such features scored 0.16 on a 2-class set).
         samples = loop.train_samples
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(mix_seed(loop.seed, -2)))
-        loader = loop.eval_loader(samples, order=order.tolist())
+        loader = loop.eval_loader(samples, order=order.tolist(), shard=False)  # every rank needs the same statistics
         feats, labels = [], []
 
         def forward(x: torch.Tensor) -> None:
@@ -301,6 +302,8 @@ class Checkpointing(Callback):
         }
 
     def save(self, loop: FinetuneLoop, model: TransferClassifier) -> Path:
+        if not distributed.is_main():  # every rank holds the same state; rank 0 writes it
+            return self.path
         pos = loop.pos
         state = {
             **self.identity(loop),

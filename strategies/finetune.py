@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 
+from advisor import distributed
 from advisor.backbones import PRE_LOGITS, Backbone
 from advisor.classifier import TransferClassifier
 from advisor.data import Sample
@@ -139,6 +140,13 @@ class EpochResult(NamedTuple):
 _CURVES = ("train_loss", "val_loss", "val_accuracy", "holdout_accuracy", "lr")
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 class FinetuneLoop:
     """One fit: trains, evaluates each epoch and keeps its position; callbacks do the rest.
 
@@ -192,6 +200,8 @@ class FinetuneLoop:
         self.scheduler = None
         self.seconds_before = 0.0
         self.resumed = False
+        self.rank = distributed.rank() if distributed.active() else None  # None: one process
+        self.ddp: torch.nn.Module | None = None
         self.t0 = time.perf_counter()
 
     @property
@@ -233,9 +243,19 @@ class FinetuneLoop:
         run_hooks(self.callbacks, "on_train_start", self, model)
         if ckpt is not None:
             self._restore(ckpt, model)
+        if self.rank is not None:
+            if self.rank.world > cfg.batch_size:
+                raise AdvisorError(f"{self.rank.world} processes cannot split a batch of {cfg.batch_size} images",
+                                   hint="use at most as many processes as the batch has images")
+            # DDP broadcasts rank 0's weights at construction and averages gradients in backward.
+            # Buffers (BatchNorm statistics) are synced once at construction, not every forward: they are
+            # frozen, or re-estimated identically on every rank, or synchronised by SyncBatchNorm.
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.dev.index] if self.cuda else None, **_no_buffer_sync())
 
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, seed=self.seed,
-                                    weights=self._balanced_weights() if cfg.balanced_sampler else None)
+                                    weights=self._balanced_weights() if cfg.balanced_sampler else None,
+                                    rank=self.rank.rank if self.rank else 0, world=self.rank.world if self.rank else 1)
         train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self._train_transform(), seed=self.seed), sampler)
         val_loader = self.eval_loader(self.data.val)
         holdout_loader = self.eval_loader(self.holdout) if self.holdout else None
@@ -263,6 +283,9 @@ class FinetuneLoop:
             set_drop_path(model, self.cfg.drop_path, min_depth=self.frozen + 1 if self.frozen else 0)
         # channels_last on CPU too: EfficientNet-Lite0, 2 cores, 224 px, batch 32: a training step took
         # ~1.8 s against ~2.3 s in NCHW, and NCHW backward passes degraded far more under CPU contention.
+        if self.bn_train and self.cuda and distributed.active():
+            # BatchNorm that trains sees the global batch, as in one process (NCCL only: gloo has no SyncBatchNorm).
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.dev, memory_format=torch.channels_last)
         return model
 
@@ -327,7 +350,10 @@ class FinetuneLoop:
             # Dropout / drop-path noise is a function of (seed, epoch, step): a resumed run draws the same.
             torch.manual_seed(mix_seed(self.seed, pos.epoch, pos.step))
             loss_value = None
-            if batch.x is not None:
+            if self.ddp is not None:
+                loss_value, seen = self._ddp_step(batch, loss_weights)
+            elif batch.x is not None:
+                seen = len(batch.y)
                 x, y = self.to_device(batch.x), batch.y.to(self.dev, non_blocking=True)
                 with self.autocast():
                     logits = model(x)
@@ -344,8 +370,8 @@ class FinetuneLoop:
                     optimizer.step()
                     scheduler.step()
                     run_hooks(self.callbacks, "on_optimizer_step", self, model)
-                    pos.loss_sum += loss_value * len(batch.y)
-                    pos.seen += len(batch.y)
+                    pos.loss_sum += loss_value * seen
+                    pos.seen += seen
                 else:  # every image of the batch was bad: the schedule still advances
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
@@ -354,6 +380,41 @@ class FinetuneLoop:
                 pos.global_step += 1
             self.ctx.report("train", pos.global_step, self.total_steps)
             run_hooks(self.callbacks, "on_step_end", self, model)
+
+    def _ddp_step(self, batch, loss_weights) -> tuple[float | None, int]:
+        """Forward/backward of this rank's share of the global batch; (global mean loss, global images).
+
+        The loss is normalised by the global batch (images, or their class weights), times the
+        world size because DDP averages gradients: the update equals one process's on the whole
+        batch. A rank whose share failed to decode still joins the gradient average with zeros.
+        """
+        cfg, ddp = self.cfg, self.ddp
+        if batch.x is not None:
+            x, y = self.to_device(batch.x), batch.y.to(self.dev, non_blocking=True)
+        else:
+            size = self.backbone.transform_config.input_size
+            x = torch.zeros(1, 3, size, size, device=self.dev).contiguous(memory_format=torch.channels_last)
+            y = torch.zeros(1, dtype=torch.long, device=self.dev)
+        with self.autocast():
+            logits = ddp(x)
+        per = F.cross_entropy(logits.float(), y, weight=loss_weights, label_smoothing=cfg.label_smoothing, reduction="none")
+        norm = (loss_weights[y] if loss_weights is not None else torch.ones_like(per)).sum()
+        if batch.x is None:
+            per, norm = per * 0.0, norm * 0.0
+        totals = torch.stack([per.detach().sum(), norm.detach(), torch.tensor(float(len(y) if batch.x is not None else 0),
+                                                                                device=self.dev)])
+        torch.distributed.all_reduce(totals)
+        global_sum, global_norm, global_n = totals.tolist()
+        self.optimizer.zero_grad(set_to_none=True)
+        (per.sum() * (self.rank.world / max(global_norm, 1e-12))).backward()
+        if global_norm <= 0:  # every image of the global batch was bad
+            return None, 0
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in ddp.module.parameters() if p.requires_grad], cfg.grad_clip)
+        loss_value = global_sum / global_norm
+        if self.first_loss is None:
+            self.first_loss = round(loss_value, 4)
+        return loss_value, int(global_n)
 
     def _end_epoch(self, model, val_loader, holdout_loader) -> None:
         pos = self.pos
@@ -395,17 +456,21 @@ class FinetuneLoop:
                                            collate_fn=collate_skip, pin_memory=self.cuda,
                                            persistent_workers=self.workers > 0)
 
-    def eval_loader(self, samples: list[Sample], order: list[int] | None = None) -> torch.utils.data.DataLoader:
-        """Un-augmented batches of ``samples`` (in ``order``, default file order)."""
+    def eval_loader(self, samples: list[Sample], order: list[int] | None = None, *,
+                    shard: bool = True) -> torch.utils.data.DataLoader:
+        """Un-augmented batches of ``samples`` (in ``order``, default file order); this rank's share under DDP
+        unless ``shard`` is False (passes whose result every rank needs whole, like re-estimating BatchNorm)."""
         keys = [(0, i) for i in (range(len(samples)) if order is None else order)]
+        if self.rank is not None and shard:
+            keys = keys[self.rank.rank::self.rank.world]
         batches = [keys[i:i + self.cfg.batch_size] for i in range(0, len(keys), self.cfg.batch_size)]
         return self._loader(ImageDataset.from_samples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed), batches)
 
     @torch.inference_mode()
     def evaluate(self, model: TransferClassifier, loader, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """(logits, labels, paths) of every image that decoded."""
+        """(logits, labels, paths) of every image that decoded; under DDP gathered from every rank, in file order."""
         model.eval()
-        logits, labels, paths = [], [], []
+        logits, labels, index = [], [], []
         for batch in loader:
             self.note_bad(batch.bad, samples)
             if batch.x is None:
@@ -414,10 +479,16 @@ class FinetuneLoop:
                 out = model(self.to_device(batch.x))
             logits.append(out.float().cpu())
             labels.append(batch.y)
-            paths += [samples[i].path for i in batch.index.tolist()]
+            index += batch.index.tolist()
+        if self.rank is not None:
+            parts = distributed.gather((index, torch.cat(logits) if logits else None, torch.cat(labels) if labels else None))
+            rows = sorted((i, lg[k], lb[k]) for idx, lg, lb in parts if lg is not None for k, i in enumerate(idx))
+            index = [r[0] for r in rows]
+            logits = [torch.stack([r[1] for r in rows])] if rows else []
+            labels = [torch.stack([r[2] for r in rows])] if rows else []
         if not logits:
             raise AdvisorError("no validation image could be decoded")
-        return torch.cat(logits), torch.cat(labels), paths
+        return torch.cat(logits), torch.cat(labels), [samples[i].path for i in index]
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.dev, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -369,8 +369,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int = 0, start: int = 0,
-                 weights: torch.Tensor | None = None) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+                 weights: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> None:
+        # Under DDP each rank serves its share (``rank::world``) of the same global batches.
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.num_batches = steps_per_epoch(n, batch_size)
         self.weights = weights
         self.set_epoch(epoch, start)
@@ -392,7 +393,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self.order()
         for b in range(self.start, self.num_batches):
-            yield [(self.epoch, i) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            yield [(self.epoch, i) for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]]
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""torchrun + DDP on the CPU (gloo, 2 processes): same result as one process, artifacts once, a killed rank fails
+cleanly and ``--resume`` finishes the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from advisor import distributed
+from advisor.cli import _without_devices
+from conftest import write_class_images
+from strategies.training import EpochBatchSampler
+
+pytestmark = pytest.mark.skipif(not distributed.dist.is_available(), reason="torch.distributed is not available")
+
+
+@pytest.fixture
+def colours3(tmp_path) -> Path:
+    return write_class_images(tmp_path / "colours3", {"red": 16, "blue": 16, "green": 16})
+
+
+def _plan(tmp_path: Path, dataset: Path, strategy: str, epochs: int = 3) -> Path:
+    plan = {"dataset": str(dataset), "backbone": "test/tiny-cnn", "strategy": strategy, "rule_ids": ["test"],
+            "input_size": 32, "batch_size": 8}
+    if strategy.endswith("finetune"):
+        plan["recipe"] = {"epochs": epochs, "warmup_epochs": 1}
+    path = tmp_path / f"{strategy}-{epochs}.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def _advisor(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "advisor", "-q", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "ADVISOR_DIST_TIMEOUT": "60"})
+
+
+def test_each_rank_gets_its_share_of_the_same_global_batches():
+    whole = list(EpochBatchSampler(20, 8, seed=3, epoch=1))
+    shares = [list(EpochBatchSampler(20, 8, seed=3, epoch=1, rank=r, world=2)) for r in range(2)]
+    for b, batch in enumerate(whole):
+        assert sorted(shares[0][b] + shares[1][b]) == sorted(batch)
+        assert not set(shares[0][b]) & set(shares[1][b])
+    assert _without_devices(["run", "--devices", "2", "--auto", "x", "--devices=3"]) == ["run", "--auto", "x"]
+
+
+@pytest.mark.parametrize("strategy", ["full-finetune", "linear-probe"])
+def test_two_gloo_processes_give_the_one_process_result_and_write_artifacts_once(tmp_path, colours3, strategy):
+    plan = _plan(tmp_path, colours3, strategy)
+    one = _advisor("run", "--plan", str(plan), "--runs-dir", "one", "--device", "cpu", "--json", cwd=tmp_path)
+    two = _advisor("run", "--plan", str(plan), "--runs-dir", "two", "--device", "cpu", "--devices", "2", "--json",
+                   cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)  # one JSON document: only rank 0 prints
+    assert r2["result"]["metrics"]["val_accuracy"] == r1["result"]["metrics"]["val_accuracy"]
+    # Same global batches, gradients averaged over the world, loss normalised by the global batch:
+    # the curves agree to float32 rounding.
+    for key in ("train_loss", "val_loss"):
+        for a, b in zip(r1["result"]["curves"].get(key, []), r2["result"]["curves"].get(key, []), strict=True):
+            assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    (run_dir,) = (tmp_path / "two").iterdir()  # one run directory, not one per rank
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1 and events.count("finished") == 1
+    assert (run_dir / "model.safetensors").is_file() and json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    rows = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    children: dict[int, list[tuple[int, str]]] = {}
+    for row in rows:
+        parts = row.split(None, 2)
+        if len(parts) >= 2:
+            children.setdefault(int(parts[1]), []).append((int(parts[0]), parts[2] if len(parts) > 2 else ""))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def test_a_killed_rank_stops_the_run_without_a_hang_and_resume_finishes_it(tmp_path, colours3):
+    plan = _plan(tmp_path, colours3, "full-finetune", epochs=40)
+    proc = subprocess.Popen([sys.executable, "-m", "advisor", "-q", "run", "--plan", str(plan), "--runs-dir", "runs",
+                             "--device", "cpu", "--devices", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "ADVISOR_DIST_TIMEOUT": "60"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait for the first epoch's checkpoint
+            logs = list((tmp_path / "runs").glob("*/events.jsonl"))
+            if logs and '"epoch"' in logs[0].read_text():
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        workers = [pid for pid, args in _descendants(proc.pid) if "-m advisor" in args and "torch.distributed" not in args]
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=90)  # torchrun stops the other rank: no hang
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "SIGKILL" in err and "advisor run --resume RUN_DIR --devices 2" in err
+    assert "Traceback" not in err  # torchrun's report is summarised in one line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "checkpoints").is_dir() and not (run_dir / "model.safetensors").exists()
+
+    done = _advisor("run", "--resume", str(run_dir), "--devices", "2", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["result"]
+    assert result["selected"]["resumed"] and result["epochs_completed"] == 40
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events.count("finished") == 1 and (run_dir / "model.safetensors").is_file()
