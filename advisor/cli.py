@@ -52,6 +52,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     # Under torchrun: join the process group; only rank 0 prints (errors still print on every rank).
     if not distributed.init_from_env(_argv_value("--device")).main:
         out.quiet = _progress_console.quiet = True
+    distributed.apply_thread_policy()  # fewer threads when another job holds some of the cores
 
 
 _ARGV: list[str] = []  # the arguments main() was called with (``--devices`` relaunches them under torchrun)

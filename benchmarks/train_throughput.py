@@ -1,0 +1,83 @@
+"""Fine-tune throughput: bare forward + backward on preloaded tensors vs the real training loop.
+
+    python benchmarks/train_throughput.py [DATASET] [--input-size 128] [--batch-size 32] [--epochs 2] [--device auto]
+
+(a) bare: full fine-tune steps (forward, backward, AdamW) of EfficientNet-Lite0 on one batch
+    decoded and preloaded in memory, in the loop's own settings (channels_last; bf16 autocast on a GPU);
+(b) end to end: ``advisor run --strategy full-finetune`` on DATASET for ``--epochs`` (decode,
+    augment, train, evaluate each epoch), images trained per second of the training epochs.
+Prints both and their ratio (target on a GPU: (b)/(a) >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from advisor.backbones import create_backbone
+from advisor.features import resolve_device
+from advisor.runner import auto_run
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
+
+
+def bare(device: torch.device, size: int, batch: int, seconds: float = 15.0) -> float:
+    net = create_backbone("efficientnet_lite0").model.train().to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    cuda = device.type == "cuda"
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            out = net(x)
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    if cuda:
+        torch.cuda.synchronize()
+    return n * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    a = bare(dev, args.input_size, args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = auto_run(args.dataset, strategy="full-finetune", runs_dir=tmp, device=None if args.device == "auto" else args.device,
+                       epochs=args.epochs, input_size=args.input_size)
+        events = [json.loads(line) for line in (Path(out.run_dir) / "events.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    images = out.result.selected["steps"] * args.batch_size
+    # Wall time from the first epoch's start (after setup and the head's warm-up) to the last epoch's end.
+    start = next(e["time"] for e in events if e["event"] in ("head_warmup", "start"))
+    b = images / max(epochs[-1]["time"] - start, 1e-9)
+    print(f"device {dev}, EfficientNet-Lite0 full fine-tune, {args.input_size} px, batch {args.batch_size}")
+    print(f"(a) bare forward+backward+step, preloaded: {a:.1f} images/s")
+    print(f"(b) end to end, {args.epochs} epochs of {Path(args.dataset).name} (decode, augment, train, evaluate): "
+          f"{b:.1f} images/s")
+    print(f"(b)/(a) = {b / a:.2f} (target on a GPU >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
