@@ -28,7 +28,8 @@ def _shared_cpu_policy() -> None:
     # Measured (benchmarks/busy_cpu.py, 2 cores, one taken by another job): spinning OpenMP threads
     # fell to 0.34x of the lone throughput; a passive wait gave 0.56x, and one thread per free core
     # 0.62x (passive: 0.68x). Alone, passive costs 26 %, so it is applied only when cores are busy.
-    if "OMP_WAIT_POLICY" not in _os.environ and free_cores() < cpu_cores():
+    if "OMP_WAIT_POLICY" not in _os.environ and _os.environ.get("ADVISOR_THREADS") != "default" \
+            and free_cores() < cpu_cores():
         _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 

@@ -219,9 +219,12 @@ def apply_thread_policy() -> int | None:
 
     Busy or not is read once, at start: torch's default (every core) spins against the other job
     (measured 0.34x of the lone throughput with one of two cores taken; 0.62-0.68x with one thread).
+    ``ADVISOR_THREADS=default`` keeps torch's choice (the tests do: results that must match to
+    the bit need the same thread count every run; a resumed run on a machine under other load
+    may differ from an uninterrupted one in float rounding).
     Returns the thread count set, or None when nothing changed.
     """
-    if "OMP_NUM_THREADS" in os.environ or from_env().world > 1:
+    if "OMP_NUM_THREADS" in os.environ or os.environ.get("ADVISOR_THREADS") == "default" or from_env().world > 1:
         return None
     free = threads_per_process(1)
     if free >= cpu_cores() or free >= torch.get_num_threads():

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The random-weight test backbone (test/tiny-cnn) is hidden from users; tests and the
 # subprocesses they start may build it.
 os.environ["ADVISOR_TEST_BACKBONES"] = "1"
+# Runs compared to the bit need the same thread count whatever the machine's load (see
+# advisor.distributed.apply_thread_policy); the policy itself is measured by benchmarks/busy_cpu.py.
+os.environ["ADVISOR_THREADS"] = "default"
 EXAMPLE = REPO / "examples" / "ants-bees"
 
 
