@@ -17,7 +17,7 @@ from advisor.io import read_model, write_text_atomic
 from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 from advisor.recipe import default_recipe
-from advisor.rules import Thresholds, plan_for_strategy, recommend
+from advisor.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 
 
 def evidence_notes(rec: Recommendation) -> list[str]:
@@ -129,29 +129,51 @@ def recommend_dataset(
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
     if input_size is not None:  # the run will use another input size: plan and forecast follow it
         rec.plan = rec.plan.model_copy(update={"input_size": input_size})
-    short = _short_cap_warning(rec)
-    if short:
-        rec.warnings.append(short)
+    short, warning = _short_cap(rec)
+    if warning:
+        rec.warnings.append(warning)
     if profile.probe_cv:
-        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=bool(short), cache_dir=cache_dir)
-        if short:
-            rec.forecast.notes.append(short)
-    if force_strategy is None and (budget_seconds is not None or (short and rec.forecast is not None)):
-        # A short epoch cap is a budget too: the forecast (which credits no gain there) chooses.
+        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=short, cache_dir=cache_dir)
+        if warning:
+            rec.forecast.notes.append(warning)
+    if force_strategy is None and (budget_seconds is not None or (warning and rec.forecast is not None)):
+        # A short epoch cap on a fine-tune plan is a budget too: the forecast (no gain credited there) chooses.
         _fit_budget(rec, budget_seconds if budget_seconds is not None else math.inf, taps=backbone_model.taps)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
 
 
-def _short_cap_warning(rec: Recommendation) -> str | None:
-    """Where an epoch cap cuts a fine-tune below the share of its schedule the track record measured."""
-    if rec.epochs_cap is None or rec.plan.recipe is None or not rec.plan.recipe.epochs:
-        return None
-    share = rec.epochs_cap / rec.plan.recipe.epochs
+def recommend_once(dataset: str | os.PathLike, **kwargs) -> Recommendation:
+    """:func:`recommend_dataset` on rank 0 only, its result sent to every rank (one process: just the call).
+
+    The profile reads a sample, not worth sharding, and the forecast times the device, which
+    would differ per rank: one rank decides, so every rank runs the same plan.
+    """
+    from advisor import distributed
+
+    rec = None
+    if distributed.is_main():
+        with distributed.rank_zero_only():
+            rec = recommend_dataset(dataset, **kwargs)
+    return distributed.broadcast(rec)
+
+
+def _short_cap(rec: Recommendation) -> tuple[bool, str | None]:
+    """(the fine-tunes would run below the share of their schedule the track record measured, a warning if the plan is one)."""
+    if rec.epochs_cap is None or rec.profile.train_images < 1:
+        return False, None
+    epochs = finetune_schedule(rec.profile.train_images)[1]
+    share = rec.epochs_cap / epochs
     least = rec.thresholds.get("min_schedule_fraction", 0.26)
     if share >= least:
-        return None
-    return (f"the epoch cap keeps {rec.epochs_cap} of {rec.plan.recipe.epochs} epochs ({share:.0%}) of the {rec.strategy}: "
+        return False, None
+    if rec.plan.recipe is None:
+        return True, None
+    return True, _short_cap_text(rec, epochs, share, least)
+
+
+def _short_cap_text(rec: Recommendation, epochs: int, share: float, least: float) -> str:
+    return (f"the epoch cap keeps {rec.epochs_cap} of {epochs} epochs ({share:.0%}) of the {rec.strategy}: "
             f"the shortest capped fine-tunes measured ran {least:.0%} of their schedules, so its forecast gain is an "
             "extrapolation; `--budget` lets the forecast choose a strategy that fits the time instead")
 

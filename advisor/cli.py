@@ -591,7 +591,6 @@ def run_cmd(
     from advisor.advise import parse_duration
 
     budget_seconds = parse_duration(budget) if budget is not None else None
-    _relaunch(devices)
     modes = sum([auto, strategy is not None and plan_file is None, plan_file is not None, resume is not None])
     if modes != 1:
         raise AdvisorError("choose exactly one of --auto, --strategy NAME, --plan FILE or --resume RUN_DIR",
@@ -603,6 +602,7 @@ def run_cmd(
 
         if strategy not in strategy_names():
             raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(strategy_names())}")
+    _relaunch(devices)  # after the checks above: a bad command line fails once, not once per rank
     dev = None if device == "auto" else device
     show = (lambda rec: render_recommendation(rec)) if (auto and not json_out) else None
     try:
@@ -678,10 +678,11 @@ def compare_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every strategy on the same split and backbone; show accuracy, time, parameters and the advice's regret."""
-    from advisor.compare import compare
+    from advisor.compare import check_strategies, compare
 
-    _relaunch(devices)
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    check_strategies(names)
+    _relaunch(devices)  # after the check: a bad command line fails once, not once per rank
     with stage_bars() as cb:
         res = compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
                       sample_size=sample_size, seed=seed, device=None if device == "auto" else device,

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from advisor.advise import recommend_dataset
+from advisor import distributed
+from advisor.advise import recommend_once
 from advisor.backbones import create_backbone
 from advisor.errors import AdvisorError
 from advisor.stats import paired_bootstrap
@@ -63,6 +64,15 @@ class Comparison(BaseModel):
     recommendation: Recommendation
 
 
+def check_strategies(strategies: Sequence[str] | None) -> list[str]:
+    """The strategies to compare (default: all four); an unknown name is a one-line error."""
+    names = list(strategies or STRATEGIES)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise AdvisorError(f"unknown strategies {unknown}", hint=f"choose from {', '.join(STRATEGIES)}")
+    return names
+
+
 def compare(
     dataset: str | os.PathLike,
     *,
@@ -85,20 +95,18 @@ def compare(
     interval over the validation images; a strategy whose interval behind the winner reaches 0
     is reported as tied with it (the data cannot separate them).
     """
-    names = list(strategies or STRATEGIES)
-    unknown = [n for n in names if n not in STRATEGIES]
-    if unknown:
-        raise AdvisorError(f"unknown strategies {unknown}", hint=f"choose from {', '.join(STRATEGIES)}")
+    names = check_strategies(strategies)
     t0 = time.perf_counter()
-    rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
-                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, epochs_cap=epochs,
-                            input_size=input_size)
+    rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
+                         cache_dir=cache_dir, num_workers=num_workers, progress=progress, epochs_cap=epochs,
+                         input_size=input_size)
     recommend_seconds = time.perf_counter() - t0
     if rec.strategy not in names:
         names.append(rec.strategy)  # regret needs the recommended strategy's own result
     taps = create_backbone(backbone).taps
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(runs_dir) / f"compare-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(dataset).resolve().name)}-{stamp}"
+    base = Path(distributed.broadcast(str(base)))  # under DDP: rank 0's clock names the folder
     rows, predictions = [], {}
     t1 = time.perf_counter()
     for name in names:
@@ -146,6 +154,8 @@ def compare(
         recommend_cost_fraction=round(recommend_seconds / compare_seconds, 4) if compare_seconds else 0.0,
         saved_to=str(base / "compare.json"), recommendation=rec,
     )
+    if not distributed.is_main():  # rank 0 writes
+        return result
     write_text_atomic(base / "compare.json", result.model_dump_json(indent=2))
     from advisor.report.html import write_report_html  # the report module reads Comparison from here
 

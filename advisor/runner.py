@@ -29,7 +29,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from advisor import __version__, distributed
-from advisor.advise import recommend_dataset
+from advisor.advise import recommend_once
 from advisor.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.backbones import create_backbone
 from advisor.classifier import ModelCard, save_classifier
@@ -249,14 +249,9 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
     the strategy the user already chose (the plan's other fields come from the file-level profile).
     """
-    rec = None
-    if distributed.is_main():  # under DDP rank 0 profiles (a sample: no collectives) and tells the others
-        with distributed.rank_zero_only():
-            rec = recommend_dataset(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
-                                    cache_dir=cache_dir, num_workers=num_workers, progress=progress,
-                                    similarity=strategy is None, force_strategy=strategy, epochs_cap=epochs,
-                                    budget_seconds=budget_seconds, input_size=input_size)
-    rec = distributed.broadcast(rec)
+    rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
+                         cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
+                         force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds, input_size=input_size)
     plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None and distributed.is_main():

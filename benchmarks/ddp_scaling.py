@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from train_throughput import training_images_per_second
+
 DEFAULT = Path(__file__).resolve().parents[1] / "examples" / "ants-bees"
 
 
@@ -31,10 +33,8 @@ def run(dataset: str, processes: int, *, input_size: int, epochs: int, device: s
         sys.exit(f"{processes} process(es) failed: {out.stderr[-1500:]}")
     res = json.loads(out.stdout)
     events = [json.loads(line) for line in (Path(res["run_dir"]) / "events.jsonl").read_text().splitlines()]
-    start = next(e["time"] for e in events if e["event"] in ("head_warmup", "start"))
-    end = [e for e in events if e["event"] == "epoch"][-1]["time"]
     images = res["result"]["selected"]["steps"] * res["plan"]["batch_size"]
-    return {"images_per_s": images / max(end - start, 1e-9), "accuracy": res["result"]["metrics"]["val_accuracy"]}
+    return {"images_per_s": training_images_per_second(events, images), "accuracy": res["result"]["metrics"]["val_accuracy"]}
 
 
 def main() -> None:

@@ -53,6 +53,17 @@ def bare(device: torch.device, size: int, batch: int, seconds: float = 15.0) -> 
     return n * batch / (time.perf_counter() - t0)
 
 
+def training_images_per_second(events: list[dict], images: int) -> float:
+    """Images trained per second from the first training step to the last epoch's end (events.jsonl).
+
+    Training starts after the head's warm-up (which extracts features) when there is one, else at the run's start.
+    """
+    kinds = {e["event"]: e["time"] for e in events if e["event"] in ("start", "resume", "head_warmup")}
+    start = kinds.get("head_warmup", kinds.get("start", kinds.get("resume")))
+    end = [e for e in events if e["event"] == "epoch"][-1]["time"]
+    return images / max(end - start, 1e-9)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", nargs="?", default=str(DEFAULT))
@@ -67,11 +78,7 @@ def main() -> None:
         out = auto_run(args.dataset, strategy="full-finetune", runs_dir=tmp, device=None if args.device == "auto" else args.device,
                        epochs=args.epochs, input_size=args.input_size)
         events = [json.loads(line) for line in (Path(out.run_dir) / "events.jsonl").read_text().splitlines()]
-    epochs = [e for e in events if e["event"] == "epoch"]
-    images = out.result.selected["steps"] * args.batch_size
-    # Wall time from the first epoch's start (after setup and the head's warm-up) to the last epoch's end.
-    start = next(e["time"] for e in events if e["event"] in ("head_warmup", "start"))
-    b = images / max(epochs[-1]["time"] - start, 1e-9)
+    b = training_images_per_second(events, out.result.selected["steps"] * args.batch_size)
     print(f"device {dev}, EfficientNet-Lite0 full fine-tune, {args.input_size} px, batch {args.batch_size}")
     print(f"(a) bare forward+backward+step, preloaded: {a:.1f} images/s")
     print(f"(b) end to end, {args.epochs} epochs of {Path(args.dataset).name} (decode, augment, train, evaluate): "

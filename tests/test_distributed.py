@@ -119,3 +119,16 @@ def test_a_killed_rank_stops_the_run_without_a_hang_and_resume_finishes_it_in_on
     assert result["selected"]["resumed"] and result["epochs_completed"] == 40
     events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert events.count("finished") == 1 and (run_dir / "model.safetensors").is_file()
+
+
+def test_compare_under_two_processes_writes_one_comparison(tmp_path, colours3):
+    res = _advisor("compare", str(colours3), "--backbone", "test/tiny-cnn", "--strategies", "linear-probe,full-finetune",
+                   "--input-size", "32", "--epochs", "2", "--runs-dir", "runs", "--device", "cpu", "--devices", "2",
+                   "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    (folder,) = (tmp_path / "runs").iterdir()  # rank 0 names the folder; nobody else makes one
+    assert (tmp_path / out["saved_to"]) == folder / "compare.json" and (folder / "report.html").is_file()
+    assert {r["strategy"] for r in out["rows"]} >= {"linear-probe", "full-finetune"}
+    bad = _advisor("compare", str(colours3), "--strategies", "nope", "--devices", "2", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("unknown strategies") == 1  # checked before any rank starts

@@ -171,3 +171,17 @@ def test_probe_solves_add_to_their_time_and_a_partial_step_is_timed_with_its_fro
     flags = {n: p.requires_grad for n, p in bb.named_parameters()}
     assert finetune_step_seconds(bb, input_size=32, batch_size=32, device="cpu", frozen_stages=bb.num_stages() - 1) > 0
     assert {n: p.requires_grad for n, p in bb.named_parameters()} == flags  # the timing leaves the flags as they were
+
+
+def test_a_short_cap_marks_the_fine_tunes_short_whatever_the_plan_and_warns_only_on_a_fine_tune_plan():
+    from advisor.advise import _short_cap
+    from test_rules import LARGE, SIMILAR, SMALL, TAPS, make_profile
+
+    from advisor.rules import recommend
+
+    probe_plan = recommend(make_profile(SMALL, score=SIMILAR), taps=TAPS, epochs_cap=1)
+    assert probe_plan.plan.recipe is None and _short_cap(probe_plan) == (True, None)  # its forecast credits no gain
+    finetune_plan = recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS, epochs_cap=6)  # 6 of 24 epochs, 25 %
+    short, warning = _short_cap(finetune_plan)
+    assert short and "keeps 6 of 24 epochs (25%)" in warning
+    assert _short_cap(recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS, epochs_cap=7)) == (False, None)
