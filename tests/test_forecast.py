@@ -175,9 +175,8 @@ def test_probe_solves_add_to_their_time_and_a_partial_step_is_timed_with_its_fro
 
 def test_a_short_cap_marks_the_fine_tunes_short_whatever_the_plan_and_warns_only_on_a_fine_tune_plan():
     from advisor.advise import _short_cap
-    from test_rules import LARGE, SIMILAR, SMALL, TAPS, make_profile
-
     from advisor.rules import recommend
+    from test_rules import LARGE, SIMILAR, SMALL, TAPS, make_profile
 
     probe_plan = recommend(make_profile(SMALL, score=SIMILAR), taps=TAPS, epochs_cap=1)
     assert probe_plan.plan.recipe is None and _short_cap(probe_plan) == (True, None)  # its forecast credits no gain
