@@ -833,6 +833,40 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {one_line(exc)})") from None
 
 
+def plain_jpeg_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
+    """The file's bytes when it is a plain RGB JPEG that a GPU decoder gives the same pixels for, else None.
+
+    Plain: JPEG, 3-channel YCbCr/RGB (not greyscale, CMYK or MPO), no EXIF rotation. The checks
+    of :func:`load_image` apply (raising ImageLoadError); only the header is parsed, so this costs
+    a file read, not a decode. None sends the image down the CPU path (:func:`load_image`).
+    """
+    p = os.fspath(path)
+    try:
+        with _open_regular(p) as f:
+            try:
+                im = Image.open(f)
+            except UnidentifiedImageError:
+                raise ImageLoadError(p, _unidentified_reason(f)) from None
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageLoadError(p, _pil_bomb_reason(exc, f, max_pixels)) from None
+            except OSError as exc:
+                raise ImageLoadError(p, f"corrupt image ({one_line(exc)})") from None
+            width, height = im.size
+            _check_image(im, width, height, max_pixels)
+            if im.format != "JPEG" or im.mode != "RGB":
+                return None
+            if "exif" in im.info and im.getexif().get(0x0112, 1) != 1:
+                return None
+            f.seek(0)
+            return f.read()
+    except ImageLoadError:
+        raise
+    except _Unusable as why:
+        raise ImageLoadError(p, str(why)) from None
+    except Exception as exc:
+        raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {one_line(exc)})") from None
+
+
 def file_digest(path: str | os.PathLike[str]) -> str:
     """Hex blake2b-128 of the file's bytes (a cache key)."""
     h = hashlib.blake2b(digest_size=16)

@@ -36,8 +36,15 @@ from safetensors.torch import save_file
 
 from advisor import distributed
 from advisor.backbones import Backbone
-from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest
-from advisor.errors import AdvisorError
+from advisor.data import DEFAULT_MAX_PIXELS, Sample, SkippedFile, file_digest, load_image
+from advisor.device_decode import (
+    DeviceEvalTransform,
+    EncodedImages,
+    collate_encoded,
+    decode_on_device,
+    device_decode_default,
+)
+from advisor.errors import AdvisorError, ImageLoadError
 from advisor.images import ImageDataset, collate_skip
 from advisor.io import call_writing, ensure_writable_dir
 
@@ -239,6 +246,7 @@ class ExtractionSummary(BaseModel):
     seconds: float
     images_per_s: float | None
     cache_dir: str | None
+    decode: Literal["cpu", "device"] = "cpu"  # where the computed images' JPEGs were decoded
 
 
 @dataclass
@@ -281,6 +289,52 @@ def bn_names(backbone: Backbone) -> list[str]:
     return [f"bn:{layer.name}:{m}" for layer in backbone.bn_layers() for m in ("mean", "var")]
 
 
+def _cpu_batches(paths: list[str], todo: list[int], transform, dev: torch.device, *, batch_size: int, workers: int,
+                 max_pixels: int):
+    """(positions, CPU tensor or None, bad) per batch: decoded and transformed by the DataLoader workers."""
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(paths, transform.eval_transform(), max_pixels=max_pixels),
+        batch_size=batch_size,
+        sampler=todo,  # the uncached positions, in order
+        num_workers=workers,
+        collate_fn=collate_skip,
+        pin_memory=dev.type == "cuda",
+    )
+    for batch in loader:
+        yield batch.index, batch.x, batch.bad
+
+
+def _device_batches(paths: list[str], todo: list[int], transform, dev: torch.device, *, batch_size: int, workers: int,
+                    max_pixels: int):
+    """(positions, device tensor or None, bad) per batch: workers read JPEG bytes, the device decodes them
+    (``advisor.device_decode``); other images, and JPEGs the device refuses, are decoded on the CPU."""
+    loader = torch.utils.data.DataLoader(
+        EncodedImages(paths, transform, max_pixels=max_pixels),
+        batch_size=batch_size, sampler=todo, num_workers=workers, collate_fn=collate_encoded,
+        pin_memory=False,  # byte strings of varied lengths; decode_jpeg reads them from host memory
+    )
+    on_device = DeviceEvalTransform(transform)
+    cpu_transform = transform.eval_transform()
+    for eb in loader:
+        bad = list(eb.bad)
+        decoded = decode_on_device(eb.jpegs, dev)
+        index, images = [], []
+        cpu_index = list(eb.pixel_index)
+        cpu_x = [eb.pixels] if eb.pixels is not None else []
+        for i, img in zip(eb.jpeg_index, decoded):
+            if img is not None:
+                index.append(i)
+                images.append(img)
+                continue
+            try:  # the device decoder refused a stream the header check passed: the CPU path decides
+                cpu_x.append(cpu_transform(load_image(paths[i], max_pixels=max_pixels))[None])
+                cpu_index.append(i)
+            except ImageLoadError as err:
+                bad.append((i, err.reason))
+        parts = ([on_device(images)] if images else []) + ([torch.cat(cpu_x).to(dev)] if cpu_x else [])
+        yield torch.tensor(index + cpu_index, dtype=torch.long), (torch.cat(parts) if parts else None), bad
+
+
 def extract_features(
     items: Sequence[Sample] | Sequence[str | os.PathLike],
     backbone: Backbone,
@@ -291,11 +345,12 @@ def extract_features(
     use_cache: bool = True,
     key_mode: KeyMode = "content",
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     flush_every: int = 256,
     progress: ProgressFn | None = None,
+    decode: Literal["auto", "cpu", "device"] = "auto",
 ) -> FeatureSet:
     """Pooled features of every tap for ``items`` (Samples or image paths).
 
@@ -304,6 +359,10 @@ def extract_features(
     what it computed. Images that fail to decode are reported in ``summary.failed``.
     ``features`` also holds ``meta:grey`` ([N, 1], 1 = greyscale image) and, with
     ``bn_moments``, the per-image BatchNorm input moments named by :func:`bn_names`.
+
+    ``decode``: where plain JPEGs are decoded; ``auto`` is the device on CUDA
+    (``advisor.device_decode``; ``ADVISOR_DEVICE_DECODE=off`` keeps the CPU), the CPU elsewhere.
+    ``batch_size`` defaults to 32 on the CPU and 256 on a GPU (small batches leave a GPU idle).
     """
     t0 = time.perf_counter()
     samples = [it for it in items if isinstance(it, Sample)]
@@ -320,6 +379,9 @@ def extract_features(
     # Always store every tap, so a later request for another tap hits the cache too.
     stored = list(known) + extra
     dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = 256 if dev.type == "cuda" else 32
+    on_device = decode == "device" or (decode == "auto" and device_decode_default(dev))
 
     cache = None
     keys: list[str | None] = [None] * len(paths)
@@ -361,15 +423,15 @@ def extract_features(
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         transform = backbone.transform_config
-        mean, std = torch.tensor(transform.mean).view(1, 3, 1, 1), torch.tensor(transform.std).view(1, 3, 1, 1)
-        loader = torch.utils.data.DataLoader(
-            ImageDataset(paths, transform.eval_transform(), max_pixels=max_pixels),
-            batch_size=batch_size,
-            sampler=todo,  # the uncached positions, in order
-            num_workers=default_num_workers() if num_workers is None else num_workers,
-            collate_fn=collate_skip,
-            pin_memory=dev.type == "cuda",
-        )
+        mean = torch.tensor(transform.mean, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(transform.std, device=dev).view(1, 3, 1, 1)
+        workers = default_num_workers() if num_workers is None else num_workers
+        if on_device:
+            batches = _device_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
+                                      max_pixels=max_pixels)
+        else:
+            batches = _cpu_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
+                                   max_pixels=max_pixels)
         pending_keys: list[str] = []
         pending: dict[str, list[torch.Tensor]] = {t: [] for t in stored}
 
@@ -382,14 +444,14 @@ def extract_features(
 
         try:
             with torch.inference_mode():
-                for index, batch, _, bad in loader:
+                for index, batch, bad in batches:
                     pos = index.tolist()
                     for p, reason in bad:
                         failed.append(SkippedFile(path=paths[p], reason=reason))
                     if batch is not None:
-                        grey = _greyness(batch, mean, std)
                         tf = time.perf_counter()
                         batch = batch.to(dev, non_blocking=True)
+                        grey = _greyness(batch, mean, std).cpu()
                         if dev.type == "cuda":
                             batch = batch.contiguous(memory_format=torch.channels_last)
                             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -448,6 +510,7 @@ def extract_features(
         device=str(dev),
         seconds=round(seconds, 3),
         images_per_s=round(computed / seconds, 2) if computed else None,
+        decode="device" if on_device and todo else "cpu",
         cache_dir=str(cache.dir) if cache is not None else None,
         cache_dropped=list(cache.dropped) if cache is not None else [],
     )

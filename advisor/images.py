@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from advisor.data import DEFAULT_MAX_PIXELS, Sample, load_image
+from advisor.data import DEFAULT_MAX_PIXELS, Sample, file_digest, load_image
 from advisor.errors import ImageLoadError
+
+if TYPE_CHECKING:
+    from advisor.decoded import DecodedImages
 
 NO_LABEL = -1
 
@@ -35,21 +38,37 @@ class ImageDataset(torch.utils.data.Dataset):
     seeded by ``(seed, epoch, i)``: the augmentation of an image in an epoch is then the same
     whichever worker loads it and however many there are. An item is ``(i, tensor or None,
     label, failure reason or None)``.
+
+    With ``decoded`` (a :class:`~advisor.decoded.DecodedImages`), images come from that store as
+    ``[3, H, W]`` uint8 tensors (decoded and stored on first use) and the transform must take
+    tensors; it then returns uint8 too, and the consumer normalises (on its device).
     """
 
     def __init__(self, paths: Sequence[str], transform: Callable[..., torch.Tensor], *,
                  labels: Sequence[int] | None = None, seed: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decoded: DecodedImages | None = None) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"labels must match paths; got {len(labels)} labels for {len(paths)} paths")
         self.paths, self.transform, self.labels = list(paths), transform, labels
-        self.seed, self.max_pixels = seed, max_pixels
+        self.seed, self.max_pixels, self.decoded = seed, max_pixels, decoded
+        self._keys: dict[int, str] = {}  # content digests, computed once per process (workers persist)
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample], transform: Callable[..., torch.Tensor], *,
-                     seed: int = 0) -> ImageDataset:
+                     seed: int = 0, decoded: DecodedImages | None = None) -> ImageDataset:
         """Labelled samples with seeded per-(epoch, image) augmentation."""
-        return cls([s.path for s in samples], transform, labels=[s.label for s in samples], seed=seed)
+        return cls([s.path for s in samples], transform, labels=[s.label for s in samples], seed=seed, decoded=decoded)
+
+    def _image(self, i: int):
+        if self.decoded is None:
+            return load_image(self.paths[i], max_pixels=self.max_pixels)
+        key = self._keys.get(i)
+        if key is None:
+            try:
+                key = self._keys[i] = file_digest(self.paths[i])
+            except OSError as err:
+                raise ImageLoadError(self.paths[i], f"unreadable ({err.strerror or err})") from None
+        return self.decoded.get(key, self.paths[i])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,7 +77,7 @@ class ImageDataset(torch.utils.data.Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         label = NO_LABEL if self.labels is None else self.labels[i]
         try:
-            img = load_image(self.paths[i], max_pixels=self.max_pixels)
+            img = self._image(i)
             if self.seed is None:
                 x = self.transform(img)
             else:

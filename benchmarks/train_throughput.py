@@ -5,14 +5,19 @@
 (a) bare: full fine-tune steps (forward, backward, AdamW) of EfficientNet-Lite0 on one batch
     decoded and preloaded in memory, in the loop's own settings (channels_last; bf16 autocast on a GPU);
 (b) end to end: ``advisor run --strategy full-finetune`` on DATASET for ``--epochs`` (decode,
-    augment, train, evaluate each epoch), images trained per second of the training epochs.
-Prints both and their ratio (target on a GPU: (b)/(a) >= 0.8).
+    augment, train, evaluate each epoch), images trained per second of the training epochs, three ways:
+    decoded-image store off (every epoch decodes the files), cold (an empty cache folder: the
+    first epoch decodes and stores) and warm (the same command again: every epoch reads the store).
+    ``--variants compile`` adds a warm run with the training steps under torch.compile (its
+    compilation falls inside the timed epochs).
+Prints each and its ratio to (a) (target on a GPU: (b)/(a) >= 0.8).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,19 +76,31 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--bare-seconds", type=float, default=15.0)
+    ap.add_argument("--variants", default="cold,warm,off",
+                    help="comma list of cold, warm, off, compile (warm store + torch.compile)")
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    a = bare(dev, args.input_size, args.batch_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = auto_run(args.dataset, strategy="full-finetune", runs_dir=tmp, device=None if args.device == "auto" else args.device,
-                       epochs=args.epochs, input_size=args.input_size)
-        events = [json.loads(line) for line in (Path(out.run_dir) / "events.jsonl").read_text().splitlines()]
-    b = training_images_per_second(events, out.result.selected["steps"] * args.batch_size)
-    print(f"device {dev}, EfficientNet-Lite0 full fine-tune, {args.input_size} px, batch {args.batch_size}")
+    a = bare(dev, args.input_size, args.batch_size, args.bare_seconds)
+    print(f"device {dev}, EfficientNet-Lite0 full fine-tune, {args.input_size} px, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"(a) bare forward+backward+step, preloaded: {a:.1f} images/s")
-    print(f"(b) end to end, {args.epochs} epochs of {Path(args.dataset).name} (decode, augment, train, evaluate): "
-          f"{b:.1f} images/s")
-    print(f"(b)/(a) = {b / a:.2f} (target on a GPU >= 0.8)")
+    with tempfile.TemporaryDirectory() as cold_cache, tempfile.TemporaryDirectory() as off_cache:
+        table = {"cold": ("store cold", cold_cache, "on", "off"), "warm": ("store warm", cold_cache, "on", "off"),
+                 "off": ("store off", off_cache, "off", "off"), "compile": ("warm+compile", cold_cache, "on", "on")}
+        for variant in args.variants.split(","):
+            label, cache, store, compiled = table[variant]
+            os.environ["ADVISOR_CACHE_DIR"], os.environ["ADVISOR_DECODED_CACHE"] = cache, store
+            os.environ["ADVISOR_COMPILE"] = compiled
+            with tempfile.TemporaryDirectory() as tmp:
+                out = auto_run(args.dataset, strategy="full-finetune", runs_dir=tmp,
+                               device=None if args.device == "auto" else args.device,
+                               epochs=args.epochs, input_size=args.input_size)
+                events = [json.loads(line) for line in (Path(out.run_dir) / "events.jsonl").read_text().splitlines()]
+            b = training_images_per_second(events, out.result.selected["steps"] * args.batch_size)
+            print(f"(b) end to end, {label:12s} {args.epochs} epochs of {Path(args.dataset).name}: {b:7.1f} images/s  "
+                  f"(b)/(a) = {b / a:.2f}  val acc {out.result.metrics.val_accuracy:.3f}  "
+                  f"(target on a GPU >= 0.8; decoded store {out.result.selected['decoded_cache'].split(' ')[0]})")
 
 
 if __name__ == "__main__":

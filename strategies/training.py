@@ -48,6 +48,7 @@ __all__ = [
     "get_rng_state",
     "holdout_split",
     "load_checkpoint",
+    "normalize_uint8",
     "param_groups",
     "reestimate_bn",
     "save_checkpoint",
@@ -464,7 +465,10 @@ class TrainTransform:
     """RandomResizedCrop(size, scale) [+ horizontal flip] [+ TrivialAugmentWide] + ToTensor + Normalize.
 
     Every random draw comes from ``generator`` (TrivialAugment's own draws run in a forked torch
-    RNG seeded from it), so an image's augmentation is a function of its seed alone.
+    RNG seeded from it), so an image's augmentation is a function of its seed alone. A PIL image
+    gives a normalised float tensor; a ``[3, H, W]`` uint8 tensor (from
+    :class:`~advisor.decoded.DecodedImages`) gives the augmented uint8 crop, normalised later on
+    the device by :func:`normalize_uint8`.
     """
 
     def __init__(self, transform: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
@@ -476,8 +480,11 @@ class TrainTransform:
         from torchvision.transforms import InterpolationMode, TrivialAugmentWide
         from torchvision.transforms import functional as TF
 
-        img = img if img.mode == "RGB" else img.convert("RGB")
-        top, left, h, w = random_resized_crop_params(img.width, img.height, self.scale, self.ratio, generator)
+        stored = isinstance(img, torch.Tensor)
+        if not stored and img.mode != "RGB":
+            img = img.convert("RGB")
+        width, height = (img.shape[-1], img.shape[-2]) if stored else (img.width, img.height)
+        top, left, h, w = random_resized_crop_params(width, height, self.scale, self.ratio, generator)
         img = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
                               interpolation=InterpolationMode(self.interpolation), antialias=True)
         if self.flip and torch.rand(1, generator=generator).item() < 0.5:
@@ -487,17 +494,35 @@ class TrainTransform:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 img = TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)(img)
+        if stored:
+            return img.contiguous()
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 
 
 class EvalTransform:
-    """The backbone's eval transform at ``transform.input_size``; takes (and ignores) a generator like :class:`TrainTransform`."""
+    """The backbone's eval transform at ``transform.input_size``; takes (and ignores) a generator like :class:`TrainTransform`.
+
+    A ``[3, H, W]`` uint8 tensor stored at the eval resize size (``DecodedImages``) is only centre
+    cropped: the same pixels the eval transform takes from the PIL image, still uint8.
+    """
 
     def __init__(self, transform: TransformConfig) -> None:
+        self.size = transform.input_size
         self.transform = transform.eval_transform()
 
     def __call__(self, img: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            from torchvision.transforms import functional as TF
+
+            return TF.center_crop(img, [self.size, self.size]).contiguous()
         return self.transform(img)
+
+
+def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``[N, 3, H, W]`` uint8 -> float, as ToTensor + Normalize compute it (float32 /255, -mean, /std), on x's device."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x.to(torch.float32).div_(255).sub_(m).div_(s)
 
 
 # --------------------------------------------------------------------------- checkpoints
