@@ -32,19 +32,29 @@ from advisor.errors import ImageLoadError
 DECODE_ENV = "ADVISOR_DEVICE_DECODE"  # "off": decode on the CPU even on a GPU
 
 
-def device_decode_default(device: torch.device) -> bool:
-    """Decode on the device by default on CUDA (where it pays), unless ``ADVISOR_DEVICE_DECODE=off``."""
-    if os.environ.get(DECODE_ENV, "").lower() in ("0", "off", "false", "no"):
+# Measured on an H200 host with 16 cores (benchmarks/extract_throughput.py, 224 px JPEGs): the device
+# path ran 1466 images/s, bound by the host side of nvJPEG in the main process; 8 CPU workers ran 1791.
+# One worker decodes ~220/s there, so the device pays when fewer than ~6 workers decode.
+DEVICE_DECODE_MAX_WORKERS = 5
+
+
+def device_decode_default(device: torch.device, workers: int) -> bool:
+    """Decode on the device on CUDA when few CPU workers would decode (``DEVICE_DECODE_MAX_WORKERS``);
+    ``ADVISOR_DEVICE_DECODE=on`` / ``off`` forces it either way."""
+    forced = os.environ.get(DECODE_ENV, "").lower()
+    if forced in ("0", "off", "false", "no"):
         return False
-    return device.type == "cuda"
+    if device.type != "cuda":
+        return False
+    return forced in ("1", "on", "true", "yes") or workers <= DEVICE_DECODE_MAX_WORKERS
 
 
 class EncodedImages(torch.utils.data.Dataset):
-    """Item ``i``: ``(i, ("jpeg", bytes as uint8 tensor) or ("pixels", float tensor), failure reason or None)``."""
+    """Item ``i``: ``(i, ("jpeg", bytes as uint8 tensor) or ("pixels", uint8 crop), failure reason or None)``."""
 
     def __init__(self, paths: Sequence[str], transform: TransformConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.paths, self.max_pixels = list(paths), max_pixels
-        self.transform = transform.eval_transform()
+        self.transform = transform.eval_transform(uint8=True)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -82,8 +92,8 @@ class DeviceEvalTransform:
     """The backbone's eval transform on decoded ``[3, H, W]`` uint8 tensors, on their device, batched by size."""
 
     def __init__(self, transform: TransformConfig) -> None:
+        self.config = transform
         self.size, self.resize, self.mode = transform.input_size, transform.resize_size, transform.interpolation
-        self.mean, self.std = transform.mean, transform.std
 
     def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
         # torchvision's rule for an int size: the shorter side becomes `resize`, the longer is truncated.
@@ -109,10 +119,8 @@ class DeviceEvalTransform:
             x = x[:, :, top:top + self.size, left:left + self.size]
             for row, k in enumerate(members):
                 out[k] = x[row]
-        x = torch.stack(out)  # type: ignore[arg-type]
-        m = torch.as_tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        s = torch.as_tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return x.div_(255).sub_(m).div_(s)
+        x = torch.stack(out)  # type: ignore[arg-type]  # rounded 8-bit values, as float
+        return self.config.normalize(x)
 
 
 def decode_on_device(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

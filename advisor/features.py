@@ -293,7 +293,8 @@ def _cpu_batches(paths: list[str], todo: list[int], transform, dev: torch.device
                  max_pixels: int):
     """(positions, CPU tensor or None, bad) per batch: decoded and transformed by the DataLoader workers."""
     loader = torch.utils.data.DataLoader(
-        ImageDataset(paths, transform.eval_transform(), max_pixels=max_pixels),
+        # 8-bit crops: the workers skip the float conversion and send a quarter of the bytes.
+        ImageDataset(paths, transform.eval_transform(uint8=True), max_pixels=max_pixels),
         batch_size=batch_size,
         sampler=todo,  # the uncached positions, in order
         num_workers=workers,
@@ -314,7 +315,7 @@ def _device_batches(paths: list[str], todo: list[int], transform, dev: torch.dev
         pin_memory=False,  # byte strings of varied lengths; decode_jpeg reads them from host memory
     )
     on_device = DeviceEvalTransform(transform)
-    cpu_transform = transform.eval_transform()
+    cpu_transform = transform.eval_transform(uint8=True)
     for eb in loader:
         bad = list(eb.bad)
         decoded = decode_on_device(eb.jpegs, dev)
@@ -331,7 +332,7 @@ def _device_batches(paths: list[str], todo: list[int], transform, dev: torch.dev
                 cpu_index.append(i)
             except ImageLoadError as err:
                 bad.append((i, err.reason))
-        parts = ([on_device(images)] if images else []) + ([torch.cat(cpu_x).to(dev)] if cpu_x else [])
+        parts = ([on_device(images)] if images else []) + ([transform.normalize(torch.cat(cpu_x).to(dev))] if cpu_x else [])
         yield torch.tensor(index + cpu_index, dtype=torch.long), (torch.cat(parts) if parts else None), bad
 
 
@@ -360,8 +361,8 @@ def extract_features(
     ``features`` also holds ``meta:grey`` ([N, 1], 1 = greyscale image) and, with
     ``bn_moments``, the per-image BatchNorm input moments named by :func:`bn_names`.
 
-    ``decode``: where plain JPEGs are decoded; ``auto`` is the device on CUDA
-    (``advisor.device_decode``; ``ADVISOR_DEVICE_DECODE=off`` keeps the CPU), the CPU elsewhere.
+    ``decode``: where plain JPEGs are decoded; ``auto`` is the device on CUDA when few CPU workers
+    would decode (``advisor.device_decode.device_decode_default``), the CPU elsewhere.
     ``batch_size`` defaults to 32 on the CPU and 256 on a GPU (small batches leave a GPU idle).
     """
     t0 = time.perf_counter()
@@ -381,7 +382,8 @@ def extract_features(
     dev = resolve_device(device)
     if batch_size is None:
         batch_size = 256 if dev.type == "cuda" else 32
-    on_device = decode == "device" or (decode == "auto" and device_decode_default(dev))
+    workers = default_num_workers() if num_workers is None else num_workers
+    on_device = decode == "device" or (decode == "auto" and device_decode_default(dev, workers))
 
     cache = None
     keys: list[str | None] = [None] * len(paths)
@@ -425,7 +427,6 @@ def extract_features(
         transform = backbone.transform_config
         mean = torch.tensor(transform.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(transform.std, device=dev).view(1, 3, 1, 1)
-        workers = default_num_workers() if num_workers is None else num_workers
         if on_device:
             batches = _device_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
                                       max_pixels=max_pixels)
@@ -451,6 +452,8 @@ def extract_features(
                     if batch is not None:
                         tf = time.perf_counter()
                         batch = batch.to(dev, non_blocking=True)
+                        if batch.dtype == torch.uint8:
+                            batch = transform.normalize(batch)
                         grey = _greyness(batch, mean, std).cpu()
                         if dev.type == "cuda":
                             batch = batch.contiguous(memory_format=torch.channels_last)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = "advisor-finetune-checkpoint-v3"
 # Settings that change how a run executes but not what it computes: a resume may differ in them.
-_RESUME_FREE = frozenset({"num_workers", "checkpoint_every_steps"})
+_RESUME_FREE = frozenset({"num_workers", "checkpoint_every_steps", "checkpoint_min_seconds", "compile"})
 
 
 class Callback:
@@ -218,7 +218,7 @@ class WeightAveraging(Callback):
 
     def load_into(self, model: TransferClassifier) -> TransferClassifier:
         """Put the averaged weights into ``model`` (what a result reports)."""
-        model.load_state_dict(self.ema.state)
+        model.load_state_dict(self.ema.averaged())
         return model
 
     def state_dict(self) -> dict[str, Any]:
@@ -275,11 +275,15 @@ class HoldoutSelection(Callback):
 class Checkpointing(Callback):
     """The loop's whole state in one atomic file; a resume checks that it belongs to this run."""
 
-    def __init__(self, path: Path, *, every_steps: int) -> None:
-        self.path, self.every_steps = path, every_steps
+    def __init__(self, path: Path, *, every_steps: int, min_seconds: float = 0.0) -> None:
+        self.path, self.every_steps, self.min_seconds = path, every_steps, min_seconds
+        self.last_save = time.monotonic()
 
     def on_step_end(self, loop: FinetuneLoop, model: TransferClassifier) -> None:
-        if self.every_steps and loop.pos.global_step % self.every_steps == 0 and loop.pos.step < loop.steps_per_epoch:
+        # Every `every_steps` steps, but not more often than every `min_seconds`: on a GPU 50 steps can take
+        # a second, and a full state (model, AdamW moments, EMA) is tens of MB written and synced each time.
+        if (self.every_steps and loop.pos.global_step % self.every_steps == 0 and loop.pos.step < loop.steps_per_epoch
+                and time.monotonic() - self.last_save >= self.min_seconds):
             self.save(loop, model)
 
     def on_epoch_end(self, loop: FinetuneLoop, model: TransferClassifier) -> None:
@@ -302,6 +306,7 @@ class Checkpointing(Callback):
         }
 
     def save(self, loop: FinetuneLoop, model: TransferClassifier) -> Path:
+        loop.settle_loss()
         if not distributed.is_main():  # every rank holds the same state; rank 0 writes it
             return self.path
         pos = loop.pos
@@ -325,7 +330,9 @@ class Checkpointing(Callback):
             "rng": get_rng_state(),
             "seconds": loop.seconds_before + time.perf_counter() - loop.t0,
         }
-        return save_checkpoint(self.path, state)
+        saved = save_checkpoint(self.path, state)
+        self.last_save = time.monotonic()
+        return saved
 
     def read(self, loop: FinetuneLoop) -> dict[str, Any] | None:
         """The checkpoint to resume from (None on a fresh run); a foreign one is a clear error."""

@@ -78,7 +78,6 @@ from strategies.training import (
     defer_sigint,
     freeze_stages,
     holdout_split,
-    normalize_uint8,
     param_groups,
     set_drop_path,
     set_rng_state,
@@ -107,6 +106,7 @@ class FinetuneConfig(FinetuneRecipe):
     class_weighting: bool = False
     balanced_sampler: bool = False
     checkpoint_every_steps: int = Field(default=50, ge=0)  # 0: only at epoch ends (and on Ctrl-C)
+    checkpoint_min_seconds: float = Field(default=30.0, ge=0)  # step checkpoints at most this often (epoch ends always)
     num_workers: int | None = Field(default=None, ge=0)  # None: the run context's, else 0 on CPU, one per spare core on CUDA
     # Decode each image once into the cache folder (advisor.decoded) when the run has several epochs
     # and the disk has room; False decodes every file every time it is used.
@@ -198,7 +198,8 @@ class FinetuneLoop:
         self.warm_start = WarmStart()
         self.averaging = WeightAveraging(decay) if decay is not None else None
         self.selection = HoldoutSelection(stop.patience, cfg.epochs) if self.holdout else None
-        self.checkpointing = Checkpointing(ctx.run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE, every_steps=cfg.checkpoint_every_steps)
+        self.checkpointing = Checkpointing(ctx.run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE, every_steps=cfg.checkpoint_every_steps,
+                                          min_seconds=cfg.checkpoint_min_seconds)
         # Order matters: end-of-validation hooks run in reverse, so the selection's snapshot sees the EMA.
         self.callbacks: list[Callback] = [cb for cb in (self.warm_start, self.averaging, self.selection, self.checkpointing)
                                           if cb is not None]
@@ -206,6 +207,7 @@ class FinetuneLoop:
         self.curves: dict[str, list[float]] = {k: [] for k in _CURVES}
         self.skipped: dict[str, str] = {}
         self.first_loss: float | None = None
+        self._unsettled: list[tuple[torch.Tensor, int]] = []  # (loss on the device, images) per step
         self.last_epoch: EpochResult | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
@@ -383,15 +385,20 @@ class FinetuneLoop:
                 loss.backward()
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-                loss_value = float(loss.detach())
+                # Kept on the device until the epoch's end or a checkpoint (settle_loss): reading it here
+                # would make the host wait for every step, and on a GPU the next step's launches then stall.
+                loss_value = loss.detach()
                 if self.first_loss is None:
-                    self.first_loss = round(loss_value, 4)
+                    self.first_loss = round(float(loss_value), 4)
             with defer_sigint():  # the update and the counters change together or not at all
                 if loss_value is not None:
                     optimizer.step()
                     scheduler.step()
                     run_hooks(self.callbacks, "on_optimizer_step", self, model)
-                    pos.loss_sum += loss_value * seen
+                    if isinstance(loss_value, torch.Tensor):
+                        self._unsettled.append((loss_value, seen))
+                    else:
+                        pos.loss_sum += loss_value * seen
                     pos.seen += seen
                 else:  # every image of the batch was bad: the schedule still advances
                     with warnings.catch_warnings():
@@ -401,6 +408,14 @@ class FinetuneLoop:
                 pos.global_step += 1
             self.ctx.report("train", pos.global_step, self.total_steps)
             run_hooks(self.callbacks, "on_step_end", self, model)
+
+    def settle_loss(self) -> None:
+        """Add the losses still on the device to the epoch's sum, in step order (one host sync)."""
+        if self._unsettled:
+            values = torch.stack([t for t, _ in self._unsettled]).tolist()
+            for value, (_, seen) in zip(values, self._unsettled):
+                self.pos.loss_sum += value * seen
+            self._unsettled.clear()
 
     def _ddp_step(self, batch, loss_weights) -> tuple[float | None, int]:
         """Forward/backward of this rank's share of the global batch; (global mean loss, global images).
@@ -451,6 +466,7 @@ class FinetuneLoop:
         # The lr of the epoch's last step, read off the schedule (valid after a resume too).
         lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](pos.global_step - 1)
         with defer_sigint():
+            self.settle_loss()
             epoch = pos.epoch + 1
             train_loss = pos.loss_sum / pos.seen if pos.seen else math.nan
             self.last_epoch = EpochResult(epoch, train_loss, val_loss, accuracy, held_acc, held_loss, lr)
@@ -542,8 +558,7 @@ class FinetuneLoop:
         """A batch on the device, channels_last; uint8 batches (decoded store) are normalised there (4x fewer bytes to copy)."""
         x = x.to(self.dev, non_blocking=True)
         if x.dtype == torch.uint8:
-            tc = self.backbone.transform_config
-            x = normalize_uint8(x, tc.mean, tc.std)
+            x = self.backbone.transform_config.normalize(x)
         return x.contiguous(memory_format=torch.channels_last)
 
     def autocast(self):

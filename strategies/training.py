@@ -48,7 +48,6 @@ __all__ = [
     "get_rng_state",
     "holdout_split",
     "load_checkpoint",
-    "normalize_uint8",
     "param_groups",
     "reestimate_bn",
     "save_checkpoint",
@@ -232,18 +231,33 @@ class WeightEMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay, self.updates = float(decay), 0
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.model = model
+        # The model's tensors, paired once (state_dict() per step costs more than the update on a GPU).
+        # Integer buffers (BN batch counters) are copied when the state is read: the same values.
+        live = model.state_dict()
+        self._floats = [(self.state[k], live[k]) for k in self.state if live[k].is_floating_point()]
+        self._ints = [(self.state[k], live[k]) for k in self.state if not live[k].is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        if model is not self.model:
+            raise ValueError("WeightEMA.update got another model than the one it averages")
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.state[k].lerp_(v.detach(), 1.0 - d)
-            else:
-                self.state[k].copy_(v)
+        ema, live = [e for e, _ in self._floats], [v.detach() for _, v in self._floats]
+        torch._foreach_lerp_(ema, live, 1.0 - d)  # one fused kernel per dtype/device group on CUDA
+
+    def _sync_ints(self) -> None:
+        for e, v in self._ints:
+            e.copy_(v)
+
+    def averaged(self) -> dict[str, torch.Tensor]:
+        """The averaged state, ready for ``load_state_dict``."""
+        self._sync_ints()
+        return self.state
 
     def state_dict(self) -> dict[str, Any]:
+        self._sync_ints()
         return {"decay": self.decay, "updates": self.updates, "state": {k: v.cpu() for k, v in self.state.items()}}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -468,7 +482,7 @@ class TrainTransform:
     RNG seeded from it), so an image's augmentation is a function of its seed alone. A PIL image
     gives a normalised float tensor; a ``[3, H, W]`` uint8 tensor (from
     :class:`~advisor.decoded.DecodedImages`) gives the augmented uint8 crop, normalised later on
-    the device by :func:`normalize_uint8`.
+    the device by ``TransformConfig.normalize``.
     """
 
     def __init__(self, transform: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
@@ -516,13 +530,6 @@ class EvalTransform:
 
             return TF.center_crop(img, [self.size, self.size]).contiguous()
         return self.transform(img)
-
-
-def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``[N, 3, H, W]`` uint8 -> float, as ToTensor + Normalize compute it (float32 /255, -mean, /std), on x's device."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return x.to(torch.float32).div_(255).sub_(m).div_(s)
 
 
 # --------------------------------------------------------------------------- checkpoints

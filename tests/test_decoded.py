@@ -16,7 +16,7 @@ from advisor.decoded import DecodedImages, eval_side, has_room, train_side
 from advisor.errors import ImageLoadError
 from advisor.images import ImageDataset, collate_skip
 from strategies.base import RunContext, RunData, get_strategy
-from strategies.training import EvalTransform, TrainTransform, normalize_uint8
+from strategies.training import EvalTransform, TrainTransform
 from conftest import write_class_images
 
 ASSETS = Path(__file__).parent / "assets"
@@ -49,7 +49,7 @@ def test_eval_crop_from_the_store_equals_the_eval_transform_to_the_bit(images, t
         assert stored.dtype == torch.uint8 and stored.shape == (3, 64, 64)
         again = tf(store.get(file_digest(path), str(path)))  # second read: from disk
         for got in (stored, again):
-            assert torch.equal(normalize_uint8(got[None], tc.mean, tc.std)[0], reference), path.name
+            assert torch.equal(tc.normalize(got[None])[0], reference), path.name
 
 
 def test_each_image_is_decoded_once_and_a_torn_entry_is_decoded_again(images, tmp_path, monkeypatch):

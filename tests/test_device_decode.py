@@ -84,10 +84,15 @@ def test_extraction_with_device_decoding_agrees_with_the_cpu_path(files, tmp_pat
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
     assert float(cos.min()) > 0.995, cos
     assert torch.equal(cpu.features["meta:grey"], dev.features["meta:grey"])
+
+def test_device_decoding_is_chosen_on_cuda_with_few_decoding_workers(monkeypatch):
+    monkeypatch.delenv("ADVISOR_DEVICE_DECODE", raising=False)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert device_decode_default(gpu, 3) and not device_decode_default(gpu, 8) and not device_decode_default(cpu, 1)
     monkeypatch.setenv("ADVISOR_DEVICE_DECODE", "off")
-    assert not device_decode_default(torch.device("cuda"))
-    monkeypatch.delenv("ADVISOR_DEVICE_DECODE")
-    assert device_decode_default(torch.device("cuda")) and not device_decode_default(torch.device("cpu"))
+    assert not device_decode_default(gpu, 1)
+    monkeypatch.setenv("ADVISOR_DEVICE_DECODE", "on")
+    assert device_decode_default(gpu, 15) and not device_decode_default(cpu, 1)
 
 
 @cuda

@@ -403,7 +403,8 @@ def test_corrupt_training_image_is_skipped(tmp_path, cache_dir):
 
 # --------------------------------------------------------------------------- exact resume
 
-RESUME_CONFIG = {"epochs": 3, "bn": "adapt", "head_l2": 1.0, "lr_head": 1e-2, "lr_backbone": 1e-2, "checkpoint_every_steps": 4}
+RESUME_CONFIG = {"epochs": 3, "bn": "adapt", "head_l2": 1.0, "lr_head": 1e-2, "lr_backbone": 1e-2, "checkpoint_every_steps": 4,
+                 "checkpoint_min_seconds": 0}
 
 KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
@@ -492,3 +493,16 @@ def test_resume_checks_the_settings_and_finished_runs_resume_to_their_result(uni
 def test_result_does_not_depend_on_the_number_of_workers(uninterrupted, dataset, cache_dir, tmp_path):
     with_workers = fit("partial-finetune", dataset, tmp_path / "run", cache_dir, **{**RESUME_CONFIG, "num_workers": 2})
     assert_same_run(uninterrupted[0], with_workers)
+
+
+def test_step_checkpoints_are_spaced_by_a_minimum_time(dataset, tmp_path, cache_dir, monkeypatch):
+    import strategies.callbacks as callbacks
+
+    saves: list[int] = []
+    real = callbacks.save_checkpoint
+    monkeypatch.setattr(callbacks, "save_checkpoint", lambda path, state: saves.append(state["global_step"]) or real(path, state))
+    fit("partial-finetune", dataset, tmp_path / "a", cache_dir, epochs=1, checkpoint_every_steps=1, checkpoint_min_seconds=0)
+    assert saves == list(range(1, STEPS_PER_EPOCH)) + [STEPS_PER_EPOCH]  # each step, then the epoch's end
+    saves.clear()
+    fit("partial-finetune", dataset, tmp_path / "b", cache_dir, epochs=2, checkpoint_every_steps=1, checkpoint_min_seconds=3600)
+    assert saves == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]  # epoch ends only

@@ -50,19 +50,29 @@ class TransformConfig(BaseModel):
         # The epsilon keeps e.g. 240 / (240 / 255) at 255 rather than 254.
         return math.floor(self.input_size / self.crop_pct + 1e-6)
 
-    def eval_transform(self) -> Callable[[Any], torch.Tensor]:
-        """A picklable PIL image -> ``[3, input_size, input_size]`` float tensor transform."""
+    def eval_transform(self, *, uint8: bool = False) -> Callable[[Any], torch.Tensor]:
+        """A picklable PIL image -> ``[3, input_size, input_size]`` float tensor transform.
+
+        ``uint8=True`` stops before ToTensor + Normalize and gives the crop's 8-bit pixels:
+        :meth:`normalize` then computes, to the bit, what the float transform gives, on any device
+        (4x fewer bytes between DataLoader workers and the device, and the arithmetic there).
+        """
         from torchvision import transforms as T
 
-        return T.Compose(
-            [
-                T.Lambda(_to_rgb),
-                T.Resize(self.resize_size, interpolation=T.InterpolationMode(self.interpolation)),
-                T.CenterCrop(self.input_size),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
+        steps = [
+            T.Lambda(_to_rgb),
+            T.Resize(self.resize_size, interpolation=T.InterpolationMode(self.interpolation)),
+            T.CenterCrop(self.input_size),
+        ]
+        if uint8:
+            return T.Compose([*steps, T.PILToTensor()])
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` uint8 -> float as ToTensor + Normalize compute it (float32 /255, -mean, /std), on x's device."""
+        m = torch.as_tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        s = torch.as_tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return x.to(torch.float32).div_(255).sub_(m).div_(s)
 
     def with_input_size(self, size: int) -> TransformConfig:
         return TransformConfig(**{**self.model_dump(), "input_size": size})
