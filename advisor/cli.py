@@ -80,12 +80,20 @@ def _without_devices(args: list[str]) -> list[str]:
     return out_args
 
 
-def _relaunch(devices: int | None) -> None:
+def _relaunch(devices: int | None, device: str) -> None:
     """``--devices N`` (N > 1) outside torchrun: run this same command under torchrun on N processes."""
     from advisor import distributed
 
     if devices is None or devices <= 1 or distributed.from_env().world > 1:
         return
+    import torch
+
+    wanted = distributed.requested_device(device)
+    if torch.cuda.is_available() and (wanted in (None, "auto") or str(wanted).startswith("cuda")):
+        gpus = torch.cuda.device_count()
+        if devices > gpus:  # NCCL refuses two ranks on one GPU; say so before starting any
+            raise AdvisorError(f"--devices {devices} runs one process per GPU, but this machine has {gpus}",
+                               hint=f"use --devices {gpus}, or --device cpu for {devices} CPU processes")
     rc, failure = distributed.launch(_without_devices(_ARGV or sys.argv[1:]), nproc=devices)
     if failure:
         err_console.print(f"[bold red]error:[/bold red] the distributed run stopped: {failure}; the other ranks were "
@@ -603,7 +611,7 @@ def run_cmd(
 
         if strategy not in strategy_names():
             raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(strategy_names())}")
-    _relaunch(devices)  # after the checks above: a bad command line fails once, not once per rank
+    _relaunch(devices, device)  # after the checks above: a bad command line fails once, not once per rank
     dev = None if device == "auto" else device
     show = (lambda rec: render_recommendation(rec)) if (auto and not json_out) else None
     try:
@@ -683,7 +691,7 @@ def compare_cmd(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     check_strategies(names)
-    _relaunch(devices)  # after the check: a bad command line fails once, not once per rank
+    _relaunch(devices, device)  # after the check: a bad command line fails once, not once per rank
     with stage_bars() as cb:
         res = compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
                       sample_size=sample_size, seed=seed, device=None if device == "auto" else device,

@@ -63,11 +63,22 @@ def from_env() -> Rank:
         return Rank()
 
 
+DEVICE_ENV = "ADVISOR_DEVICE"  # what --device auto means on this machine (e.g. cpu on a shared GPU host)
+
+
+def requested_device(device: str | None) -> str | None:
+    """``device``, with ``auto``/None replaced by ``$ADVISOR_DEVICE`` when that is set."""
+    if device in (None, "auto") and os.environ.get(DEVICE_ENV, "").strip() not in ("", "auto"):
+        return os.environ[DEVICE_ENV].strip()
+    return device
+
+
 def init_from_env(device: str | None = None) -> Rank:
     """Start the process group when launched by torchrun with more than one process (idempotent)."""
     me = from_env()
     if me.world <= 1 or (dist.is_available() and dist.is_initialized()):
         return me
+    device = requested_device(device)
     use_nccl = torch.cuda.is_available() and (device is None or device == "auto" or str(device).startswith("cuda"))
     if use_nccl:
         torch.cuda.set_device(me.local_rank % torch.cuda.device_count())

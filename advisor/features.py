@@ -65,7 +65,8 @@ def default_cache_dir() -> Path:
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/``'auto'`` picks CUDA when available, else the CPU."""
+    """``None``/``'auto'`` picks ``$ADVISOR_DEVICE`` when set, else CUDA when available, else the CPU."""
+    device = distributed.requested_device(device)
     if device in (None, "auto", "cuda") and torch.cuda.is_available() and distributed.active():
         return torch.device("cuda", distributed.rank().local_rank % torch.cuda.device_count())  # one GPU per rank
     if device in (None, "auto"):

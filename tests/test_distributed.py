@@ -132,3 +132,46 @@ def test_compare_under_two_processes_writes_one_comparison(tmp_path, colours3):
     assert {r["strategy"] for r in out["rows"]} >= {"linear-probe", "full-finetune"}
     bad = _advisor("compare", str(colours3), "--strategies", "nope", "--devices", "2", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("unknown strategies") == 1  # checked before any rank starts
+
+
+def test_more_processes_than_gpus_is_refused_before_any_starts(monkeypatch):
+    import torch
+
+    from advisor.cli import _relaunch
+    from advisor.errors import AdvisorError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("ADVISOR_DEVICE", raising=False)
+    with pytest.raises(AdvisorError, match="--devices 2 runs one process per GPU, but this machine has 1"):
+        _relaunch(2, "auto")
+    monkeypatch.setenv("ADVISOR_DEVICE", "cpu")  # "auto" means the CPU here: gloo processes are fine
+    monkeypatch.setattr("advisor.distributed.launch", lambda argv, nproc: (0, None))
+    with pytest.raises(SystemExit) as done:
+        _relaunch(2, "auto")
+    assert done.value.code == 0
+
+
+def test_features_under_torchrun_fill_one_cache_that_one_process_then_reads(colours3, tmp_path):
+    import torch
+
+    from advisor.backbones import create_backbone
+    from advisor.data import scan_dataset
+    from advisor.features import extract_features
+
+    cache = tmp_path / "cache"
+    cmd = distributed.torchrun_command(["-q", "features", str(colours3), "-b", "test/tiny-cnn", "--device", "cpu",
+                                        "--workers", "0", "--batch-size", "5", "--cache-dir", str(cache), "--json"], nproc=2)
+    two = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "ADVISOR_DIST_TIMEOUT": "60"})
+    assert two.returncode == 0, two.stderr[-2000:]
+    summary = json.loads(two.stdout)  # one JSON document: only rank 0 prints
+    assert summary["images"] == 48 and summary["computed"] == 48 and summary["from_cache"] == 0
+
+    bb = create_backbone("test/tiny-cnn")
+    samples = scan_dataset(colours3).samples
+    cached = extract_features(samples, bb, cache_dir=cache, device="cpu", num_workers=0)
+    assert cached.summary.from_cache == 48 and cached.summary.computed == 0  # both ranks' shares are in the cache
+    fresh = extract_features(samples, bb, use_cache=False, device="cpu", num_workers=0, batch_size=5)
+    for tap, values in fresh.features.items():
+        torch.testing.assert_close(cached.features[tap], values, rtol=1e-5, atol=1e-6, msg=tap)
