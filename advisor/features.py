@@ -280,9 +280,21 @@ def _greyness(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return agree.float().unsqueeze(1)
 
 
+MAX_WORKERS = 16
+
+
 def default_num_workers() -> int:
-    # One decoding worker per spare core; on 2 cores one worker keeps the model fed.
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """One decoding worker per free core beyond the process's own, the cores shared among this
+    machine's ranks, between 1 and ``MAX_WORKERS``.
+
+    On 2 cores one worker keeps the model fed. On a GPU host the workers are the limit: on an
+    H200 with 16 cores, 8 workers extracted 1,964 images/s (~4 ms per 224-px JPEG per worker)
+    against 5,700 for the bare forward; the cap was 8 then and is 16 now (not re-measured).
+    """
+    from advisor import free_cores
+
+    share = free_cores() // max(1, distributed.from_env().local_world)
+    return max(1, min(MAX_WORKERS, share - 1))
 
 
 def bn_names(backbone: Backbone) -> list[str]:

@@ -257,3 +257,18 @@ def test_greyscale_images_are_flagged(tmp_path, tiny):
     fs = _extract(scan.samples, tiny, tmp_path / "c")
     grey = {Path(p).parent.name: bool(v) for p, v in zip(fs.paths, fs.features[F.GREY][:, 0].tolist())}
     assert grey == {"grey": True, "colour": False}
+
+
+def test_default_workers_follow_the_free_cores_shared_among_local_ranks(monkeypatch):
+    import advisor
+    from advisor.features import MAX_WORKERS, default_num_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for free, expected in ((1, 1), (2, 1), (16, 15), (64, MAX_WORKERS)):
+        monkeypatch.setattr(advisor, "free_cores", lambda free=free: free)
+        assert default_num_workers() == expected, free
+    monkeypatch.setattr(advisor, "free_cores", lambda: 16)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
+    assert default_num_workers() == 7
