@@ -801,11 +801,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image (first frame) as RGB; raise ImageLoadError with a short reason.
+def _with_checked_image(path: str | os.PathLike[str], max_pixels: int, use):
+    """``use(file, image)`` on the opened, header-checked image; every failure is an ImageLoadError.
 
-    The same checks as the scan apply: regular files only, accepted formats, the pixel and
-    aspect-ratio bounds.
+    The checks are the scan's: regular files only, accepted formats, the pixel and aspect-ratio bounds.
     """
     p = os.fspath(path)
     try:
@@ -820,17 +819,29 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
                 raise ImageLoadError(p, f"corrupt image ({one_line(exc)})") from None
             width, height = im.size
             _check_image(im, width, height, max_pixels)
-            try:
-                im.load()
-            except Exception as exc:
-                raise ImageLoadError(p, f"cannot decode {im.format or 'image'} ({one_line(exc)})") from None
-            return to_rgb(im)
+            return use(f, im)
     except ImageLoadError:
         raise
     except _Unusable as why:
         raise ImageLoadError(p, str(why)) from None
     except Exception as exc:
         raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image (first frame) as RGB; raise ImageLoadError with a short reason.
+
+    The same checks as the scan apply: regular files only, accepted formats, the pixel and
+    aspect-ratio bounds.
+    """
+    def decode(f, im: Image.Image) -> Image.Image:
+        try:
+            im.load()
+        except Exception as exc:
+            raise ImageLoadError(os.fspath(path), f"cannot decode {im.format or 'image'} ({one_line(exc)})") from None
+        return to_rgb(im)
+
+    return _with_checked_image(path, max_pixels, decode)
 
 
 def plain_jpeg_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
@@ -840,31 +851,15 @@ def plain_jpeg_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_
     of :func:`load_image` apply (raising ImageLoadError); only the header is parsed, so this costs
     a file read, not a decode. None sends the image down the CPU path (:func:`load_image`).
     """
-    p = os.fspath(path)
-    try:
-        with _open_regular(p) as f:
-            try:
-                im = Image.open(f)
-            except UnidentifiedImageError:
-                raise ImageLoadError(p, _unidentified_reason(f)) from None
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageLoadError(p, _pil_bomb_reason(exc, f, max_pixels)) from None
-            except OSError as exc:
-                raise ImageLoadError(p, f"corrupt image ({one_line(exc)})") from None
-            width, height = im.size
-            _check_image(im, width, height, max_pixels)
-            if im.format != "JPEG" or im.mode != "RGB":
-                return None
-            if "exif" in im.info and im.getexif().get(0x0112, 1) != 1:
-                return None
-            f.seek(0)
-            return f.read()
-    except ImageLoadError:
-        raise
-    except _Unusable as why:
-        raise ImageLoadError(p, str(why)) from None
-    except Exception as exc:
-        raise ImageLoadError(p, f"cannot read ({type(exc).__name__}: {one_line(exc)})") from None
+    def read(f, im: Image.Image) -> bytes | None:
+        if im.format != "JPEG" or im.mode != "RGB":
+            return None
+        if "exif" in im.info and im.getexif().get(0x0112, 1) != 1:
+            return None
+        f.seek(0)
+        return f.read()
+
+    return _with_checked_image(path, max_pixels, read)
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
