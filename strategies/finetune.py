@@ -31,6 +31,11 @@ Runs are exactly resumable: ``checkpoints/last.safetensors`` (written every epoc
 data order, augmentation and dropout noise are functions of ``(seed, epoch, step/index)``. On
 CPU a resumed run ends with the same weights and metrics as an uninterrupted one.
 
+Data: with several epochs each image is decoded once into the cache folder (``advisor.decoded``)
+and read back as uint8; batches travel as uint8 and are normalised on the device. Training
+crops come from the stored copy (shorter side up to twice the input size), evaluation crops
+equal the eval transform's to the bit.
+
 Precision: float32 on CPU, bfloat16 autocast on CUDA; channels_last memory format on both.
 The caller's torch RNG state is left as it was (the fit runs in a forked RNG).
 """
