@@ -56,7 +56,9 @@ has compile && timeout $(cap 100) $PY benchmarks/train_throughput.py /tmp/caltec
   --variants warm,compile 2>&1 | grep -v Warning | tee "$OUT/train_compile.txt"
 
 has suite && [ -z "${GPU_CHECK_SMALL:-}" ] && step "whole test suite (what time is left; stops at 2 failures)" && \
-  timeout $(cap 100) $PY -m pytest -q -p no:cacheprovider -n 8 --maxfail=2 -rf --tb=line -W ignore tests 2>&1 | grep -v "Warning\|warner" | tail -12 | tee "$OUT/suite.txt"
+  { timeout $(cap 100) $PY -m pytest -v -p no:cacheprovider -n 8 --maxfail=2 --tb=line -W ignore tests > "$OUT/suite_full.txt" 2>&1
+    # -v prints each result as it lands, so the failures are named even when the cap cuts the run.
+    grep -E "FAILED|ERROR" "$OUT/suite_full.txt" | head -10; tail -3 "$OUT/suite_full.txt"; } | tee "$OUT/suite.txt"
 
 step summary
 cat "$OUT/env.txt" "$OUT/cuda_tests.txt" "$OUT/extract.txt" "$OUT/train.txt" "$OUT/train_compile.txt" "$OUT/suite.txt" 2>/dev/null | grep -v "^$"
