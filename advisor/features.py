@@ -392,6 +392,8 @@ def extract_features(
     wanted = tap_names + extra
     # Always store every tap, so a later request for another tap hits the cache too.
     stored = list(known) + extra
+    if decode not in ("auto", "cpu", "device"):
+        raise AdvisorError(f"decode must be auto, cpu or device, got {decode!r}")
     dev = resolve_device(device)
     if batch_size is None:
         batch_size = 256 if dev.type == "cuda" else 32
