@@ -23,6 +23,12 @@ def free_cores() -> int:
     return max(1, min(cores, round(cores - load)))
 
 
+def env_switch(name: str) -> bool | None:
+    """An on/off environment switch: True for 1/on/true/yes, False for 0/off/false/no, None when unset or other."""
+    value = _os.environ.get(name, "").strip().lower()
+    return True if value in ("1", "on", "true", "yes") else False if value in ("0", "off", "false", "no") else None
+
+
 def _shared_cpu_policy() -> None:
     # OpenMP reads its wait policy when torch loads it, so this runs before any torch import.
     # Measured (benchmarks/busy_cpu.py, 2 cores, one taken by another job): spinning OpenMP threads

@@ -750,10 +750,10 @@ def calibrate_cmd(json_out: bool = JsonOpt) -> None:
     if res.mean_abs_error_points is not None:
         out.print(f"recorded forecasts: mean |forecast - achieved| {res.mean_abs_error_points:.2f} points; the 80 % "
                   f"interval held the achieved value in {res.interval_coverage:.0%} of runs")
-    for s in res.gain_error_shipped:
+    for s, before in res.gain_error_shipped.items():
         after = res.gain_error_with_local.get(s)
-        out.print(f"{s} gain, held out one dataset at a time: {res.gain_error_shipped[s]:.2f} points on the shipped "
-                  f"records; {after:.2f} with this machine's added" if after is not None else "")
+        out.print(f"{s} gain, held out one dataset at a time: {before:.2f} points on the shipped records"
+                  + (f"; {after:.2f} with this machine's added" if after is not None else ""))
     if res.cv_gap_shipped is not None:
         out.print(f"probe validation-vs-CV gap (median): {res.cv_gap_shipped:+.2f} points on the shipped records; "
                   f"{res.cv_gap_with_local:+.2f} with this machine's added")

@@ -67,9 +67,7 @@ class DecodedImages:
             arr = np.load(entry, allow_pickle=False)
             if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
                 raise ValueError(f"unexpected entry {arr.dtype} {arr.shape}")
-        except FileNotFoundError:
-            arr = self._store(entry, path)
-        except (OSError, ValueError, EOFError):  # torn or foreign file: decode again and replace it
+        except (OSError, ValueError, EOFError):  # missing, torn or foreign: decode (again) and store it
             arr = self._store(entry, path)
         return torch.from_numpy(arr).permute(2, 0, 1)
 
@@ -80,9 +78,8 @@ class DecodedImages:
         img = load_image(path, max_pixels=self.max_pixels)
         if self.upscale or min(img.size) > self.side:
             img = TF.resize(img, self.side, interpolation=InterpolationMode(self.interpolation))
-        arr = np.array(img, dtype=np.uint8)  # a writable copy (torch tensors over read-only memory warn)
-        if arr.ndim == 2:  # load_image gives RGB; guard against a single-band image all the same
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        arr = np.array(img, dtype=np.uint8)  # H x W x 3 (load_image gives RGB); a writable copy
+        tmp = None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
@@ -91,10 +88,8 @@ class DecodedImages:
             os.replace(tmp, entry)  # readers see a whole entry or none
         except OSError:
             # A full or read-only disk costs speed, not the run: the image is used without being stored.
-            try:
-                os.unlink(tmp)  # type: ignore[possibly-undefined]
-            except (OSError, NameError):
-                pass
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
         return arr
 
 

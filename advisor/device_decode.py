@@ -17,7 +17,6 @@ photo at 224 px: mean |difference| under one 8-bit level; pooled features agree 
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -25,6 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from advisor import env_switch
 from advisor.backbones import TransformConfig
 from advisor.data import DEFAULT_MAX_PIXELS, load_image, plain_jpeg_bytes
 from advisor.errors import ImageLoadError
@@ -41,12 +41,10 @@ DEVICE_DECODE_MAX_WORKERS = 5
 def device_decode_default(device: torch.device, workers: int) -> bool:
     """Decode on the device on CUDA when few CPU workers would decode (``DEVICE_DECODE_MAX_WORKERS``);
     ``ADVISOR_DEVICE_DECODE=on`` / ``off`` forces it either way."""
-    forced = os.environ.get(DECODE_ENV, "").lower()
-    if forced in ("0", "off", "false", "no"):
-        return False
     if device.type != "cuda":
         return False
-    return forced in ("1", "on", "true", "yes") or workers <= DEVICE_DECODE_MAX_WORKERS
+    forced = env_switch(DECODE_ENV)
+    return forced if forced is not None else workers <= DEVICE_DECODE_MAX_WORKERS
 
 
 class EncodedImages(torch.utils.data.Dataset):

@@ -31,8 +31,8 @@ Runs are exactly resumable: ``checkpoints/last.safetensors`` (written every epoc
 data order, augmentation and dropout noise are functions of ``(seed, epoch, step/index)``. On
 CPU a resumed run ends with the same weights and metrics as an uninterrupted one.
 
-Data: with several epochs each image is decoded once into the cache folder (``advisor.decoded``)
-and read back as uint8; batches travel as uint8 and are normalised on the device. Training
+Data: batches travel as uint8 and are normalised on the device; with several epochs each image
+is decoded once into the cache folder (``advisor.decoded``) and read back. Training
 crops come from the stored copy (shorter side up to twice the input size), evaluation crops
 equal the eval transform's to the bit.
 
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 
-from advisor import distributed
+from advisor import distributed, env_switch
 from advisor.backbones import PRE_LOGITS, Backbone
 from advisor.classifier import TransferClassifier
 from advisor.data import Sample
@@ -275,7 +275,7 @@ class FinetuneLoop:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dev.index] if self.cuda else None, **_no_buffer_sync())
 
-        if (self.cfg.compile or os.environ.get(COMPILE_ENV, "").lower() in ("1", "on", "true", "yes")) and self.ddp is None:
+        if (self.cfg.compile or env_switch(COMPILE_ENV)) and self.ddp is None:
             # Training steps only: evaluation switches the graph to eval mode and is a small share.
             self.compiled = torch.compile(model)
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, seed=self.seed,
@@ -512,17 +512,16 @@ class FinetuneLoop:
     def _decoded_stores(self) -> tuple[DecodedImages | None, DecodedImages | None, str]:
         """(training store, evaluation store, why) for decoding each image once (``advisor.decoded``).
 
-        Worth it from the second pass over an image on: a run of one epoch with neither a BatchNorm
-        pass nor a warm-up reads each training image once. Off when the images would take more than
-        a quarter of the free disk.
+        Worth it from the second epoch on (a one-epoch run reads each training image once). Off when
+        the images would take more than a quarter of the free disk.
         """
         cfg, tc = self.cfg, self.backbone.transform_config
         if not cfg.decoded_cache:
             return None, None, "off (decoded_cache=False)"
-        if os.environ.get(DECODED_CACHE_ENV, "").lower() in ("0", "off", "false", "no"):
+        if env_switch(DECODED_CACHE_ENV) is False:
             return None, None, f"off ({DECODED_CACHE_ENV}={os.environ[DECODED_CACHE_ENV]})"
-        if cfg.epochs < 2 and cfg.bn != "train" and not cfg.head_warmup:
-            return None, None, "off (one pass over the images)"
+        if cfg.epochs < 2:
+            return None, None, "off (one epoch: each training image is read once)"
         root = self.ctx.cache_dir or default_cache_dir()
         t_side = train_side(cfg.input_size, cfg.crop_scale) if cfg.augment != "none" else eval_side(tc.resize_size)
         e_side = eval_side(tc.resize_size)
@@ -560,11 +559,9 @@ class FinetuneLoop:
         return torch.cat(logits), torch.cat(labels), [samples[i].path for i in index]
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch on the device, channels_last; uint8 batches (decoded store) are normalised there (4x fewer bytes to copy)."""
-        x = x.to(self.dev, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = self.backbone.transform_config.normalize(x)
-        return x.contiguous(memory_format=torch.channels_last)
+        """A uint8 batch on the device, normalised there (4x fewer bytes to copy), channels_last."""
+        return self.backbone.transform_config.normalize(x.to(self.dev, non_blocking=True)).contiguous(
+            memory_format=torch.channels_last)
 
     def autocast(self):
         return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.cuda)

@@ -476,19 +476,19 @@ def random_resized_crop_params(width: int, height: int, scale: tuple[float, floa
 
 
 class TrainTransform:
-    """RandomResizedCrop(size, scale) [+ horizontal flip] [+ TrivialAugmentWide] + ToTensor + Normalize.
+    """RandomResizedCrop(size, scale) [+ horizontal flip] [+ TrivialAugmentWide], as 8-bit pixels.
 
     Every random draw comes from ``generator`` (TrivialAugment's own draws run in a forked torch
-    RNG seeded from it), so an image's augmentation is a function of its seed alone. A PIL image
-    gives a normalised float tensor; a ``[3, H, W]`` uint8 tensor (from
-    :class:`~advisor.decoded.DecodedImages`) gives the augmented uint8 crop, normalised later on
-    the device by ``TransformConfig.normalize``.
+    RNG seeded from it), so an image's augmentation is a function of its seed alone. Takes a PIL
+    image or a ``[3, H, W]`` uint8 tensor (:class:`~advisor.decoded.DecodedImages`); gives the
+    uint8 crop, normalised on the device by ``TransformConfig.normalize`` (ToTensor + Normalize's
+    arithmetic, a quarter of the bytes to move).
     """
 
     def __init__(self, transform: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, trivial: bool = False) -> None:
         self.size, self.scale, self.ratio, self.flip, self.trivial = size, scale, ratio, flip, trivial
-        self.interpolation, self.mean, self.std = transform.interpolation, transform.mean, transform.std
+        self.interpolation = transform.interpolation
 
     def __call__(self, img: Any, generator: torch.Generator) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode, TrivialAugmentWide
@@ -511,21 +511,20 @@ class TrainTransform:
                 # that with a formatted stack trace, ~1 ms per image (a quarter of the augmentation).
                 torch.default_generator.manual_seed(seed)
                 img = TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)(img)
-        if stored:
-            return img.contiguous()
-        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+        return img.contiguous() if stored else TF.pil_to_tensor(img)
 
 
 class EvalTransform:
-    """The backbone's eval transform at ``transform.input_size``; takes (and ignores) a generator like :class:`TrainTransform`.
+    """The backbone's eval transform at ``transform.input_size`` as 8-bit pixels (normalised on the device);
+    takes (and ignores) a generator like :class:`TrainTransform`.
 
     A ``[3, H, W]`` uint8 tensor stored at the eval resize size (``DecodedImages``) is only centre
-    cropped: the same pixels the eval transform takes from the PIL image, still uint8.
+    cropped: the same pixels the eval transform takes from the PIL image.
     """
 
     def __init__(self, transform: TransformConfig) -> None:
         self.size = transform.input_size
-        self.transform = transform.eval_transform()
+        self.transform = transform.eval_transform(uint8=True)
 
     def __call__(self, img: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         if isinstance(img, torch.Tensor):

@@ -44,7 +44,7 @@ def test_eval_crop_from_the_store_equals_the_eval_transform_to_the_bit(images, t
     store = DecodedImages(tmp_path / "cache", side=eval_side(tc.resize_size), interpolation=tc.interpolation)
     tf = EvalTransform(tc)
     for path in images:
-        reference = tf(load_image(path))
+        reference = tc.eval_transform()(load_image(path))  # the float transform, decoded from the file
         stored = tf(store.get(file_digest(path), str(path)))
         assert stored.dtype == torch.uint8 and stored.shape == (3, 64, 64)
         again = tf(store.get(file_digest(path), str(path)))  # second read: from disk

@@ -257,7 +257,8 @@ def test_augmentation_depends_on_seed_epoch_index_not_on_workers(dataset):
     for (i0, x0), (i2, x2) in zip(batches(0), batches(2), strict=True):
         assert torch.equal(i0, i2) and torch.equal(x0, x2)
     evaluated = ImageDataset.from_samples(samples, EvalTransform(tc))[(0, 5)][1]
-    assert torch.equal(evaluated, tc.eval_transform()(load_image(samples[5].path)))
+    assert evaluated.dtype == torch.uint8  # normalised on the device, to the bit what the float transform gives
+    assert torch.equal(tc.normalize(evaluated[None])[0], tc.eval_transform()(load_image(samples[5].path)))
 
 
 def test_ctrl_c_waits_for_the_end_of_a_deferred_block():
@@ -357,7 +358,8 @@ def test_head_warmup_and_adapt_bn(dataset, cache_dir, tmp_path):
     ds = ImageDataset.from_samples(samples, EvalTransform(reference.backbone.transform_config))
     # The same shuffled batches as the run's BN pass (a permutation seeded by (seed, -2)).
     order = torch.randperm(24, generator=torch.Generator().manual_seed(mix_seed(0, -2))).tolist()
-    batches = [torch.stack([ds[(0, i)][1] for i in order[j:j + 4]]) for j in range(0, 24, 4)]
+    tc = reference.backbone.transform_config
+    batches = [tc.normalize(torch.stack([ds[(0, i)][1] for i in order[j:j + 4]])) for j in range(0, 24, 4)]
     reestimate_bn(reference.backbone, (b.contiguous(memory_format=torch.channels_last) for b in batches))
     for name in ("stages.0.1", "stages.1.1", "stages.2.1"):  # under 'adapt' the trainable stage's BN is frozen too
         ours, ref = model.backbone.model.get_submodule(name), reference.backbone.model.get_submodule(name)
