@@ -18,6 +18,7 @@ from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 from advisor.recipe import default_recipe
 from advisor.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
+from advisor.rules.policy import DEFAULT_POLICY, decide
 
 
 def evidence_notes(rec: Recommendation) -> list[str]:
@@ -101,6 +102,7 @@ def recommend_dataset(
     epochs_cap: int | None = None,
     budget_seconds: float | None = None,
     input_size: int | None = None,
+    policy: str = DEFAULT_POLICY,
 ) -> Recommendation:
     """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
 
@@ -125,20 +127,26 @@ def recommend_dataset(
         if best not in rec.plan.taps:
             rec.plan.taps = [t.name for t in backbone_model.taps if t.name in {*rec.plan.taps, best}]
             rec.plan.notes.append(f"added {best} to the sweep: it has the best per-depth evidence")
+    table_strategy = rec.strategy
+    table_rule = "+".join(h.id for h in rec.hits if h.kind in ("quadrant", "override")) or rec.quadrant_rule
     if force_strategy is not None:
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
-    if input_size is not None:  # the run will use another input size: plan and forecast follow it
-        rec.plan = rec.plan.model_copy(update={"input_size": input_size})
+    _apply_settings(rec, input_size=input_size)
     short, warning = _short_cap(rec)
     if warning:
         rec.warnings.append(warning)
     if profile.probe_cv:
-        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=short, cache_dir=cache_dir)
+        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=short, cache_dir=cache_dir,
+                                 dataset=str(Path(dataset).resolve()))
         if warning:
             rec.forecast.notes.append(warning)
-    if force_strategy is None and (budget_seconds is not None or (warning and rec.forecast is not None)):
-        # A short epoch cap on a fine-tune plan is a budget too: the forecast (no gain credited there) chooses.
-        _fit_budget(rec, budget_seconds if budget_seconds is not None else math.inf, taps=backbone_model.taps)
+    if force_strategy is None:
+        rec.decision = decide(policy, table=table_strategy, table_rule=table_rule, column=rec.similarity_class,
+                              forecast=rec.forecast)
+        if rec.decision.chosen != rec.strategy:
+            _switch(rec, rec.decision.chosen, rule_id="forecast", taps=backbone_model.taps, input_size=input_size)
+        if budget_seconds is not None:
+            _fit_budget(rec, budget_seconds, taps=backbone_model.taps, input_size=input_size)
     rec.seconds = round(time.perf_counter() - t0, 2)
     return rec
 
@@ -191,7 +199,29 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _fit_budget(rec: Recommendation, budget: float, *, taps) -> None:
+def _apply_settings(rec: Recommendation, *, input_size: int | None) -> None:
+    """The plan shown is the plan that runs: the user's input size and epoch cap go into it."""
+    update: dict = {}
+    if input_size is not None:
+        update["input_size"] = input_size
+    if rec.epochs_cap is not None and rec.plan.recipe is not None and rec.epochs_cap < rec.plan.recipe.epochs:
+        warmup = min(rec.plan.recipe.warmup_epochs, max(0, rec.epochs_cap - 1))
+        update["recipe"] = rec.plan.recipe.model_copy(update={"epochs": rec.epochs_cap, "warmup_epochs": warmup})
+    if update:
+        rec.plan = rec.plan.model_copy(update=update)
+
+
+def _switch(rec: Recommendation, strategy: str, *, rule_id: str, taps, input_size: int | None) -> None:
+    """Run ``strategy`` instead of the table's: its own plan fields, the same modifiers, ``rule_id`` recorded."""
+    notes = [n for n in rec.plan.notes if "forced" not in n]
+    rec.plan = plan_for_strategy(rec, strategy, taps=taps)
+    rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n] + [n for n in notes if n not in rec.plan.notes]
+    rec.plan.rule_ids = [r for r in rec.plan.rule_ids if r != "user"] + [rule_id]
+    rec.strategy = strategy
+    _apply_settings(rec, input_size=input_size)
+
+
+def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | None = None) -> None:
     """Replace the advice by the most accurate forecast that fits ``budget`` seconds, and say what more time buys."""
     if rec.forecast is None:
         rec.warnings.append("no forecast could be made (similarity not measured), so the budget was not applied")
@@ -204,74 +234,93 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps) -> None:
             f"; the cheapest, {cheapest.strategy}, needs about {cheapest.seconds:.0f} s" if cheapest else ""))
         return
     best = max(fits, key=lambda f: (f.accuracy, -f.seconds))
+    note = f"budget {budget:.0f} s: {best.strategy} has the best forecast that fits ({best.accuracy:.3f}, about {best.seconds:.0f} s)"
     better = [f for f in timed if f.accuracy > best.accuracy and f.seconds > budget]
-    label = f"budget {budget:.0f} s" if math.isfinite(budget) else "epoch cap"
-    note = f"{label}: {best.strategy} has the best forecast that fits ({best.accuracy:.3f}, about {best.seconds:.0f} s)"
     if better:
         top = max(better, key=lambda f: f.accuracy)
         note += (f"; {top.strategy} is forecast {100 * (top.accuracy - best.accuracy):+.1f} points but needs about "
                  f"{top.seconds:.0f} s")
     if best.strategy != rec.strategy:
-        rec.plan = plan_for_strategy(rec, best.strategy, taps=taps)
-        rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n]
-        rec.plan.rule_ids = [r for r in rec.plan.rule_ids if r != "user"] + ["budget"]
-        rec.strategy = best.strategy
+        _switch(rec, best.strategy, rule_id="budget", taps=taps, input_size=input_size)
+        if rec.decision is not None:
+            rec.decision = rec.decision.model_copy(update={
+                "chosen": best.strategy, "agree": False,
+                "sentence": rec.decision.sentence.rstrip(".") + f"; the budget then chose {best.strategy}: {note}."})
     rec.plan.notes.append(note)
     rec.warnings.append(note)
 
 
 STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per machine and configuration
+RETIME_LOAD = 0.75  # re-time a step when the cores were this much busier (1-minute load) than now when it was timed
 
 
-def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir) -> float:
-    """A timed training step, remembered in the cache folder so a warm ``recommend`` does not time it again.
+def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir) -> tuple[float, str]:
+    """(seconds of a training step, where that figure comes from), remembered in the cache folder.
 
     The key names the backbone, weights, input size, batch, frozen stages, device and thread
-    count; delete the file to re-time (a machine under other load runs slower than it timed).
+    count; each entry records the load the step was timed under. A step timed while other
+    processes kept the cores busier than now is timed again, and an entry that is not a finite
+    positive number is ignored.
     """
     import json
 
     from advisor.features import default_cache_dir
+    from advisor.forecast import load_average, machine_name
 
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
-                              frozen, name)))
+                              frozen, machine_name(dev))))
     path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
-        return float(known[key])
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
+    load = load_average()
+    if isinstance(entry, dict):
+        secs, then = entry.get("seconds"), entry.get("load")
+        usable = isinstance(secs, (int, float)) and math.isfinite(secs) and 0 < secs < 3600
+        calm = not (isinstance(then, (int, float)) and load is not None and then - load > RETIME_LOAD)
+        if usable and calm:
+            return float(secs), f"step timed {entry.get('time', 'earlier')} (load {then if then is not None else '?'})"
     seconds = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev,
                                     frozen_stages=frozen)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
     try:
-        write_text_atomic(path, json.dumps({**(known if isinstance(known, dict) else {}), key: seconds}, indent=1))
+        write_text_atomic(path, json.dumps({**known, key: {"seconds": seconds, "load": load, "time": stamp}}, indent=1))
     except OSError:
         pass  # a read-only cache only costs the timing next time
-    return seconds
+    return seconds, f"step timed now (load {load:.1f})" if load is not None else "step timed now"
 
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
-              cache_dir=None) -> Forecast:
+              cache_dir=None, dataset: str | None = None) -> Forecast:
+    from advisor.forecast import local_outcomes, local_record_path, machine_name, time_correction
+
     p = rec.profile
     plan = rec.plan
     taps = backbone_model.taps
+    schedule = finetune_schedule(p.train_images)[1]
     epochs = plan.recipe.epochs if plan.recipe is not None else default_recipe(p.train_images, full=True).epochs
     if rec.epochs_cap is not None:
         epochs = min(epochs, rec.epochs_cap)
     dev = resolve_device(device)
-    step = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
+    step, source = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
     frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
-    partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir) if frozen else None
+    partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir)[0] if frozen else None
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
+    factor, runs = time_correction(local_outcomes(local_record_path()), device=machine_name(dev))
+    if runs:
+        source += f"; x{factor:.2f}, the median achieved/forecast time of {runs} finished run(s) on this machine"
     return forecast(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                     per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
                     epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
                     decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
-                    short_schedule=short_schedule)
+                    short_schedule=short_schedule, input_size=plan.input_size,
+                    schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
+                    time_source=source)
 
 
 def _probe_solve_seconds(rec: Recommendation, taps) -> dict[str, float]:

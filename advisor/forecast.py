@@ -2,17 +2,22 @@
 
 * **Probes** are measured, not guessed: the cross-validated accuracy of a logistic probe on the
   profiling sample's cached features (``pre_logits`` for the linear probe; the best single tap
-  for the layer probe), shifted by the median gap between validation accuracy and that CV
-  accuracy over the track record (a CV that also chose its own regularisation is optimistic:
-  the record measured by how much). The 80 % interval combines the binomial spread of an
-  accuracy measured on as many images as the validation split holds with the 10th-90th
-  percentile of the record's gaps around their median.
-* **Fine-tunes** are the better probe's measured accuracy plus a gain predicted from the
-  shipped track record (``advisor/reference/track_record.json``): the gain each reference
-  dataset measured, regressed on log images per class and similarity (ridge, 3 coefficients).
-  The interval adds the 10th-90th percentile of the regression's leave-one-dataset-out residuals.
-* **Time** is a few timed forward/backward steps on this device times the plan's schedule;
-  probes cost one extraction pass (nothing when the features are cached) and a solve.
+  for the layer probe), corrected by how far validation accuracy fell from that CV accuracy in
+  the track record, regressed on the input size the run trains at and the images per class
+  (a 224-px CV on a sample says little about a 64-px run on the whole split without it).
+* **Fine-tunes** are the better probe's forecast plus a gain learned from the track record
+  (``advisor/reference/track_record.json``: every strategy at several sizes, k-shot subsamples
+  included): the gain each recorded run measured, regressed on log images per class,
+  similarity, input size and the share of its schedule the epoch cap kept (ridge).
+* Both intervals (80 %) take the wider of the binomial spread of the validation split and the
+  10th-90th percentiles of the models' leave-one-dataset-out residuals.
+* **Where it stands:** settings outside what the record measured (input size, images per class,
+  schedule share) are named ("extrapolating", with the nearest recorded setting). A dataset's
+  own earlier runs, and a reference of the same name, are never evidence for its own forecast:
+  they are shown as "your earlier run".
+* **Time** is a few timed training steps on this device (median, with the load they ran under)
+  times the plan's schedule, corrected by what finished runs on this machine took against their
+  forecast; probes cost one extraction pass (nothing when cached) and a solve.
 
 ``benchmarks/forecast_error.py`` measures the forecast against what the suite achieved.
 """
@@ -21,18 +26,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 FINETUNES = ("partial-finetune", "full-finetune")
 PROBES = ("linear-probe", "layer-probe")
+STRATEGY_COST_ORDER = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
 Z80 = 1.2816  # two-sided 80 % normal quantile
 RIDGE = 1.0
+RECORD_INPUT_SIZE = 224  # a record that does not say what size it ran at: the backbone's own
+PROBE_TAP = "pre_logits"
 
 
 class StrategyForecast(BaseModel):
@@ -45,14 +54,26 @@ class StrategyForecast(BaseModel):
     seconds: float | None = None  # expected wall time of the whole run on this device
     seconds_per_epoch: float | None = None
     epochs: int | None = None
+    time_source: str | None = None  # where the time figure comes from, in words
+
+    @property
+    def sd(self) -> float:
+        """The forecast's standard error, read off its 80 % interval."""
+        return max(1e-4, (self.high - self.low) / (2 * Z80))
 
 
 class Forecast(BaseModel):
     """Every strategy's expected accuracy (80 % interval) and wall time; which records it learned from."""
 
     strategies: list[StrategyForecast]
-    records: list[str]  # the reference datasets the fine-tune gain was fitted on
+    records: list[str]  # the reference datasets the models were fitted on (one name per dataset)
     notes: list[str] = []
+    # settings outside the track record, each with the nearest recorded one; empty: inside it
+    extrapolating: list[str] = Field(default_factory=list)
+    # this dataset's own earlier outcomes (strategy -> accuracy): shown, never counted as references
+    earlier_runs: dict[str, float] = Field(default_factory=dict)
+    input_size: int | None = None
+    schedule_share: float | None = None
 
 
 LOCAL_RECORD = "track_record.jsonl"  # in the cache folder: every run's forecast against what it achieved
@@ -60,9 +81,14 @@ LOCAL_RECORD = "track_record.jsonl"  # in the cache folder: every run's forecast
 
 def shipped_track_record() -> list[dict]:
     try:
-        return json.loads(resources.files("advisor").joinpath("reference/track_record.json").read_text())["datasets"]
-    except (FileNotFoundError, OSError, KeyError, json.JSONDecodeError):
+        data = json.loads(resources.files("advisor").joinpath("reference/track_record.json").read_text())
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
         return []
+    prov = data.get("provenance", {}) if isinstance(data, dict) else {}
+    rows = data.get("datasets", []) if isinstance(data, dict) else []
+    # Version-1 records carried their settings once, in the provenance.
+    defaults = {k: prov[k] for k in ("input_size", "epochs_cap") if prov.get(k) is not None}
+    return [{**defaults, **r} for r in rows if isinstance(r, dict) and "dataset" in r and "accuracy" in r]
 
 
 def local_record_path() -> Path:
@@ -81,28 +107,44 @@ def local_outcomes(path: Path | None = None) -> list[dict]:
         return []
     for line in lines:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("dataset"), str) and isinstance(row.get("strategy"), str) \
+                and _finite(row.get("achieved")) and _finite(row.get("train_per_class_median")):
+            rows.append(row)
     return rows
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
-    """Local runs grouped per dataset into track-record entries (the latest accuracy of each strategy)."""
-    by: dict[str, dict] = {}
+    """Local runs grouped per (dataset, input size) into track-record entries (the latest accuracy of each strategy)."""
+    by: dict[tuple, dict] = {}
     for o in outcomes:
-        entry = by.setdefault(o["dataset"], {"dataset": f"{Path(o['dataset']).name} (local)", "accuracy": {},
-                                             "train_per_class_median": o["train_per_class_median"],
-                                             "similarity": o.get("similarity")})
+        size = o.get("input_size") or RECORD_INPUT_SIZE
+        entry = by.setdefault((o["dataset"], size), {
+            "dataset": f"{Path(o['dataset']).name} (local)", "path": o["dataset"], "accuracy": {},
+            "train_per_class_median": o["train_per_class_median"], "similarity": o.get("similarity"),
+            "input_size": size, "schedule_share": o.get("schedule_share")})
         entry["accuracy"][o["strategy"]] = o["achieved"]
         if o.get("cv") is not None:
             entry.setdefault("probe_cv", {})[o["strategy"]] = o["cv"]
+        if o.get("sample_cv"):
+            entry["sample_cv"] = o["sample_cv"]
     return list(by.values())
 
 
 def load_track_record(*, local: bool = True) -> list[dict]:
     """The shipped track record, plus this machine's runs (marked '(local)') when ``local``."""
     return shipped_track_record() + (local_datasets(local_outcomes()) if local else [])
+
+
+def group_of(record: dict) -> str:
+    """Which dataset a record belongs to: a dataset's subsamples, seeds, sizes and local runs are one group."""
+    return str(record.get("group") or record["dataset"]).removesuffix(" (local)")
 
 
 def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None) -> dict | None:
@@ -115,7 +157,8 @@ def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Pa
            "similarity": p.similarity.score.value if p.similarity else None, "forecast": f.accuracy,
            "forecast_low": f.low, "forecast_high": f.high, "achieved": round(achieved, 4), "cv": f.cv,
            "forecast_seconds": f.seconds, "seconds": round(seconds, 2), "input_size": rec.plan.input_size,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
+           "device": machine_name(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = local_record_path() if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:  # one line per run; appends from parallel runs do not interleave within a line
@@ -123,14 +166,37 @@ def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Pa
     return row
 
 
-def cv_gaps(records: Sequence[dict]) -> list[float]:
-    """Validation accuracy minus training-split CV accuracy, per (reference dataset, probe) that measured both."""
-    return [r["accuracy"][s] - r["probe_cv"][s] for r in records for s in PROBES
-            if s in (r.get("probe_cv") or {}) and s in r["accuracy"]]
+def machine_name(device: torch.device | str | None = None) -> str:
+    """The device a time was measured on: the GPU's name, or the CPU with its thread count."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu x{torch.get_num_threads()}"
 
 
-def _x(per_class: float, similarity: float | None) -> list[float]:
-    return [1.0, math.log10(max(per_class, 1.0)), 0.5 if similarity is None else similarity]
+# --------------------------------------------------------------------------- accuracy models
+
+
+def _size_term(input_size: float | None) -> float:
+    return math.log2((input_size or RECORD_INPUT_SIZE) / 128)
+
+
+def _x(per_class: float, similarity: float | None, input_size: float | None = None, share: float | None = None) -> list[float]:
+    """Gain-model features: intercept, log10 images per class, similarity, log2(input size / 128), schedule share."""
+    return [1.0, math.log10(max(per_class, 1.0)), 0.5 if similarity is None else similarity, _size_term(input_size),
+            1.0 if share is None else share]
+
+
+def _xr(r: dict) -> list[float]:
+    return _x(r["train_per_class_median"], r.get("similarity"), r.get("input_size"), r.get("schedule_share"))
+
+
+def _ridge(X: list[list[float]], y: list[float]) -> list[float]:
+    Xt = torch.tensor(X, dtype=torch.float64)
+    yt = torch.tensor(y, dtype=torch.float64)
+    penalty = RIDGE * torch.eye(Xt.shape[1], dtype=torch.float64)
+    penalty[0, 0] = 0.0  # the intercept is not shrunk
+    return torch.linalg.solve(Xt.T @ Xt + penalty, Xt.T @ yt).tolist()
 
 
 def _best_probe(acc: dict) -> float:
@@ -140,30 +206,110 @@ def _best_probe(acc: dict) -> float:
 def fit_gain(records: Sequence[dict], strategy: str) -> list[float] | None:
     """Ridge coefficients of (fine-tune accuracy - best probe accuracy) on ``_x``; None without records."""
     rows = [r for r in records if strategy in r["accuracy"] and all(s in r["accuracy"] for s in PROBES)]
-    if len(rows) < 3:
+    if len({group_of(r) for r in rows}) < 3:
         return None
-    X = torch.tensor([_x(r["train_per_class_median"], r["similarity"]) for r in rows], dtype=torch.float64)
-    y = torch.tensor([r["accuracy"][strategy] - _best_probe(r["accuracy"]) for r in rows], dtype=torch.float64)
-    penalty = RIDGE * torch.eye(X.shape[1], dtype=torch.float64)
-    penalty[0, 0] = 0.0  # the intercept is not shrunk
-    return torch.linalg.solve(X.T @ X + penalty, X.T @ y).tolist()
+    return _ridge([_xr(r) for r in rows], [r["accuracy"][strategy] - _best_probe(r["accuracy"]) for r in rows])
 
 
-def predict_gain(coef: Sequence[float], per_class: float, similarity: float | None) -> float:
-    return sum(c * v for c, v in zip(coef, _x(per_class, similarity), strict=True))
+def predict_gain(coef: Sequence[float], per_class: float, similarity: float | None, input_size: float | None = None,
+                 share: float | None = None) -> float:
+    return sum(c * v for c, v in zip(coef, _x(per_class, similarity, input_size, share), strict=True))
 
 
 def gain_residuals(records: Sequence[dict], strategy: str) -> list[float]:
-    """Leave-one-dataset-out residuals (achieved - predicted gain) of :func:`fit_gain`."""
+    """Leave-one-dataset-out residuals (achieved - predicted gain) of :func:`fit_gain` (a dataset's subsamples leave together)."""
+    out = []
+    for g in sorted({group_of(r) for r in records}):
+        rest = [q for q in records if group_of(q) != g]
+        coef = fit_gain(rest, strategy)
+        if coef is None:
+            continue
+        for r in records:
+            if group_of(r) == g and strategy in r["accuracy"] and all(s in r["accuracy"] for s in PROBES):
+                achieved = r["accuracy"][strategy] - _best_probe(r["accuracy"])
+                out.append(achieved - sum(c * v for c, v in zip(coef, _xr(r), strict=True)))
+    return out
+
+
+def _probe_sample_cv(sample_cv: dict[str, float], strategy: str) -> float | None:
+    if strategy == "linear-probe":
+        return sample_cv.get(PROBE_TAP)
+    return max(sample_cv.values()) if sample_cv else None
+
+
+def _xp(per_class: float, input_size: float | None) -> list[float]:
+    return [1.0, _size_term(input_size), math.log10(max(per_class, 1.0))]
+
+
+def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
+    """(record, probe, validation accuracy - sample CV) for every record that measured both."""
     out = []
     for r in records:
-        rest = [q for q in records if q is not r]
-        coef = fit_gain(rest, strategy)
-        if coef is None or strategy not in r["accuracy"]:
-            continue
-        achieved = r["accuracy"][strategy] - _best_probe(r["accuracy"])
-        out.append(achieved - predict_gain(coef, r["train_per_class_median"], r["similarity"]))
+        for s in PROBES:
+            cv = _probe_sample_cv(r.get("sample_cv") or {}, s)
+            if cv is not None and s in r["accuracy"]:
+                out.append((r, s, r["accuracy"][s] - cv))
     return out
+
+
+def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
+    """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on input size and images per class."""
+    rows = _probe_rows(records)
+    if len({group_of(r) for r, _, _ in rows}) < 3:
+        return None
+    return _ridge([_xp(r["train_per_class_median"], r.get("input_size")) for r, _, _ in rows], [g for _, _, g in rows])
+
+
+def probe_gap_residuals(records: Sequence[dict]) -> list[float]:
+    out = []
+    for g in sorted({group_of(r) for r in records}):
+        coef = fit_probe_gap([q for q in records if group_of(q) != g])
+        if coef is None:
+            continue
+        for r, _, gap in _probe_rows([q for q in records if group_of(q) == g]):
+            out.append(gap - sum(c * v for c, v in zip(coef, _xp(r["train_per_class_median"], r.get("input_size")), strict=True)))
+    return out
+
+
+def cv_gaps(records: Sequence[dict]) -> list[float]:
+    """Validation accuracy minus training-split CV accuracy, per (reference dataset, probe) that measured both."""
+    return [r["accuracy"][s] - r["probe_cv"][s] for r in records for s in PROBES
+            if s in (r.get("probe_cv") or {}) and s in r["accuracy"]]
+
+
+def coverage(records: Sequence[dict], *, per_class: float, input_size: int | None, share: float | None) -> list[str]:
+    """Where the asked-for setting lies outside the record, each with the nearest recorded setting."""
+    out: list[str] = []
+    if not records:
+        return ["no track record: nothing to learn the fine-tune gain from"]
+    sizes = sorted({int(r.get("input_size") or RECORD_INPUT_SIZE) for r in records})
+    size = input_size or RECORD_INPUT_SIZE
+    if size not in sizes:
+        nearest = min(sizes, key=lambda s: abs(math.log2(s / size)))
+        out.append(f"input size {size} px: the record has {', '.join(map(str, sizes))} px; nearest {nearest} px")
+    pcs = [r["train_per_class_median"] for r in records]
+    lo, hi = min(pcs), max(pcs)
+    if per_class < lo / 1.5 or per_class > hi * 1.5:
+        out.append(f"{per_class:g} training images per class: the record spans {lo:g}-{hi:g}; nearest {lo if per_class < lo else hi:g}")
+    shares = [r.get("schedule_share") or 1.0 for r in records]
+    if share is not None and share < min(shares) - 0.02:
+        out.append(f"the epoch cap keeps {share:.0%} of the schedule: the record's fine-tunes kept at least {min(shares):.0%}")
+    return out
+
+
+def split_own_records(records: Sequence[dict], dataset: str | None) -> tuple[list[dict], dict[str, float]]:
+    """(references without this dataset, this dataset's own earlier outcomes): a dataset is never its own evidence.
+
+    Its own records are the local runs on the same folder and a reference of the same folder name.
+    """
+    if not dataset:
+        return list(records), {}
+    name = Path(dataset).name
+    own = [r for r in records if r.get("path") == dataset or group_of(r) == name]
+    earlier: dict[str, float] = {}
+    for r in own:
+        earlier.update({s: round(float(a), 4) for s, a in r["accuracy"].items()})
+    return [r for r in records if r not in own], earlier
 
 
 class CalibrationReport(BaseModel):
@@ -181,7 +327,8 @@ class CalibrationReport(BaseModel):
 
 def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
     """Score the recorded forecasts and refit the forecaster (fine-tune gains, probe CV gap) on shipped + local records."""
-    outcomes = local_outcomes(path)
+    outcomes = [o for o in local_outcomes(path) if _finite(o.get("forecast")) and _finite(o.get("forecast_low"))
+                and _finite(o.get("forecast_high"))]
     shipped = shipped_track_record()
     combined = shipped + local_datasets(outcomes)
     errors = [abs(o["forecast"] - o["achieved"]) for o in outcomes]
@@ -200,7 +347,7 @@ def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
         interval_coverage=round(sum(covered) / len(covered), 3) if covered else None,
         gain_error_shipped=gain_error(shipped), gain_error_with_local=gain_error(combined),
         cv_gap_shipped=_median_points(cv_gaps(shipped)), cv_gap_with_local=_median_points(cv_gaps(combined)),
-        records=[r["dataset"] for r in combined])
+        records=list(dict.fromkeys(r["dataset"] for r in combined)))
 
 
 def _median_points(values: Sequence[float]) -> float | None:
@@ -222,11 +369,12 @@ def binomial_interval(p: float, n: int) -> tuple[float, float]:
 
 
 def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
-                          steps: int = 2, probe_batch: int = 8, frozen_stages: int = 0) -> float:
-    """Seconds of one optimiser step at ``batch_size``: a few timed steps on a small batch, scaled linearly.
+                          steps: int = 4, probe_batch: int = 8, frozen_stages: int = 0) -> float:
+    """Seconds of one optimiser step at ``batch_size``: the median of a few timed steps on a small batch, scaled linearly.
 
-    ``frozen_stages`` (a partial fine-tune) freezes the stem and that many stages for the timing,
-    so autograd skips their backward pass as the run will.
+    The median, not the minimum or the mean: one step slowed by another process neither sets nor
+    skews it. ``frozen_stages`` (a partial fine-tune) freezes the stem and that many stages for
+    the timing, so autograd skips their backward pass as the run will.
     """
     net = backbone.to(device).train()
     saved = {n: p.requires_grad for n, p in net.named_parameters()}
@@ -254,7 +402,28 @@ def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device:
         for n, p in net.named_parameters():
             p.requires_grad_(saved[n])
         net.eval()
-    return min(times) * batch_size / probe_batch
+    return _quantile(times, 0.5) * batch_size / probe_batch
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other processes' claim on the cores), or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5) -> tuple[float, int]:
+    """(median achieved/forecast wall-time ratio, runs it rests on) over this machine's latest finished runs on ``device``.
+
+    Each finished run feeds back: a timing taken under load, or a cost the step timing misses, is
+    corrected by what runs actually took. Ratios outside 1/20-20 are dropped as broken records.
+    """
+    ratios = [o["seconds"] / o["forecast_seconds"] for o in outcomes
+              if o.get("device") == device and _finite(o.get("seconds")) and _finite(o.get("forecast_seconds"))
+              and o["forecast_seconds"] > 0 and 0.05 <= o["seconds"] / o["forecast_seconds"] <= 20]
+    ratios = ratios[-last:]
+    return (_quantile(ratios, 0.5), len(ratios)) if ratios else (1.0, 0)
 
 
 def decode_seconds(paths: Sequence[str], transform) -> float:
@@ -271,57 +440,72 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              similarity: float | None, epochs: int | None, step_seconds: float | None, batch_size: int,
              decode_seconds_per_image: float | None = None, extract_images_per_second: float | None = None,
              partial_step_seconds: float | None = None, probe_solve_seconds: dict[str, float] | None = None,
-             short_schedule: bool = False, records: Sequence[dict] | None = None) -> Forecast:
+             short_schedule: bool = False, records: Sequence[dict] | None = None, input_size: int | None = None,
+             schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
+             time_source: str | None = None) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
+
+    ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
+    keeps) are the settings the run will use: both models condition on them. ``dataset`` (a
+    path or name) removes that dataset's own records from the references and reports them as
+    ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio).
 
     Time: a training step's forward is about a third of its forward + backward, so one image's
     extraction costs ``step_seconds / (3 * batch_size)`` plus its decoding; a probe adds its
     solve (``probe_solve_seconds``, strategy -> seconds); a fine-tune epoch is its optimiser steps
     (``partial_step_seconds`` for the partial fine-tune, timed with its frozen stages) plus the
-    decoding of its images (decoded in-process on the CPU) plus one evaluation pass over the
-    validation images.
+    decoding of its images plus one evaluation pass over the validation images.
 
     ``short_schedule``: the fine-tunes are capped below the share of their schedule the record
-    measured; no gain is credited then (at 13-18 % of the schedule the fine-tunes measured lost to
-    the probes), and the interval keeps the predicted gain's room on the low side.
+    measured; no gain is credited then, and the interval keeps the predicted gain's room on the
+    low side.
     """
     solve = probe_solve_seconds or {}
-    records = load_track_record() if records is None else list(records)
+    records, earlier = split_own_records(load_track_record() if records is None else list(records), dataset)
     rows: list[StrategyForecast] = []
     notes: list[str] = []
     decode = decode_seconds_per_image or 0.0
     if not extract_images_per_second and step_seconds:
         extract_images_per_second = 1.0 / (step_seconds / (3 * batch_size) + decode)
     total_images = train_images + val_images
-    extract = total_images / extract_images_per_second if extract_images_per_second else None
-    gaps = cv_gaps(records)
-    shift = _quantile(gaps, 0.5) if gaps else 0.0
-    spread = (_quantile(gaps, 0.1) - shift, _quantile(gaps, 0.9) - shift) if len(gaps) >= 4 else (0.0, 0.0)
-    linear = probe_cv.get("pre_logits")
+    extract = total_images / extract_images_per_second * time_factor if extract_images_per_second else None
+    gap_coef = fit_probe_gap(records)
+    if gap_coef is not None:
+        shift = sum(c * v for c, v in zip(gap_coef, _xp(per_class, input_size), strict=True))
+        res = probe_gap_residuals(records)
+        spread = (_quantile(res, 0.1), _quantile(res, 0.9)) if len(res) >= 4 else (0.0, 0.0)
+        how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV in {len({group_of(r) for r, _, _ in _probe_rows(records)})} "
+                     f"reference datasets, at {input_size or RECORD_INPUT_SIZE} px")
+    else:  # an old record without profiling-sample CVs: the median validation-vs-run CV gap
+        gaps = cv_gaps(records)
+        shift = _quantile(gaps, 0.5) if gaps else 0.0
+        spread = (_quantile(gaps, 0.1) - shift, _quantile(gaps, 0.9) - shift) if len(gaps) >= 4 else (0.0, 0.0)
+        how_shift = f"{100 * shift:+.1f} points: the median validation-vs-CV gap of {len(gaps)} reference probes" if gaps else ""
+    linear = probe_cv.get(PROBE_TAP)
     layer_tap = max(probe_cv, key=probe_cv.get) if probe_cv else None
-    for name, cv, how in (("linear-probe", linear, "5-fold CV of a logistic probe on pre_logits (profiling sample)"),
-                          ("layer-probe", probe_cv.get(layer_tap) if layer_tap else None,
-                           f"5-fold CV of a logistic probe on {layer_tap}, the best tap (profiling sample)")):
+    for name, cv, how in (("linear-probe", linear, f"CV on {PROBE_TAP} (profiling sample)"),
+                          ("layer-probe", probe_cv.get(layer_tap) if layer_tap else None, f"CV on {layer_tap}, the best tap")):
         if cv is None:
             continue
         acc = min(1.0, max(0.0, cv + shift))
         blo, bhi = binomial_interval(acc, val_images)
-        # The record's gaps were themselves measured on validation splits, so they already hold
-        # the binomial noise: the wider of the two, not their sum.
+        # The record's residuals were measured on validation splits, so they already hold the
+        # binomial noise: the wider of the two, not their sum.
         lo = max(0.0, acc - max(acc - blo, -spread[0]))
         hi = min(1.0, acc + max(bhi - acc, spread[1]))
-        if gaps:
-            how += f", {100 * shift:+.1f} points: the median validation-vs-CV gap of {len(gaps)} reference probes"
+        if how_shift:
+            how += f" {cv:.3f}, {how_shift}"
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
                                      method=how, cv=round(cv, 4),
-                                     seconds=round(extract + solve.get(name, 0.0), 1) if extract else None))
+                                     seconds=round(extract + solve.get(name, 0.0) * time_factor, 1) if extract else None,
+                                     time_source=time_source if extract else None))
     best_probe = max((r.accuracy for r in rows), default=None)
     steps = math.ceil(train_images / batch_size) if train_images else 0
     for name in FINETUNES:
         coef = fit_gain(records, name)
         if best_probe is None or coef is None:
             continue
-        gain = predict_gain(coef, per_class, similarity)
+        gain = predict_gain(coef, per_class, similarity, input_size, schedule_share)
         res = gain_residuals(records, name)
         lost = 0.0
         if short_schedule:
@@ -333,21 +517,25 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         lo = max(0.0, acc - max(acc - blo, math.hypot(_quantile(res, 0.1), spread[0], lost)))
         hi = min(1.0, acc + max(bhi - acc, math.hypot(_quantile(res, 0.9), spread[1])))
         step = partial_step_seconds if name == "partial-finetune" and partial_step_seconds else step_seconds
-        per_epoch = steps * step + train_images * decode \
-            + (val_images / extract_images_per_second if extract_images_per_second else 0.0) \
+        per_epoch = (steps * step + train_images * decode
+                     + (val_images / extract_images_per_second if extract_images_per_second else 0.0)) * time_factor \
             if step is not None else None
         rows.append(StrategyForecast(
             strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
             method=(f"the better probe {best_probe:.3f}, no gain credited: the epoch cap is shorter than the "
                     "record's fine-tunes ran" if short_schedule else
-                    f"the better probe {best_probe:.3f} + a gain of {100 * gain:+.1f} points predicted from "
-                    f"{len(records)} reference datasets"),
+                    f"the better probe {best_probe:.3f} {100 * gain:+.1f} points, the gain learned from "
+                    f"{len({group_of(r) for r in records})} reference datasets"),
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
-            seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None))
+            seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None,
+            time_source=time_source if per_epoch is not None else None))
     if records:
-        local = sum(1 for r in records if r["dataset"].endswith("(local)"))
-        notes.append(f"fine-tune gains are learned from {len(records) - local} shipped reference datasets "
-                     f"(advisor/reference/track_record.json) and {local} recorded on this machine")
-    notes.append("probe accuracies are measured on the profiling sample, not the whole training split: on larger "
-                 "datasets the probes trained on everything usually score somewhat higher")
-    return Forecast(strategies=rows, records=[r["dataset"] for r in records], notes=notes)
+        local = {group_of(r) for r in records if r["dataset"].endswith("(local)")}
+        shipped = {group_of(r) for r in records if not r["dataset"].endswith("(local)")}
+        notes.append(f"learned from {len(shipped)} shipped reference datasets" + (f" and {len(local)} run on this machine" if local else ""))
+    if earlier:
+        notes.append("your earlier runs of this dataset (not counted as references): "
+                     + ", ".join(f"{s} {a:.3f}" for s, a in earlier.items()))
+    out_of_range = coverage(records, per_class=per_class, input_size=input_size, share=schedule_share)
+    return Forecast(strategies=rows, records=sorted({group_of(r) for r in records}), notes=notes,
+                    extrapolating=out_of_range, earlier_runs=earlier, input_size=input_size, schedule_share=schedule_share)

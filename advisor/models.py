@@ -210,6 +210,18 @@ class RunPlan(BaseModel):
         return self
 
 
+class Decision(BaseModel):
+    """The strategy that runs, which policy chose it, and one sentence that says why."""
+
+    policy: str
+    table: str  # the table's strategy (quadrant and overrides)
+    table_rule: str  # the rule id(s) that set it
+    forecast_best: str | None = None  # the forecast's own choice (one-standard-error rule toward the cheaper)
+    chosen: str
+    agree: bool
+    sentence: str
+
+
 class Recommendation(BaseModel):
     """What ``advisor recommend`` returns: the profile, the placement, the rules, the plan."""
 
@@ -227,3 +239,4 @@ class Recommendation(BaseModel):
     plan: RunPlan
     seconds: float | None = None
     forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/forecast.py)
+    decision: Decision | None = None  # which of table and forecast chose the strategy, and why (advisor/rules/policy.py)

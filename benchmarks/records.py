@@ -1,0 +1,183 @@
+"""The track record at the settings users run: full sets and k-shot subsamples, every strategy, resumable.
+
+    python benchmarks/records.py [--out docs/records/cpu.jsonl] [--phases kshot128,full128,seeds128,full64]
+        [--datasets a,b] [--kshot-datasets a,b] [--k 2,5,10,20,50] [--epochs 8] [--hours H] [--dry-run]
+
+One cell is (dataset, k, input size, epoch cap, seed): `compare` runs all four strategies on it
+(k: a seeded draw of k training images per class, the validation split kept whole) and one JSON
+line goes to OUT with everything the policy and forecaster studies need: size, similarity with
+its interval, each strategy's accuracy, interval, paired gap to the best (and whether it is tied
+with it), wall time, schedule share, the probes' training-split CV, the recommendation, the
+device, the machine's load while it ran, and the profile. A cell already in OUT is skipped, so
+an interrupted run loses at most the cell in progress; `--hours` stops cleanly before starting a
+cell once that much time has passed.
+
+Phases, in the order they run (cheap, informative cells first):
+  kshot128  k-shot subsamples of the k-shot datasets at 128 px, seed 0
+  full128   every shared set at 128 px, seed 0
+  seeds128  seeds 1 and 2 of every 128-px cell whose training split has fewer than 1,000 images
+  full64    every shared set at 64 px, seed 0 (and seeds 1, 2 under 1,000 training images)
+The runs' local track record is kept out of the forecasts (a dedicated cache folder whose record
+is emptied before each cell): a dataset's own earlier outcome must not count as evidence for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+# Six sets spanning the similarity range (two similar, two in between, two different), plus a
+# low-resolution greyscale one: where the probes start to win was never measured on any of them.
+KSHOT_DATASETS = ["caltech20", "flowers", "dtd10", "plantvillage", "eurosat", "brain-mri", "fashion-mnist"]
+KS = [2, 5, 10, 20, 50]
+SEEDS_BELOW = 1000  # training splits smaller than this get 3 seeds: the noise floor
+
+
+def cell_key(c: dict) -> tuple:
+    return (c["dataset"], c.get("k"), c["input_size"], c["epochs_cap"], c["seed"])
+
+
+def plan_cells(phases: list[str], datasets: list[str], kshot: list[str], ks: list[int], epochs: int,
+               train_sizes: dict[str, int]) -> list[dict]:
+    cells = []
+    for phase in phases:
+        if phase == "kshot128":
+            cells += [dict(dataset=d, k=k, input_size=128, epochs_cap=epochs, seed=0) for k in ks for d in kshot]
+        elif phase == "full128":
+            cells += [dict(dataset=d, k=None, input_size=128, epochs_cap=epochs, seed=0) for d in datasets]
+        elif phase == "seeds128":
+            for seed in (1, 2):
+                cells += [dict(dataset=d, k=k, input_size=128, epochs_cap=epochs, seed=seed) for k in ks for d in kshot]
+                cells += [dict(dataset=d, k=None, input_size=128, epochs_cap=epochs, seed=seed) for d in datasets
+                          if train_sizes.get(d, 0) < SEEDS_BELOW]
+        elif phase == "full64":
+            cells += [dict(dataset=d, k=None, input_size=64, epochs_cap=epochs, seed=s) for s in (0, 1, 2) for d in datasets
+                      if s == 0 or train_sizes.get(d, 0) < SEEDS_BELOW]
+        else:
+            sys.exit(f"unknown phase {phase!r}: choose from kshot128, full128, seeds128, full64")
+    return cells
+
+
+def done_keys(out: Path) -> set:
+    keys = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            try:
+                keys.add(cell_key(json.loads(line)))
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return keys
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int) -> dict:
+    from advisor.compare import compare
+    from advisor.features import resolve_device
+    from advisor.recipe import finetune_schedule
+    from sweeps import subsample
+
+    path = SHARED / cell["dataset"]
+    if cell["k"] is not None:
+        path = subsample(str(path), cell["k"], work / f"data-{cell['dataset']}-k{cell['k']}-s{cell['seed']}", seed=cell["seed"])
+    (cache / "track_record.jsonl").unlink(missing_ok=True)  # no dataset is its own reference
+    load0, t0 = load_average(), time.time()
+    res = compare(str(path), runs_dir=work / "runs", input_size=cell["input_size"], epochs=cell["epochs_cap"],
+                  sample_size=sample_size, seed=cell["seed"], cache_dir=cache)
+    rec, p = res.recommendation, res.recommendation.profile
+    schedule = finetune_schedule(p.train_images)[1]
+    strategies = {}
+    for r in res.rows:
+        result = json.loads((Path(r.run_dir) / "result.json").read_text())
+        strategies[r.strategy] = {
+            "accuracy": r.val_accuracy, "ci": list(r.ci), "seconds": r.seconds, "trainable_params": r.trainable_params,
+            "behind_best": r.behind_best, "behind_best_ci": list(r.behind_best_ci), "tied_with_best": r.tied_with_best,
+            "winner": r.winner, "epochs": r.epochs, "cv": result.get("selected", {}).get("cv_accuracy"),
+            "selected": r.selected,
+        }
+    sim = p.similarity.score if p.similarity else None
+    fc = {f.strategy: f.model_dump(mode="json") for f in rec.forecast.strategies} if rec.forecast else {}
+    return {
+        **cell, "backbone": res.backbone, "device": str(resolve_device(None)), "num_classes": len(p.classes),
+        "train_images": p.train_images, "train_per_class_median": p.train_per_class_median,
+        "train_per_class_min": p.train_per_class_min, "n_val": res.rows[0].n_val,
+        "similarity": sim.value if sim else None, "similarity_ci": [sim.low, sim.high] if sim else None,
+        "schedule_epochs": schedule, "schedule_share": round(min(1.0, cell["epochs_cap"] / schedule), 4) if cell["epochs_cap"] else 1.0,
+        "strategies": strategies, "best": res.winner, "recommended": res.recommended, "regret_points": res.regret_points,
+        "rule": "+".join(h.id for h in rec.hits if h.kind in ("quadrant", "override")), "forecast": fc,
+        "recommend_seconds": res.recommend_seconds, "compare_seconds": res.compare_seconds,
+        "load_before": load0, "load_after": load_average(), "wall_seconds": round(time.time() - t0, 1),
+        "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "profile": p.model_dump(mode="json", exclude={"skipped", "exact_duplicates", "near_duplicates"}),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "records" / "cpu.jsonl"))
+    ap.add_argument("--phases", default="kshot128,full128,seeds128,full64")
+    ap.add_argument("--datasets", default=None, help="full-set phases [default: every shared set]")
+    ap.add_argument("--kshot-datasets", default=",".join(KSHOT_DATASETS))
+    ap.add_argument("--k", default=",".join(map(str, KS)))
+    ap.add_argument("--epochs", type=int, default=8, help="the fine-tunes' epoch cap")
+    ap.add_argument("--sample-size", type=int, default=300)
+    ap.add_argument("--hours", type=float, default=None, help="start no new cell after this long")
+    ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "records"))
+    ap.add_argument("--dry-run", action="store_true", help="list the cells still to run and stop")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} not found: the records are measured on the shared datasets")
+    datasets = args.datasets.split(",") if args.datasets else sorted(
+        p.name for p in SHARED.iterdir() if p.is_dir() and p.name != "imagenet-sample")
+    # training-split sizes decide which cells get 3 seeds; counted from the folders (a 20 % split when there is none)
+    sizes = {}
+    for d in datasets:
+        root = SHARED / d
+        n = sum(1 for f in (root / "train" if (root / "train").is_dir() else root).rglob("*") if f.is_file())
+        sizes[d] = n if (root / "train").is_dir() else int(0.8 * n)
+    cells = plan_cells(args.phases.split(","), datasets, args.kshot_datasets.split(","),
+                       [int(k) for k in args.k.split(",")], args.epochs, sizes)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_keys(out)
+    todo = [c for c in cells if cell_key(c) not in done]
+    print(f"{len(cells)} cells planned, {len(cells) - len(todo)} already recorded, {len(todo)} to run", flush=True)
+    if args.dry_run:
+        for c in todo:
+            print(" ", c)
+        return
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["ADVISOR_CACHE_DIR"] = str(cache)
+    start = time.time()
+    for c in todo:
+        if args.hours is not None and time.time() - start > args.hours * 3600:
+            print(f"stopping: {args.hours} h passed; {len(todo)} cells planned, rerun to continue", flush=True)
+            break
+        work = Path(tempfile.mkdtemp(prefix="records-"))
+        try:
+            row = run_cell(c, work=work, cache=cache, sample_size=args.sample_size)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        with open(out, "a") as fh:  # one whole line per finished cell
+            fh.write(json.dumps(row) + "\n")
+        accs = " ".join(f"{s}={v['accuracy']:.3f}" for s, v in row["strategies"].items())
+        print(f"{c['dataset']} k={c['k']} {c['input_size']}px seed={c['seed']}: {accs} best={row['best']} "
+              f"rec={row['recommended']} ({row['wall_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
