@@ -449,6 +449,8 @@ def render_recommendation(rec) -> None:
         out.print(f"[magenta]evidence:[/magenta] {shown(n)}", soft_wrap=True)
     plan = rec.plan
     out.print(f"[bold green]Recommended: {rec.strategy}[/bold green] (rules {', '.join(plan.rule_ids)})")
+    if rec.decision is not None:
+        out.print(f"[bold]why:[/bold] {shown(rec.decision.sentence)}", soft_wrap=True)
     r = plan.recipe
     fields = {"taps": ", ".join(plan.taps) or None, "frozen stages": plan.frozen_stages, "trainable stages": plan.trainable_stages,
               "batch size": plan.batch_size, "input size": plan.input_size, "class weighting": plan.class_weighting or None,
@@ -476,6 +478,11 @@ def render_recommendation(rec) -> None:
         out.print(t)
         for n in rec.forecast.notes:
             out.print(f"  [dim]- {shown(n)}[/dim]", soft_wrap=True)
+        for n in rec.forecast.extrapolating:
+            out.print(f"  [yellow]extrapolating:[/yellow] {shown(n)}", soft_wrap=True)
+        sources = dict.fromkeys(f.time_source for f in rec.forecast.strategies if f.time_source)
+        for n in sources:
+            out.print(f"  [dim]- times: {shown(n)}[/dim]", soft_wrap=True)
     if rec.seconds is not None:
         out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
 

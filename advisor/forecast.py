@@ -307,7 +307,7 @@ def split_own_records(records: Sequence[dict], dataset: str | None) -> tuple[lis
     name = Path(dataset).name
     own = [r for r in records if r.get("path") == dataset or group_of(r) == name]
     earlier: dict[str, float] = {}
-    for r in own:
+    for r in sorted(own, key=lambda r: r.get("path") == dataset):  # this machine's runs last: they win
         earlier.update({s: round(float(a), 4) for s, a in r["accuracy"].items()})
     return [r for r in records if r not in own], earlier
 

@@ -85,9 +85,12 @@ def _advice_sections(rec: Recommendation, *, forced: str | None = None, probe_cv
     out.append(f"<p class=\"key\">{esc(p.train_images)} training images, median {esc(f'{p.train_per_class_median:g}')} per "
                f"class, {esc(sim_text)}: <b>{esc(rec.size_class)}, {esc(rec.similarity_class)}</b> "
                f"(<span class=\"rule\">{esc(rec.quadrant_rule)}</span>) → <b>{esc(rec.strategy)}</b></p>")
+    if rec.decision is not None:
+        out.append(f"<p class=\"key decision\"><b>Why {esc(rec.strategy)}:</b> {esc(rec.decision.sentence)}</p>")
     out += _figure(plots.quadrant_map(rec, track_record()),
                    "Read it like the CS231n table: right of the dashed line is 'large', above it 'similar'. The orange "
-                   "point is this dataset with its 95 % similarity interval; grey points are the shipped reference datasets.")
+                   "point is this dataset with its 95 % similarity interval; the other points are the shipped reference "
+                   "datasets, each marked with the strategy that measured best there, so the boundaries can be judged by eye.")
     out += _figure(plots.depth_profile(p, chosen_tap=chosen_tap, probe_cv=probe_cv),
                    "Left: how far this data's BatchNorm statistics sit from ImageNet's, per depth (rising late = "
                    "semantic shift, high early = input-level shift). Right: how separable the classes are from each "
@@ -102,6 +105,12 @@ def _advice_sections(rec: Recommendation, *, forced: str | None = None, probe_cv
         out.append(_table(["strategy", "accuracy", "80 % interval", "seconds", "how"],
                           [(f.strategy, f"{f.accuracy:.3f}", f"{f.low:.3f}-{f.high:.3f}",
                             "-" if f.seconds is None else f"{f.seconds:.0f}", f.method) for f in rec.forecast.strategies]))
+        extra = [f"extrapolating: {n}" for n in rec.forecast.extrapolating]
+        extra += [*rec.forecast.notes, *dict.fromkeys(f"times: {f.time_source}" for f in rec.forecast.strategies if f.time_source)]
+        if extra:
+            warn = ' class="warn"'
+            out.append("<ul>" + "".join(f"<li{warn if n.startswith('extrapolating') else ''}>{esc(n)}</li>"
+                                        for n in extra) + "</ul>")
     out.append("<h2>Why: the rules that fired</h2><p class=\"caption\">Each rule has a stable ID; its rationale quotes "
                "the measured values and the thresholds.</p><ul>")
     out += [f"<li><b class=\"rule\">{esc(h.id)}</b> <span class=\"tag\">{esc(h.kind)}</span> {esc(h.title)}: "

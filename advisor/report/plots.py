@@ -37,6 +37,11 @@ def to_svg(fig) -> str:
     return svg
 
 
+# The strategy that measured best at a reference dataset: a marker and a colour-blind-safe colour each.
+BEST_MARKERS = {"linear-probe": ("o", "#0072B2"), "layer-probe": ("s", "#009E73"),
+                "partial-finetune": ("^", "#CC79A7"), "full-finetune": ("D", "#E69F00")}
+
+
 def quadrant_map(rec: Recommendation, references: Sequence[dict]) -> str:
     """The 2x2 table as a plane: training images per class (log) by similarity, the boundaries, this dataset with its interval."""
     plt = _pyplot()
@@ -44,13 +49,19 @@ def quadrant_map(rec: Recommendation, references: Sequence[dict]) -> str:
     p = rec.profile
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    labelled: set[str] = set()
     for ref in references:
         if ref.get("similarity") is None:
             continue
-        ax.scatter(ref["train_per_class_median"], ref["similarity"], s=22, color="#999999", zorder=2)
-        ax.annotate(ref["dataset"], (ref["train_per_class_median"], ref["similarity"]), fontsize=7, color="#666666",
-                    xytext=(3, 3), textcoords="offset points")
+        best = ref.get("best") or (max(ref["accuracy"], key=ref["accuracy"].get) if ref.get("accuracy") else None)
+        marker, colour = BEST_MARKERS.get(best, ("o", "#999999"))
+        ax.scatter(ref["train_per_class_median"], ref["similarity"], s=26, marker=marker, color=colour, zorder=2,
+                   label=f"best measured: {best}" if best and best not in labelled else None)
+        labelled.add(best)
+        if not ref.get("k"):  # subsamples share their dataset's name: label the full set only
+            ax.annotate(ref["dataset"], (ref["train_per_class_median"], ref["similarity"]), fontsize=7, color="#666666",
+                        xytext=(3, 3), textcoords="offset points")
     x = max(p.train_per_class_median, 1.0)
     if p.similarity is not None:
         s = p.similarity.score
@@ -74,7 +85,7 @@ def quadrant_map(rec: Recommendation, references: Sequence[dict]) -> str:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("median training images per class (log scale)")
     ax.set_ylabel("similarity to ImageNet")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7.5, frameon=False, ncol=3)
     return to_svg(fig)
 
 

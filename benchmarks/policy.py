@@ -1,0 +1,268 @@
+"""Which decision policy to ship, and how good the forecast is, both measured leave one dataset out.
+
+    python benchmarks/policy.py [--records docs/records/cpu.jsonl] [--out docs/policy]
+
+Reads the cells `benchmarks/records.py` measured (every strategy on full sets and k-shot
+subsamples). For each cell, everything that decides is fitted on the *other* datasets only (a
+dataset's subsamples, seeds and sizes leave together) and then applied to the cell:
+
+* ``table``: the 2x2 table, its boundaries re-derived on the other datasets by
+  benchmarks/calibrate.py's rule 3 (cut each axis where its own decision changed);
+* ``forecast``: the forecast's best strategy with a one-standard-error tie-break to the cheaper;
+* ``hybrid``: the forecast picks probe or fine-tune, the table's similarity column which one;
+* baselines: always linear-probe, always layer-probe, always full-finetune, today's table (the
+  shipped thresholds, not refitted).
+
+Per policy and input size: mean and max regret (points behind the best strategy), the share of
+cells where the chosen strategy is tied with the best (its paired 95 % interval behind the best
+reaches 0), and the time spent: the chosen strategy's wall time over that of the cheapest
+strategy tied with the best. Also the forecast's out-of-sample error (|error| <= 2 points,
+80 % interval coverage) and the noise floor (seed-to-seed spread per strategy). Writes OUT.json,
+OUT.md and OUT-kshot.svg (accuracy against images per class, the four strategies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from calibrate import PROVISIONAL, calibrate_boundaries
+
+from advisor.backbones import PRE_LOGITS, TapInfo
+from advisor.forecast import FINETUNES, forecast
+from advisor.models import STRATEGIES, DatasetProfile
+from advisor.rules import Thresholds, recommend
+from advisor.rules.policy import StrategyView, choose, views
+
+ROOT = Path(__file__).resolve().parents[1]
+TAPS = tuple(TapInfo(name=n, channels=1) for n in ["stage1", "stage2", "stage3", "stage4", "stage5", PRE_LOGITS])
+POLICIES = ("table", "forecast", "hybrid")
+BASELINES = ("always linear-probe", "always layer-probe", "always full-finetune", "today's table")
+
+
+def load_cells(paths: list[Path]) -> list[dict]:
+    cells = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            try:
+                c = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if set(STRATEGIES) <= set(c.get("strategies", {})):
+                c["profile_model"] = DatasetProfile.model_validate(c["profile"])
+                cells.append(c)
+    return cells
+
+
+def as_record(c: dict) -> dict:
+    """A cell as the forecaster's track-record entry."""
+    return {"dataset": c["dataset"], "group": c["dataset"], "k": c.get("k"), "seed": c.get("seed"),
+            "input_size": c["input_size"], "epochs_cap": c["epochs_cap"], "schedule_share": c["schedule_share"],
+            "train_per_class_median": c["train_per_class_median"], "similarity": c["similarity"],
+            "accuracy": {s: v["accuracy"] for s, v in c["strategies"].items()},
+            "probe_cv": {s: v["cv"] for s, v in c["strategies"].items() if v.get("cv") is not None},
+            "sample_cv": c["profile"].get("probe_cv") or {}, "best": c["best"]}
+
+
+def as_point(c: dict) -> dict:
+    return {"dataset": c["dataset"], "group": c["dataset"], "profile": c["profile_model"],
+            "accuracy": {s: v["accuracy"] for s, v in c["strategies"].items()}, "epochs_cap": c["epochs_cap"]}
+
+
+def cell_forecast(c: dict, references: list[dict]):
+    p = c["profile_model"]
+    return forecast(probe_cv=p.probe_cv, val_images=c["n_val"], train_images=c["train_images"],
+                    per_class=c["train_per_class_median"], similarity=c["similarity"], epochs=c["epochs_cap"],
+                    step_seconds=None, batch_size=32, records=references, input_size=c["input_size"],
+                    schedule_share=c["schedule_share"])
+
+
+def table_choice(c: dict, t: Thresholds) -> tuple[str, str]:
+    rec = recommend(c["profile_model"], taps=TAPS, thresholds=t, epochs_cap=c["epochs_cap"])
+    return rec.strategy, rec.similarity_class
+
+
+def score(c: dict, strategy: str) -> dict:
+    s = c["strategies"]
+    best = max(v["accuracy"] for v in s.values())
+    tied = [n for n, v in s.items() if v["winner"] or v["tied_with_best"]]
+    cheapest = min(tied, key=lambda n: s[n]["seconds"])
+    return {"strategy": strategy, "regret": 100 * (best - s[strategy]["accuracy"]), "tied": strategy in tied,
+            "time_ratio": s[strategy]["seconds"] / max(1e-9, s[cheapest]["seconds"])}
+
+
+def evaluate(cells: list[dict]) -> tuple[dict, list[dict], list[dict]]:
+    """(choices per cell and policy, forecast errors, per-cell rows)."""
+    groups = sorted({c["dataset"] for c in cells})
+    rows, errors = [], []
+    records = [as_record(c) for c in cells]
+    for g in groups:
+        train = [c for c in cells if c["dataset"] != g]
+        refs = [r for r in records if r["group"] != g]
+        if len({c["dataset"] for c in train}) < 3:
+            continue
+        t, _ = calibrate_boundaries([as_point(c) for c in train], Thresholds())
+        for c in (c for c in cells if c["dataset"] == g):
+            fc = cell_forecast(c, refs)
+            fv = views(fc)
+            table, column = table_choice(c, t)
+            today, today_col = table_choice(c, Thresholds())
+            picks = {"table": table,
+                     "forecast": choose("forecast", table=table, column=column, fc=fv)[0],
+                     "hybrid": choose("hybrid", table=table, column=column, fc=fv)[0],
+                     "always linear-probe": "linear-probe", "always layer-probe": "layer-probe",
+                     "always full-finetune": "full-finetune", "today's table": today}
+            rows.append({"dataset": c["dataset"], "k": c.get("k"), "seed": c.get("seed"), "input_size": c["input_size"],
+                         "per_class": c["train_per_class_median"], "best": c["best"],
+                         "thresholds": {"similarity": t.similarity, "large_per_class": t.large_per_class},
+                         "scores": {name: score(c, s) for name, s in picks.items()}})
+            for f in fc.strategies:
+                achieved = c["strategies"][f.strategy]["accuracy"]
+                errors.append({"dataset": c["dataset"], "k": c.get("k"), "input_size": c["input_size"], "strategy": f.strategy,
+                               "forecast": f.accuracy, "low": f.low, "high": f.high, "achieved": achieved,
+                               "n_val": c["n_val"], "extrapolating": bool(fc.extrapolating)})
+    return {}, errors, rows
+
+
+def summarise(rows: list[dict], name: str) -> dict:
+    s = [r["scores"][name] for r in rows]
+    if not s:
+        return {}
+    return {"cells": len(s), "mean_regret": round(statistics.fmean(x["regret"] for x in s), 2),
+            "max_regret": round(max(x["regret"] for x in s), 2),
+            "tied_share": round(sum(x["tied"] for x in s) / len(s), 3),
+            "time_ratio": round(statistics.fmean(x["time_ratio"] for x in s), 2)}
+
+
+def forecast_summary(errors: list[dict]) -> dict:
+    if not errors:
+        return {}
+    within = [abs(e["forecast"] - e["achieved"]) <= 0.02 for e in errors]
+    covered = [e["low"] <= e["achieved"] <= e["high"] for e in errors]
+    # What a perfect forecast would score: the binomial noise of each validation split alone.
+    floor = [math.erf(0.02 / max(1e-9, math.sqrt(max(e["achieved"] * (1 - e["achieved"]), 1e-6) / e["n_val"])) / math.sqrt(2))
+             for e in errors]
+    return {"pairs": len(errors), "within_2_points": round(sum(within) / len(within), 3),
+            "coverage_80": round(sum(covered) / len(covered), 3),
+            "mean_abs_error_points": round(100 * statistics.fmean(abs(e["forecast"] - e["achieved"]) for e in errors), 2),
+            "noise_floor_within_2": round(statistics.fmean(floor), 3)}
+
+
+def noise_floor(cells: list[dict]) -> dict:
+    """Seed-to-seed standard deviation of each strategy's accuracy (points), over cells measured with several seeds."""
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        by[(c["dataset"], c.get("k"), c["input_size"], c["epochs_cap"])].append(c)
+    out = {}
+    for s in STRATEGIES:
+        sds = [statistics.stdev([c["strategies"][s]["accuracy"] for c in v]) for v in by.values() if len(v) >= 2]
+        if sds:
+            out[s] = {"cells": len(sds), "mean_sd_points": round(100 * statistics.fmean(sds), 2)}
+    return out
+
+
+def kshot_figure(cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [c for c in cells if c["input_size"] == 128]
+    names = sorted({c["dataset"] for c in ks if c.get("k")})
+    if not names:
+        return
+    cols = min(4, len(names))
+    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(len(names) / cols)),
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        pts = [c for c in ks if c["dataset"] == name]
+        for s, colour in zip(STRATEGIES, ("#0072B2", "#009E73", "#CC79A7", "#E69F00"), strict=True):
+            by: dict[float, list[float]] = defaultdict(list)
+            for c in pts:
+                by[c["train_per_class_median"]].append(c["strategies"][s]["accuracy"])
+            xs = sorted(by)
+            ax.plot(xs, [statistics.fmean(by[x]) for x in xs], marker="o", ms=3, color=colour, label=s)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("training images per class", fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, format="svg")
+
+
+def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str) -> str:
+    lines = [f"Measured by `{command}`: leave one dataset out (its subsamples, seeds and sizes leave together).", ""]
+    for size, table in summary.items():
+        lines += [f"### {size}", "", "| policy | cells | mean regret | max regret | tied with best | time / cheapest tied |",
+                  "|---|---|---|---|---|---|"]
+        for name, s in table.items():
+            if s:
+                lines.append(f"| {name} | {s['cells']} | {s['mean_regret']:.2f} | {s['max_regret']:.2f} | "
+                             f"{s['tied_share']:.0%} | {s['time_ratio']:.2f}x |")
+        lines.append("")
+    lines += ["### Forecast, out of sample", "", "| input size | pairs | within 2 points | noise floor (perfect forecast) | "
+              "80 % coverage | mean abs error |", "|---|---|---|---|---|---|"]
+    for size, f in fsum.items():
+        if f:
+            lines.append(f"| {size} | {f['pairs']} | {f['within_2_points']:.0%} | {f['noise_floor_within_2']:.0%} | "
+                         f"{f['coverage_80']:.0%} | {f['mean_abs_error_points']:.2f} |")
+    lines += ["", "### Noise floor: seed-to-seed standard deviation (points)", ""]
+    lines += [f"- {s}: {v['mean_sd_points']:.2f} over {v['cells']} cells" for s, v in noise.items()] or ["- no cell has several seeds yet"]
+    lines += ["", "### Per cell (regret in points; * = tied with the best)", "",
+              "| dataset | k | px | seed | best | " + " | ".join(POLICIES + BASELINES) + " |",
+              "|" + "---|" * (5 + len(POLICIES) + len(BASELINES))]
+    for r in rows:
+        cells = " | ".join(f"{r['scores'][n]['strategy']} {r['scores'][n]['regret']:.1f}{'*' if r['scores'][n]['tied'] else ''}"
+                           for n in POLICIES + BASELINES)
+        lines.append(f"| {r['dataset']} | {r['k'] or 'all'} | {r['input_size']} | {r['seed']} | {r['best']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", nargs="+", default=[str(ROOT / "docs" / "records" / "cpu.jsonl")])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "policy"))
+    args = ap.parse_args()
+    cells = load_cells([Path(p) for p in args.records])
+    if len({c["dataset"] for c in cells}) < 4:
+        sys.exit(f"{len(cells)} complete cells from {len({c['dataset'] for c in cells})} datasets: at least 4 datasets needed")
+    _, errors, rows = evaluate(cells)
+    sizes = sorted({r["input_size"] for r in rows})
+    summary = {}
+    for label, subset in [*[(f"{s} px, all cells", [r for r in rows if r["input_size"] == s]) for s in sizes],
+                          *[(f"{s} px, k-shot cells", [r for r in rows if r["input_size"] == s and r["k"]]) for s in sizes],
+                          *[(f"{s} px, full sets", [r for r in rows if r["input_size"] == s and not r["k"]]) for s in sizes]]:
+        if subset:
+            summary[label] = {name: summarise(subset, name) for name in POLICIES + BASELINES}
+    fsum = {str(s): forecast_summary([e for e in errors if e["input_size"] == s]) for s in sizes}
+    fsum["finetunes only"] = forecast_summary([e for e in errors if e["strategy"] in FINETUNES])
+    noise = noise_floor(cells)
+    out = Path(args.out)
+    command = "python benchmarks/policy.py " + " ".join(f"--records {Path(p).relative_to(ROOT) if Path(p).is_relative_to(ROOT) else p}"
+                                                          for p in args.records)
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "forecast": fsum, "noise_floor": noise,
+                                                    "rows": rows, "forecast_errors": errors}, indent=1))
+    out.with_suffix(".md").write_text(markdown(summary, fsum, noise, rows, command))
+    kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
+    for label, table in summary.items():
+        print(label)
+        for name, s in table.items():
+            if s:
+                print(f"  {name:22s} mean {s['mean_regret']:5.2f} max {s['max_regret']:5.2f} tied {s['tied_share']:.0%} "
+                      f"time {s['time_ratio']:.2f}x")
+    for size, f in fsum.items():
+        if f:
+            print(f"forecast {size}: within 2 points {f['within_2_points']:.0%} (noise floor {f['noise_floor_within_2']:.0%}), "
+                  f"80 % coverage {f['coverage_80']:.0%}")
+
+
+if __name__ == "__main__":
+    main()

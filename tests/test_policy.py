@@ -1,0 +1,170 @@
+"""advisor/rules/policy.py and its use: one decision, one sentence, the plan shown is the plan that runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from advisor.forecast import Forecast, StrategyForecast, forecast, time_correction
+from advisor.rules.policy import choose, decide, one_se_choice, views
+
+
+def _fc(acc: dict[str, float], half: float = 0.02, seconds: dict[str, float] | None = None) -> Forecast:
+    seconds = seconds or {"linear-probe": 10, "layer-probe": 12, "partial-finetune": 100, "full-finetune": 180}
+    return Forecast(records=[], strategies=[
+        StrategyForecast(strategy=s, accuracy=a, low=a - half, high=a + half, method="test", seconds=seconds.get(s))
+        for s, a in acc.items()])
+
+
+FAR_AHEAD = {"linear-probe": 0.80, "layer-probe": 0.81, "partial-finetune": 0.86, "full-finetune": 0.90}
+CLOSE = {"linear-probe": 0.80, "layer-probe": 0.81, "partial-finetune": 0.805, "full-finetune": 0.815}
+
+
+def test_the_one_standard_error_rule_prefers_the_cheaper_strategy_only_within_the_error():
+    close = one_se_choice(views(_fc(CLOSE)))  # all within 1.6 points (one SE of a +-2-point 80 % interval)
+    assert close.strategy == "linear-probe"
+    assert one_se_choice(views(_fc(FAR_AHEAD))).strategy == "full-finetune"
+    # a wider interval is a larger standard error: the cheaper strategy wins again
+    assert one_se_choice(views(_fc(FAR_AHEAD, half=0.15))).strategy == "linear-probe"
+
+
+def test_hybrid_lets_the_forecast_pick_the_row_and_the_table_the_column():
+    fv = views(_fc(FAR_AHEAD))
+    assert choose("hybrid", table="linear-probe", column="similar", fc=fv)[0] == "partial-finetune"
+    assert choose("hybrid", table="layer-probe", column="different", fc=fv)[0] == "full-finetune"
+    assert choose("hybrid", table="full-finetune", column="different", fc=views(_fc(CLOSE)))[0] == "layer-probe"
+    assert choose("table", table="linear-probe", column="similar", fc=fv)[0] == "linear-probe"
+    assert choose("hybrid", table="linear-probe", column="similar", fc=[])[0] == "linear-probe"  # no forecast: the table
+    with pytest.raises(ValueError, match="unknown policy"):
+        choose("coin", table="linear-probe", column="similar", fc=fv)
+
+
+def test_a_disagreement_is_one_sentence_with_the_numbers_and_the_reason():
+    d = decide("table", table="linear-probe", table_rule="R1", column="similar", forecast=_fc(FAR_AHEAD))
+    assert not d.agree and d.chosen == "linear-probe" and d.forecast_best == "full-finetune"
+    assert d.sentence.startswith("the table says linear-probe (R1); full-finetune is forecast +10.0 points [80 % ")
+    assert "for 18.0x the time; chosen: linear-probe, because" in d.sentence and d.sentence.endswith(".")
+    assert d.sentence.rstrip(".").count(". ") == 0  # one sentence
+    d = decide("hybrid", table="linear-probe", table_rule="R1", column="similar", forecast=_fc(FAR_AHEAD))
+    assert d.chosen == "partial-finetune" and "chosen: partial-finetune, because the forecast puts" in d.sentence
+    d = decide("hybrid", table="linear-probe", table_rule="R1", column="similar", forecast=_fc(CLOSE))
+    assert d.agree and d.chosen == "linear-probe" and d.sentence.startswith("the table (R1) and the forecast agree")
+    d = decide("forecast", table="partial-finetune", table_rule="R3", column="similar", forecast=_fc(CLOSE))
+    assert d.chosen == "linear-probe" and "cheapest strategy within one standard error" in d.sentence
+    assert decide("hybrid", table="layer-probe", table_rule="R2", column="different").chosen == "layer-probe"
+
+
+def _records():
+    out = []
+    for i, (pc, sim) in enumerate([(20, 0.8), (50, 0.6), (100, 0.4), (200, 0.3), (400, 0.7), (800, 0.2)]):
+        acc = {"linear-probe": 0.79, "layer-probe": 0.8, "partial-finetune": 0.85, "full-finetune": 0.86}
+        out.append({"dataset": f"d{i}", "train_per_class_median": pc, "similarity": sim, "input_size": 128,
+                    "schedule_share": 0.3, "accuracy": acc, "sample_cv": {"pre_logits": 0.81, "stage5": 0.83}})
+    return out
+
+
+KW = dict(probe_cv={"pre_logits": 0.82, "stage5": 0.85}, val_images=200, train_images=800, per_class=80, similarity=0.5,
+          epochs=8, step_seconds=None, batch_size=32)
+
+
+def test_the_forecast_names_settings_outside_its_record_and_the_nearest_recorded_one():
+    inside = forecast(**KW, records=_records(), input_size=128, schedule_share=0.3)
+    assert inside.extrapolating == []
+    outside = forecast(**KW, records=_records(), input_size=224, schedule_share=0.1)
+    assert any("input size 224 px" in n and "nearest 128 px" in n for n in outside.extrapolating)
+    assert any("keeps 10% of the schedule" in n for n in outside.extrapolating)
+    tiny = forecast(**{**KW, "per_class": 2}, records=_records(), input_size=128, schedule_share=0.3)
+    assert any("2 training images per class" in n and "nearest 20" in n for n in tiny.extrapolating)
+
+
+def test_the_probe_forecast_follows_the_input_size_it_will_train_at():
+    records = []
+    for size, drop in ((64, -0.12), (128, -0.02)):  # smaller inputs fall further below the 224-px sample CV
+        for i, pc in enumerate((20, 50, 100, 200)):
+            cv = 0.85
+            records.append({"dataset": f"d{i}", "train_per_class_median": pc, "similarity": 0.5, "input_size": size,
+                            "schedule_share": 0.3, "sample_cv": {"pre_logits": cv, "stage5": cv},
+                            "accuracy": {"linear-probe": cv + drop, "layer-probe": cv + drop,
+                                         "partial-finetune": cv + drop + 0.03, "full-finetune": cv + drop + 0.04}})
+    at = {s: {f.strategy: f.accuracy for f in forecast(**KW, records=records, input_size=s, schedule_share=0.3).strategies}
+          for s in (64, 128)}
+    assert at[64]["linear-probe"] == pytest.approx(0.82 - 0.12, abs=0.015)  # ridge shrinks a little
+    assert at[128]["linear-probe"] == pytest.approx(0.82 - 0.02, abs=0.015)
+    assert at[64]["linear-probe"] < at[128]["linear-probe"] - 0.07
+
+
+def test_a_datasets_own_records_are_shown_as_earlier_runs_never_counted_as_references(tmp_path):
+    mine = str(tmp_path / "flowers")
+    records = _records() + [
+        {"dataset": "flowers (local)", "path": mine, "train_per_class_median": 80, "similarity": 0.5, "input_size": 128,
+         "accuracy": {"linear-probe": 0.91}},
+        {"dataset": "flowers", "train_per_class_median": 600, "similarity": 0.6, "input_size": 64,
+         "accuracy": {"linear-probe": 0.7, "layer-probe": 0.7, "partial-finetune": 0.9, "full-finetune": 0.9}}]
+    fc = forecast(**KW, records=records, input_size=128, dataset=mine)
+    assert "flowers" not in fc.records and "flowers (local)" not in fc.records and len(fc.records) == 6
+    assert fc.earlier_runs["linear-probe"] == 0.91
+    assert any("your earlier runs of this dataset" in n for n in fc.notes)
+    other = forecast(**KW, records=records, input_size=128, dataset=str(tmp_path / "pets"))
+    assert "flowers" in other.records and other.earlier_runs == {}
+
+
+def test_finished_runs_correct_the_time_and_broken_records_are_ignored():
+    outcomes = [{"device": "cpu x2", "seconds": 300.0, "forecast_seconds": 100.0},
+                {"device": "cpu x2", "seconds": 200.0, "forecast_seconds": 100.0},
+                {"device": "cpu x2", "seconds": float("nan"), "forecast_seconds": 100.0},
+                {"device": "cpu x2", "seconds": 1e300, "forecast_seconds": 1.0},
+                {"device": "cpu x1", "seconds": 10.0, "forecast_seconds": 100.0}]
+    assert time_correction(outcomes, device="cpu x2") == (2.5, 2)
+    assert time_correction([], device="cpu x2") == (1.0, 0)
+    fast = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0)
+    slow = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, time_factor=2.5,
+                    time_source="x2.50 from 2 runs")
+    for f, g in zip(fast.strategies, slow.strategies, strict=True):
+        assert g.seconds == pytest.approx(2.5 * f.seconds, rel=1e-3) and g.time_source == "x2.50 from 2 runs"
+
+
+def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tmp_path, monkeypatch):
+    from advisor import advise
+    from advisor.backbones import create_backbone
+    from advisor.models import RunPlan
+
+    bb = create_backbone("test/tiny-cnn", seed=0)
+    plan = RunPlan(dataset="x", backbone="test/tiny-cnn", strategy="full-finetune", rule_ids=[], input_size=32)
+    calls = []
+    monkeypatch.setattr(advise, "finetune_step_seconds", lambda *a, **k: calls.append(1) or 0.25)
+    monkeypatch.setattr("advisor.forecast.load_average", lambda: 0.2)
+    dev = __import__("torch").device("cpu")
+    secs, source = advise._step_seconds(bb, plan, dev, 0, tmp_path)
+    assert secs == 0.25 and "timed now" in source and len(calls) == 1
+    assert advise._step_seconds(bb, plan, dev, 0, tmp_path)[0] == 0.25 and len(calls) == 1  # remembered
+    path = tmp_path / advise.STEP_TIMES
+    data = json.loads(path.read_text())
+    (key,) = data
+    for bad in ({"seconds": 22.7, "load": 2.5}, {"seconds": float("nan")}, {"seconds": -1}, {"seconds": 1e300}, 22.7):
+        path.write_text(json.dumps({key: bad}))
+        n = len(calls)
+        assert advise._step_seconds(bb, plan, dev, 0, tmp_path)[0] == 0.25 and len(calls) == n + 1
+    assert math.isfinite(json.loads(path.read_text())[key]["seconds"])
+
+
+def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an_unasked_budget(tmp_path):
+    from advisor.advise import recommend_dataset
+    from conftest import EXAMPLE
+
+    rec = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, epochs_cap=2, input_size=64)
+    assert rec.decision is not None and rec.decision.sentence
+    assert rec.strategy == rec.plan.strategy == rec.decision.chosen
+    assert "budget" not in rec.plan.rule_ids and not any("budget" in w for w in rec.warnings)
+    assert rec.plan.input_size == 64 and rec.forecast.input_size == 64
+    if rec.plan.recipe is not None:
+        assert rec.plan.recipe.epochs == 2
+    # the table policy keeps the table's strategy and says so when the forecast disagrees
+    table = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, policy="table")
+    assert table.strategy == table.decision.table
+    if not table.decision.agree:
+        assert table.decision.sentence.startswith(f"the table says {table.decision.table}")
+    # a budget, when given, is named
+    budget = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, budget_seconds=1e6)
+    assert any("budget" in w for w in budget.warnings)
