@@ -182,8 +182,8 @@ def _short_cap(rec: Recommendation) -> tuple[bool, str | None]:
 
 def _short_cap_text(rec: Recommendation, epochs: int, share: float, least: float) -> str:
     return (f"the epoch cap keeps {rec.epochs_cap} of {epochs} epochs ({share:.0%}) of the {rec.strategy}: "
-            f"the shortest capped fine-tunes measured ran {least:.0%} of their schedules, so its forecast gain is an "
-            "extrapolation; `--budget` lets the forecast choose a strategy that fits the time instead")
+            f"the shortest capped fine-tunes measured ran {least:.0%} of their schedules, so the forecast credits it no "
+            "gain over the probes")
 
 
 def parse_duration(text: str) -> float:

@@ -525,6 +525,7 @@ def recommend_cmd(
                                               "schedule the track record measured, the forecast chooses."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
                                          "best forecast that fits it, and what more time would buy."),
+    input_size: Optional[int] = InputSizeOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
@@ -534,7 +535,7 @@ def recommend_cmd(
     with stage_bars() as cb:
         rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                                 device=device, cache_dir=cache_dir, progress=cb, epochs_cap=epochs,
-                                budget_seconds=budget_seconds)
+                                budget_seconds=budget_seconds, input_size=input_size)
     saved = save_advice(rec, save_plan) if save_plan is not None else None
     if json_out:
         _print_json(rec)

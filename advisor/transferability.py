@@ -186,6 +186,10 @@ def per_tap_evidence(
     missing = [t for t in taps if t not in features]
     if missing:
         raise KeyError(f"no features for taps: {', '.join(missing)}")
+    n = int(labels.shape[0])
+    if n < 2:
+        return []  # nothing to cross-validate on
+    folds = min(folds, n)  # a handful of images (a k-shot set): fewer folds, not an error
     rows = []
     for tap in taps:
         f = features[tap]

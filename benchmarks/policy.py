@@ -1,6 +1,7 @@
 """Which decision policy to ship, and how good the forecast is, both measured leave one dataset out.
 
     python benchmarks/policy.py [--records docs/records/cpu.jsonl] [--out docs/policy]
+    python benchmarks/policy.py --forecast-on gpu.jsonl   # forecast error of new cells against the shipped record
 
 Reads the cells `benchmarks/records.py` measured (every strategy on full sets and k-shot
 subsamples). For each cell, everything that decides is fitted on the *other* datasets only (a
@@ -226,11 +227,37 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
     return "\n".join(lines) + "\n"
 
 
+def forecast_on(paths: list[Path]) -> dict:
+    """The shipped forecaster on cells it never saw (say, a GPU run): its references leave each cell's dataset out."""
+    from advisor.forecast import shipped_track_record
+
+    shipped = shipped_track_record()
+    errors = []
+    for c in load_cells(paths):
+        fc = cell_forecast(c, [r for r in shipped if r["dataset"] != c["dataset"]])
+        for f in fc.strategies:
+            achieved = c["strategies"][f.strategy]["accuracy"]
+            errors.append({"dataset": c["dataset"], "input_size": c["input_size"], "strategy": f.strategy, "forecast": f.accuracy,
+                           "low": f.low, "high": f.high, "achieved": achieved, "n_val": c["n_val"],
+                           "extrapolating": "; ".join(fc.extrapolating)})
+            print(f"{c['dataset']:14s} {c['input_size']} px {f.strategy:17s} forecast {f.accuracy:.3f} "
+                  f"[{f.low:.3f}, {f.high:.3f}] achieved {achieved:.3f}", flush=True)
+    summary = forecast_summary(errors)
+    if summary:
+        print(f"within 2 points {summary['within_2_points']:.0%} (noise floor {summary['noise_floor_within_2']:.0%}), "
+              f"80 % coverage {summary['coverage_80']:.0%}, mean |error| {summary['mean_abs_error_points']:.2f} points")
+    return {"summary": summary, "errors": errors}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", nargs="+", default=[str(ROOT / "docs" / "records" / "cpu.jsonl")])
     ap.add_argument("--out", default=str(ROOT / "docs" / "policy"))
+    ap.add_argument("--forecast-on", nargs="*", default=None, help="score the shipped forecaster on these cells and stop")
     args = ap.parse_args()
+    if args.forecast_on:
+        forecast_on([Path(p) for p in args.forecast_on])
+        return
     cells = load_cells([Path(p) for p in args.records])
     if len({c["dataset"] for c in cells}) < 4:
         sys.exit(f"{len(cells)} complete cells from {len({c['dataset'] for c in cells})} datasets: at least 4 datasets needed")

@@ -2,6 +2,7 @@
 
     python benchmarks/records.py [--out docs/records/cpu.jsonl] [--phases kshot128,full128,seeds128,full64]
         [--datasets a,b] [--kshot-datasets a,b] [--k 2,5,10,20,50] [--epochs 8] [--hours H] [--dry-run]
+        [--data DIR] [--device cuda] [--backbone NAME]
 
 One cell is (dataset, k, input size, epoch cap, seed): `compare` runs all four strategies on it
 (k: a seeded draw of k training images per class, the validation split kept whole) and one JSON
@@ -17,6 +18,7 @@ Phases, in the order they run (cheap, informative cells first):
   full128   every shared set at 128 px, seed 0
   seeds128  seeds 1 and 2 of every 128-px cell whose training split has fewer than 1,000 images
   full64    every shared set at 64 px, seed 0 (and seeds 1, 2 under 1,000 training images)
+  full224   every set at 224 px with the full schedule (no epoch cap): the GPU step of benchmarks/gpu_records.sh
 The runs' local track record is kept out of the forecasts (a dedicated cache folder whose record
 is emptied before each cell): a dataset's own earlier outcome must not count as evidence for it.
 """
@@ -58,11 +60,13 @@ def plan_cells(phases: list[str], datasets: list[str], kshot: list[str], ks: lis
                 cells += [dict(dataset=d, k=k, input_size=128, epochs_cap=epochs, seed=seed) for k in ks for d in kshot]
                 cells += [dict(dataset=d, k=None, input_size=128, epochs_cap=epochs, seed=seed) for d in datasets
                           if train_sizes.get(d, 0) < SEEDS_BELOW]
+        elif phase == "full224":
+            cells += [dict(dataset=d, k=None, input_size=224, epochs_cap=None, seed=0) for d in datasets]
         elif phase == "full64":
             cells += [dict(dataset=d, k=None, input_size=64, epochs_cap=epochs, seed=s) for s in (0, 1, 2) for d in datasets
                       if s == 0 or train_sizes.get(d, 0) < SEEDS_BELOW]
         else:
-            sys.exit(f"unknown phase {phase!r}: choose from kshot128, full128, seeds128, full64")
+            sys.exit(f"unknown phase {phase!r}: choose from kshot128, full128, seeds128, full64, full224")
     return cells
 
 
@@ -84,19 +88,20 @@ def load_average() -> float | None:
         return None
 
 
-def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int) -> dict:
+def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,
+             backbone: str = "efficientnet_lite0") -> dict:
     from advisor.compare import compare
     from advisor.features import resolve_device
     from advisor.recipe import finetune_schedule
     from sweeps import subsample
 
-    path = SHARED / cell["dataset"]
+    path = data / cell["dataset"]
     if cell["k"] is not None:
         path = subsample(str(path), cell["k"], work / f"data-{cell['dataset']}-k{cell['k']}-s{cell['seed']}", seed=cell["seed"])
     (cache / "track_record.jsonl").unlink(missing_ok=True)  # no dataset is its own reference
     load0, t0 = load_average(), time.time()
     res = compare(str(path), runs_dir=work / "runs", input_size=cell["input_size"], epochs=cell["epochs_cap"],
-                  sample_size=sample_size, seed=cell["seed"], cache_dir=cache)
+                  sample_size=sample_size, seed=cell["seed"], cache_dir=cache, device=device, backbone=backbone)
     rec, p = res.recommendation, res.recommendation.profile
     schedule = finetune_schedule(p.train_images)[1]
     strategies = {}
@@ -111,7 +116,7 @@ def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int) -> dict:
     sim = p.similarity.score if p.similarity else None
     fc = {f.strategy: f.model_dump(mode="json") for f in rec.forecast.strategies} if rec.forecast else {}
     return {
-        **cell, "backbone": res.backbone, "device": str(resolve_device(None)), "num_classes": len(p.classes),
+        **cell, "backbone": res.backbone, "device": str(resolve_device(device)), "num_classes": len(p.classes),
         "train_images": p.train_images, "train_per_class_median": p.train_per_class_median,
         "train_per_class_min": p.train_per_class_min, "n_val": res.rows[0].n_val,
         "similarity": sim.value if sim else None, "similarity_ci": [sim.low, sim.high] if sim else None,
@@ -132,20 +137,24 @@ def main() -> None:
     ap.add_argument("--datasets", default=None, help="full-set phases [default: every shared set]")
     ap.add_argument("--kshot-datasets", default=",".join(KSHOT_DATASETS))
     ap.add_argument("--k", default=",".join(map(str, KS)))
-    ap.add_argument("--epochs", type=int, default=8, help="the fine-tunes' epoch cap")
+    ap.add_argument("--epochs", type=int, default=8, help="the fine-tunes' epoch cap (the full224 phase runs the full schedule)")
     ap.add_argument("--sample-size", type=int, default=300)
     ap.add_argument("--hours", type=float, default=None, help="start no new cell after this long")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "records"))
     ap.add_argument("--dry-run", action="store_true", help="list the cells still to run and stop")
+    ap.add_argument("--data", default=str(SHARED), help="the folder holding the datasets [default: ../shared/data]")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--backbone", default="efficientnet_lite0")
     args = ap.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"{SHARED} not found: the records are measured on the shared datasets")
+    data = Path(args.data)
+    if not data.is_dir():
+        sys.exit(f"{data} not found: the records are measured on the shared datasets")
     datasets = args.datasets.split(",") if args.datasets else sorted(
-        p.name for p in SHARED.iterdir() if p.is_dir() and p.name != "imagenet-sample")
+        p.name for p in data.iterdir() if p.is_dir() and p.name != "imagenet-sample")
     # training-split sizes decide which cells get 3 seeds; counted from the folders (a 20 % split when there is none)
     sizes = {}
     for d in datasets:
-        root = SHARED / d
+        root = data / d
         n = sum(1 for f in (root / "train" if (root / "train").is_dir() else root).rglob("*") if f.is_file())
         sizes[d] = n if (root / "train").is_dir() else int(0.8 * n)
     cells = plan_cells(args.phases.split(","), datasets, args.kshot_datasets.split(","),
@@ -169,7 +178,8 @@ def main() -> None:
             break
         work = Path(tempfile.mkdtemp(prefix="records-"))
         try:
-            row = run_cell(c, work=work, cache=cache, sample_size=args.sample_size)
+            row = run_cell(c, work=work, cache=cache, sample_size=args.sample_size, data=data, device=args.device,
+                           backbone=args.backbone)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         with open(out, "a") as fh:  # one whole line per finished cell

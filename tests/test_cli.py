@@ -116,22 +116,29 @@ def test_recommend_json_validates_and_saves_a_plan(example_cache, tmp_path, caps
     assert rec.profile.images_total == 60 and rec.profile.train_per_class == {"ants": 20, "bees": 20}
     assert rec.size_class == "small"
     # real ants and bees photos: ImageNet-like on the default backbone with its shipped reference
-    assert rec.similarity_class == "similar" and rec.strategy == "linear-probe" and rec.quadrant_rule == "R1"
+    assert rec.similarity_class == "similar" and rec.quadrant_rule == "R1" and rec.decision.table == "linear-probe"
+    # the policy's choice is the plan's, and the JSON says who decided and why
+    assert rec.strategy == rec.plan.strategy == rec.decision.chosen and rec.decision.sentence
     sim = rec.profile.similarity
     assert sim.sample_size == 60 and sim.score.low <= sim.score.value <= sim.score.high
     signals = {s.name: s for s in sim.signals}
     assert signals["kid"].available and signals["bn_shift"].available and signals["frechet"].null > 0
     assert [d.stage for d in sim.bn_by_depth][0] == "stem"
     plan = RunPlan.model_validate_json(plan_path.read_text())
-    assert plan == rec.plan and plan.taps == ["pre_logits"]
+    assert plan == rec.plan and (plan.taps == ["pre_logits"] or rec.strategy != "linear-probe")
 
 
 def test_recommend_report_explains_the_placement(example_cache, capsys):
     code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache)], capsys)
     assert code == 0, err
     for text in ("Similarity to ImageNet", "BatchNorm shift by depth", "Placement in the transfer-learning table",
-                 "R1", "Recommended: linear-probe", "threshold", "this becomes partial-finetune", "kid", "bn_shift"):
+                 "R1", "Recommended: ", "why: ", "threshold", "this becomes partial-finetune", "kid", "bn_shift"):
         assert text in out, text
+    # the size the run will train at: the plan shown carries it, and no budget is named that was not given
+    code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache), "--input-size", "64",
+                               "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert "input size 64" in out and "budget" not in out.lower()
 
 
 def test_profile_json(example_cache, capsys):

@@ -1,0 +1,99 @@
+"""benchmarks/records.py and benchmarks/policy.py: a cell's record, and the leave-one-dataset-out scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_class_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return _load("policy")
+
+
+def test_a_k_shot_cell_records_every_strategy_with_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVISOR_TEST_BACKBONES", "1")
+    records = _load("records")
+    for split, n in (("train", 8), ("val", 4)):
+        write_class_images(tmp_path / "data" / "colours" / split, {"red": n, "blue": n, "green": n}, size=24)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        row = records.run_cell(dict(dataset="colours", k=3, input_size=32, epochs_cap=1, seed=1), work=tmp_path / "w",
+                               cache=tmp_path / "cache", sample_size=8, data=tmp_path / "data", backbone="test/tiny-cnn")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert row["train_images"] == 9 and row["train_per_class_median"] == 3 and row["n_val"] == 12
+    assert set(row["strategies"]) == {"linear-probe", "layer-probe", "partial-finetune", "full-finetune"}
+    assert row["schedule_share"] == pytest.approx(1 / 30, abs=1e-3) and row["seed"] == 1 and row["k"] == 3
+    for v in row["strategies"].values():
+        assert 0 <= v["accuracy"] <= 1 and v["seconds"] > 0 and isinstance(v["tied_with_best"], bool)
+    assert row["strategies"]["linear-probe"]["cv"] is not None  # the probes' training-split CV
+    assert json.loads(json.dumps(row)) == row  # one JSON line
+    # resumable: a recorded cell is not planned again
+    out = tmp_path / "cells.jsonl"
+    out.write_text(json.dumps(row) + "\n")
+    assert records.cell_key(row) in records.done_keys(out)
+    cells = records.plan_cells(["kshot128", "seeds128"], ["colours"], ["colours"], [3], 1, {"colours": 9})
+    assert [(c["k"], c["seed"]) for c in cells] == [(3, 0), (3, 1), (None, 1), (3, 2), (None, 2)]
+
+
+def _cell(policy, name, accs, seconds, *, tied, per_class=50, sim=0.8, probe_cv=0.8, k=None):
+    from test_rules import make_profile
+
+    profile = make_profile({f"c{i}": per_class for i in range(10)}, score=(sim, sim - 0.05, sim + 0.05))
+    profile = profile.model_copy(update={"probe_cv": {"pre_logits": probe_cv, "stage5": probe_cv - 0.01}})
+    best = max(accs, key=accs.get)
+    strategies = {s: {"accuracy": a, "seconds": seconds[s], "winner": s == best, "tied_with_best": s == best or s in tied,
+                      "cv": None} for s, a in accs.items()}
+    c = {"dataset": name, "k": k, "seed": 0, "input_size": 128, "epochs_cap": 8, "schedule_share": 0.5, "n_val": 200,
+         "train_images": 10 * per_class, "train_per_class_median": per_class, "similarity": sim, "strategies": strategies,
+         "best": best, "profile": profile.model_dump(mode="json")}
+    c["profile_model"] = profile
+    return c
+
+
+def test_scores_read_regret_ties_and_time_against_the_cheapest_tied_strategy(policy):
+    accs = {"linear-probe": 0.80, "layer-probe": 0.81, "partial-finetune": 0.88, "full-finetune": 0.90}
+    secs = {"linear-probe": 10, "layer-probe": 20, "partial-finetune": 100, "full-finetune": 200}
+    c = _cell(policy, "a", accs, secs, tied=["partial-finetune"])
+    lp, pf, ff = (policy.score(c, s) for s in ("linear-probe", "partial-finetune", "full-finetune"))
+    assert lp["regret"] == pytest.approx(10.0) and not lp["tied"]
+    assert pf["tied"] and pf["time_ratio"] == 1.0  # the cheapest strategy tied with the best
+    assert ff["regret"] == 0 and ff["time_ratio"] == 2.0
+
+
+def test_leave_one_dataset_out_scores_every_policy_and_baseline(policy):
+    secs = {"linear-probe": 10, "layer-probe": 20, "partial-finetune": 100, "full-finetune": 200}
+    cells = []
+    for i, (pc, sim) in enumerate([(5, 0.8), (20, 0.3), (80, 0.7), (300, 0.2), (150, 0.6)]):
+        gain = 0.02 * (i + 1)  # fine-tunes gain more on the larger sets
+        accs = {"linear-probe": 0.8, "layer-probe": 0.79, "partial-finetune": 0.8 + gain, "full-finetune": 0.8 + gain / 2}
+        cells.append(_cell(policy, f"d{i}", accs, secs, tied=[], per_class=pc, sim=sim))
+    _, errors, rows = policy.evaluate(cells)
+    assert len(rows) == 5 and {e["strategy"] for e in errors} == {"linear-probe", "layer-probe", "partial-finetune",
+                                                                    "full-finetune"}
+    for name in policy.POLICIES + policy.BASELINES:
+        s = policy.summarise(rows, name)
+        assert s["cells"] == 5 and 0 <= s["mean_regret"] <= s["max_regret"] and 0 <= s["tied_share"] <= 1
+    always_lp = policy.summarise(rows, "always linear-probe")
+    assert always_lp["mean_regret"] == pytest.approx(100 * sum(0.02 * (i + 1) for i in range(5)) / 5)
+    assert policy.summarise(rows, "always layer-probe")["tied_share"] == 0
