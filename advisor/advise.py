@@ -252,10 +252,12 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | N
 
 STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per machine and configuration
 RETIME_LOAD = 0.75  # re-time a step when the cores were this much busier (1-minute load) than now when it was timed
+RETIME_RATIO = (0.5, 2.0)  # finished runs' achieved/forecast time outside this: the timing itself is re-taken
 
 
-def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir) -> tuple[float, str]:
-    """(seconds of a training step, where that figure comes from), remembered in the cache folder.
+def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
+                  retime: bool = False) -> tuple[float, str, str]:
+    """(seconds of a training step, where that figure comes from, when it was timed), remembered in the cache folder.
 
     The key names the backbone, weights, input size, batch, frozen stages, device and thread
     count; each entry records the load the step was timed under. A step timed while other
@@ -277,20 +279,20 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir) ->
     known = known if isinstance(known, dict) else {}
     entry = known.get(key)
     load = load_average()
-    if isinstance(entry, dict):
-        secs, then = entry.get("seconds"), entry.get("load")
-        usable = isinstance(secs, (int, float)) and math.isfinite(secs) and 0 < secs < 3600
+    if isinstance(entry, dict) and not retime:
+        secs, then, stamp = entry.get("seconds"), entry.get("load"), entry.get("time")
+        usable = isinstance(secs, (int, float)) and math.isfinite(secs) and 0 < secs < 3600 and isinstance(stamp, str)
         calm = not (isinstance(then, (int, float)) and load is not None and then - load > RETIME_LOAD)
         if usable and calm:
-            return float(secs), f"step timed {entry.get('time', 'earlier')} (load {then if then is not None else '?'})"
+            return float(secs), f"step timed {stamp} (load {then if then is not None else '?'})", stamp
     seconds = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev,
                                     frozen_stages=frozen)
-    stamp = time.strftime("%Y-%m-%d %H:%M")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         write_text_atomic(path, json.dumps({**known, key: {"seconds": seconds, "load": load, "time": stamp}}, indent=1))
     except OSError:
         pass  # a read-only cache only costs the timing next time
-    return seconds, f"step timed now (load {load:.1f})" if load is not None else "step timed now"
+    return seconds, f"step timed now (load {load:.1f})" if load is not None else "step timed now", stamp
 
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
@@ -305,14 +307,24 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     if rec.epochs_cap is not None:
         epochs = min(epochs, rec.epochs_cap)
     dev = resolve_device(device)
-    step, source = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
+    step, source, timed_at = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
+    # Only runs forecast from this timing say how good it is.
+    factor, runs = time_correction(local_outcomes(local_record_path()), device=machine_name(dev), since=timed_at)
+    # Finished runs that took less than half or more than twice their forecast say the timing is wrong
+    # (taken under load, or stale): time the step again, and the correction starts afresh from it.
+    retime = bool(runs) and not RETIME_RATIO[0] <= factor <= RETIME_RATIO[1]
+    if retime:
+        step, source, _ = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=True)
     frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
-    partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir)[0] if frozen else None
+    partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime=retime)[0] if frozen else None
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
-    factor, runs = time_correction(local_outcomes(local_record_path()), device=machine_name(dev))
-    if runs:
+    if retime:
+        source += (f"; re-timed: {runs} finished run(s) took x{factor:.2f} their forecast, outside "
+                   f"{RETIME_RATIO[0]}-{RETIME_RATIO[1]}")
+        factor = 1.0
+    elif runs:
         source += f"; x{factor:.2f}, the median achieved/forecast time of {runs} finished run(s) on this machine"
     return forecast(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                     per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,

@@ -413,15 +413,17 @@ def load_average() -> float | None:
         return None
 
 
-def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5) -> tuple[float, int]:
+def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, since: str | None = None) -> tuple[float, int]:
     """(median achieved/forecast wall-time ratio, runs it rests on) over this machine's latest finished runs on ``device``.
 
     Each finished run feeds back: a timing taken under load, or a cost the step timing misses, is
-    corrected by what runs actually took. Ratios outside 1/20-20 are dropped as broken records.
+    corrected by what runs actually took. ``since`` (an ISO time) keeps the runs recorded after
+    the step timing in use. Ratios outside 1/20-20 are dropped as broken records.
     """
     ratios = [o["seconds"] / o["forecast_seconds"] for o in outcomes
               if o.get("device") == device and _finite(o.get("seconds")) and _finite(o.get("forecast_seconds"))
-              and o["forecast_seconds"] > 0 and 0.05 <= o["seconds"] / o["forecast_seconds"] <= 20]
+              and o["forecast_seconds"] > 0 and 0.05 <= o["seconds"] / o["forecast_seconds"] <= 20
+              and (since is None or str(o.get("time", "")) >= since)]
     ratios = ratios[-last:]
     return (_quantile(ratios, 0.5), len(ratios)) if ratios else (1.0, 0)
 

@@ -10,6 +10,12 @@ Targets on 2 CPU cores (flowers, 4317 images): cold <= 90 s, warm <= 5 s. Also p
 cost as a share of running all four strategies, as ``recommend`` itself forecasts that (target
 <= 5 % on the median shared dataset; ``benchmarks/forecast_time.py`` measures how good those
 time forecasts are). ``--repeat 0`` skips the copy.
+
+    python benchmarks/recommend_cost.py DATASET --auto-vs-strategy [--input-size 128] [--epochs 8]
+
+What the advice costs a run: `advisor run --auto DATASET` from a cold cache against
+`advisor run DATASET --strategy S` (S: the strategy the auto run chose) from another cold
+cache, same options; target: the ratio is at most 1.2 on sets of 200 images or more.
 """
 
 from __future__ import annotations
@@ -38,6 +44,29 @@ def timed_recommend(dataset: Path, cache: Path, sample_size: int) -> tuple[float
     return dt, json.loads(proc.stdout)
 
 
+def timed_run(args: list[str], cache: Path, runs: Path) -> tuple[float, Path]:
+    env = {**os.environ, "ADVISOR_CACHE_DIR": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "advisor", "--quiet", "run", *args, "--runs-dir", str(runs)],
+                          capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"advisor run {' '.join(args)} failed: {proc.stderr.strip()}")
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    return dt, run_dir
+
+
+def auto_vs_strategy(dataset: Path, extra: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        auto, run_dir = timed_run([str(dataset), "--auto", *extra], tmp / "cache-auto", tmp / "runs-auto")
+        strategy = json.loads((run_dir / "plan.json").read_text())["strategy"]
+        forced, _ = timed_run([str(dataset), "--strategy", strategy, *extra], tmp / "cache-forced", tmp / "runs-forced")
+    ratio = auto / forced
+    print(f"{dataset.name}: run --auto {auto:.1f} s, run --strategy {strategy} {forced:.1f} s (both cold): ratio {ratio:.2f} "
+          f"(target <= 1.2: {'met' if ratio <= 1.2 else 'MISSED'}); load average {os.getloadavg()[0]:.1f}")
+
+
 def repeated_copy(src: Path, dst: Path, times: int) -> int:
     n = 0
     for path in src.rglob("*"):
@@ -55,8 +84,16 @@ def main() -> None:
     ap.add_argument("dataset", nargs="?", default=str(DEFAULT))
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--sample-size", type=int, default=300)
+    ap.add_argument("--auto-vs-strategy", action="store_true", help="time run --auto against run --strategy (cold caches)")
+    ap.add_argument("--input-size", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
     args = ap.parse_args()
     src = Path(args.dataset)
+    if args.auto_vs_strategy:
+        extra = [*(["--input-size", str(args.input_size)] if args.input_size else []),
+                 *(["--epochs", str(args.epochs)] if args.epochs else [])]
+        auto_vs_strategy(src, extra)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         big = tmp / f"{src.name}-x{args.repeat}"

@@ -118,6 +118,8 @@ def test_finished_runs_correct_the_time_and_broken_records_are_ignored():
                 {"device": "cpu x1", "seconds": 10.0, "forecast_seconds": 100.0}]
     assert time_correction(outcomes, device="cpu x2") == (2.5, 2)
     assert time_correction([], device="cpu x2") == (1.0, 0)
+    stamped = [{**o, "time": t} for o, t in zip(outcomes, ("2026-01-01T10:00:00", "2026-01-02T10:00:00"), strict=False)]
+    assert time_correction(stamped, device="cpu x2", since="2026-01-02T00:00:00") == (2.0, 1)  # runs of the timing in use
     fast = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0)
     slow = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, time_factor=2.5,
                     time_source="x2.50 from 2 runs")
@@ -136,13 +138,14 @@ def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tm
     monkeypatch.setattr(advise, "finetune_step_seconds", lambda *a, **k: calls.append(1) or 0.25)
     monkeypatch.setattr("advisor.forecast.load_average", lambda: 0.2)
     dev = __import__("torch").device("cpu")
-    secs, source = advise._step_seconds(bb, plan, dev, 0, tmp_path)
+    secs, source, _ = advise._step_seconds(bb, plan, dev, 0, tmp_path)
     assert secs == 0.25 and "timed now" in source and len(calls) == 1
     assert advise._step_seconds(bb, plan, dev, 0, tmp_path)[0] == 0.25 and len(calls) == 1  # remembered
     path = tmp_path / advise.STEP_TIMES
     data = json.loads(path.read_text())
     (key,) = data
-    for bad in ({"seconds": 22.7, "load": 2.5}, {"seconds": float("nan")}, {"seconds": -1}, {"seconds": 1e300}, 22.7):
+    for bad in ({"seconds": 22.7, "load": 2.5, "time": "2026-01-01T00:00:00"}, {"seconds": float("nan")}, {"seconds": -1},
+                {"seconds": 1e300}, 22.7):
         path.write_text(json.dumps({key: bad}))
         n = len(calls)
         assert advise._step_seconds(bb, plan, dev, 0, tmp_path)[0] == 0.25 and len(calls) == n + 1
@@ -168,3 +171,12 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     # a budget, when given, is named
     budget = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, budget_seconds=1e6)
     assert any("budget" in w for w in budget.warnings)
+    # finished runs that took 10x their forecast since the step was timed: the step is timed again, and said so
+    from advisor.forecast import local_record_path, machine_name
+
+    later = "2999-01-01T00:00:00"
+    local_record_path().write_text("".join(json.dumps({"dataset": "elsewhere", "strategy": "full-finetune", "achieved": 0.9,
+                                                       "train_per_class_median": 50, "seconds": 1000.0, "forecast_seconds": 100.0,
+                                                       "device": machine_name(), "time": later}) + "\n" for _ in range(3)))
+    again = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0)
+    assert any("re-timed: 3 finished run(s) took x10.00" in (f.time_source or "") for f in again.forecast.strategies)
