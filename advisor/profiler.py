@@ -35,6 +35,24 @@ _GREY_MODES = {"L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 StageProgress = Callable[[str, int, int], None]
 
 
+def profiling_sample(samples: list[Sample], size: int, *, seed: int = 0) -> list[Sample]:
+    """The profile's sample: stratified per class, with enough training images for what reads labels.
+
+    The probe CV, per-depth evidence and flip check read the sample's training images only. A
+    small training split beside a large validation split (a few-shot set: 5 per class, 800 to
+    validate) would leave them a handful, or none per class, in a proportional draw; then the
+    training split gets at least half the sample (all of it when it is smaller), the other splits
+    the rest. Otherwise the proportional draw is kept as it is.
+    """
+    train = [s for s in samples if s.split == "train"]
+    rest = [s for s in samples if s.split != "train"]
+    if len(samples) <= size or not rest or len(train) * size >= (size // 2) * len(samples):
+        return stratified_sample(samples, size, seed=seed)
+    n_train = min(len(train), size // 2)
+    picked = stratified_sample(train, n_train, seed=seed) + stratified_sample(rest, size - n_train, seed=seed)
+    return sorted(picked, key=lambda s: s.path)
+
+
 def stratified_sample(samples: list[Sample], size: int, *, seed: int = 0) -> list[Sample]:
     """Up to ``size`` samples, drawn per class in proportion to its share (at least 2 each when possible)."""
     if len(samples) <= size:
@@ -155,7 +173,7 @@ def build_profile(
     probe_cv: dict[str, float] = {}
     cv_unit: float | None = None
     if similarity:
-        sample = stratified_sample(scan.samples, sample_size, seed=seed)
+        sample = profiling_sample(scan.samples, sample_size, seed=seed)
         # Every tap comes from the same forward pass; the per-depth evidence reads them all.
         feature_set = extract_features(
             sample, backbone, bn_moments=bool(backbone.bn_layers()), device=str(dev),

@@ -227,6 +227,14 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
     return "\n".join(lines) + "\n"
 
 
+def winner(rows: list[dict]) -> str:
+    """The policy to ship: the lowest mean regret over every cell (both sizes), then the most ties, then the least time."""
+    def key(name: str) -> tuple:
+        s = summarise(rows, name)
+        return (s["mean_regret"], -s["tied_share"], s["time_ratio"], POLICIES.index(name))
+    return min(POLICIES, key=key)
+
+
 def forecast_on(paths: list[Path]) -> dict:
     """The shipped forecaster on cells it never saw (say, a GPU run): its references leave each cell's dataset out."""
     from advisor.forecast import shipped_track_record
@@ -275,9 +283,12 @@ def main() -> None:
     out = Path(args.out)
     command = "python benchmarks/policy.py " + " ".join(f"--records {Path(p).relative_to(ROOT) if Path(p).is_relative_to(ROOT) else p}"
                                                           for p in args.records)
-    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "forecast": fsum, "noise_floor": noise,
-                                                    "rows": rows, "forecast_errors": errors}, indent=1))
-    out.with_suffix(".md").write_text(markdown(summary, fsum, noise, rows, command))
+    chosen = winner(rows)
+    summary["all cells, both sizes"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
+    out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum,
+                                                    "noise_floor": noise, "rows": rows, "forecast_errors": errors}, indent=1))
+    out.with_suffix(".md").write_text(f"The policy with the lowest mean regret over every cell: **{chosen}**.\n\n"
+                                      + markdown(summary, fsum, noise, rows, command))
     kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
     for label, table in summary.items():
         print(label)
@@ -285,6 +296,7 @@ def main() -> None:
             if s:
                 print(f"  {name:22s} mean {s['mean_regret']:5.2f} max {s['max_regret']:5.2f} tied {s['tied_share']:.0%} "
                       f"time {s['time_ratio']:.2f}x")
+    print(f"winner: {chosen}")
     for size, f in fsum.items():
         if f:
             print(f"forecast {size}: within 2 points {f['within_2_points']:.0%} (noise floor {f['noise_floor_within_2']:.0%}), "

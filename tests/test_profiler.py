@@ -328,3 +328,19 @@ def test_profile_sample_size_limits_the_forward_pass(profile_dataset_dir, monkey
     tiny = build_profile(scan, bb, sample_size=3, device="cpu", num_workers=0, rounds=20)
     assert tiny.similarity is None and tiny.near_duplicate_sample == 3
     assert tiny.greyscale_share is not None
+
+
+def test_a_few_shot_training_split_beside_a_large_validation_split_still_fills_the_label_reading_sample():
+    from advisor.profiler import profiling_sample, stratified_sample
+
+    few = [Sample(path=f"/d/train/c{c}/{i}.png", label=c, split="train") for c in range(5) for i in range(5)]
+    val = [Sample(path=f"/d/val/c{c}/{i}.png", label=c, split="val") for c in range(5) for i in range(170)]
+    picked = profiling_sample(few + val, 300, seed=0)
+    assert len(picked) == 300 and sum(s.split == "train" for s in picked) == 25  # every training image
+    assert Counter(s.label for s in picked if s.split == "val") == {c: 55 for c in range(5)}
+    # a proportional draw would have left about one training image per class: too few to cross-validate
+    assert sum(s.split == "train" for s in stratified_sample(few + val, 300, seed=0)) < 15
+    # the usual 80/20 split keeps the proportional draw exactly as before
+    usual = [Sample(path=f"/d/{sp}/c{c}/{i}.png", label=c, split=sp) for c in range(4)
+             for sp, n in (("train", 160), ("val", 40)) for i in range(n)]
+    assert profiling_sample(usual, 300, seed=0) == stratified_sample(usual, 300, seed=0)
