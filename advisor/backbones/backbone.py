@@ -241,8 +241,15 @@ class Backbone(nn.Module):
 
                 def moments(_m, args, layer=layer) -> None:
                     a = args[0].float()
-                    captured[f"bn:{layer.name}:mean"] = a.mean((2, 3))
-                    captured[f"bn:{layer.name}:var"] = a.var((2, 3), unbiased=False)
+                    # One var_mean over a flat view: the same values as mean() and var() over (H, W),
+                    # in one pass over memory instead of two strided ones (a third of extraction on a CPU).
+                    if a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous():
+                        var, mean = torch.var_mean(a.permute(0, 2, 3, 1).reshape(a.shape[0], -1, a.shape[1]), dim=1,
+                                                   unbiased=False)
+                    else:
+                        var, mean = torch.var_mean(a.reshape(a.shape[0], a.shape[1], -1), dim=2, unbiased=False)
+                    captured[f"bn:{layer.name}:mean"] = mean
+                    captured[f"bn:{layer.name}:var"] = var
 
                 handles.append(self.model.get_submodule(layer.name).register_forward_pre_hook(moments))
         try:
