@@ -154,6 +154,16 @@ def forecast_summary(errors: list[dict]) -> dict:
             "noise_floor_within_2": round(statistics.fmean(floor), 3)}
 
 
+def time_summary(cells: list[dict]) -> dict:
+    """The wall-time forecast each cell's `recommend` made (timed steps on that machine) against the measured time."""
+    ratios = [c["strategies"][s]["seconds"] / f["seconds"] for c in cells for s, f in (c.get("forecast") or {}).items()
+              if f.get("seconds") and c["strategies"].get(s, {}).get("seconds")]
+    if not ratios:
+        return {}
+    return {"runs": len(ratios), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in ratios) / len(ratios), 3),
+            "median_achieved_over_forecast": round(statistics.median(ratios), 2)}
+
+
 def noise_floor(cells: list[dict]) -> dict:
     """Seed-to-seed standard deviation of each strategy's accuracy (points), over cells measured with several seeds."""
     by: dict[tuple, list[dict]] = defaultdict(list)
@@ -199,7 +209,7 @@ def kshot_figure(cells: list[dict], path: Path) -> None:
     fig.savefig(path, format="svg")
 
 
-def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str) -> str:
+def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str, tsum: dict | None = None) -> str:
     lines = [f"Measured by `{command}`: leave one dataset out (its subsamples, seeds and sizes leave together).", ""]
     for size, table in summary.items():
         lines += [f"### {size}", "", "| policy | cells | mean regret | max regret | tied with best | time / cheapest tied |",
@@ -215,6 +225,9 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
         if f:
             lines.append(f"| {size} | {f['pairs']} | {f['within_2_points']:.0%} | {f['noise_floor_within_2']:.0%} | "
                          f"{f['coverage_80']:.0%} | {f['mean_abs_error_points']:.2f} |")
+    if tsum:
+        lines += ["", f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast "
+                      f"(median achieved/forecast {tsum['median_achieved_over_forecast']:.2f})."]
     lines += ["", "### Noise floor: seed-to-seed standard deviation (points)", ""]
     lines += [f"- {s}: {v['mean_sd_points']:.2f} over {v['cells']} cells" for s, v in noise.items()] or ["- no cell has several seeds yet"]
     lines += ["", "### Per cell (regret in points; * = tied with the best)", "",
@@ -280,15 +293,16 @@ def main() -> None:
     fsum = {str(s): forecast_summary([e for e in errors if e["input_size"] == s]) for s in sizes}
     fsum["finetunes only"] = forecast_summary([e for e in errors if e["strategy"] in FINETUNES])
     noise = noise_floor(cells)
+    tsum = time_summary(cells)
     out = Path(args.out)
     command = "python benchmarks/policy.py " + " ".join(f"--records {Path(p).relative_to(ROOT) if Path(p).is_relative_to(ROOT) else p}"
                                                           for p in args.records)
     chosen = winner(rows)
     summary["all cells, both sizes"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
     out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum,
-                                                    "noise_floor": noise, "rows": rows, "forecast_errors": errors}, indent=1))
+                                                    "noise_floor": noise, "time": tsum, "rows": rows, "forecast_errors": errors}, indent=1))
     out.with_suffix(".md").write_text(f"The policy with the lowest mean regret over every cell: **{chosen}**.\n\n"
-                                      + markdown(summary, fsum, noise, rows, command))
+                                      + markdown(summary, fsum, noise, rows, command, tsum))
     kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
     for label, table in summary.items():
         print(label)
@@ -297,6 +311,9 @@ def main() -> None:
                 print(f"  {name:22s} mean {s['mean_regret']:5.2f} max {s['max_regret']:5.2f} tied {s['tied_share']:.0%} "
                       f"time {s['time_ratio']:.2f}x")
     print(f"winner: {chosen}")
+    if tsum:
+        print(f"time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within 30 % (median achieved/forecast "
+              f"{tsum['median_achieved_over_forecast']:.2f})")
     for size, f in fsum.items():
         if f:
             print(f"forecast {size}: within 2 points {f['within_2_points']:.0%} (noise floor {f['noise_floor_within_2']:.0%}), "

@@ -163,6 +163,12 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     assert rec.plan.input_size == 64 and rec.forecast.input_size == 64
     if rec.plan.recipe is not None:
         assert rec.plan.recipe.epochs == 2
+    # report.html says the same, and its map marks each reference with the strategy that measured best there
+    from advisor.report.html import esc, recommendation_page
+
+    page = recommendation_page(rec)
+    assert f"Why {rec.strategy}:</b> {esc(rec.decision.sentence)}" in page and "best measured: " in page
+    assert "extrapolating: " in page if rec.forecast.extrapolating else True
     # the table policy keeps the table's strategy and says so when the forecast disagrees
     table = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, policy="table")
     assert table.strategy == table.decision.table
