@@ -369,7 +369,7 @@ def binomial_interval(p: float, n: int) -> tuple[float, float]:
 
 
 def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
-                          steps: int = 4, probe_batch: int = 8, frozen_stages: int = 0) -> float:
+                          steps: int = 3, probe_batch: int = 8, frozen_stages: int = 0) -> float:
     """Seconds of one optimiser step at ``batch_size``: the median of a few timed steps on a small batch, scaled linearly.
 
     The median, not the minimum or the mean: one step slowed by another process neither sets nor

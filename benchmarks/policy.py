@@ -11,6 +11,7 @@ dataset's subsamples, seeds and sizes leave together) and then applied to the ce
   benchmarks/calibrate.py's rule 3 (cut each axis where its own decision changed);
 * ``forecast``: the forecast's best strategy with a one-standard-error tie-break to the cheaper;
 * ``hybrid``: the forecast picks probe or fine-tune, the table's similarity column which one;
+* ``best-forecast``: the highest forecast, no tie-break;
 * baselines: always linear-probe, always layer-probe, always full-finetune, today's table (the
   shipped thresholds, not refitted).
 
@@ -42,7 +43,7 @@ from advisor.rules.policy import StrategyView, choose, views
 
 ROOT = Path(__file__).resolve().parents[1]
 TAPS = tuple(TapInfo(name=n, channels=1) for n in ["stage1", "stage2", "stage3", "stage4", "stage5", PRE_LOGITS])
-POLICIES = ("table", "forecast", "hybrid")
+POLICIES = ("table", "forecast", "hybrid", "best-forecast")
 BASELINES = ("always linear-probe", "always layer-probe", "always full-finetune", "today's table")
 
 
@@ -116,6 +117,7 @@ def evaluate(cells: list[dict]) -> tuple[dict, list[dict], list[dict]]:
             picks = {"table": table,
                      "forecast": choose("forecast", table=table, column=column, fc=fv)[0],
                      "hybrid": choose("hybrid", table=table, column=column, fc=fv)[0],
+                     "best-forecast": choose("best-forecast", table=table, column=column, fc=fv)[0],
                      "always linear-probe": "linear-probe", "always layer-probe": "layer-probe",
                      "always full-finetune": "full-finetune", "today's table": today}
             rows.append({"dataset": c["dataset"], "k": c.get("k"), "seed": c.get("seed"), "input_size": c["input_size"],

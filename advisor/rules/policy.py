@@ -9,6 +9,7 @@ on the track record; :data:`DEFAULT_POLICY` is the one that comparison chose.
   resolve is not worth the extra time).
 * ``hybrid``: the forecast decides the row (probe or fine-tune, one-standard-error rule toward
   the probe), the table's similarity column decides which probe or which fine-tune.
+* ``best-forecast``: the highest forecast, no tie-break (what the forecast alone would say).
 
 Whatever decides, :attr:`Decision.sentence` says what the table said, what the forecast said,
 which one chose and why, with the numbers.
@@ -24,8 +25,8 @@ from pydantic import BaseModel
 
 from advisor.models import Decision
 
-PolicyName = Literal["table", "forecast", "hybrid"]
-POLICIES: tuple[str, ...] = ("table", "forecast", "hybrid")
+PolicyName = Literal["table", "forecast", "hybrid", "best-forecast"]
+POLICIES: tuple[str, ...] = ("table", "forecast", "hybrid", "best-forecast")
 DEFAULT_POLICY: PolicyName = "hybrid"
 COST_ORDER = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
 PROBES = COST_ORDER[:2]
@@ -88,6 +89,9 @@ def choose(policy: str, *, table: str, column: str, fc: Sequence[StrategyView]) 
     if policy == "hybrid":
         pick = hybrid_choice(fc, column)
         return (pick.strategy if pick else table), own.strategy if own else None
+    if policy == "best-forecast":
+        top = max(fc, key=lambda v: (v.accuracy, -COST_ORDER.index(v.strategy) if v.strategy in COST_ORDER else 0))
+        return top.strategy, own.strategy if own else None
     raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
 
 
@@ -124,6 +128,7 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
         parts.append(f"{other} is forecast {_pts(diff)} points [80 % {_pts(diff - half)}, {_pts(diff + half)}]{cost}")
     if chosen == table:
         why = reason_hint or {"table": "the table decides under the 'table' policy",
+                              "best-forecast": "it has the best forecast",
                               "hybrid": "the forecast does not put a fine-tune of its column more than one standard "
                                         "error ahead of its probe" if table in PROBES else
                                         "the forecast puts the fine-tune more than one standard error ahead of the probe",
@@ -133,6 +138,8 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
                f"the column's probe" if chosen not in PROBES else
                f"the fine-tune is not forecast more than one standard error ({100 * by[COLUMN[column][1]].sd:.1f} points) "
                f"ahead of {chosen}, the cheaper row")
+    elif policy == "best-forecast":
+        why = f"the forecast decides: {chosen} has the best forecast"
     else:
         why = (f"the forecast decides: {chosen} is the cheapest strategy within one standard error "
                f"({100 * best.sd:.1f} points) of the best forecast")
