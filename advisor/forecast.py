@@ -55,6 +55,9 @@ class StrategyForecast(BaseModel):
     seconds_per_epoch: float | None = None
     epochs: int | None = None
     time_source: str | None = None  # where the time figure comes from, in words
+    # fine-tunes: the standard error of the gain over the probe alone (the probe's own error is shared
+    # by both forecasts, so it cancels when the two are compared)
+    gain_sd: float | None = None
 
     @property
     def sd(self) -> float:
@@ -530,7 +533,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
                     f"{len({group_of(r) for r in records})} reference datasets"),
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
             seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None,
-            time_source=time_source if per_epoch is not None else None))
+            time_source=time_source if per_epoch is not None else None,
+            gain_sd=round(max(1e-4, (_quantile(res, 0.9) - _quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))
     if records:
         local = {group_of(r) for r in records if r["dataset"].endswith("(local)")}
         shipped = {group_of(r) for r in records if not r["dataset"].endswith("(local)")}

@@ -186,3 +186,17 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
                                                        "device": machine_name(), "time": later}) + "\n" for _ in range(3)))
     again = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0)
     assert any("re-timed: 3 finished run(s) took x10.00" in (f.time_source or "") for f in again.forecast.strategies)
+
+
+def test_a_fine_tune_is_separated_from_a_probe_by_its_gains_error_alone():
+    from advisor.rules.policy import StrategyView
+
+    probe = StrategyView(strategy="linear-probe", accuracy=0.80, sd=0.04)
+    # +3 points: inside the fine-tune's whole error (4), outside its gain's error (2): the probe's own error is shared
+    finetune = StrategyView(strategy="partial-finetune", accuracy=0.83, sd=0.04, gain_sd=0.02)
+    assert finetune.se_against(probe) == 0.02 and finetune.se_against(finetune) == 0.04
+    assert choose("hybrid", table="linear-probe", column="similar", fc=[probe, finetune])[0] == "partial-finetune"
+    assert choose("hybrid", table="linear-probe", column="similar",
+                  fc=[probe, finetune.model_copy(update={"gain_sd": None})])[0] == "linear-probe"
+    fc = forecast(**KW, records=_records(), input_size=128, schedule_share=0.3)
+    assert all((f.gain_sd is not None) == (f.strategy.endswith("finetune")) for f in fc.strategies)

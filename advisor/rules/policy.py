@@ -41,13 +41,25 @@ class StrategyView(BaseModel):
     accuracy: float
     sd: float
     seconds: float | None = None
+    gain_sd: float | None = None  # fine-tunes: the error of the gain over the probe alone
+
+    def se_against(self, other: StrategyView) -> float:
+        """The standard error that separates this forecast from ``other``'s.
+
+        A fine-tune's forecast is a probe's plus a gain, so against a probe only the gain's error
+        counts; otherwise this forecast's own.
+        """
+        if self.gain_sd is not None and other.strategy in PROBES:
+            return self.gain_sd
+        return self.sd
 
 
 def views(forecast) -> list[StrategyView]:
     """The policy's reading of a :class:`advisor.forecast.Forecast` (None: nothing)."""
     if forecast is None:
         return []
-    return [StrategyView(strategy=f.strategy, accuracy=f.accuracy, sd=f.sd, seconds=f.seconds) for f in forecast.strategies]
+    return [StrategyView(strategy=f.strategy, accuracy=f.accuracy, sd=f.sd, seconds=f.seconds, gain_sd=f.gain_sd)
+            for f in forecast.strategies]
 
 
 def _cost_key(v: StrategyView, timed: bool) -> tuple:
@@ -60,7 +72,7 @@ def one_se_choice(candidates: Sequence[StrategyView]) -> StrategyView | None:
         return None
     best = max(candidates, key=lambda v: v.accuracy)
     timed = all(v.seconds is not None for v in candidates)
-    close = [v for v in candidates if v.accuracy >= best.accuracy - best.sd]
+    close = [v for v in candidates if v.accuracy >= best.accuracy - best.se_against(v)]
     return min(close, key=lambda v: _cost_key(v, timed))
 
 
@@ -76,7 +88,7 @@ def hybrid_choice(fc: Sequence[StrategyView], column: str) -> StrategyView | Non
     if probe is None or finetune is None:
         return probe or finetune
     # Within one standard error the probe, the cheaper row, wins.
-    return finetune if finetune.accuracy > probe.accuracy + finetune.sd else probe
+    return finetune if finetune.accuracy > probe.accuracy + finetune.se_against(probe) else probe
 
 
 def choose(policy: str, *, table: str, column: str, fc: Sequence[StrategyView]) -> tuple[str, str | None]:
@@ -115,7 +127,7 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
         sentence = f"the table ({table_rule}) and the forecast agree: {table}"
         if best.strategy != table and table in by:
             sentence += (f"; {best.strategy} is forecast {_pts(best.accuracy - by[table].accuracy)} points, within one "
-                         f"standard error ({100 * best.sd:.1f}), not worth its extra time")
+                         f"standard error ({100 * best.se_against(by[table]):.1f}), not worth its extra time")
         return Decision(policy=policy, table=table, table_rule=table_rule, forecast_best=own, chosen=chosen, agree=True,
                         sentence=sentence + ".")
     other = own if chosen == table else chosen
@@ -134,9 +146,12 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
                                         "the forecast puts the fine-tune more than one standard error ahead of the probe",
                               "forecast": "it is the forecast's choice too"}[policy]
     elif policy == "hybrid":
-        why = (f"the forecast puts {chosen} more than one standard error ({100 * by[chosen].sd:.1f} points) ahead of "
+        probe_view = by.get(COLUMN[column][0])
+        finetune_view = by.get(COLUMN[column][1])
+        se = finetune_view.se_against(probe_view) if finetune_view and probe_view else best.sd
+        why = (f"the forecast puts {chosen} more than one standard error of its gain ({100 * se:.1f} points) ahead of "
                f"the column's probe" if chosen not in PROBES else
-               f"the fine-tune is not forecast more than one standard error ({100 * by[COLUMN[column][1]].sd:.1f} points) "
+               f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) "
                f"ahead of {chosen}, the cheaper row")
     elif policy == "best-forecast":
         why = f"the forecast decides: {chosen} has the best forecast"
