@@ -157,6 +157,7 @@ def main() -> None:
         root = data / d
         n = sum(1 for f in (root / "train" if (root / "train").is_dir() else root).rglob("*") if f.is_file())
         sizes[d] = n if (root / "train").is_dir() else int(0.8 * n)
+    datasets = sorted(datasets, key=lambda d: sizes[d])  # small sets first: a session cut short still covers the range
     cells = plan_cells(args.phases.split(","), datasets, args.kshot_datasets.split(","),
                        [int(k) for k in args.k.split(",")], args.epochs, sizes)
     out = Path(args.out)
