@@ -332,7 +332,7 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                     decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
                     short_schedule=short_schedule, input_size=plan.input_size,
                     schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
-                    time_source=source)
+                    time_source=source, cv_images=p.probe_cv_images)
 
 
 def _probe_solve_seconds(rec: Recommendation, taps) -> dict[str, float]:

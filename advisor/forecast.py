@@ -447,13 +447,15 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              partial_step_seconds: float | None = None, probe_solve_seconds: dict[str, float] | None = None,
              short_schedule: bool = False, records: Sequence[dict] | None = None, input_size: int | None = None,
              schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
-             time_source: str | None = None) -> Forecast:
+             time_source: str | None = None, cv_images: int | None = None) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
     keeps) are the settings the run will use: both models condition on them. ``dataset`` (a
     path or name) removes that dataset's own records from the references and reports them as
     ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio).
+    ``cv_images``: how many images the probe CV held out; a CV on a handful (a few-shot set) is
+    noisy itself, and the probes' intervals are at least as wide as its binomial spread.
 
     Time: a training step's forward is about a third of its forward + backward, so one image's
     extraction costs ``step_seconds / (3 * batch_size)`` plus its decoding; a probe adds its
@@ -496,8 +498,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         blo, bhi = binomial_interval(acc, val_images)
         # The record's residuals were measured on validation splits, so they already hold the
         # binomial noise: the wider of the two, not their sum.
-        lo = max(0.0, acc - max(acc - blo, -spread[0]))
-        hi = min(1.0, acc + max(bhi - acc, spread[1]))
+        cv_half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
+        lo = max(0.0, acc - max(acc - blo, -spread[0], cv_half))
+        hi = min(1.0, acc + max(bhi - acc, spread[1], cv_half))
         if how_shift:
             how += f" {cv:.3f}, {how_shift}"
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),

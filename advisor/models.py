@@ -139,6 +139,7 @@ class DatasetProfile(BaseModel):
     probe_cv: dict[str, float] = Field(default_factory=dict)  # tap -> 5-fold CV accuracy of a logistic probe (sample)
     # Seconds that CV took per training row per feature column: what the forecast scales a probe's solve by.
     probe_cv_seconds_per_unit: float | None = None
+    probe_cv_images: int | None = None  # training images of the sample the probe CV held out (its own noise)
     split_source: str
     split_seed: int | None = None
 

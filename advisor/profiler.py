@@ -171,6 +171,7 @@ def build_profile(
     grey = measured = flips = None
     evidence = []
     probe_cv: dict[str, float] = {}
+    used_train: list[Sample] = []
     cv_unit: float | None = None
     if similarity:
         sample = profiling_sample(scan.samples, sample_size, seed=seed)
@@ -192,6 +193,7 @@ def build_profile(
         # images only: their results choose taps, flips and strategies, and the validation split's
         # accuracy is what runs report.
         train_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "train"], dtype=torch.long)
+        used_train = [used[i] for i in train_rows.tolist()]
         train_feats = {t.name: feature_set.features[t.name][train_rows] for t in backbone.taps}
         train_labels = feature_set.labels[train_rows]
         enough = len(train_rows) >= 2 * len(scan.classes)
@@ -248,6 +250,7 @@ def build_profile(
         flip_check=flips,
         probe_cv=probe_cv,
         probe_cv_seconds_per_unit=cv_unit,
+        probe_cv_images=len(used_train) if probe_cv else None,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )

@@ -81,7 +81,9 @@ def cell_forecast(c: dict, references: list[dict]):
     return forecast(probe_cv=p.probe_cv, val_images=c["n_val"], train_images=c["train_images"],
                     per_class=c["train_per_class_median"], similarity=c["similarity"], epochs=c["epochs_cap"],
                     step_seconds=None, batch_size=32, records=references, input_size=c["input_size"],
-                    schedule_share=c["schedule_share"])
+                    schedule_share=c["schedule_share"],
+                    # cells measured before the profile recorded it: the training images the sample could hold
+                    cv_images=p.probe_cv_images or min(c["train_images"], 300))
 
 
 def table_choice(c: dict, t: Thresholds) -> tuple[str, str]:
