@@ -36,20 +36,21 @@ StageProgress = Callable[[str, int, int], None]
 
 
 def profiling_sample(samples: list[Sample], size: int, *, seed: int = 0) -> list[Sample]:
-    """The profile's sample: stratified per class, with enough training images for what reads labels.
+    """The profile's sample: training images first (stratified per class), other splits fill what is left.
 
-    The probe CV, per-depth evidence and flip check read the sample's training images only. A
-    small training split beside a large validation split (a few-shot set: 5 per class, 800 to
-    validate) would leave them a handful, or none per class, in a proportional draw; then the
-    training split gets at least half the sample (all of it when it is smaller), the other splits
-    the rest. Otherwise the proportional draw is kept as it is.
+    What reads labels (the probe CV, per-depth evidence, flip check) reads the sample's training
+    images only, and a run extracts the training images' features at the same size: a sample
+    drawn from the training split serves both, and its features are reused by the run. A
+    few-shot training split beside a large validation split no longer leaves the label-reading
+    measurements a handful per class. The similarity signals do not depend on the split.
     """
     train = [s for s in samples if s.split == "train"]
     rest = [s for s in samples if s.split != "train"]
-    if len(samples) <= size or not rest or len(train) * size >= (size // 2) * len(samples):
-        return stratified_sample(samples, size, seed=seed)
-    n_train = min(len(train), size // 2)
-    picked = stratified_sample(train, n_train, seed=seed) + stratified_sample(rest, size - n_train, seed=seed)
+    if len(samples) <= size:
+        return list(samples)
+    picked = stratified_sample(train, min(len(train), size), seed=seed)
+    if len(picked) < size:
+        picked += stratified_sample(rest, size - len(picked), seed=seed)
     return sorted(picked, key=lambda s: s.path)
 
 

@@ -252,6 +252,63 @@ def winner(rows: list[dict]) -> str:
     return min(POLICIES, key=key)
 
 
+def suite_markdown(cells: list[dict], rows: list[dict], policy_name: str, size: int, command: str) -> str:
+    """The full sets at one input size, as the suite tables read: every strategy, the shipped policy's choice (held out)."""
+    by = {(r["dataset"], r["seed"]): r for r in rows if r["input_size"] == size and not r["k"]}
+    lines = [f"Full shared sets at {size} px, 8-epoch cap, 2 CPU cores (`{command}`). The policy column is "
+             f"the shipped policy (`{policy_name}`) fitted without the dataset (leave one dataset out).", "",
+             "| dataset | seed | train (median/class) | similarity | " + " | ".join(STRATEGIES) + " | best | policy | regret |",
+             "|" + "---|" * (8 + len(STRATEGIES) - 4)]
+    regrets = []
+    for c in sorted((c for c in cells if c["input_size"] == size and not c.get("k")), key=lambda c: (c["dataset"], c["seed"])):
+        r = by.get((c["dataset"], c["seed"]))
+        if r is None:
+            continue
+        sc = r["scores"][policy_name]
+        regrets.append(sc["regret"])
+        accs = " | ".join(f"{c['strategies'][s]['accuracy']:.3f}" for s in STRATEGIES)
+        sim = f"{c['similarity']:.3f}" if c["similarity"] is not None else "n/a"
+        lines.append(f"| {c['dataset']} | {c['seed']} | {c['train_images']} ({c['train_per_class_median']:g}) | {sim} | {accs} | "
+                     f"{c['best']} | {sc['strategy']}{' (tied)' if sc['tied'] else ''} | {sc['regret']:.2f} |")
+    if regrets:
+        lines += ["", f"mean regret {statistics.fmean(regrets):.2f} points, max {max(regrets):.2f}, over {len(regrets)} cells"]
+    else:
+        lines += ["", "no full set measured at this size yet"]
+    return "\n".join(lines) + "\n"
+
+
+def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str, cells: int,
+                          command: str) -> None:
+    """Rewrite the block between the policy-summary markers of docs/decision-rules.md from this run."""
+    start, end = "<!-- policy-summary -->", "<!-- /policy-summary -->"
+    text = path.read_text()
+    if start not in text:
+        return
+    lines = [start, "", f"Measured by `{command}` on {cells} cells, leave one dataset out; the shipped policy is "
+             f"**{chosen}**. Regret in accuracy points; *tied*: the chosen strategy's paired 95 % interval behind the best "
+             "reaches 0; *time*: its wall time over that of the cheapest strategy tied with the best.", "",
+             "| cells | policy | mean regret | max regret | tied with best | time |", "|---|---|---|---|---|---|"]
+    for label, table in summary.items():
+        for name, v in table.items():
+            if v:
+                mark = "**" if name == chosen else ""
+                lines.append(f"| {label} | {mark}{name}{mark} | {v['mean_regret']:.2f} | {v['max_regret']:.2f} | "
+                             f"{v['tied_share']:.0%} | {v['time_ratio']:.2f}x |")
+    lines += ["", "Forecast out of sample (same cells): " + "; ".join(
+        f"{k}: {v['within_2_points']:.0%} within 2 points (a perfect forecast, only the validation split's noise: "
+        f"{v['noise_floor_within_2']:.0%}), 80 % interval coverage {v['coverage_80']:.0%}" for k, v in fsum.items() if v) + "."]
+    if tsum:
+        lines.append(f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast.")
+    if noise:
+        lines.append("Noise floor (seed-to-seed sd, points): " + ", ".join(f"{s} {v['mean_sd_points']:.2f}" for s, v in noise.items()) + ".")
+    else:
+        lines.append("Noise floor: no cell has been measured with several seeds yet.")
+    lines += ["", end]
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1] if end in rest else rest
+    path.write_text(before + "\n".join(lines) + after)
+
+
 def forecast_on(paths: list[Path]) -> dict:
     """The shipped forecaster on cells it never saw (say, a GPU run): its references leave each cell's dataset out."""
     from advisor.forecast import shipped_track_record
@@ -279,6 +336,8 @@ def main() -> None:
     ap.add_argument("--records", nargs="+", default=[str(ROOT / "docs" / "records" / "cpu.jsonl")])
     ap.add_argument("--out", default=str(ROOT / "docs" / "policy"))
     ap.add_argument("--forecast-on", nargs="*", default=None, help="score the shipped forecaster on these cells and stop")
+    ap.add_argument("--update-docs", action="store_true", help="rewrite the summary block of docs/decision-rules.md")
+    ap.add_argument("--suites", action="store_true", help="also write OUT's folder/suite_cpu{size}_cap8.md for the full sets")
     args = ap.parse_args()
     if args.forecast_on:
         forecast_on([Path(p) for p in args.forecast_on])
@@ -299,8 +358,8 @@ def main() -> None:
     noise = noise_floor(cells)
     tsum = time_summary(cells)
     out = Path(args.out)
-    command = "python benchmarks/policy.py " + " ".join(f"--records {Path(p).relative_to(ROOT) if Path(p).is_relative_to(ROOT) else p}"
-                                                          for p in args.records)
+    command = "python benchmarks/policy.py --records " + " ".join(
+        str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records)
     chosen = winner(rows)
     summary["all cells, both sizes"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
     out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum,
@@ -308,6 +367,11 @@ def main() -> None:
     out.with_suffix(".md").write_text(f"The policy with the lowest mean regret over every cell: **{chosen}**.\n\n"
                                       + markdown(summary, fsum, noise, rows, command, tsum))
     kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
+    if args.update_docs:
+        update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command)
+    if args.suites:
+        for size in sizes:
+            (out.parent / f"suite_cpu{size}_cap8.md").write_text(suite_markdown(cells, rows, chosen, size, command))
     for label, table in summary.items():
         print(label)
         for name, s in table.items():

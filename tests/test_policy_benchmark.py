@@ -97,3 +97,14 @@ def test_leave_one_dataset_out_scores_every_policy_and_baseline(policy):
     always_lp = policy.summarise(rows, "always linear-probe")
     assert always_lp["mean_regret"] == pytest.approx(100 * sum(0.02 * (i + 1) for i in range(5)) / 5)
     assert policy.summarise(rows, "always layer-probe")["tied_share"] == 0
+
+
+def test_the_shipped_policy_is_the_one_the_records_rank_first(policy):
+    """DEFAULT_POLICY must be what benchmarks/policy.py derives from the records shipped in docs/records/."""
+    from advisor.rules.policy import DEFAULT_POLICY
+
+    paths = sorted((REPO / "docs" / "records").glob("*.jsonl"))
+    cells = policy.load_cells(paths)
+    assert len({c["dataset"] for c in cells}) >= 4
+    _, _, rows = policy.evaluate(cells)
+    assert policy.winner(rows) == DEFAULT_POLICY

@@ -337,10 +337,12 @@ def test_a_few_shot_training_split_beside_a_large_validation_split_still_fills_t
     val = [Sample(path=f"/d/val/c{c}/{i}.png", label=c, split="val") for c in range(5) for i in range(170)]
     picked = profiling_sample(few + val, 300, seed=0)
     assert len(picked) == 300 and sum(s.split == "train" for s in picked) == 25  # every training image
-    assert Counter(s.label for s in picked if s.split == "val") == {c: 55 for c in range(5)}
+    assert Counter(s.label for s in picked if s.split == "val") == {c: 55 for c in range(5)}  # the rest, stratified
     # a proportional draw would have left about one training image per class: too few to cross-validate
     assert sum(s.split == "train" for s in stratified_sample(few + val, 300, seed=0)) < 15
-    # the usual 80/20 split keeps the proportional draw exactly as before
+    # the usual 80/20 split: the sample is training images (what a run extracts too), stratified
     usual = [Sample(path=f"/d/{sp}/c{c}/{i}.png", label=c, split=sp) for c in range(4)
              for sp, n in (("train", 160), ("val", 40)) for i in range(n)]
-    assert profiling_sample(usual, 300, seed=0) == stratified_sample(usual, 300, seed=0)
+    picked = profiling_sample(usual, 300, seed=0)
+    assert all(s.split == "train" for s in picked) and Counter(s.label for s in picked) == {c: 75 for c in range(4)}
+    assert profiling_sample(usual[:30], 300, seed=0) == usual[:30]  # a dataset smaller than the sample: all of it
