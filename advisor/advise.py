@@ -320,6 +320,9 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
+    cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
+    if cached:
+        source += f"; {cached:.0%} of the images' features already cached at {plan.input_size} px"
     if retime:
         source += (f"; re-timed: {runs} finished run(s) took x{factor:.2f} their forecast, outside "
                    f"{RETIME_RATIO[0]}-{RETIME_RATIO[1]}")
@@ -332,7 +335,36 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                     decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
                     short_schedule=short_schedule, input_size=plan.input_size,
                     schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
-                    time_source=source, cv_images=p.probe_cv_images)
+                    time_source=source, cv_images=p.probe_cv_images, cached_share=cached)
+
+
+def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: int = 64, seed: int = 0) -> float:
+    """The share of the dataset's images whose features are already cached at ``input_size``, from a random probe.
+
+    An extraction pass costs nothing for a cached image (a second run, another strategy on the
+    same data): the forecast charges only the rest. Hashing a probe of files, not all of them,
+    keeps this cheap on large datasets.
+    """
+    import random
+
+    from advisor.features import FeatureCache, default_cache_dir, image_key
+
+    if not scan.samples:
+        return 0.0
+    cache = FeatureCache(Path(cache_dir or default_cache_dir()), backbone=backbone_model.name,
+                         weights_digest=backbone_model.weights_digest,
+                         transform_digest=backbone_model.transform_config.with_input_size(input_size).digest())
+    if not cache.dir.is_dir():
+        return 0.0
+    picks = random.Random(seed).sample(scan.samples, min(probe, len(scan.samples)))
+    index = cache.index()
+    hits = 0
+    for s in picks:
+        try:
+            hits += image_key(s.path) in index
+        except OSError:
+            continue
+    return hits / len(picks)
 
 
 def _probe_solve_seconds(rec: Recommendation, taps) -> dict[str, float]:

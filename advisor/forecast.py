@@ -447,13 +447,14 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              partial_step_seconds: float | None = None, probe_solve_seconds: dict[str, float] | None = None,
              short_schedule: bool = False, records: Sequence[dict] | None = None, input_size: int | None = None,
              schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
-             time_source: str | None = None, cv_images: int | None = None) -> Forecast:
+             time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
     keeps) are the settings the run will use: both models condition on them. ``dataset`` (a
     path or name) removes that dataset's own records from the references and reports them as
     ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio).
+    ``cached_share``: the share of the images whose features are cached already (no extraction).
     ``cv_images``: how many images the probe CV held out; a CV on a handful (a few-shot set) is
     noisy itself, and the probes' intervals are at least as wide as its binomial spread.
 
@@ -475,7 +476,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     if not extract_images_per_second and step_seconds:
         extract_images_per_second = 1.0 / (step_seconds / (3 * batch_size) + decode)
     total_images = train_images + val_images
-    extract = total_images / extract_images_per_second * time_factor if extract_images_per_second else None
+    # cached features cost nothing to extract again (``cached_share``: the share already in the cache)
+    extract = total_images * (1.0 - cached_share) / extract_images_per_second * time_factor \
+        if extract_images_per_second else None
     gap_coef = fit_probe_gap(records)
     if gap_coef is not None:
         shift = sum(c * v for c, v in zip(gap_coef, _xp(per_class, input_size), strict=True))
@@ -505,8 +508,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             how += f" {cv:.3f}, {how_shift}"
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
                                      method=how, cv=round(cv, 4),
-                                     seconds=round(extract + solve.get(name, 0.0) * time_factor, 1) if extract else None,
-                                     time_source=time_source if extract else None))
+                                     seconds=round(extract + solve.get(name, 0.0) * time_factor, 1) if extract is not None else None,
+                                     time_source=time_source if extract is not None else None))
     best_probe = max((r.accuracy for r in rows), default=None)
     steps = math.ceil(train_images / batch_size) if train_images else 0
     for name in FINETUNES:

@@ -125,6 +125,9 @@ def test_finished_runs_correct_the_time_and_broken_records_are_ignored():
                     time_source="x2.50 from 2 runs")
     for f, g in zip(fast.strategies, slow.strategies, strict=True):
         assert g.seconds == pytest.approx(2.5 * f.seconds, rel=1e-3) and g.time_source == "x2.50 from 2 runs"
+    cached = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, cached_share=0.75)
+    probe = {f.strategy: f.seconds for f in fast.strategies}["linear-probe"]
+    assert {f.strategy: f.seconds for f in cached.strategies}["linear-probe"] == pytest.approx(probe / 4, rel=1e-3)
 
 
 def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tmp_path, monkeypatch):
@@ -172,6 +175,8 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     # the table policy keeps the table's strategy and says so when the forecast disagrees
     table = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, policy="table")
     assert table.strategy == table.decision.table
+    # at 224 px the profile has just extracted every image of this small set: the probes' forecast charges none
+    assert "100% of the images' features already cached at 224 px" in table.forecast.strategies[0].time_source
     if not table.decision.agree:
         assert table.decision.sentence.startswith(f"the table says {table.decision.table}")
     # a budget, when given, is named
