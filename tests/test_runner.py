@@ -168,10 +168,12 @@ def test_overrides_record_a_forced_strategy():
 def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
     from test_cli import run_main
 
+    # --epochs 2 keeps a fine-tune below the share of its schedule the record measured: the forecast credits
+    # it no gain, so the advice runs a probe (and says why) and the test stays fast
     code, out, err = run_main(["run", "--auto", str(EXAMPLE), "--runs-dir", str(tmp_path / "runs"),
-                               "--cache-dir", str(tmp_path / "cache"), "--workers", "0"], capsys)
+                               "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--epochs", "2"], capsys)
     assert code == 0, err
-    assert "Recommended: linear-probe" in out and "validation accuracy" in out
+    assert "Recommended: linear-probe" in out and "why: " in out and "validation accuracy" in out
     (rd,) = (tmp_path / "runs").iterdir()
     code, out, err = run_main(["predict", str(rd), str(EXAMPLE / "val" / "ants"), "--json"], capsys)
     assert code == 0, err
