@@ -300,19 +300,23 @@ def coverage(records: Sequence[dict], *, per_class: float, input_size: int | Non
     return out
 
 
-def split_own_records(records: Sequence[dict], dataset: str | None) -> tuple[list[dict], dict[str, float]]:
-    """(references without this dataset, this dataset's own earlier outcomes): a dataset is never its own evidence.
+def split_own_records(records: Sequence[dict], dataset: str | None) -> tuple[list[dict], dict[str, float], list[str]]:
+    """(references without this dataset, its own earlier outcomes, names of same-named references left out).
 
-    Its own records are the local runs on the same folder and a reference of the same folder name.
+    A dataset is never its own evidence: this machine's runs on the same folder are its earlier
+    runs (shown, not counted), and a shipped reference of the same folder name is left out too
+    (it may be the same data).
     """
     if not dataset:
-        return list(records), {}
+        return list(records), {}, []
     name = Path(dataset).name
-    own = [r for r in records if r.get("path") == dataset or group_of(r) == name]
+    mine = [r for r in records if r.get("path") == dataset]
+    same_name = [r for r in records if r not in mine and group_of(r) == name]
     earlier: dict[str, float] = {}
-    for r in sorted(own, key=lambda r: r.get("path") == dataset):  # this machine's runs last: they win
+    for r in mine:
         earlier.update({s: round(float(a), 4) for s, a in r["accuracy"].items()})
-    return [r for r in records if r not in own], earlier
+    left_out = sorted({r["dataset"] for r in same_name})
+    return [r for r in records if r not in mine and r not in same_name], earlier, left_out
 
 
 class CalibrationReport(BaseModel):
@@ -469,7 +473,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     low side.
     """
     solve = probe_solve_seconds or {}
-    records, earlier = split_own_records(load_track_record() if records is None else list(records), dataset)
+    records, earlier, same_name = split_own_records(load_track_record() if records is None else list(records), dataset)
     rows: list[StrategyForecast] = []
     notes: list[str] = []
     decode = decode_seconds_per_image or 0.0
@@ -548,6 +552,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     if earlier:
         notes.append("your earlier runs of this dataset (not counted as references): "
                      + ", ".join(f"{s} {a:.3f}" for s, a in earlier.items()))
+    if same_name:
+        notes.append(f"the reference dataset of the same name ({', '.join(same_name)}) is left out: it may be this data")
     out_of_range = coverage(records, per_class=per_class, input_size=input_size, share=schedule_share)
     return Forecast(strategies=rows, records=sorted({group_of(r) for r in records}), notes=notes,
                     extrapolating=out_of_range, earlier_runs=earlier, input_size=input_size, schedule_share=schedule_share)

@@ -104,8 +104,9 @@ def test_a_datasets_own_records_are_shown_as_earlier_runs_never_counted_as_refer
          "accuracy": {"linear-probe": 0.7, "layer-probe": 0.7, "partial-finetune": 0.9, "full-finetune": 0.9}}]
     fc = forecast(**KW, records=records, input_size=128, dataset=mine)
     assert "flowers" not in fc.records and "flowers (local)" not in fc.records and len(fc.records) == 6
-    assert fc.earlier_runs["linear-probe"] == 0.91
+    assert fc.earlier_runs == {"linear-probe": 0.91}  # this machine's run; the same-named reference is only left out
     assert any("your earlier runs of this dataset" in n for n in fc.notes)
+    assert any("reference dataset of the same name (flowers) is left out" in n for n in fc.notes)
     other = forecast(**KW, records=records, input_size=128, dataset=str(tmp_path / "pets"))
     assert "flowers" in other.records and other.earlier_runs == {}
 
