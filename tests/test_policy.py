@@ -180,6 +180,9 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     assert "100% of the images' features already cached at 224 px" in table.forecast.strategies[0].time_source
     if not table.decision.agree:
         assert table.decision.sentence.startswith(f"the table says {table.decision.table}")
+    # a forced fine-tune under a cap: the plan shown carries the cap (the plan that runs)
+    forced = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, force_strategy="partial-finetune", epochs_cap=3)
+    assert forced.plan.strategy == "partial-finetune" and forced.plan.recipe.epochs == 3 and forced.decision is None
     # a budget, when given, is named
     budget = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, budget_seconds=1e6)
     assert any("budget" in w for w in budget.warnings)
