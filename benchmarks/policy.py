@@ -33,7 +33,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from calibrate import PROVISIONAL, calibrate_boundaries
+from calibrate import calibrate_boundaries
+from records import read_cells
 
 from advisor.backbones import PRE_LOGITS, TapInfo
 from advisor.forecast import FINETUNES, forecast
@@ -48,16 +49,10 @@ BASELINES = ("always linear-probe", "always layer-probe", "always full-finetune"
 
 
 def load_cells(paths: list[Path]) -> list[dict]:
-    cells = []
-    for path in paths:
-        for line in path.read_text().splitlines():
-            try:
-                c = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if set(STRATEGIES) <= set(c.get("strategies", {})):
-                c["profile_model"] = DatasetProfile.model_validate(c["profile"])
-                cells.append(c)
+    """The complete cells of benchmarks/records.py's files, each with its profile as a model."""
+    cells = read_cells(paths)
+    for c in cells:
+        c["profile_model"] = DatasetProfile.model_validate(c["profile"])
     return cells
 
 

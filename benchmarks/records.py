@@ -81,6 +81,22 @@ def done_keys(out: Path) -> set:
     return keys
 
 
+def read_cells(paths: list[Path]) -> list[dict]:
+    """Every complete cell (all four strategies) in these records files; damaged lines are skipped."""
+    from advisor.models import STRATEGIES
+
+    cells = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            try:
+                c = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(c, dict) and set(STRATEGIES) <= set(c.get("strategies", {})):
+                cells.append(c)
+    return cells
+
+
 def load_average() -> float | None:
     try:
         return os.getloadavg()[0]

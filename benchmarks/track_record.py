@@ -1,13 +1,13 @@
 """Ship the measured outcomes as ``advisor/reference/track_record.json`` (what the forecaster learns from, what reports place a dataset among).
 
-    python benchmarks/track_record.py --records docs/records/cpu.jsonl [--legacy docs/suite_cpu64_cap8.json]
+    python benchmarks/track_record.py --records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl
     python benchmarks/track_record.py docs/suite_cpu64_cap8.json --runs RUNS [--command "..."]   (version 1)
 
 Version 2 (``--records``): one entry per cell of benchmarks/records.py (full sets and k-shot
 subsamples, every seed and size) with its settings (input size, epoch cap, schedule share, k,
 seed), each strategy's accuracy and training-split CV, and the profiling sample's CV per tap
-(what the probe forecast starts from). ``--legacy`` adds the suite rows of an older suite for
-the (dataset, input size) pairs the records do not cover yet.
+(what the probe forecast starts from); benchmarks/legacy_records.py turns an older suite's runs
+into such cells.
 
 One entry per dataset: its size, similarity (with interval), each strategy's accuracy, each
 probe's cross-validated accuracy on the training split (from the suite's runs in ``--runs``:
@@ -51,19 +51,10 @@ def track_record(rows: list[dict], *, source: str, command: str, runs: Path | No
     }
 
 
-def from_records(paths: list[Path], legacy: Path | None = None) -> dict:
-    """Version 2: every complete records cell, plus legacy suite rows the records do not cover."""
-    from advisor.recipe import finetune_schedule
+def from_records(paths: list[Path]) -> dict:
+    """Version 2: one entry per complete cell of benchmarks/records.py's files."""
+    from records import read_cells
 
-    cells = []
-    for path in paths:
-        for line in path.read_text().splitlines():
-            try:
-                c = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if len(c.get("strategies", {})) == 4:
-                cells.append(c)
     entries = [{
         "dataset": c["dataset"], "k": c.get("k"), "seed": c.get("seed"), "input_size": c["input_size"],
         "epochs_cap": c["epochs_cap"], "schedule_share": c["schedule_share"], "device": c.get("device"),
@@ -74,25 +65,12 @@ def from_records(paths: list[Path], legacy: Path | None = None) -> dict:
         "probe_cv": {s: round(v["cv"], 4) for s, v in c["strategies"].items() if v.get("cv") is not None},
         "sample_cv": {t: round(v, 4) for t, v in (c["profile"].get("probe_cv") or {}).items()},
         "best": c["best"], "recommended": c["recommended"], "regret_points": c["regret_points"],
-    } for c in cells]
-    covered = {(e["dataset"], e["input_size"]) for e in entries if e["k"] is None}
-    old = json.loads(legacy.read_text()) if legacy else []
-    for r in old:
-        if (r["dataset"], r.get("input_size")) in covered:
-            continue
-        share = min(1.0, r["epochs_cap"] / finetune_schedule(r["train_images"])[1]) if r.get("epochs_cap") else 1.0
-        entries.append({
-            "dataset": r["dataset"], "k": None, "seed": 0, "input_size": r.get("input_size"), "epochs_cap": r.get("epochs_cap"),
-            "schedule_share": round(share, 4), "device": r.get("device"), "train_images": r["train_images"],
-            "train_per_class_median": r["train_per_class_median"],
-            "similarity": r["similarity"]["value"] if r.get("similarity") else None,
-            "similarity_ci": [r["similarity"]["low"], r["similarity"]["high"]] if r.get("similarity") else None,
-            "accuracy": r["accuracy"], "seconds": r.get("seconds", {}), "probe_cv": {}, "sample_cv": {},
-            "best": r["best"], "recommended": r["recommended"], "regret_points": r["regret_points"]})
+        **({"legacy": True} if c.get("legacy") else {}),
+    } for c in read_cells(paths)]
     return {"version": 2, "provenance": {
-        "source": [str(p) for p in paths] + ([str(legacy)] if legacy else []),
-        "command": "python benchmarks/records.py (2 CPU cores), then python benchmarks/track_record.py --records "
-                   + " ".join(str(p) for p in paths) + (f" --legacy {legacy}" if legacy else ""),
+        "source": [str(p) for p in paths],
+        "command": "python benchmarks/records.py; python benchmarks/legacy_records.py docs/suite_cpu64_cap8.json "
+                   "(2 CPU cores), then python benchmarks/track_record.py --records " + " ".join(str(p) for p in paths),
         "backbone": "efficientnet_lite0"}, "datasets": entries}
 
 
@@ -100,13 +78,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite", nargs="?")
     ap.add_argument("--records", nargs="*", default=None, help="benchmarks/records.py output (version 2)")
-    ap.add_argument("--legacy", default=None, help="with --records: an older suite's JSON for what the records lack")
     ap.add_argument("--runs", default=None, help="the suite's --runs-dir (each probe run's result.json holds its CV accuracy)")
     ap.add_argument("--command", default="", help="the command that measured the suite")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     if args.records:
-        data = from_records([Path(p) for p in args.records], Path(args.legacy) if args.legacy else None)
+        data = from_records([Path(p) for p in args.records])
         Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
         print(f"{len(data['datasets'])} records -> {args.out}")
         return
