@@ -190,7 +190,7 @@ def kshot_figure(cells: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ks = [c for c in cells if c["input_size"] == 128]
-    names = sorted({c["dataset"] for c in ks if c.get("k")})
+    names = sorted({c["dataset"] for c in ks if c.get("k")})  # the full set, where measured, is the rightmost point
     if not names:
         return
     cols = min(4, len(names))
@@ -205,9 +205,15 @@ def kshot_figure(cells: list[dict], path: Path) -> None:
             xs = sorted(by)
             ax.plot(xs, [statistics.fmean(by[x]) for x in xs], marker="o", ms=3, color=colour, label=s)
         ax.set_xscale("log")
+        xs_all = sorted({c["train_per_class_median"] for c in pts})
+        ax.set_xticks(xs_all)
+        ax.set_xticklabels([f"{x:g}" + ("\n(all)" if not any(c.get("k") and c["train_per_class_median"] == x for c in pts) else "")
+                            for x in xs_all])
+        ax.minorticks_off()
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("training images per class", fontsize=7)
+        ax.set_ylabel("validation accuracy", fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
