@@ -27,7 +27,7 @@ from advisor.models import Decision
 
 PolicyName = Literal["table", "forecast", "hybrid", "best-forecast"]
 POLICIES: tuple[str, ...] = ("table", "forecast", "hybrid", "best-forecast")
-DEFAULT_POLICY: PolicyName = "hybrid"
+DEFAULT_POLICY: PolicyName = "best-forecast"
 COST_ORDER = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
 PROBES = COST_ORDER[:2]
 # the table's column -> (its probe, its fine-tune)
