@@ -267,7 +267,7 @@ def suite_markdown(cells: list[dict], rows: list[dict], policy_name: str, size: 
     lines = [f"Full shared sets at {size} px, 8-epoch cap, 2 CPU cores (`{command}`). The policy column is "
              f"the shipped policy (`{policy_name}`) fitted without the dataset (leave one dataset out).", "",
              "| dataset | seed | train (median/class) | similarity | " + " | ".join(STRATEGIES) + " | best | policy | regret |",
-             "|" + "---|" * (8 + len(STRATEGIES) - 4)]
+             "|" + "---|" * (7 + len(STRATEGIES))]
     regrets = []
     for c in sorted((c for c in cells if c["input_size"] == size and not c.get("k")), key=lambda c: (c["dataset"], c["seed"])):
         r = by.get((c["dataset"], c["seed"]))
