@@ -12,13 +12,14 @@ import torch
 from advisor.backbones import PRE_LOGITS
 from advisor.errors import AdvisorError
 from advisor.features import resolve_device
-from advisor.forecast import Forecast, decode_seconds, finetune_step_seconds, forecast
+from advisor.forecast import Forecast, forecast
 from advisor.io import read_model, write_text_atomic
 from advisor.models import Recommendation, RunPlan
 from advisor.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 from advisor.recipe import default_recipe
 from advisor.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 from advisor.rules.policy import DEFAULT_POLICY, decide
+from advisor.timing import decode_seconds, finetune_step_seconds, load_average, machine_name, time_correction
 
 
 def evidence_notes(rec: Recommendation) -> list[str]:
@@ -213,9 +214,8 @@ def _apply_settings(rec: Recommendation, *, input_size: int | None) -> None:
 
 def _switch(rec: Recommendation, strategy: str, *, rule_id: str, taps, input_size: int | None) -> None:
     """Run ``strategy`` instead of the table's: its own plan fields, the same modifiers, ``rule_id`` recorded."""
-    notes = [n for n in rec.plan.notes if "forced" not in n]
     rec.plan = plan_for_strategy(rec, strategy, taps=taps)
-    rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n] + [n for n in notes if n not in rec.plan.notes]
+    rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n]
     rec.plan.rule_ids = [r for r in rec.plan.rule_ids if r != "user"] + [rule_id]
     rec.strategy = strategy
     _apply_settings(rec, input_size=input_size)
@@ -267,8 +267,6 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
     import json
 
     from advisor.features import default_cache_dir
-    from advisor.forecast import load_average, machine_name
-
     key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
                               frozen, machine_name(dev))))
     path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
@@ -297,7 +295,7 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
               cache_dir=None, dataset: str | None = None) -> Forecast:
-    from advisor.forecast import local_outcomes, local_record_path, machine_name, time_correction
+    from advisor.forecast import local_outcomes, local_record_path
 
     p = rec.profile
     plan = rec.plan
@@ -351,9 +349,7 @@ def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: in
 
     if not scan.samples:
         return 0.0
-    cache = FeatureCache(Path(cache_dir or default_cache_dir()), backbone=backbone_model.name,
-                         weights_digest=backbone_model.weights_digest,
-                         transform_digest=backbone_model.transform_config.with_input_size(input_size).digest())
+    cache = FeatureCache.for_backbone(Path(cache_dir or default_cache_dir()), backbone_model.with_input_size(input_size))
     if not cache.dir.is_dir():
         return 0.0
     picks = random.Random(seed).sample(scan.samples, min(probe, len(scan.samples)))

@@ -13,11 +13,11 @@
   10th-90th percentiles of the models' leave-one-dataset-out residuals.
 * **Where it stands:** settings outside what the record measured (input size, images per class,
   schedule share) are named ("extrapolating", with the nearest recorded setting). A dataset's
-  own earlier runs, and a reference of the same name, are never evidence for its own forecast:
-  they are shown as "your earlier run".
-* **Time** is a few timed training steps on this device (median, with the load they ran under)
-  times the plan's schedule, corrected by what finished runs on this machine took against their
-  forecast; probes cost one extraction pass (nothing when cached) and a solve.
+  own earlier runs on this machine are shown as "your earlier runs", and they and a reference
+  of the same name are never evidence for its own forecast.
+* **Time** is a few timed training steps on this device times the plan's schedule, corrected by
+  what finished runs on this machine took against their forecast; probes cost one extraction
+  pass (nothing for features already cached) and a solve. The measuring lives in advisor/timing.py.
 
 ``benchmarks/forecast_error.py`` measures the forecast against what the suite achieved.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -35,9 +34,10 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from advisor.timing import finite_number, machine_name
+
 FINETUNES = ("partial-finetune", "full-finetune")
 PROBES = ("linear-probe", "layer-probe")
-STRATEGY_COST_ORDER = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
 Z80 = 1.2816  # two-sided 80 % normal quantile
 RIDGE = 1.0
 RECORD_INPUT_SIZE = 224  # a record that does not say what size it ran at: the backbone's own
@@ -114,13 +114,9 @@ def local_outcomes(path: Path | None = None) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict) and isinstance(row.get("dataset"), str) and isinstance(row.get("strategy"), str) \
-                and _finite(row.get("achieved")) and _finite(row.get("train_per_class_median")):
+                and finite_number(row.get("achieved")) and finite_number(row.get("train_per_class_median")):
             rows.append(row)
     return rows
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
@@ -150,8 +146,12 @@ def group_of(record: dict) -> str:
     return str(record.get("group") or record["dataset"]).removesuffix(" (local)")
 
 
-def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None) -> dict | None:
-    """Append a finished run's forecast and outcome to the local track record (needs a forecast)."""
+def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None,
+                   device: torch.device | str | None = None) -> dict | None:
+    """Append a finished run's forecast and outcome to the local track record (needs a forecast).
+
+    ``device`` is the one the run used: later forecasts on that device are corrected by it.
+    """
     f = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else []) if f.strategy == strategy), None)
     if f is None:
         return None
@@ -161,20 +161,12 @@ def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Pa
            "forecast_low": f.low, "forecast_high": f.high, "achieved": round(achieved, 4), "cv": f.cv,
            "forecast_seconds": f.seconds, "seconds": round(seconds, 2), "input_size": rec.plan.input_size,
            "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
-           "device": machine_name(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "device": machine_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = local_record_path() if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:  # one line per run; appends from parallel runs do not interleave within a line
         fh.write(json.dumps(row) + "\n")
     return row
-
-
-def machine_name(device: torch.device | str | None = None) -> str:
-    """The device a time was measured on: the GPU's name, or the CPU with its thread count."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu x{torch.get_num_threads()}"
 
 
 # --------------------------------------------------------------------------- accuracy models
@@ -334,8 +326,8 @@ class CalibrationReport(BaseModel):
 
 def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
     """Score the recorded forecasts and refit the forecaster (fine-tune gains, probe CV gap) on shipped + local records."""
-    outcomes = [o for o in local_outcomes(path) if _finite(o.get("forecast")) and _finite(o.get("forecast_low"))
-                and _finite(o.get("forecast_high"))]
+    outcomes = [o for o in local_outcomes(path) if finite_number(o.get("forecast")) and finite_number(o.get("forecast_low"))
+                and finite_number(o.get("forecast_high"))]
     shipped = shipped_track_record()
     combined = shipped + local_datasets(outcomes)
     errors = [abs(o["forecast"] - o["achieved"]) for o in outcomes]
@@ -373,76 +365,6 @@ def _quantile(values: Sequence[float], q: float) -> float:
 def binomial_interval(p: float, n: int) -> tuple[float, float]:
     half = Z80 * math.sqrt(max(p * (1 - p), 1e-6) / max(n, 1))
     return max(0.0, p - half), min(1.0, p + half)
-
-
-def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
-                          steps: int = 3, probe_batch: int = 8, frozen_stages: int = 0) -> float:
-    """Seconds of one optimiser step at ``batch_size``: the median of a few timed steps on a small batch, scaled linearly.
-
-    The median, not the minimum or the mean: one step slowed by another process neither sets nor
-    skews it. ``frozen_stages`` (a partial fine-tune) freezes the stem and that many stages for
-    the timing, so autograd skips their backward pass as the run will.
-    """
-    net = backbone.to(device).train()
-    saved = {n: p.requires_grad for n, p in net.named_parameters()}
-    if frozen_stages:
-        for n, p in backbone.model.named_parameters():
-            if backbone.stage_of(n.rsplit(".", 1)[0])[1] <= frozen_stages:
-                p.requires_grad_(False)
-    params = [p for p in net.parameters() if p.requires_grad] or list(net.parameters())
-    opt = torch.optim.SGD(params, lr=0.0)  # lr 0: the timing must not change the weights
-    x = torch.randn(probe_batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
-    net = net.to(memory_format=torch.channels_last)
-    times = []
-    try:
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            net(x).float().mean().backward()
-            opt.step()
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-            if i:  # the first step pays one-off allocation and kernel selection
-                times.append(time.perf_counter() - t0)
-    finally:
-        opt.zero_grad(set_to_none=True)
-        for n, p in net.named_parameters():
-            p.requires_grad_(saved[n])
-        net.eval()
-    return _quantile(times, 0.5) * batch_size / probe_batch
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (other processes' claim on the cores), or None where the OS has none."""
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
-
-
-def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, since: str | None = None) -> tuple[float, int]:
-    """(median achieved/forecast wall-time ratio, runs it rests on) over this machine's latest finished runs on ``device``.
-
-    Each finished run feeds back: a timing taken under load, or a cost the step timing misses, is
-    corrected by what runs actually took. ``since`` (an ISO time) keeps the runs recorded after
-    the step timing in use. Ratios outside 1/20-20 are dropped as broken records.
-    """
-    ratios = [o["seconds"] / o["forecast_seconds"] for o in outcomes
-              if o.get("device") == device and _finite(o.get("seconds")) and _finite(o.get("forecast_seconds"))
-              and o["forecast_seconds"] > 0 and 0.05 <= o["seconds"] / o["forecast_seconds"] <= 20
-              and (since is None or str(o.get("time", "")) >= since)]
-    ratios = ratios[-last:]
-    return (_quantile(ratios, 0.5), len(ratios)) if ratios else (1.0, 0)
-
-
-def decode_seconds(paths: Sequence[str], transform) -> float:
-    """Seconds to decode and transform one image, timed on ``paths``."""
-    from advisor.data import load_image
-
-    t0 = time.perf_counter()
-    for p in paths:
-        transform(load_image(p))
-    return (time.perf_counter() - t0) / max(1, len(paths))
 
 
 def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, per_class: float,

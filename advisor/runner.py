@@ -157,7 +157,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
     if recommendation is not None and distributed.is_main():
         try:  # the local track record learns from every run; failing to write it must not fail the run
-            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, result.seconds)
+            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, result.seconds, device=ctx.device)
         except OSError as err:
             ctx.event("track_record_not_written", error=str(err))
     return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report=report, recommendation=recommendation)

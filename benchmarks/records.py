@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from advisor.timing import load_average
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
 # Six sets spanning the similarity range (two similar, two in between, two different), plus a
@@ -95,13 +97,6 @@ def read_cells(paths: list[Path]) -> list[dict]:
             if isinstance(c, dict) and set(STRATEGIES) <= set(c.get("strategies", {})):
                 cells.append(c)
     return cells
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
 
 
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,

@@ -9,12 +9,12 @@ import torch
 
 from advisor.forecast import (
     binomial_interval,
-    finetune_step_seconds,
     fit_gain,
     forecast,
     gain_residuals,
     predict_gain,
 )
+from advisor.timing import finetune_step_seconds
 
 
 def _records(gain):

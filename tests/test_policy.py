@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from advisor.forecast import Forecast, StrategyForecast, forecast, time_correction
+from advisor.forecast import Forecast, StrategyForecast, forecast
+from advisor.timing import time_correction
 from advisor.rules.policy import choose, decide, one_se_choice, views
 
 
@@ -140,7 +141,7 @@ def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tm
     plan = RunPlan(dataset="x", backbone="test/tiny-cnn", strategy="full-finetune", rule_ids=[], input_size=32)
     calls = []
     monkeypatch.setattr(advise, "finetune_step_seconds", lambda *a, **k: calls.append(1) or 0.25)
-    monkeypatch.setattr("advisor.forecast.load_average", lambda: 0.2)
+    monkeypatch.setattr(advise, "load_average", lambda: 0.2)
     dev = __import__("torch").device("cpu")
     secs, source, _ = advise._step_seconds(bb, plan, dev, 0, tmp_path)
     assert secs == 0.25 and "timed now" in source and len(calls) == 1
@@ -187,7 +188,8 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     budget = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, budget_seconds=1e6)
     assert any("budget" in w for w in budget.warnings)
     # finished runs that took 10x their forecast since the step was timed: the step is timed again, and said so
-    from advisor.forecast import local_record_path, machine_name
+    from advisor.forecast import local_record_path
+    from advisor.timing import machine_name
 
     later = "2999-01-01T00:00:00"
     local_record_path().write_text("".join(json.dumps({"dataset": "elsewhere", "strategy": "full-finetune", "achieved": 0.9,

@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import shlex
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 from advisor import __version__
@@ -63,12 +61,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def track_record() -> list[dict]:
-    """The shipped reference datasets (the suite's measured outcomes) the map places a dataset among."""
-    try:
-        text = resources.files("advisor").joinpath("reference/track_record.json").read_text()
-    except (FileNotFoundError, OSError):
-        return []
-    return json.loads(text).get("datasets", [])
+    """The shipped reference cells (the track record's measured outcomes) the map places a dataset among."""
+    from advisor.forecast import shipped_track_record
+
+    return shipped_track_record()
 
 
 # --------------------------------------------------------------------------- sections
