@@ -5,7 +5,7 @@
 Times EfficientNet-Lite0 forward + backward + AdamW steps on preloaded tensors in a fresh process
 per setting: alone, and next to a competing CPU-bound process (one busy Python loop per core it
 is given), each with torch's default OpenMP wait policy and with ``OMP_WAIT_POLICY=PASSIVE``,
-and with torch's default thread count or the count ``advisor.distributed.threads_per_process``
+and with torch's default thread count or the count ``advisor.core.distributed.threads_per_process``
 chooses from the free cores. "In proportion" means: with k of n cores taken, at least about
 (n - k) / n of the lone throughput.
 """

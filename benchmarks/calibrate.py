@@ -25,7 +25,7 @@ rules, in words:
 
 Check: leave one dataset (and its subsets) out, calibrate on the rest, score the one left out.
 Writes OUT.json and OUT.md; ``tests/test_calibration.py`` checks that the shipped defaults of
-:class:`advisor.rules.Thresholds` are what this script derives from the shipped measurements.
+:class:`advisor.decide.rules.Thresholds` are what this script derives from the shipped measurements.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from advisor.backbones import PRE_LOGITS, TapInfo
-from advisor.models import DatasetProfile
-from advisor.recipe import finetune_schedule
-from advisor.rules import Thresholds, recommend
+from advisor.decide.recipe import finetune_schedule
+from advisor.decide.rules import Thresholds, recommend
+from advisor.measure.models import DatasetProfile
 
 TAP_MARGIN = 0.02
 PROVISIONAL = Thresholds(similarity=0.5, large_per_class=200, large_total=1000, probe_stages=3, frozen_fraction=0.6,

@@ -7,7 +7,7 @@
 (b) cold: ``extract_features`` into an empty cache (read, hash, decode, transform, forward,
     write), which is what ``advisor features`` does after building the backbone. On a GPU it runs
     twice: JPEGs decoded by the CPU workers and on the device (the default first: see
-    ``advisor.device_decode.device_decode_default``);
+    ``advisor.measure.device_decode.device_decode_default``);
 (c) warm: the same call again, served from the cache.
 ``--repeat R`` lists every image R times (distinct positions, one cache entry per file), so a
 small dataset lasts long enough on a GPU to be timed. Batch size: 32 on the CPU, 256 on a GPU.
@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 
 from advisor.backbones import create_backbone
-from advisor.data import load_image, scan_dataset
-from advisor.device_decode import device_decode_default
-from advisor.features import default_num_workers, extract_features, resolve_device
+from advisor.core.distributed import default_num_workers, resolve_device
+from advisor.data.imagefile import load_image
+from advisor.data.scan import scan_dataset
+from advisor.measure.device_decode import device_decode_default
+from advisor.measure.features import extract_features
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 

@@ -16,9 +16,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from advisor.models import RunPlan
-from advisor.runner import run_plan
 from sweeps import subsample
+
+from advisor.decide.models import RunPlan
+from advisor.execute.runner import run_plan
 
 
 def main() -> None:

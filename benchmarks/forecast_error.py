@@ -5,7 +5,7 @@
 * probes: the forecast is the probe's cross-validated accuracy on the training split (read from
   each suite run's ``result.json``: ``selected.cv_accuracy``; ``recommend`` uses the same CV on
   its profiling sample) shifted by the median validation-vs-CV gap of the *other* datasets;
-* fine-tunes: the better probe's forecast plus the gain :mod:`advisor.forecast` fits on the
+* fine-tunes: the better probe's forecast plus the gain :mod:`advisor.decide.forecast` fits on the
   *other* datasets of the suite (leave one dataset out), with its 80 % interval.
 
 Budget regret: at every budget that changes which strategies fit (each strategy's measured wall
@@ -25,7 +25,7 @@ import json
 import math
 from pathlib import Path
 
-from advisor.forecast import forecast
+from advisor.decide.forecast import forecast
 
 
 def _cv(runs: Path, dataset: str, strategy: str) -> float | None:

@@ -2,7 +2,7 @@
 
     python benchmarks/forecast_time.py DATASET... [--input-size 64] [--epochs 3] [--runs-dir DIR]
 
-For every strategy: the forecast made by ``recommend`` before training (``advisor/forecast.py``)
+For every strategy: the forecast made by ``recommend`` before training (``advisor/decide/forecast.py``)
 and the seconds the run took, their ratio, and the target (within +-30 %). Run it on an idle
 machine: the forecast times the device as it is when ``recommend`` runs.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from advisor.compare import compare
+from advisor.execute.compare import compare
 
 
 def main() -> None:

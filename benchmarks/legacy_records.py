@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def convert(row: dict, profile) -> dict:
-    from advisor.recipe import finetune_schedule
+    from advisor.decide.recipe import finetune_schedule
 
     acc = row["accuracy"]
     tied = set(row.get("tied_with_best") or [])
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "records"))
     args = ap.parse_args()
     os.environ.setdefault("ADVISOR_CACHE_DIR", args.cache_dir)
-    from advisor.profiler import profile_dataset
+    from advisor.measure.profiler import profile_dataset
 
     out = Path(args.out)
     done = {json.loads(line)["dataset"] for line in out.read_text().splitlines()} if out.exists() else set()

@@ -37,10 +37,11 @@ from calibrate import calibrate_boundaries
 from records import read_cells
 
 from advisor.backbones import PRE_LOGITS, TapInfo
-from advisor.forecast import FINETUNES, forecast
-from advisor.models import STRATEGIES, DatasetProfile
-from advisor.rules import Thresholds, recommend
-from advisor.rules.policy import StrategyView, choose, views
+from advisor.decide.forecast import FINETUNES, forecast
+from advisor.decide.models import STRATEGIES
+from advisor.decide.rules import Thresholds, recommend
+from advisor.decide.rules.policy import StrategyView, choose, views
+from advisor.measure.models import DatasetProfile
 
 ROOT = Path(__file__).resolve().parents[1]
 TAPS = tuple(TapInfo(name=n, channels=1) for n in ["stage1", "stage2", "stage3", "stage4", "stage5", PRE_LOGITS])
@@ -156,7 +157,7 @@ def forecast_summary(errors: list[dict]) -> dict:
 def time_summary(cells: list[dict]) -> dict:
     """The wall-time forecast each cell's `recommend` made (timed steps on that machine) against the measured time.
 
-    Also with the feedback a user's machine applies (advisor/forecast.py ``time_correction``): each
+    Also with the feedback a user's machine applies (advisor/decide/forecast.py ``time_correction``): each
     forecast scaled by the median achieved/forecast ratio of the 5 runs before it, in the order
     the cells ran (the records' own runs did not feed back: each cell started without a local record).
     """
@@ -352,7 +353,7 @@ def update_forecast_error(path: Path, fsum: dict, tsum: dict, errors: list[dict]
 
 def forecast_on(paths: list[Path]) -> dict:
     """The shipped forecaster on cells it never saw (say, a GPU run): its references leave each cell's dataset out."""
-    from advisor.forecast import shipped_track_record
+    from advisor.decide.forecast import shipped_track_record
 
     shipped = shipped_track_record()
     errors = []

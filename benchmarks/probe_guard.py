@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 import strategies.probe as probe
-from advisor.models import RunPlan
-from advisor.runner import run_plan
+from advisor.decide.models import RunPlan
+from advisor.execute.runner import run_plan
 
 
 def run(dataset: str, strategy: str, size: int, tmp: Path, tag: str) -> tuple[float, list[str]]:

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from advisor.timing import load_average
+from advisor.core.machine import load_average
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def done_keys(out: Path) -> set:
 
 def read_cells(paths: list[Path]) -> list[dict]:
     """Every complete cell (all four strategies) in these records files; damaged lines are skipped."""
-    from advisor.models import STRATEGIES
+    from advisor.decide.models import STRATEGIES
 
     cells = []
     for path in paths:
@@ -101,10 +101,11 @@ def read_cells(paths: list[Path]) -> list[dict]:
 
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,
              backbone: str = "efficientnet_lite0") -> dict:
-    from advisor.compare import compare
-    from advisor.features import resolve_device
-    from advisor.recipe import finetune_schedule
     from sweeps import subsample
+
+    from advisor.core.distributed import resolve_device
+    from advisor.decide.recipe import finetune_schedule
+    from advisor.execute.compare import compare
 
     path = data / cell["dataset"]
     if cell["k"] is not None:

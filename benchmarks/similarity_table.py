@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from advisor.advise import recommend_dataset
+from advisor.decide.advise import recommend_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT = ["hymenoptera", "flowers", "dtd10", "brain-mri", "mnist-small"]

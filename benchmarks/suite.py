@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from advisor.compare import compare
-from advisor.features import resolve_device
-from advisor.models import STRATEGIES
+from advisor.core.distributed import resolve_device
+from advisor.decide.models import STRATEGIES
+from advisor.execute.compare import compare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -26,13 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from advisor.advise import recommend_dataset
 from advisor.backbones import PRE_LOGITS, create_backbone
-from advisor.compare import compare
-from advisor.data import scan_dataset
-from advisor.features import resolve_device
-from advisor.rules import plan_for_strategy
-from advisor.runner import apply_overrides, run_plan
+from advisor.core.distributed import resolve_device
+from advisor.data.scan import scan_dataset
+from advisor.decide.advise import recommend_dataset
+from advisor.decide.rules import plan_for_strategy
+from advisor.execute.compare import compare
+from advisor.execute.runner import apply_overrides, run_plan
 
 
 def _run(plan, dataset, run_dir, **kw) -> dict:

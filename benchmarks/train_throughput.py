@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from advisor.backbones import create_backbone
-from advisor.features import resolve_device
-from advisor.runner import auto_run
+from advisor.core.distributed import resolve_device
+from advisor.execute.runner import auto_run
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from advisor.backbones import create_backbone
-from advisor.data import scan_dataset
-from advisor.results import wilson_interval
+from advisor.data.scan import scan_dataset
+from strategies.results import wilson_interval
 
 
 def input_size_for(dataset: str, cap: int) -> int:
@@ -43,7 +43,12 @@ def input_size_for(dataset: str, cap: int) -> int:
 def run_fastai(dataset: str, epochs: int, size: int, weights: Path, seed: int = 0) -> dict:
     import pandas as pd
     from fastai.vision.all import (
-        ImageDataLoaders, Resize, accuracy, aug_transforms, set_seed, vision_learner,
+        ImageDataLoaders,
+        Resize,
+        accuracy,
+        aug_transforms,
+        set_seed,
+        vision_learner,
     )
 
     t0 = time.perf_counter()
@@ -69,7 +74,7 @@ def run_fastai(dataset: str, epochs: int, size: int, weights: Path, seed: int = 
 
 
 def run_advisor(dataset: str, strategy: str, epochs: int, size: int) -> dict:
-    from advisor.runner import auto_run
+    from advisor.execute.runner import auto_run
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,8 +30,9 @@ import torch
 from torchvision import transforms
 
 from advisor.backbones import create_backbone
-from advisor.data import load_image, scan_dataset
-from advisor.features import default_num_workers
+from advisor.core.distributed import default_num_workers
+from advisor.data.imagefile import load_image
+from advisor.data.scan import scan_dataset
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 

@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 
 from advisor import __version__
 from advisor.backbones import PRE_LOGITS, create_backbone
-from advisor.data import IMAGE_EXTENSIONS
-from advisor.features import extract_features
-from advisor.similarity import (
+from advisor.data.imagefile import IMAGE_EXTENSIONS
+from advisor.measure.features import extract_features
+from advisor.measure.similarity import (
     DEFAULT_SCALES,
     REFERENCE_FORMAT,
     bn_shift_weighted,

@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel
 
-from advisor import distributed
 from advisor.backbones import Backbone
-from advisor.classifier import TransferClassifier
-from advisor.data import DatasetScan, Sample
-from advisor.errors import AdvisorError
-from advisor.models import RunPlan
-from advisor.results import RunResult
+from advisor.backbones.classifier import TransferClassifier
+from advisor.core import distributed
+from advisor.core.errors import AdvisorError
+from advisor.data.scan import DatasetScan, Sample
+from advisor.decide.models import RunPlan
+from strategies.results import RunResult
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -35,20 +35,6 @@ def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
         return cls
 
     return wrap
-
-
-def get_strategy(name: str) -> Strategy:
-    import strategies  # noqa: F401  (registers the built-in strategies)
-
-    if name not in _REGISTRY:
-        raise AdvisorError(f"unknown strategy {name!r}", hint=f"choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
-
-
-def strategy_names() -> list[str]:
-    import strategies  # noqa: F401
-
-    return sorted(_REGISTRY)
 
 
 def predictions_of(logits: torch.Tensor, y: torch.Tensor, paths: list[str]) -> list[tuple[str, int, int]]:

@@ -21,31 +21,24 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from advisor.backbones import PRE_LOGITS
-from advisor.classifier import TransferClassifier
-from advisor.errors import AdvisorError
-from advisor.features import extract_features
-from advisor.images import mix_seed
-from advisor import distributed
-from advisor.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
-from strategies.training import (
-    EarlyStopping,
-    WeightEMA,
-    get_rng_state,
-    load_checkpoint,
-    reestimate_bn,
-    save_checkpoint,
-    trainable_bn_layers,
-    trainable_names,
-)
+from advisor.backbones.classifier import TransferClassifier
+from advisor.core import distributed
+from advisor.core.errors import AdvisorError
+from advisor.data.loading import mix_seed
+from advisor.measure.features import extract_features
+from advisor.measure.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
+from strategies.resume import get_rng_state, load_checkpoint, save_checkpoint
+from strategies.training import EarlyStopping, WeightEMA, reestimate_bn, trainable_bn_layers, trainable_names
 
-if TYPE_CHECKING:
-    from strategies.finetune import FinetuneLoop
+# The loop (strategies.loop.FinetuneLoop) is not imported: it imports its callbacks, and a hook
+# only reads the loop's attributes (duck typing), so the annotation names it without an import.
+FinetuneLoop = Any
 
 CHECKPOINT_FORMAT = "advisor-finetune-checkpoint-v3"
 # Settings that change how a run executes but not what it computes: a resume may differ in them.

@@ -13,15 +13,23 @@ import torch
 from pydantic import BaseModel
 
 from advisor.backbones import PRE_LOGITS, Backbone
-from advisor.classifier import TransferClassifier
-from advisor.errors import AdvisorError
-from advisor.features import extract_features
-from advisor.logistic import class_weights_from
-from advisor.models import RunPlan
-from advisor.results import RunResult, classification_metrics
-from advisor.rules import probe_sweep_taps
-from strategies.base import RunContext, RunData, Strategy, confidence_of, count_params, predictions_of, register_strategy
+from advisor.backbones.classifier import TransferClassifier
+from advisor.core.errors import AdvisorError
+from advisor.decide.models import RunPlan
+from advisor.decide.rules import probe_sweep_taps
+from advisor.measure.features import extract_features
+from advisor.measure.logistic import class_weights_from
+from strategies.base import (
+    RunContext,
+    RunData,
+    Strategy,
+    confidence_of,
+    count_params,
+    predictions_of,
+    register_strategy,
+)
 from strategies.probe import fit_probe, layer_probe_sweep
+from strategies.results import RunResult, classification_metrics
 
 
 class ProbeConfig(BaseModel):

@@ -1,7 +1,7 @@
 """Linear classifiers on frozen, cached, pooled features: the linear probe and the layer probe.
 
 Tensor math on ``[N, D]`` feature matrices (rows = training images), on top of the logistic
-regression in ``advisor/logistic.py``:
+regression in ``advisor/measure/logistic.py``:
 
 * ``fit_probe`` / ``layer_probe_sweep``: one probe on a set of taps, or the best of several
   candidate taps (each alone, plus concatenations of the deepest ones), the simpler candidate
@@ -20,8 +20,16 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from advisor.backbones import PRE_LOGITS
-from advisor.errors import AdvisorError
-from advisor.logistic import DEFAULT_L2_GRID, CVResult, Standardizer, cross_validate, fit_logistic, fit_standardizer
+from advisor.core.errors import AdvisorError
+from advisor.decide.rules.thresholds import sweep_candidates
+from advisor.measure.logistic import (
+    DEFAULT_L2_GRID,
+    CVResult,
+    Standardizer,
+    cross_validate,
+    fit_logistic,
+    fit_standardizer,
+)
 
 
 @dataclass
@@ -106,15 +114,6 @@ def fit_probe(
              class_weights=class_weights, device=device, max_iter=max_iter)
     return _refit(x, y_train, taps, cv, num_classes=num_classes, class_weights=class_weights,
                   device=device, max_iter=max_iter)
-
-
-def sweep_candidates(taps: Sequence[str], *, concat_top: int = 2) -> list[list[str]]:
-    """Each tap alone, then the last ``concat_top`` taps together, then the last 3 (if >= 3 taps)."""
-    cands = [[t] for t in taps]
-    for k in (concat_top, 3):
-        if 2 <= k <= len(taps) and list(taps[-k:]) not in cands:
-            cands.append(list(taps[-k:]))
-    return cands
 
 
 def layer_probe_sweep(

@@ -1,66 +1,28 @@
-"""Reusable pieces of a fine-tune, independent of any one training loop.
+"""Reusable pieces of a fine-tune, independent of any one training loop: what trains and how.
 
 * freezing: :func:`freeze`, :func:`unfreeze`, :func:`freeze_stages` (by backbone depth);
 * BatchNorm: :func:`set_bn_eval`, :func:`train_mode` (frozen BN layers stay in eval mode, so
   their running statistics never move), :func:`reestimate_bn` (AdaBN);
 * optimisation: :func:`param_groups` (head vs backbone learning rate, optional layer-wise
   decay, no weight decay on 1-D parameters), :func:`warmup_cosine`, :class:`WeightEMA`,
-  :func:`set_drop_path`, :class:`EarlyStopping` (on a :func:`holdout_split` of the training data);
-* data: :class:`EpochBatchSampler` (a permutation per ``(seed, epoch)``, resumable at any
-  batch), :class:`TrainTransform` / :class:`EvalTransform` for ``advisor.images.ImageDataset``;
-* checkpoints: :func:`save_checkpoint` (atomic) and :func:`load_checkpoint` (``weights_only``).
+  :func:`set_drop_path`, :class:`EarlyStopping` (on a :func:`holdout_split` of the training data).
+
+The data order and checkpoints are in ``strategies.resume``, the image transforms in ``strategies.transforms``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import random
-import signal
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from advisor.backbones import TransformConfig
-from advisor.classifier import TransferClassifier, stage_parameters
-from advisor.errors import AdvisorError
-from advisor.io import atomic_path
-
-__all__ = [
-    "EarlyStopping",
-    "EpochBatchSampler",
-    "EvalTransform",
-    "WeightEMA",
-    "TrainTransform",
-    "defer_sigint",
-    "freeze",
-    "freeze_stages",
-    "get_rng_state",
-    "holdout_split",
-    "load_checkpoint",
-    "param_groups",
-    "reestimate_bn",
-    "save_checkpoint",
-    "set_bn_eval",
-    "set_drop_path",
-    "set_rng_state",
-    "steps_per_epoch",
-    "train_mode",
-    "trainable_bn_layers",
-    "trainable_names",
-    "unfreeze",
-    "warmup_cosine",
-]
+from advisor.backbones.classifier import TransferClassifier, stage_parameters
+from advisor.core.errors import AdvisorError
 
 # --------------------------------------------------------------------------- freezing
 
@@ -363,239 +325,3 @@ class EarlyStopping:
         self.best_loss = float(state["best_loss"])
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
-
-
-# --------------------------------------------------------------------------- determinism
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch; a final batch of a single image is dropped (train-mode BN cannot use it)."""
-    full, rest = divmod(n, batch_size)
-    return max(1, full + (1 if rest > 1 else 0))
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """One epoch's batches of ``(epoch, index)`` keys, from batch ``start`` on.
-
-    The order is a permutation drawn from ``torch.Generator().manual_seed(seed * 100003 +
-    epoch)``, or with ``weights`` a with-replacement draw proportional to them (class-balanced
-    sampling), so skipping ``start`` batches reproduces exactly the rest of an interrupted
-    epoch. Keys carry the epoch so that the dataset can seed its augmentation per sample.
-    """
-
-    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int = 0, start: int = 0,
-                 weights: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> None:
-        # Under DDP each rank serves its share (``rank::world``) of the same global batches.
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.num_batches = steps_per_epoch(n, batch_size)
-        self.weights = weights
-        self.set_epoch(epoch, start)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Serve ``epoch`` from batch ``start`` on: one DataLoader (and its persistent workers) serves every epoch."""
-        self.epoch = epoch
-        self.start = min(max(0, start), self.num_batches)
-
-    def order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        if self.weights is not None:
-            return torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __len__(self) -> int:
-        return self.num_batches - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = self.order()
-        for b in range(self.start, self.num_batches):
-            yield [(self.epoch, i) for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]]
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Torch (CPU and initialised CUDA devices) and Python ``random`` states, ``weights_only``-safe."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def defer_sigint() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends, so a checkpoint never sees half an update.
-
-    Only in the main thread and while Python's default SIGINT handler is installed; elsewhere
-    the block runs unchanged.
-    """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-# --------------------------------------------------------------------------- images
-
-
-def random_resized_crop_params(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
-                               generator: torch.Generator) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random crop, torchvision's algorithm with an explicit generator."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
-            left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
-            return top, left, h, w
-    # Fallback: the largest centred crop within the allowed aspect ratios.
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-class TrainTransform:
-    """RandomResizedCrop(size, scale) [+ horizontal flip] [+ TrivialAugmentWide], as 8-bit pixels.
-
-    Every random draw comes from ``generator`` (TrivialAugment's own draws run in a forked torch
-    RNG seeded from it), so an image's augmentation is a function of its seed alone. Takes a PIL
-    image or a ``[3, H, W]`` uint8 tensor (:class:`~advisor.decoded.DecodedImages`); gives the
-    uint8 crop, normalised on the device by ``TransformConfig.normalize`` (ToTensor + Normalize's
-    arithmetic, a quarter of the bytes to move).
-    """
-
-    def __init__(self, transform: TransformConfig, size: int, *, scale: tuple[float, float] = (0.25, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, trivial: bool = False) -> None:
-        self.size, self.scale, self.ratio, self.flip, self.trivial = size, scale, ratio, flip, trivial
-        self.interpolation = transform.interpolation
-
-    def __call__(self, img: Any, generator: torch.Generator) -> torch.Tensor:
-        from torchvision.transforms import InterpolationMode, TrivialAugmentWide
-        from torchvision.transforms import functional as TF
-
-        stored = isinstance(img, torch.Tensor)
-        if not stored and img.mode != "RGB":
-            img = img.convert("RGB")
-        width, height = (img.shape[-1], img.shape[-2]) if stored else (img.width, img.height)
-        top, left, h, w = random_resized_crop_params(width, height, self.scale, self.ratio, generator)
-        img = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
-                              interpolation=InterpolationMode(self.interpolation), antialias=True)
-        if self.flip and torch.rand(1, generator=generator).item() < 0.5:
-            img = TF.hflip(img)
-        if self.trivial:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-            with torch.random.fork_rng(devices=[]):
-                # The CPU generator only (what TrivialAugment draws from): torch.manual_seed also seeds
-                # every accelerator, and in a DataLoader worker, where CUDA is not initialised, it queues
-                # that with a formatted stack trace, ~1 ms per image (a quarter of the augmentation).
-                torch.default_generator.manual_seed(seed)
-                img = TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)(img)
-        return img.contiguous() if stored else TF.pil_to_tensor(img)
-
-
-class EvalTransform:
-    """The backbone's eval transform at ``transform.input_size`` as 8-bit pixels (normalised on the device);
-    takes (and ignores) a generator like :class:`TrainTransform`.
-
-    A ``[3, H, W]`` uint8 tensor stored at the eval resize size (``DecodedImages``) is only centre
-    cropped: the same pixels the eval transform takes from the PIL image.
-    """
-
-    def __init__(self, transform: TransformConfig) -> None:
-        self.size = transform.input_size
-        self.transform = transform.eval_transform(uint8=True)
-
-    def __call__(self, img: Any, generator: torch.Generator | None = None) -> torch.Tensor:
-        if isinstance(img, torch.Tensor):
-            from torchvision.transforms import functional as TF
-
-            return TF.center_crop(img, [self.size, self.size]).contiguous()
-        return self.transform(img)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-_TREE_KEY = "advisor.tree"
-
-
-def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """A JSON-able tree with every tensor moved into ``tensors`` (dict keys and tuples kept exact)."""
-    if isinstance(obj, torch.Tensor):
-        name = f"t{len(tensors)}"
-        tensors[name] = obj.detach().cpu().contiguous().clone()
-        return {"$t": name}
-    if isinstance(obj, dict):
-        for k in obj:
-            if not isinstance(k, (str, int, float, bool)) and k is not None:
-                raise TypeError(f"checkpoint keys must be scalars, got {type(k).__name__}")
-        return {"$d": [[k, _encode(v, tensors)] for k, v in obj.items()]}
-    if isinstance(obj, tuple):
-        return {"$tuple": [_encode(v, tensors) for v in obj]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors) for v in obj]
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise TypeError(f"a checkpoint holds tensors, numbers, strings and containers of them, not {type(obj).__name__}")
-
-
-def _decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(tree, dict):
-        if "$t" in tree:
-            return tensors[tree["$t"]]
-        if "$d" in tree:
-            return {k: _decode(v, tensors) for k, v in tree["$d"]}
-        if "$tuple" in tree:
-            return tuple(_decode(v, tensors) for v in tree["$tuple"])
-        raise ValueError(f"unknown node {sorted(tree)[:3]}")
-    if isinstance(tree, list):
-        return [_decode(v, tensors) for v in tree]
-    return tree
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` as safetensors (tensors) plus a JSON tree in its header: no pickle, atomic, fsynced.
-
-    ``state`` holds tensors, numbers, strings, bools, None and lists/tuples/dicts of them (an
-    optimizer's ``state_dict`` qualifies); a kill at any point leaves the previous checkpoint.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    tree = json.dumps(_encode(state, tensors))
-    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + len(tree)
-    with atomic_path(path, needed=needed) as tmp:
-        save_file(tensors, str(tmp), metadata={_TREE_KEY: tree})
-    return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a damaged file is one clear error."""
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            tree = json.loads((f.metadata() or {})[_TREE_KEY])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return _decode(tree, tensors)
-    except Exception as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        raise AdvisorError(f"checkpoint {path} is damaged ({type(err).__name__}: {first})",
-                           hint="delete it to start the run over") from None

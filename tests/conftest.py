@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # subprocesses they start may build it.
 os.environ["ADVISOR_TEST_BACKBONES"] = "1"
 # Runs compared to the bit need the same thread count whatever the machine's load (see
-# advisor.distributed.apply_thread_policy); the policy itself is measured by benchmarks/busy_cpu.py.
+# advisor.core.distributed.apply_thread_policy); the policy itself is measured by benchmarks/busy_cpu.py.
 os.environ["ADVISOR_THREADS"] = "default"
 # The suite's expectations (exact resumes, float32 references) are the CPU's: "auto" means the CPU
 # on a GPU machine too. Tests of the CUDA paths name the device and are marked to need one.

@@ -20,7 +20,7 @@ from advisor.backbones import (
     register_backbone,
 )
 from advisor.backbones.testing import tiny_cnn
-from advisor.errors import BackboneError
+from advisor.core.errors import BackboneError
 
 ASSETS = Path(__file__).parent / "assets"
 IMAGENET_ANT = 310

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from advisor.rules import Thresholds
+from advisor.decide.rules import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_calibration_report_matches_the_docs(cal):
 
 
 def _capped_point(cal, name, *, train_images, cap, finetune, probe):
-    from advisor.models import DatasetProfile
+    from advisor.measure.models import DatasetProfile
     profile = DatasetProfile.model_validate(json.loads((REPO / "docs" / "suite_gpu_before.json").read_text())[0]["profile"])
     profile = profile.model_copy(update={"train_images": train_images})
     return {"dataset": name, "group": name, "profile": profile, "epochs_cap": cap,

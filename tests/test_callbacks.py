@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from strategies.callbacks import HoldoutSelection, WeightAveraging, run_hooks
-from strategies.finetune import EpochResult
+from strategies.loop import EpochResult
 
 
 def _epoch(epoch: int, holdout_accuracy: float, holdout_loss: float = 1.0) -> EpochResult:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app, main
-from advisor.data import DatasetScan
+from advisor.cli.app import app, main
+from advisor.data.scan import DatasetScan
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ants-bees"
@@ -106,7 +106,7 @@ def example_cache(tmp_path_factory):
 
 
 def test_recommend_json_validates_and_saves_a_plan(example_cache, tmp_path, capsys):
-    from advisor.models import Recommendation, RunPlan
+    from advisor.decide.models import Recommendation, RunPlan
 
     plan_path = tmp_path / "plan.json"
     code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache), "--json",
@@ -142,7 +142,7 @@ def test_recommend_report_explains_the_placement(example_cache, capsys):
 
 
 def test_profile_json(example_cache, capsys):
-    from advisor.models import DatasetProfile
+    from advisor.measure.models import DatasetProfile
 
     code, out, _ = run_main(["profile", str(EXAMPLE), "--cache-dir", str(example_cache), "--json", "--sample-size", "20"], capsys)
     assert code == 0

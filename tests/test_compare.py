@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from advisor.compare import Comparison
-from advisor.models import STRATEGIES
-
 from conftest import EXAMPLE
 from test_cli import run_main
+
+from advisor.decide.models import STRATEGIES
+from strategies.results import Comparison
 
 
 def test_compare_on_the_shipped_example_with_a_tiny_budget(tmp_path, capsys):
@@ -59,7 +58,8 @@ def test_compare_rejects_unknown_strategies(capsys):
 
 def test_paired_bootstrap_separates_what_separate_intervals_cannot():
     import torch
-    from advisor.stats import paired_bootstrap
+
+    from advisor.core.stats import paired_bootstrap
 
     # Two methods right on the same 90 of 100 images, and the first also on 8 of the other 10:
     # their Wilson intervals overlap, but every resample of the pairs puts the first ahead.

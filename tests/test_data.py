@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from advisor.data import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    DatasetScan,
-    file_digest,
-    load_image,
-    scan_dataset,
-    to_rgb,
-)
-from advisor.errors import DatasetError, ImageLoadError
+from advisor.core.errors import DatasetError, ImageLoadError
+from advisor.data.imagefile import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_digest, load_image, to_rgb
+from advisor.data.scan import DatasetScan, scan_dataset
 
 RED = (220, 20, 20)
 BLUE = (20, 20, 220)

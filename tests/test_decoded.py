@@ -7,17 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_class_images
 from PIL import Image
 
-import advisor.decoded as decoded_mod
+import advisor.data.decoded as decoded_mod
 from advisor.backbones import create_backbone
-from advisor.data import file_digest, load_image, scan_dataset
-from advisor.decoded import DecodedImages, eval_side, has_room, train_side
-from advisor.errors import ImageLoadError
-from advisor.images import ImageDataset, collate_skip
-from strategies.base import RunContext, RunData, get_strategy
-from strategies.training import EvalTransform, TrainTransform
-from conftest import write_class_images
+from advisor.core.errors import ImageLoadError
+from advisor.data.decoded import DecodedImages, eval_side, has_room, train_side
+from advisor.data.imagefile import file_digest, load_image
+from advisor.data.loading import ImageDataset, collate_skip
+from advisor.data.scan import scan_dataset
+from strategies import get_strategy
+from strategies.base import RunContext, RunData
+from strategies.transforms import EvalTransform, TrainTransform
 
 ASSETS = Path(__file__).parent / "assets"
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from advisor.backbones import create_backbone
-from advisor.data import load_image, plain_jpeg_bytes
-from advisor.device_decode import DeviceEvalTransform, decode_on_device, device_decode_default
-from advisor.errors import ImageLoadError
-from advisor.features import extract_features
+from advisor.core.errors import ImageLoadError
+from advisor.data.imagefile import load_image, plain_jpeg_bytes
+from advisor.measure.device_decode import DeviceEvalTransform, decode_on_device, device_decode_default
+from advisor.measure.features import extract_features
 
 ASSETS = Path(__file__).parent / "assets"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

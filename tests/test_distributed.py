@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from advisor import distributed
-from advisor.cli import _without_devices
 from conftest import write_class_images
-from strategies.training import EpochBatchSampler
+
+from advisor.cli.launch import without_devices
+from advisor.core import distributed
+from strategies.resume import EpochBatchSampler
 
 pytestmark = pytest.mark.skipif(not distributed.dist.is_available(), reason="torch.distributed is not available")
 
@@ -47,7 +47,7 @@ def test_each_rank_gets_its_share_of_the_same_global_batches():
     for b, batch in enumerate(whole):
         assert sorted(shares[0][b] + shares[1][b]) == sorted(batch)
         assert not set(shares[0][b]) & set(shares[1][b])
-    assert _without_devices(["run", "--devices", "2", "--auto", "x", "--devices=3"]) == ["run", "--auto", "x"]
+    assert without_devices(["run", "--devices", "2", "--auto", "x", "--devices=3"]) == ["run", "--auto", "x"]
 
 
 @pytest.mark.parametrize("strategy", ["full-finetune", "linear-probe"])
@@ -137,18 +137,18 @@ def test_compare_under_two_processes_writes_one_comparison(tmp_path, colours3):
 def test_more_processes_than_gpus_is_refused_before_any_starts(monkeypatch):
     import torch
 
-    from advisor.cli import _relaunch
-    from advisor.errors import AdvisorError
+    from advisor.cli.launch import relaunch
+    from advisor.core.errors import AdvisorError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("ADVISOR_DEVICE", raising=False)
     with pytest.raises(AdvisorError, match="--devices 2 runs one process per GPU, but this machine has 1"):
-        _relaunch(2, "auto")
+        relaunch(2, "auto")
     monkeypatch.setenv("ADVISOR_DEVICE", "cpu")  # "auto" means the CPU here: gloo processes are fine
-    monkeypatch.setattr("advisor.distributed.launch", lambda argv, nproc: (0, None))
+    monkeypatch.setattr("advisor.core.distributed.launch", lambda argv, nproc: (0, None))
     with pytest.raises(SystemExit) as done:
-        _relaunch(2, "auto")
+        relaunch(2, "auto")
     assert done.value.code == 0
 
 
@@ -156,8 +156,8 @@ def test_features_under_torchrun_fill_one_cache_that_one_process_then_reads(colo
     import torch
 
     from advisor.backbones import create_backbone
-    from advisor.data import scan_dataset
-    from advisor.features import extract_features
+    from advisor.data.scan import scan_dataset
+    from advisor.measure.features import extract_features
 
     cache = tmp_path / "cache"
     cmd = distributed.torchrun_command(["-q", "features", str(colours3), "-b", "test/tiny-cnn", "--device", "cpu",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from advisor.advise import depth_evidence_notes, recommend_dataset
-from advisor.backbones import create_backbone
-from advisor.transferability import TapEvidence
-
 from conftest import EXAMPLE
+
+from advisor.backbones import create_backbone
+from advisor.decide.advise import depth_evidence_notes, recommend_dataset
+from advisor.measure.transferability import TapEvidence
 
 
 def test_recommend_reports_evidence_per_tap_and_notes_contradictions(tmp_path):

@@ -14,7 +14,7 @@ EXAMPLE = REPO / "examples" / "ants-bees"
 
 
 def _top1(run_dir, images):
-    from advisor.predict import predict
+    from advisor.execute.predict import predict
 
     by_path = {str(Path(p.path).resolve()): p.top[0].label for p in predict(run_dir, images).predictions}
     return [by_path[str(Path(i).resolve())] for i in images]
@@ -22,7 +22,7 @@ def _top1(run_dir, images):
 
 def _prepared(images, transform):
     from advisor.backbones import TransformConfig
-    from advisor.data import load_image
+    from advisor.data.imagefile import load_image
 
     tf = TransformConfig.model_validate(transform).eval_transform()
     return torch.stack([tf(load_image(p)) for p in images])
@@ -30,7 +30,7 @@ def _prepared(images, transform):
 
 @pytest.fixture(scope="module")
 def probe_run(tmp_path_factory):
-    from advisor.runner import auto_run
+    from advisor.execute.runner import auto_run
 
     tmp = tmp_path_factory.mktemp("export")
     return auto_run(EXAMPLE, strategy="linear-probe", runs_dir=tmp / "runs", cache_dir=tmp / "cache", num_workers=0)
@@ -40,7 +40,7 @@ def test_a_timm_probe_exports_to_plain_timm_torchscript_and_matches_predict(prob
     import timm
     from safetensors.torch import load_file
 
-    from advisor.export import export_run
+    from advisor.execute.export import export_run
 
     res = export_run(probe_run.run_dir)
     assert {"timm", "torchscript"} <= res.files.keys() and all(d <= 1e-3 for d in res.max_abs_diff.values())
@@ -63,9 +63,10 @@ def test_a_timm_probe_exports_to_plain_timm_torchscript_and_matches_predict(prob
 
 
 def test_a_head_on_earlier_taps_skips_timm_with_the_reason(tmp_path):
-    from advisor.export import export_run
-    from advisor.runner import auto_run
     from conftest import write_class_images
+
+    from advisor.execute.export import export_run
+    from advisor.execute.runner import auto_run
 
     data = write_class_images(tmp_path / "d", {"a": 8, "b": 8})
     out = auto_run(data, strategy="layer-probe", backbone="test/tiny-cnn", runs_dir=tmp_path / "runs", input_size=32,

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, write_class_images
 from safetensors.torch import load_file
 
-from advisor.errors import AdvisorError
-from advisor.models import RunPlan
-from advisor.recipe import FinetuneRecipe
-from advisor.runner import resume_run, run_plan
-
-from conftest import REPO, write_class_images
+from advisor.core.errors import AdvisorError
+from advisor.decide.models import RunPlan
+from advisor.decide.recipe import FinetuneRecipe
+from advisor.execute.runner import resume_run, run_plan
 
 # (what, a test on the destination file's name)
 WRITE_PATHS = {
@@ -104,7 +103,7 @@ def test_kill_9_on_each_write_path_then_resume(dataset, reference, tmp_path, tar
         from pathlib import Path
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_faults import WRITE_PATHS, _plan
-        from advisor.runner import run_plan
+        from advisor.execute.runner import run_plan
         real_replace = os.replace
         def kill_at_write(src, dst):
             if WRITE_PATHS[{target!r}](Path(dst)):

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import advisor.features as F
+import advisor.measure.cache as feature_cache
+import advisor.measure.features as F
 from advisor.backbones import create_backbone
-from advisor.data import scan_dataset
-from advisor.errors import AdvisorError
-from advisor.features import FeatureCache, extract_features
+from advisor.core.errors import AdvisorError
+from advisor.data.scan import scan_dataset
+from advisor.measure.cache import FeatureCache
+from advisor.measure.features import extract_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +67,7 @@ def test_every_tap_in_one_pass_and_second_run_is_served_from_cache(tiny_dataset,
 def test_cached_features_match_a_direct_forward(tiny_dataset, tiny, tmp_path):
     scan = scan_dataset(tiny_dataset)
     fs = _extract(scan.samples[:3], tiny, tmp_path / "c")
-    from advisor.data import load_image
+    from advisor.data.imagefile import load_image
 
     tf = tiny.transform_config.eval_transform()
     x = torch.stack([tf(load_image(s.path)) for s in scan.samples[:3]])
@@ -120,7 +122,7 @@ def test_stat_keys_miss_after_the_file_changes(tiny_dataset, tiny, tmp_path, mon
 
 def test_an_interrupted_write_leaves_no_readable_entry(tiny_dataset, tiny, tmp_path, monkeypatch):
     scan = scan_dataset(tiny_dataset)
-    real_save = F.save_file
+    real_save = feature_cache.save_file
 
     def dies_mid_write(tensors, path, metadata=None):
         real_save(tensors, path, metadata=metadata)
@@ -128,10 +130,10 @@ def test_an_interrupted_write_leaves_no_readable_entry(tiny_dataset, tiny, tmp_p
             f.truncate(os.path.getsize(path) // 2)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(F, "save_file", dies_mid_write)
+    monkeypatch.setattr(feature_cache, "save_file", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
         _extract(scan.samples, tiny, tmp_path / "c")
-    monkeypatch.setattr(F, "save_file", real_save)
+    monkeypatch.setattr(feature_cache, "save_file", real_save)
     cache = FeatureCache.for_backbone(tmp_path / "c", tiny)
     assert list(cache.dir.glob("*.safetensors")) == []
     assert cache.index() == {}
@@ -147,9 +149,9 @@ def test_kill_9_during_a_cache_write_leaves_no_entry(tiny_dataset, tmp_path):
     ready = tmp_path / "ready"
     child = textwrap.dedent(f"""
         import os, time
-        import advisor.features as F
+        import advisor.measure.features as F
         from advisor.backbones import create_backbone
-        from advisor.data import scan_dataset
+        from advisor.data.scan import scan_dataset
         real_replace = os.replace
         def stall(src, dst):
             open({str(ready)!r}, "w").close()
@@ -229,7 +231,7 @@ def test_bn_moments_come_from_the_same_pass_and_are_cached(tiny_dataset, tiny, t
     layer = tiny.bn_layers()[0]
     assert fs.features[f"bn:{layer.name}:mean"].shape == (len(scan.samples), layer.channels)
     # the moments equal a hand-computed mean/var of the BN input
-    from advisor.data import load_image
+    from advisor.data.imagefile import load_image
 
     x = tiny.transform_config.eval_transform()(load_image(scan.samples[0].path)).unsqueeze(0)
     seen = {}
@@ -260,15 +262,15 @@ def test_greyscale_images_are_flagged(tmp_path, tiny):
 
 
 def test_default_workers_follow_the_free_cores_shared_among_local_ranks(monkeypatch):
-    import advisor
-    from advisor.features import MAX_WORKERS, default_num_workers
+    from advisor.core import distributed
+    from advisor.core.distributed import MAX_WORKERS, default_num_workers
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for free, expected in ((1, 1), (2, 1), (16, 15), (64, MAX_WORKERS)):
-        monkeypatch.setattr(advisor, "free_cores", lambda free=free: free)
+        monkeypatch.setattr(distributed, "free_cores", lambda free=free: free)
         assert default_num_workers() == expected, free
-    monkeypatch.setattr(advisor, "free_cores", lambda: 16)
+    monkeypatch.setattr(distributed, "free_cores", lambda: 16)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
     assert default_num_workers() == 7

@@ -15,23 +15,32 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_class_images
 from torch import nn
 
 from advisor.backbones import create_backbone
-from advisor.classifier import TransferClassifier
-from advisor.data import load_image, scan_dataset
-from advisor.errors import AdvisorError
-from advisor.images import ImageDataset, collate_skip, mix_seed
-from advisor.models import RunPlan
-from advisor.recipe import FinetuneRecipe
-from strategies.base import RunContext, RunData, get_strategy
-from strategies.finetune import FinetuneConfig, FullFinetuneConfig, default_frozen_stages
+from advisor.backbones.classifier import TransferClassifier
+from advisor.core.errors import AdvisorError
+from advisor.data.imagefile import load_image
+from advisor.data.loading import ImageDataset, collate_skip, mix_seed
+from advisor.data.scan import scan_dataset
+from advisor.decide.models import RunPlan
+from advisor.decide.recipe import FinetuneRecipe
+from strategies import get_strategy
+from strategies.base import RunContext, RunData
+from strategies.loop import FinetuneConfig, FullFinetuneConfig, default_frozen_stages
+from strategies.resume import EpochBatchSampler, defer_sigint, load_checkpoint, save_checkpoint, steps_per_epoch
 from strategies.training import (
-    EarlyStopping, EpochBatchSampler, EvalTransform, TrainTransform, WeightEMA, defer_sigint,
-    freeze_stages, holdout_split, load_checkpoint, param_groups, reestimate_bn, save_checkpoint, steps_per_epoch,
-    train_mode, warmup_cosine,
+    EarlyStopping,
+    WeightEMA,
+    freeze_stages,
+    holdout_split,
+    param_groups,
+    reestimate_bn,
+    train_mode,
+    warmup_cosine,
 )
-from conftest import write_class_images
+from strategies.transforms import EvalTransform, TrainTransform
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 6  # 24 training images, batch 4
@@ -413,8 +422,10 @@ KILL_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     from advisor.backbones import create_backbone
-    from advisor.data import load_image, scan_dataset
-    from strategies.base import RunContext, RunData, get_strategy
+    from advisor.data.imagefile import load_image
+    from advisor.data.scan import scan_dataset
+    from strategies import get_strategy
+    from strategies.base import RunContext, RunData
 
     args = json.loads(sys.argv[1])
     strategy = get_strategy("partial-finetune")

@@ -1,4 +1,4 @@
-"""advisor/forecast.py: the gain model, its held-out residuals, the intervals and the timed steps."""
+"""advisor/decide/forecast.py: the gain model, its held-out residuals, the intervals and the timed steps."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import math
 import pytest
 import torch
 
-from advisor.forecast import (
-    binomial_interval,
-    fit_gain,
-    forecast,
-    gain_residuals,
-    predict_gain,
-)
-from advisor.timing import finetune_step_seconds
+from advisor.decide.forecast import binomial_interval, fit_gain, forecast, gain_residuals, predict_gain
+from advisor.decide.timing import finetune_step_seconds
 
 
 def _records(gain):
@@ -77,11 +71,12 @@ def test_timing_steps_leave_the_weights_unchanged():
 
 
 def test_a_budget_picks_the_best_forecast_that_fits_and_says_what_more_time_buys():
-    from advisor.advise import _fit_budget, parse_duration
-    from advisor.errors import AdvisorError
-    from advisor.forecast import Forecast, StrategyForecast
-    from advisor.rules import recommend
     from test_rules import LARGE, SIMILAR, TAPS, make_profile
+
+    from advisor.core.errors import AdvisorError
+    from advisor.decide.advise import _fit_budget, parse_duration
+    from advisor.decide.forecast import Forecast, StrategyForecast
+    from advisor.decide.rules import recommend
 
     assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
     for bad in ("soon", "-5m", "0s", ""):
@@ -109,9 +104,17 @@ def test_a_budget_picks_the_best_forecast_that_fits_and_says_what_more_time_buys
 
 
 def test_runs_append_forecast_and_outcome_to_the_local_record_and_calibrate_reads_it(tmp_path):
-    from advisor.forecast import Forecast, StrategyForecast, calibrate_forecaster, local_datasets, local_outcomes, record_outcome
-    from advisor.rules import recommend
     from test_rules import LARGE, SIMILAR, TAPS, make_profile
+
+    from advisor.decide.forecast import (
+        Forecast,
+        StrategyForecast,
+        calibrate_forecaster,
+        local_datasets,
+        local_outcomes,
+        record_outcome,
+    )
+    from advisor.decide.rules import recommend
 
     rec = recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS)
     assert record_outcome(rec, "partial-finetune", 0.9, 10.0, path=tmp_path / "r.jsonl") is None  # no forecast: nothing
@@ -174,9 +177,10 @@ def test_probe_solves_add_to_their_time_and_a_partial_step_is_timed_with_its_fro
 
 
 def test_a_short_cap_marks_the_fine_tunes_short_whatever_the_plan_and_warns_only_on_a_fine_tune_plan():
-    from advisor.advise import _short_cap
-    from advisor.rules import recommend
     from test_rules import LARGE, SIMILAR, SMALL, TAPS, make_profile
+
+    from advisor.decide.advise import _short_cap
+    from advisor.decide.rules import recommend
 
     probe_plan = recommend(make_profile(SMALL, score=SIMILAR), taps=TAPS, epochs_cap=1)
     assert probe_plan.plan.recipe is None and _short_cap(probe_plan) == (True, None)  # its forecast credits no gain

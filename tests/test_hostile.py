@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLE, write_class_images
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from advisor.cli import main
-from advisor.runner import run_plan
-from advisor.models import RunPlan
-
-from conftest import EXAMPLE, write_class_images
+from advisor.cli.app import main
+from advisor.decide.models import RunPlan
+from advisor.execute.runner import run_plan
 
 HANG_GUARD_S = 60
 
@@ -440,7 +439,7 @@ def test_damaged_plan_given_to_run(tmp_path, base, capsys):
 
 
 def test_a_zero_byte_checkpoint_is_named_on_resume(base, tmp_path, capsys):
-    from advisor.recipe import FinetuneRecipe
+    from advisor.decide.recipe import FinetuneRecipe
 
     plan = RunPlan(dataset=str(base), backbone="test/tiny-cnn", strategy="partial-finetune", rule_ids=["test"],
                    input_size=32, batch_size=4, recipe=FinetuneRecipe(epochs=1, warmup_epochs=0, ema=None))
@@ -479,8 +478,8 @@ def _rewrite(shard: Path, change) -> None:
 @pytest.mark.parametrize("damage", ["nan", "finite-garbage", "fewer-keys", "truncated"])
 def test_a_damaged_cache_shard_is_dropped_counted_and_recomputed(base, tmp_path, damage, capsys):
     from advisor.backbones import create_backbone
-    from advisor.data import scan_dataset
-    from advisor.features import extract_features
+    from advisor.data.scan import scan_dataset
+    from advisor.measure.features import extract_features
 
     cache = tmp_path / "c"
     first = _features(base, cache, capsys)
@@ -521,9 +520,9 @@ def test_a_cache_path_that_is_a_file_fails_before_any_work(base, tmp_path, capsy
     line = one_line_error(err)
     assert code == 2 and f"--cache-dir: {blocker} is a file, not a folder" in line
     from advisor.backbones import create_backbone
-    from advisor.data import scan_dataset
-    from advisor.errors import AdvisorError
-    from advisor.features import extract_features
+    from advisor.core.errors import AdvisorError
+    from advisor.data.scan import scan_dataset
+    from advisor.measure.features import extract_features
 
     with pytest.raises(AdvisorError, match="the feature cache .* is a file"):  # the core checks too (API users)
         extract_features(scan_dataset(base).samples, create_backbone("test/tiny-cnn"), cache_dir=blocker, num_workers=0)

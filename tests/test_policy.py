@@ -1,4 +1,4 @@
-"""advisor/rules/policy.py and its use: one decision, one sentence, the plan shown is the plan that runs."""
+"""advisor/decide/rules/policy.py and its use: one decision, one sentence, the plan shown is the plan that runs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from advisor.forecast import Forecast, StrategyForecast, forecast
-from advisor.timing import time_correction
-from advisor.rules.policy import choose, decide, one_se_choice, views
+from advisor.decide.forecast import Forecast, StrategyForecast, forecast
+from advisor.decide.rules.policy import choose, decide, one_se_choice, views
+from advisor.decide.timing import time_correction
 
 
 def _fc(acc: dict[str, float], half: float = 0.02, seconds: dict[str, float] | None = None) -> Forecast:
@@ -133,9 +133,9 @@ def test_finished_runs_correct_the_time_and_broken_records_are_ignored():
 
 
 def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tmp_path, monkeypatch):
-    from advisor import advise
     from advisor.backbones import create_backbone
-    from advisor.models import RunPlan
+    from advisor.decide import advise
+    from advisor.decide.models import RunPlan
 
     bb = create_backbone("test/tiny-cnn", seed=0)
     plan = RunPlan(dataset="x", backbone="test/tiny-cnn", strategy="full-finetune", rule_ids=[], input_size=32)
@@ -158,8 +158,9 @@ def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tm
 
 
 def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an_unasked_budget(tmp_path):
-    from advisor.advise import recommend_dataset
     from conftest import EXAMPLE
+
+    from advisor.decide.advise import recommend_dataset
 
     rec = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, epochs_cap=2, input_size=64)
     assert rec.decision is not None and rec.decision.sentence
@@ -188,8 +189,8 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     budget = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, budget_seconds=1e6)
     assert any("budget" in w for w in budget.warnings)
     # finished runs that took 10x their forecast since the step was timed: the step is timed again, and said so
-    from advisor.forecast import local_record_path
-    from advisor.timing import machine_name
+    from advisor.core.machine import machine_name
+    from advisor.decide.forecast import local_record_path
 
     later = "2999-01-01T00:00:00"
     local_record_path().write_text("".join(json.dumps({"dataset": "elsewhere", "strategy": "full-finetune", "achieved": 0.9,
@@ -200,7 +201,7 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
 
 
 def test_a_fine_tune_is_separated_from_a_probe_by_its_gains_error_alone():
-    from advisor.rules.policy import StrategyView
+    from advisor.decide.rules.policy import StrategyView
 
     probe = StrategyView(strategy="linear-probe", accuracy=0.80, sd=0.04)
     # +3 points: inside the fine-tune's whole error (4), outside its gain's error (2): the probe's own error is shared

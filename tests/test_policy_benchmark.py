@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import write_class_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +100,7 @@ def test_leave_one_dataset_out_scores_every_policy_and_baseline(policy):
 
 def test_the_shipped_policy_is_the_one_the_records_rank_first(policy):
     """DEFAULT_POLICY must be what benchmarks/policy.py derives from the records shipped in docs/records/."""
-    from advisor.rules.policy import DEFAULT_POLICY
+    from advisor.decide.rules.policy import DEFAULT_POLICY
 
     paths = sorted((REPO / "docs" / "records").glob("*.jsonl"))
     cells = policy.load_cells(paths)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from advisor.errors import AdvisorError
-from advisor.logistic import (
+from advisor.core.errors import AdvisorError
+from advisor.decide.rules.thresholds import sweep_candidates
+from advisor.measure.logistic import (
     DEFAULT_L2_GRID,
     MIN_STD,
     class_weights_from,
@@ -17,7 +18,7 @@ from advisor.logistic import (
     fit_standardizer,
     stratified_folds,
 )
-from strategies.probe import ProbeFit, SweepRow, fit_probe, layer_probe_sweep, predict_logits, sweep_candidates
+from strategies.probe import ProbeFit, SweepRow, fit_probe, layer_probe_sweep, predict_logits
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_class_images
 from PIL import Image
 
 from advisor.backbones import PRE_LOGITS, create_backbone
-from advisor.data import Sample, scan_dataset
-from advisor.features import extract_features
-from advisor.profiler import (
+from advisor.data.scan import Sample, scan_dataset
+from advisor.measure.features import extract_features
+from advisor.measure.profiler import (
     NEAR_DUPLICATE_COSINE,
     build_profile,
     exact_duplicates,
@@ -22,8 +23,7 @@ from advisor.profiler import (
     profile_dataset,
     stratified_sample,
 )
-from advisor.similarity import DEFAULT_SCALES, greyscale_share
-from conftest import write_class_images
+from advisor.measure.similarity import DEFAULT_SCALES, greyscale_share
 
 
 def _samples(per_class: dict[int, int], split: str = "train") -> list[Sample]:
@@ -331,7 +331,7 @@ def test_profile_sample_size_limits_the_forward_pass(profile_dataset_dir, monkey
 
 
 def test_a_few_shot_training_split_beside_a_large_validation_split_still_fills_the_label_reading_sample():
-    from advisor.profiler import profiling_sample, stratified_sample
+    from advisor.measure.profiler import profiling_sample, stratified_sample
 
     few = [Sample(path=f"/d/train/c{c}/{i}.png", label=c, split="train") for c in range(5) for i in range(5)]
     val = [Sample(path=f"/d/val/c{c}/{i}.png", label=c, split="val") for c in range(5) for i in range(170)]

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from advisor.data import scan_dataset
-from advisor.models import FlipCheck
-from advisor.profiler import flip_check, thumbnails
-from advisor.recipe import FinetuneRecipe, default_recipe, finetune_schedule
-from advisor.rules import plan_for_strategy, recommend
-from advisor.logistic import CVResult
-from strategies.probe import _one_standard_error
-
 from test_rules import DIFFERENT, LARGE, SMALL, TAPS, make_profile
+
+from advisor.data.scan import scan_dataset
+from advisor.decide.recipe import FinetuneRecipe, default_recipe, finetune_schedule
+from advisor.decide.rules import plan_for_strategy, recommend
+from advisor.measure.logistic import CVResult
+from advisor.measure.models import FlipCheck
+from advisor.measure.profiler import flip_check, thumbnails
+from strategies.probe import _one_standard_error
 
 
 def _halves(root, n: int, *, symmetric: bool):

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import write_class_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +19,7 @@ HOSTILE = "cat<b>&\"x\""  # a class folder name that is also HTML
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from advisor.runner import auto_run
+    from advisor.execute.runner import auto_run
 
     tmp = tmp_path_factory.mktemp("report")
     data = write_class_images(tmp / "pets", {HOSTILE: 10, "dog": 10}, size=36)
@@ -53,7 +52,7 @@ def test_report_command_rebuilds_the_page(finished_run, tmp_path):
     before = path.read_text()
     path.unlink()
     assert write_report_html(finished_run.run_dir) == path and path.read_text() == before
-    from advisor.errors import AdvisorError
+    from advisor.core.errors import AdvisorError
 
     with pytest.raises(AdvisorError, match="neither a finished run nor a compare directory"):
         write_report_html(tmp_path)

@@ -11,10 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from advisor.backbones import TapInfo
-from advisor.data import SizeSummary
-from advisor.errors import AdvisorError
-from advisor.models import STRATEGIES, DatasetProfile, Interval, Recommendation, SimilarityReport
-from advisor.rules import (
+from advisor.core.errors import AdvisorError
+from advisor.data.scan import SizeSummary
+from advisor.decide.models import STRATEGIES, Recommendation
+from advisor.decide.rules import (
     RULES,
     Thresholds,
     boundaries,
@@ -25,6 +25,7 @@ from advisor.rules import (
     rules_markdown,
     thresholds_markdown,
 )
+from advisor.measure.models import DatasetProfile, Interval, SimilarityReport
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "decision-rules.md"
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLE, write_class_images
 
 from advisor.backbones import create_backbone
-from advisor.classifier import load_classifier, save_classifier, ModelCard
-from advisor.data import load_image, scan_dataset
-from advisor.errors import AdvisorError
-from advisor.models import RunPlan
-from advisor.predict import predict
-from advisor.runner import apply_overrides, resume_run, run_plan
+from advisor.backbones.classifier import ModelCard, load_classifier, save_classifier
+from advisor.core.errors import AdvisorError
+from advisor.data.imagefile import load_image
+from advisor.data.scan import scan_dataset
+from advisor.decide.models import RunPlan
+from advisor.execute.predict import predict
+from advisor.execute.runner import apply_overrides, resume_run, run_plan
 from strategies import get_strategy, strategy_names
 from strategies.base import RunContext, RunData
-
-from conftest import EXAMPLE, write_class_images
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def _fit(strategy_name, dataset, tmp_path, **plan_kw):
 
 
 def test_every_strategy_name_a_rule_can_give_is_registered():
-    from advisor.models import STRATEGIES
+    from advisor.decide.models import STRATEGIES
 
     assert set(strategy_names()) == set(STRATEGIES)
 
@@ -141,7 +141,7 @@ def test_an_interrupted_probe_run_resumes_to_the_same_result(colours, tmp_path, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lin, "fit_probe", interrupted)
-    from advisor.runner import RunInterrupted
+    from advisor.execute.runner import RunInterrupted
 
     with pytest.raises(RunInterrupted) as stop:
         run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs", num_workers=0)
@@ -197,8 +197,8 @@ def test_cli_run_errors_are_one_line(args, message, capsys):
 
 
 def test_a_forced_strategy_skips_the_similarity_measurement(colours, tmp_path, monkeypatch):
-    import advisor.profiler as prof
-    from advisor.runner import auto_run
+    import advisor.measure.profiler as prof
+    from advisor.execute.runner import auto_run
 
     def no_similarity(*a, **k):
         raise AssertionError("a forced strategy must not measure similarity")

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from advisor.backbones import PRE_LOGITS, create_backbone
-from advisor.data import scan_dataset
-from advisor.features import GREY, ExtractionSummary, FeatureSet, bn_names, extract_features
-from advisor.models import DepthShift, Interval, SimilarityReport
-from advisor.similarity import (
+from advisor.core.stats import frechet_distance_features, mmd2_unbiased
+from advisor.data.scan import scan_dataset
+from advisor.measure.features import GREY, ExtractionSummary, FeatureSet, bn_names, extract_features
+from advisor.measure.models import DepthShift, Interval, SimilarityReport
+from advisor.measure.similarity import (
     DEFAULT_SCALES,
     MIN_RUNNING_VAR,
     REFERENCE_DIR,
@@ -31,7 +32,6 @@ from advisor.similarity import (
     measure_similarity,
     reference_path,
 )
-from advisor.stats import frechet_distance_features, mmd2_unbiased
 
 ALLOWED_PATTERNS = set(typing.get_args(SimilarityReport.model_fields["shift_pattern"].annotation))
 

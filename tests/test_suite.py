@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from advisor.models import STRATEGIES
-
 from conftest import write_class_images
+
+from advisor.decide.models import STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_suite_tables_two_tiny_datasets(tmp_path):
 
 
 def test_suite_rows_carry_the_profile_the_calibration_reruns(tmp_path):
-    from advisor.models import DatasetProfile
+    from advisor.measure.models import DatasetProfile
 
     suite = _suite_module()
     a = write_class_images(tmp_path / "alpha", {"red": 8, "blue": 8}, size=36)
@@ -55,7 +55,7 @@ def test_sweeps_subsample_caps_train_and_keeps_val(tmp_path):
     spec = importlib.util.spec_from_file_location("sweeps", REPO / "benchmarks" / "sweeps.py")
     sweeps = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweeps)
-    from advisor.data import scan_dataset
+    from advisor.data.scan import scan_dataset
 
     src = write_class_images(tmp_path / "src", {"red": 20, "blue": 12}, size=36)
     full = scan_dataset(src)
@@ -72,7 +72,7 @@ def test_sweeps_taps_and_depths_on_a_tiny_dataset(tmp_path):
     spec = importlib.util.spec_from_file_location("sweeps", REPO / "benchmarks" / "sweeps.py")
     sweeps = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweeps)
-    from advisor.advise import recommend_dataset
+    from advisor.decide.advise import recommend_dataset
 
     data = write_class_images(tmp_path / "data", {"red": 10, "blue": 10}, size=36)
     rec = recommend_dataset(data, backbone="test/tiny-cnn", sample_size=20, cache_dir=tmp_path / "cache", num_workers=0)

@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advisor.transferability import (
-    _EPS,
-    TapEvidence,
-    _logme_per_class,
-    knn_accuracy,
-    logme,
-    per_tap_evidence,
-)
+from advisor.measure.transferability import _EPS, TapEvidence, _logme_per_class, knn_accuracy, logme, per_tap_evidence
 
 REFERENCE = json.loads((Path(__file__).parent / "assets" / "logme_reference.json").read_text())
 

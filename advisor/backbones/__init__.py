@@ -11,7 +11,10 @@ Nothing here downloads. Weights come from an explicit file, an installed package
 that an earlier online run filled; when none is there the error says where we looked and how
 to supply them. Every backbone exposes *taps*, its stage outputs in depth order plus
 ``pre_logits``, which :meth:`Backbone.forward_taps` returns as pooled ``[B, C]`` vectors from
-a single forward pass.
+a single forward pass. :mod:`advisor.backbones.classifier` is a backbone with a new head: the model a run
+trains, saves and loads.
+
+Imports advisor.core and advisor.data (a file's digest) only.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -13,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from advisor.errors import BackboneError
+from advisor.core.errors import BackboneError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 PRE_LOGITS = "pre_logits"

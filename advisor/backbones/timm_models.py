@@ -31,7 +31,7 @@ from advisor.backbones.weights import (
     _torch_hub_checkpoint,
     _WeightsLocation,
 )
-from advisor.errors import BackboneError
+from advisor.core.errors import BackboneError
 
 # --------------------------------------------------------------------------- timm models
 

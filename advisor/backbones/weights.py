@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from advisor.errors import BackboneError, one_line
+from advisor.core.errors import BackboneError, one_line
 
 _WEIGHTS_HINT = "pass --weights FILE (weights=FILE in Python)"
 

@@ -1,12 +1,16 @@
-"""Reports of finished runs: the wording every surface (report.md, the terminal) shares, in one place."""
+"""The report stage: finished results made readable. The wording every surface shares (this module),
+report.md, report.html and its figures (``html``, ``plots``).
+
+Imports the stages below it and strategies (for their result types); never a runner or compare.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from advisor.models import Recommendation, RunPlan
-from advisor.results import Metrics, RunResult
+from advisor.decide.models import Recommendation, RunPlan
+from strategies.results import Metrics, RunResult
 
 
 def accuracy_phrase(m: Metrics, *, emphasis: Callable[[str], str] = str) -> str:
@@ -62,5 +66,5 @@ def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Pa
         for i in range(max(len(v) for v in result.curves.values())):
             lines.append(f"| {i + 1} | " + " | ".join(f"{v[i]:.4f}" if i < len(v) else "" for v in result.curves.values()) + " |")
     lines += ["", "## Use the model", "", f"    advisor predict {run_dir} IMAGE_OR_FOLDER ...", "",
-              "`model.safetensors` + `model.json` load without pickle: `advisor.classifier.load_classifier(run_dir)`.", ""]
+              "`model.safetensors` + `model.json` load without pickle: `advisor.backbones.classifier.load_classifier(run_dir)`.", ""]
     return "\n".join(lines)

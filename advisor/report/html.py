@@ -10,13 +10,16 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 from advisor import __version__
-from advisor.models import Recommendation, RunPlan
-from advisor.results import RunResult
+from advisor.core.io import write_text_atomic
+from advisor.decide.advise import save_plan
+from advisor.decide.models import Recommendation, RunPlan
+from strategies.results import RunResult
 
 GALLERY_SIZE = 12
 THUMB_PX = 112
@@ -62,7 +65,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def track_record() -> list[dict]:
     """The shipped reference cells (the track record's measured outcomes) the map places a dataset among."""
-    from advisor.forecast import shipped_track_record
+    from advisor.decide.forecast import shipped_track_record
 
     return shipped_track_record()
 
@@ -122,7 +125,7 @@ def _advice_sections(rec: Recommendation, *, forced: str | None = None, probe_cv
 
 def _thumbnail(path: str) -> tuple[str, int, int] | None:
     """(data URI, width, height) of a JPEG thumbnail, or None when the file no longer decodes."""
-    from advisor.data import load_image
+    from advisor.data.imagefile import load_image
 
     try:
         img = load_image(path)
@@ -191,7 +194,7 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> l
 
 def run_page(run_dir: str | Path) -> str:
     """The report of one run directory (written by ``advisor run``)."""
-    from advisor.io import read_model
+    from advisor.core.io import read_model
 
     rd = Path(run_dir)
     fix = "the run directory is incomplete: rerun it"
@@ -231,9 +234,9 @@ def run_page(run_dir: str | Path) -> str:
 
 def compare_page(compare_dir: str | Path) -> str:
     """The report of a ``compare`` directory: every strategy side by side, the advice's regret."""
+    from advisor.core.io import read_model
     from advisor.report import plots
-    from advisor.compare import Comparison
-    from advisor.io import read_model
+    from strategies.results import Comparison
 
     cd = Path(compare_dir)
     comp = read_model(cd / "compare.json", Comparison, fix="the compare directory is incomplete: rerun compare")
@@ -277,8 +280,8 @@ def recommendation_page(rec: Recommendation) -> str:
 
 def write_report_html(path: str | Path) -> Path:
     """(Re)build ``report.html`` in a run or compare directory; returns its path."""
-    from advisor.errors import AdvisorError
-    from advisor.io import write_text_atomic
+    from advisor.core.errors import AdvisorError
+    from advisor.core.io import write_text_atomic
 
     d = Path(path)
     if (d / "compare.json").is_file():
@@ -289,3 +292,9 @@ def write_report_html(path: str | Path) -> Path:
         raise AdvisorError(f"{d} is neither a finished run nor a compare directory (no result.json or compare.json)",
                            hint="pass the folder `advisor run` or `advisor compare` printed")
     return write_text_atomic(d / "report.html", page)
+
+
+def save_advice(rec: Recommendation, path: str | os.PathLike) -> tuple[Path, Path]:
+    """The plan at ``path`` and, next to it, its report (``plan.json`` -> ``plan.html``)."""
+    plan_path = save_plan(rec.plan, path)
+    return plan_path, write_text_atomic(plan_path.with_suffix(".html"), recommendation_page(rec))

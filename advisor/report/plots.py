@@ -7,7 +7,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from advisor.models import DatasetProfile, Recommendation
+from advisor.decide.models import Recommendation
+from advisor.measure.models import DatasetProfile
 
 # Colour-blind-safe (Okabe-Ito) colours, one per strategy.
 STRATEGY_COLOURS = {"linear-probe": "#0072B2", "layer-probe": "#56B4E9", "partial-finetune": "#E69F00",

@@ -1,0 +1,43 @@
+"""The options several commands share, with their ranges: click refuses a value outside them (exit 2) before any work."""
+
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
+BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")
+WeightsOpt = typer.Option(None, "--weights", help="Weights file (.safetensors, or a state dict saved with torch.save).")
+def folder(value: Optional[Path]) -> Optional[Path]:
+    """A folder option must not name an existing file (caught here, before any work)."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a folder; remove it or choose another path")
+    return value
+
+
+CacheOpt = typer.Option(None, "--cache-dir", callback=folder,
+                        help="Feature cache folder [default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+# Option ranges, checked before any work (click reports a value outside them with exit code 2).
+MIN_INPUT, MAX_INPUT = 32, 1024  # below 32 px a stride-32 network sees a single pixel
+WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader worker processes [default: cores - 1].")
+InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
+                            help=f"Input resolution in pixels, {MIN_INPUT}-{MAX_INPUT} (e.g. 128 for quick CPU runs).")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
+DevicesOpt = typer.Option(None, "--devices", min=1, max=1024,
+                          help="Processes on this machine (one per GPU, or CPU processes with gloo): relaunches "
+                               "this command under torchrun with DistributedDataParallel.")
+
+
+def fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"{value} is not strictly between 0 and 1 (e.g. 0.2)")
+    return value
+
+
+SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
+                         help="Images read for the similarity estimate (stratified by class), at least 4.")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the sample, the bootstrap and the split.")

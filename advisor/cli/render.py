@@ -1,0 +1,335 @@
+"""The terminal: consoles, names made safe to print, progress bars, and one renderer per result type.
+
+Renderers take the core's finished pydantic results and print them; they compute nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+out = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+progress_console = Console(stderr=True, highlight=False)  # bars and epoch lines; --quiet silences it, not errors
+
+
+# C0/C1 controls (ESC starts terminal escape sequences) and the invisible bidi/zero-width marks
+# that can make a name display as something else.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def shown(value: object) -> str:
+    """A user-controlled string made safe for the terminal and for rich markup.
+
+    Undecodable bytes of a file name and control characters are shown as ``\\xNN`` escapes,
+    and ``[`` is escaped so that rich prints ``evil[red].jpg`` as it is, never as markup.
+    """
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+    return escape(text)
+
+
+# What each stage's progress counts: the training bar counts optimiser steps, not images.
+_STAGE_UNITS = {"train": "step"}
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        unit = task.fields.get("unit", "img")
+        if not unit:
+            return Text("")
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} {unit}/s" if speed else f"   -- {unit}/s", style="cyan")
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A rich progress bar on stderr; yields the ``(done, total)`` callback the core expects."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=progress_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def print_json(model, **dump) -> None:
+    """Plain JSON on stdout: rich would wrap long lines and break strings for machines."""
+    if out.quiet:  # a rank other than 0 under torchrun
+        return
+    text = model.model_dump_json(indent=2, **dump) if hasattr(model, "model_dump_json") else json.dumps(model, indent=2)
+    typer.echo(text)
+
+
+def render_scan(scan) -> None:
+    from advisor.data.imagefile import IMAGE_EXTENSIONS
+
+    splits = sorted(scan.counts, key=["train", "val", "test"].index)
+    out.print(f"[bold]{shown(scan.root)}[/bold]  layout {scan.layout}, split from {scan.split_source}"
+              + (f" (val {scan.val_fraction:.0%}, seed {scan.split_seed})" if scan.split_seed is not None else ""),
+              soft_wrap=True)
+    table = Table()
+    table.add_column("class")
+    for s in splits:
+        table.add_column(s, justify="right")
+    table.add_column("total", justify="right")
+    for c in scan.classes:
+        row = [scan.counts[s].get(c, 0) for s in splits]
+        table.add_row(shown(c), *map(str, row), str(sum(row)))
+    totals = [sum(scan.counts[s].values()) for s in splits]
+    table.add_row("[bold]all[/bold]", *map(str, totals), f"[bold]{sum(totals)}[/bold]")
+    out.print(table)
+    sz = scan.sizes
+    out.print(f"image size: min {sz.min_width}x{sz.min_height}, median {sz.median_width:.0f}x{sz.median_height:.0f}, "
+              f"max {sz.max_width}x{sz.max_height}; shorter side below " +
+              ", ".join(f"{k}px: {v}" for k, v in sorted(sz.smaller_than.items())))
+    out.print("colour modes: " + ", ".join(f"{m} {n}" for m, n in sorted(scan.modes.items(), key=lambda kv: -kv[1])))
+    out.print(f"ignored: {scan.ignored_hidden} hidden, {scan.ignored_non_image} non-image files, "
+              f"{scan.ignored_unlabeled} images outside any class folder")
+    if scan.ignored_extensions:
+        exts = ", ".join(f"{shown(e or '(none)')} {n}" for e, n in sorted(scan.ignored_extensions.items(), key=lambda kv: -kv[1]))
+        out.print(f"  non-image files by extension: {exts} (advisor reads {', '.join(sorted(IMAGE_EXTENSIONS))})",
+                  soft_wrap=True)
+    if scan.external_links:
+        out.print(f"followed {scan.external_links} symlink(s) to files or class folders outside {shown(scan.root)}",
+                  soft_wrap=True)
+    if scan.skipped:
+        out.print(f"[yellow]skipped {len(scan.skipped)} unusable file(s):[/yellow]")
+        for s in scan.skipped:
+            out.print(f"  [yellow]{shown(s.path)}[/yellow]: {shown(s.reason)}", soft_wrap=True)
+    else:
+        out.print("skipped: none")
+
+
+@contextmanager
+def stage_bars():
+    """Progress bars for the core's stages: yields its ``(stage, done, total)`` callback.
+
+    The callback also has an ``event`` hook the runner passes on: each finished epoch prints a line
+    above the bars (loss, held-out accuracy, learning rate), as fastai and Lightning do.
+    """
+    with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=progress_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        class Reporter:
+            def __call__(self, stage: str, done: int, total: int) -> None:
+                # A one-shot solve (the probe's fit) has no steps to count: a pulsing bar, not "0/1".
+                one_shot = total == 1 and done == 0
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=None if one_shot else total, unit=_STAGE_UNITS.get(stage, "img")
+                                                if not one_shot else "")
+                bar.update(tasks[stage], completed=done, total=None if one_shot else total)
+
+            def event(self, record: dict) -> None:
+                if record.get("event") != "epoch":
+                    return
+                hold = record.get("holdout_accuracy")
+                bar.console.print(
+                    f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
+                    f"val acc {record['val_accuracy']:.4f}" + (f"  hold-out acc {hold:.4f}" if hold is not None else "")
+                    + f"  lr {record['lr']:.2e}  {record['seconds']:.0f} s", highlight=False, soft_wrap=True)
+
+        yield Reporter()
+
+
+def _iv(iv, fmt: str = ".3f") -> str:
+    return f"{iv.value:{fmt}} [{iv.low:{fmt}}, {iv.high:{fmt}}]"
+
+
+def render_profile(p) -> None:
+    splits = ", ".join(f"{k} {v}" for k, v in p.images_per_split.items())
+    out.print(f"[bold]{shown(p.dataset)}[/bold]: {p.images_total} images, {p.num_classes} classes ({splits}); split from {p.split_source}"
+              + (f" (seed {p.split_seed})" if p.split_seed is not None else ""), soft_wrap=True)
+    out.print(f"training images per class: min {p.train_per_class_min}, median {p.train_per_class_median:.0f}; "
+              f"imbalance (largest/smallest) {p.imbalance_ratio:.2f}")
+    sz = p.sizes
+    out.print(f"image size: median {sz.median_width:.0f}x{sz.median_height:.0f} (min {sz.min_width}x{sz.min_height}); "
+              f"{p.smaller_than_input} with shorter side below the backbone's {p.input_size} px input")
+    if p.greyscale_share is not None:
+        out.print(f"greyscale: {_iv(p.greyscale_share, '.0%')} of the sample ({p.greyscale_by_mode} files stored single-channel)")
+    out.print(f"duplicates: {len(p.exact_duplicates)} exact groups (all images), {len(p.near_duplicates)} near groups "
+              f"(cosine >= {p.near_duplicate_threshold} on the {p.near_duplicate_sample}-image sample); "
+              f"{p.cross_split_duplicates} cross the train/val split, {p.conflicting_label_duplicates} with conflicting labels")
+    for g in (p.exact_duplicates + p.near_duplicates)[:5]:
+        out.print(f"  [dim]{g.kind}: " + "  ".join(f"{shown(path)} ({s}/{shown(lab)})" for path, s, lab in zip(g.paths, g.splits, g.labels)) + "[/dim]", soft_wrap=True)
+    if p.skipped:
+        out.print(f"[yellow]skipped {len(p.skipped)} unusable file(s)[/yellow] (advisor inspect lists them)")
+    sim = p.similarity
+    if sim is None:
+        out.print("[yellow]similarity not measured (fewer than 4 usable images)[/yellow]")
+        return
+    t = Table(title=f"Similarity to ImageNet ({sim.backbone}, {sim.sample_size} images, {sim.bootstrap_rounds} bootstrap resamples)",
+              title_justify="left")
+    for c in ("signal", "measured [95% CI]", "ImageNet-like", "similarity [95% CI]", "in score"):
+        t.add_column(c)
+    for s in sim.signals:
+        if not s.available:
+            t.add_row(s.name, f"[dim]unavailable: {shown(s.unavailable_reason)}[/dim]", "", "", "no")
+            continue
+        t.add_row(s.name, _iv(s.raw), "" if s.null is None else f"{s.null:.3f}",
+                  _iv(s.similarity) if s.similarity else "", "yes" if s.in_score else "no")
+    t.add_row("[bold]combined[/bold]", "", "", f"[bold]{_iv(sim.score)}[/bold]", "")
+    out.print(t)
+    if sim.bn_by_depth:
+        d = Table(title="BatchNorm shift by depth (per-channel Fréchet distance / running variance)", title_justify="left")
+        for c in ("depth", "layers", "shift [95% CI]", "excess over ImageNet", "dead channels"):
+            d.add_column(c)
+        for row in sim.bn_by_depth:
+            d.add_row(row.stage, str(row.layers), _iv(row.shift), "" if row.excess is None else f"{row.excess:+.3f}",
+                      str(row.skipped_channels))
+        out.print(d)
+        out.print(f"shift pattern: [bold]{sim.shift_pattern}[/bold]: {shown(sim.shift_pattern_reason)}")
+    if p.tap_evidence:
+        e = Table(title=f"Transferability by depth ({sim.sample_size}-image sample)", title_justify="left")
+        for c in ("tap", "dim", "LogME", "k-NN accuracy (5-fold)"):
+            e.add_column(c)
+        best = max(p.tap_evidence, key=lambda r: (r.knn_accuracy, r.logme)).tap
+        for r in p.tap_evidence:
+            mark = " [bold]<- best[/bold]" if r.tap == best else ""
+            e.add_row(r.tap, str(r.dim), f"{r.logme:.3f}", f"{r.knn_accuracy:.3f}{mark}")
+        out.print(e)
+    for s in sim.signals:
+        if s.available and s.method:
+            out.print(f"[dim]{s.name}: {shown(s.method)}[/dim]", soft_wrap=True)
+    out.print(f"[dim]combined: {shown(sim.method)}[/dim]", soft_wrap=True)
+
+
+def render_recommendation(rec) -> None:
+    render_profile(rec.profile)
+    th = rec.thresholds
+    sim = rec.profile.similarity
+    sim_txt = _iv(sim.score, ".2f") if sim else "not measured"
+    grid = Table(title="Placement in the transfer-learning table", title_justify="left", show_lines=True)
+    grid.add_column("")
+    grid.add_column(f"similar (score >= {th['similarity']:.2f})")
+    grid.add_column(f"different (score < {th['similarity']:.2f})")
+    cells = {("small", "similar"): "linear-probe (R1)", ("small", "different"): "layer-probe (R2)",
+             ("large", "similar"): "partial-finetune (R3)", ("large", "different"): "full-finetune (R4)"}
+    for size, label in (("small", "small"), ("large", f"large (>= {th['large_per_class']:.0f}/class and >= {th['large_total']:.0f})")):
+        row = [label]
+        for simc in ("similar", "different"):
+            text = cells[(size, simc)]
+            here = (size, simc) == (rec.size_class, rec.similarity_class)
+            row.append(f"[reverse bold] {text} [/reverse bold]" if here else f"[dim]{text}[/dim]")
+        grid.add_row(*row)
+    out.print(grid)
+    p = rec.profile
+    out.print(f"size: median {p.train_per_class_median:.0f} training images per class (threshold {th['large_per_class']:.0f}), "
+              f"{p.train_images} in total (threshold {th['large_total']:.0f}) -> [bold]{rec.size_class}[/bold]")
+    out.print(f"similarity: {sim_txt} (threshold {th['similarity']:.2f}) -> [bold]{rec.similarity_class}[/bold]")
+    if p.flip_check is not None:
+        fc = p.flip_check
+        out.print(f"horizontal flips: probe accuracy {fc.accuracy:.3f} on held-out images, {fc.flipped_accuracy:.3f} mirrored "
+                  f"(drop {fc.drop:+.3f} ± {fc.drop_se:.3f}, {fc.images} images) -> "
+                  f"[bold]{'labels change: no flips' if 'R17' in rec.plan.rule_ids else 'labels survive: flips allowed'}[/bold]")
+    out.print("[bold]Rules that fired[/bold]")
+    for h in rec.hits:
+        out.print(f"  [cyan]{h.id}[/cyan] ({h.kind}) {shown(h.title)}: {shown(h.rationale)}", soft_wrap=True)
+    out.print("[bold]Boundaries[/bold]")
+    for b in rec.boundaries:
+        out.print(f"  {b.axis}: {shown(b.margin)}; {shown(b.flip)}", soft_wrap=True)
+    for w in rec.warnings:
+        out.print(f"[yellow]warning:[/yellow] {shown(w)}", soft_wrap=True)
+    for n in rec.evidence_notes:
+        out.print(f"[magenta]evidence:[/magenta] {shown(n)}", soft_wrap=True)
+    plan = rec.plan
+    out.print(f"[bold green]Recommended: {rec.strategy}[/bold green] (rules {', '.join(plan.rule_ids)})")
+    if rec.decision is not None:
+        out.print(f"[bold]why:[/bold] {shown(rec.decision.sentence)}", soft_wrap=True)
+    r = plan.recipe
+    fields = {"taps": ", ".join(plan.taps) or None, "frozen stages": plan.frozen_stages, "trainable stages": plan.trainable_stages,
+              "batch size": plan.batch_size, "input size": plan.input_size, "class weighting": plan.class_weighting or None,
+              "balanced sampler": plan.balanced_sampler or None}
+    if r is not None:
+        fields.update({"epochs": r.epochs, "lr head": f"{r.lr_head:.1e}", "lr backbone": f"{r.backbone_lr:.1e}",
+                       "weight decay": f"{r.weight_decay:g}", "label smoothing": f"{r.label_smoothing:g}",
+                       "augment": r.augment + (" + flips" if r.hflip else ", no flips"), "BatchNorm": r.bn,
+                       "EMA": "off" if r.ema is None else f"window {r.ema:.0%} of steps",
+                       "drop-path": f"{r.drop_path:g}" if r.drop_path else None,
+                       "early stopping": r.early_stopping.policy if r.early_stopping.policy != "none" else "none (full schedule)"})
+    out.print("plan: " + "; ".join(f"{k} {shown(v)}" for k, v in fields.items() if v is not None), soft_wrap=True)
+    for n in plan.notes:
+        out.print(f"  [dim]- {shown(n)}[/dim]", soft_wrap=True)
+    if rec.forecast is not None and rec.forecast.strategies:
+        t = Table(title="Forecast before training (accuracy with an 80 % interval; time on this device)", title_justify="left")
+        for c in ("strategy", "accuracy", "80 % interval", "time", "from"):
+            t.add_column(c, overflow="fold")
+        for f in rec.forecast.strategies:
+            when = f"{f.seconds:.0f} s" if f.seconds is not None else "-"
+            if f.epochs and f.seconds_per_epoch is not None:
+                when += f" ({f.epochs} x {f.seconds_per_epoch:.0f} s)"
+            mark = " ◆" if f.strategy == rec.strategy else ""
+            t.add_row(f.strategy + mark, f"{f.accuracy:.3f}", f"{f.low:.3f}-{f.high:.3f}", when, shown(f.method))
+        out.print(t)
+        for n in rec.forecast.notes:
+            out.print(f"  [dim]- {shown(n)}[/dim]", soft_wrap=True)
+        for n in rec.forecast.extrapolating:
+            out.print(f"  [yellow]extrapolating:[/yellow] {shown(n)}", soft_wrap=True)
+        sources = dict.fromkeys(f.time_source for f in rec.forecast.strategies if f.time_source)
+        for n in sources:
+            out.print(f"  [dim]- times: {shown(n)}[/dim]", soft_wrap=True)
+    if rec.seconds is not None:
+        out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
+
+
+def render_result(outcome) -> None:
+    from advisor.report import accuracy_phrase, selected_items
+
+    r = outcome.result
+    m = r.metrics
+    out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
+              + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
+    out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
+    sel = selected_items(r)
+    if sel:
+        t = Table(title="What the strategy chose", title_justify="left", show_header=False)
+        t.add_column("setting", style="bold")
+        t.add_column("value", overflow="fold")
+        for k, v in sel.items():
+            t.add_row(k, shown(v))
+        out.print(t)
+    if r.sweep:
+        t = Table(title="Layer sweep (cross-validated on the training split)", title_justify="left")
+        for c in ("taps", "dim", "CV accuracy", "L2"):
+            t.add_column(c)
+        for row in r.sweep:
+            t.add_row(", ".join(row["taps"]), str(row["dim"]), f"{row['cv_accuracy']:.4f}", f"{row['l2']:g}")
+        out.print(t)
+    t = Table(title="Validation per class", title_justify="left")
+    for c in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(c)
+    for c in m.per_class:
+        t.add_row(shown(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
+    out.print(t)
+    out.print(f"artifacts in [bold]{shown(outcome.run_dir)}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
+              soft_wrap=True)
+    out.print(f"report: [bold]{shown(Path(outcome.run_dir) / 'report.html')}[/bold] (open it in a browser)", soft_wrap=True)
+    out.print(f"predict with: advisor predict {shown(outcome.run_dir)} IMAGE_OR_FOLDER", soft_wrap=True)

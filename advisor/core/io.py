@@ -1,0 +1,141 @@
+"""Safe reading and writing of the project's files.
+
+Writes are atomic (a temp file in the same folder, then a rename), so readers never see half
+a file and a kill leaves the previous version; a full disk or a read-only folder becomes one
+:class:`AdvisorError` naming the path. Reads of JSON artifacts validate them and name the
+damaged file and what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from advisor.core.errors import AdvisorError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
+def storage_error(path: str | os.PathLike, err: OSError, *, needed: int | None = None) -> AdvisorError:
+    """One clear line for a failed write: which path, and (disk full) how much was needed."""
+    path = Path(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(path.parent)
+        need = f"needed about {_size(needed)}" if needed else "no space left"
+        have = f", {_size(free)} free" if free is not None else ""
+        return AdvisorError(f"disk full while writing {path} ({need}{have})",
+                            hint="free some space or point --runs-dir/--cache-dir at another disk; "
+                                 "what was saved before is kept and the run can be resumed")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AdvisorError(f"cannot write {path} ({err.strerror})", hint="choose a folder you can write to")
+    return AdvisorError(f"cannot write {path} ({err.strerror or err})", hint="check the disk and the folder")
+
+
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which races with other threads.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success it replaces ``path``, on any failure it is removed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise storage_error(path, err, needed=needed) from None
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:  # the bytes are on disk before the rename makes them visible
+            os.fsync(f.fileno())
+        # mkstemp makes the file 0600; artifacts get the mode any new file would (0644 under umask 022).
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(path, err, needed=needed) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically."""
+    data = text.encode("utf-8")
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def read_model(path: str | os.PathLike, model: type[M], *, fix: str) -> M:
+    """Read and validate a JSON artifact; a missing or damaged file is one line naming it and ``fix``."""
+    path = Path(path)
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise AdvisorError(f"{path} is missing", hint=fix) from None
+    except IsADirectoryError:
+        raise AdvisorError(f"{path} is a folder, not a file", hint=fix) from None
+    except OSError as err:
+        raise AdvisorError(f"cannot read {path} ({err.strerror or err})", hint=fix) from None
+    except ValidationError as err:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ())) or "file"
+        raise AdvisorError(f"{path} is damaged ({where}: {first.get('msg', 'invalid')})", hint=fix) from None
+    except ValueError as err:
+        raise AdvisorError(f"{path} is damaged ({' '.join(str(err).split())[:120]})", hint=fix) from None
+
+
+def ensure_writable_dir(path: str | os.PathLike, *, what: str, option: str) -> Path:
+    """Create ``path`` if needed and check it is a folder this process can write, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AdvisorError(f"the {what} {path} is a file, not a folder", hint=f"remove it or pass another {option}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AdvisorError(f"cannot create the {what} {path} ({err.strerror or err})",
+                           hint=f"pass another {option}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AdvisorError(f"the {what} {path} is not writable", hint=f"pass another {option}")
+    return path
+
+
+def call_writing(path: str | os.PathLike, write: Callable[[Path], None], *, needed: int | None = None) -> Path:
+    """``write(tmp)`` through :func:`atomic_path` (for writers that take a path, e.g. safetensors)."""
+    with atomic_path(path, needed=needed) as tmp:
+        write(tmp)
+    return Path(path)

@@ -1,0 +1,482 @@
+"""What each strategy should score and cost, before anything is trained.
+
+* **Probes** are measured, not guessed: the cross-validated accuracy of a logistic probe on the
+  profiling sample's cached features (``pre_logits`` for the linear probe; the best single tap
+  for the layer probe), corrected by how far validation accuracy fell from that CV accuracy in
+  the track record, regressed on the input size the run trains at and the images per class
+  (a 224-px CV on a sample says little about a 64-px run on the whole split without it).
+* **Fine-tunes** are the better probe's forecast plus a gain learned from the track record
+  (``advisor/reference/track_record.json``: every strategy at several sizes, k-shot subsamples
+  included): the gain each recorded run measured, regressed on log images per class,
+  similarity, input size and the share of its schedule the epoch cap kept (ridge).
+* Both intervals (80 %) take the wider of the binomial spread of the validation split and the
+  10th-90th percentiles of the models' leave-one-dataset-out residuals.
+* **Where it stands:** settings outside what the record measured (input size, images per class,
+  schedule share) are named ("extrapolating", with the nearest recorded setting). A dataset's
+  own earlier runs on this machine are shown as "your earlier runs", and they and a reference
+  of the same name are never evidence for its own forecast.
+* **Time** is a few timed training steps on this device times the plan's schedule, corrected by
+  what finished runs on this machine took against their forecast; probes cost one extraction
+  pass (nothing for features already cached) and a solve. The measuring lives in advisor/decide/timing.py.
+
+``benchmarks/forecast_error.py`` measures the forecast against what the suite achieved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from advisor.core.machine import machine_name
+from advisor.decide.timing import finite_number
+
+FINETUNES = ("partial-finetune", "full-finetune")
+PROBES = ("linear-probe", "layer-probe")
+Z80 = 1.2816  # two-sided 80 % normal quantile
+RIDGE = 1.0
+RECORD_INPUT_SIZE = 224  # a record that does not say what size it ran at: the backbone's own
+PROBE_TAP = "pre_logits"
+
+
+class StrategyForecast(BaseModel):
+    strategy: str
+    accuracy: float
+    low: float  # 80 % interval
+    high: float
+    method: str
+    cv: float | None = None  # probes: the measured CV accuracy the forecast starts from
+    seconds: float | None = None  # expected wall time of the whole run on this device
+    seconds_per_epoch: float | None = None
+    epochs: int | None = None
+    time_source: str | None = None  # where the time figure comes from, in words
+    # fine-tunes: the standard error of the gain over the probe alone (the probe's own error is shared
+    # by both forecasts, so it cancels when the two are compared)
+    gain_sd: float | None = None
+
+    @property
+    def sd(self) -> float:
+        """The forecast's standard error, read off its 80 % interval."""
+        return max(1e-4, (self.high - self.low) / (2 * Z80))
+
+
+class Forecast(BaseModel):
+    """Every strategy's expected accuracy (80 % interval) and wall time; which records it learned from."""
+
+    strategies: list[StrategyForecast]
+    records: list[str]  # the reference datasets the models were fitted on (one name per dataset)
+    notes: list[str] = []
+    # settings outside the track record, each with the nearest recorded one; empty: inside it
+    extrapolating: list[str] = Field(default_factory=list)
+    # this dataset's own earlier outcomes (strategy -> accuracy): shown, never counted as references
+    earlier_runs: dict[str, float] = Field(default_factory=dict)
+    input_size: int | None = None
+    schedule_share: float | None = None
+
+
+LOCAL_RECORD = "track_record.jsonl"  # in the cache folder: every run's forecast against what it achieved
+
+
+def shipped_track_record() -> list[dict]:
+    try:
+        data = json.loads(resources.files("advisor").joinpath("reference/track_record.json").read_text())
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return []
+    prov = data.get("provenance", {}) if isinstance(data, dict) else {}
+    rows = data.get("datasets", []) if isinstance(data, dict) else []
+    # Version-1 records carried their settings once, in the provenance.
+    defaults = {k: prov[k] for k in ("input_size", "epochs_cap") if prov.get(k) is not None}
+    return [{**defaults, **r} for r in rows if isinstance(r, dict) and "dataset" in r and "accuracy" in r]
+
+
+def local_record_path() -> Path:
+    from advisor.measure.cache import default_cache_dir
+
+    return default_cache_dir() / LOCAL_RECORD
+
+
+def local_outcomes(path: Path | None = None) -> list[dict]:
+    """The runs recorded on this machine (one JSON line each); a damaged line is skipped, not fatal."""
+    path = local_record_path() if path is None else path
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("dataset"), str) and isinstance(row.get("strategy"), str) \
+                and finite_number(row.get("achieved")) and finite_number(row.get("train_per_class_median")):
+            rows.append(row)
+    return rows
+
+
+def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
+    """Local runs grouped per (dataset, input size) into track-record entries (the latest accuracy of each strategy)."""
+    by: dict[tuple, dict] = {}
+    for o in outcomes:
+        size = o.get("input_size") or RECORD_INPUT_SIZE
+        entry = by.setdefault((o["dataset"], size), {
+            "dataset": f"{Path(o['dataset']).name} (local)", "path": o["dataset"], "accuracy": {},
+            "train_per_class_median": o["train_per_class_median"], "similarity": o.get("similarity"),
+            "input_size": size, "schedule_share": o.get("schedule_share")})
+        entry["accuracy"][o["strategy"]] = o["achieved"]
+        if o.get("cv") is not None:
+            entry.setdefault("probe_cv", {})[o["strategy"]] = o["cv"]
+        if o.get("sample_cv"):
+            entry["sample_cv"] = o["sample_cv"]
+    return list(by.values())
+
+
+def load_track_record(*, local: bool = True) -> list[dict]:
+    """The shipped track record, plus this machine's runs (marked '(local)') when ``local``."""
+    return shipped_track_record() + (local_datasets(local_outcomes()) if local else [])
+
+
+def group_of(record: dict) -> str:
+    """Which dataset a record belongs to: a dataset's subsamples, seeds, sizes and local runs are one group."""
+    return str(record.get("group") or record["dataset"]).removesuffix(" (local)")
+
+
+def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None,
+                   device: torch.device | str | None = None) -> dict | None:
+    """Append a finished run's forecast and outcome to the local track record (needs a forecast).
+
+    ``device`` is the one the run used: later forecasts on that device are corrected by it.
+    """
+    f = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else []) if f.strategy == strategy), None)
+    if f is None:
+        return None
+    p = rec.profile
+    row = {"dataset": p.dataset, "strategy": strategy, "train_per_class_median": p.train_per_class_median,
+           "similarity": p.similarity.score.value if p.similarity else None, "forecast": f.accuracy,
+           "forecast_low": f.low, "forecast_high": f.high, "achieved": round(achieved, 4), "cv": f.cv,
+           "forecast_seconds": f.seconds, "seconds": round(seconds, 2), "input_size": rec.plan.input_size,
+           "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
+           "device": machine_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = local_record_path() if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:  # one line per run; appends from parallel runs do not interleave within a line
+        fh.write(json.dumps(row) + "\n")
+    return row
+
+
+# --------------------------------------------------------------------------- accuracy models
+
+
+def _size_term(input_size: float | None) -> float:
+    return math.log2((input_size or RECORD_INPUT_SIZE) / 128)
+
+
+def _x(per_class: float, similarity: float | None, input_size: float | None = None, share: float | None = None) -> list[float]:
+    """Gain-model features: intercept, log10 images per class, similarity, log2(input size / 128), schedule share."""
+    return [1.0, math.log10(max(per_class, 1.0)), 0.5 if similarity is None else similarity, _size_term(input_size),
+            1.0 if share is None else share]
+
+
+def _xr(r: dict) -> list[float]:
+    return _x(r["train_per_class_median"], r.get("similarity"), r.get("input_size"), r.get("schedule_share"))
+
+
+def _ridge(X: list[list[float]], y: list[float]) -> list[float]:
+    Xt = torch.tensor(X, dtype=torch.float64)
+    yt = torch.tensor(y, dtype=torch.float64)
+    penalty = RIDGE * torch.eye(Xt.shape[1], dtype=torch.float64)
+    penalty[0, 0] = 0.0  # the intercept is not shrunk
+    return torch.linalg.solve(Xt.T @ Xt + penalty, Xt.T @ yt).tolist()
+
+
+def _best_probe(acc: dict) -> float:
+    return max(acc.get(s, 0.0) for s in PROBES)
+
+
+def fit_gain(records: Sequence[dict], strategy: str) -> list[float] | None:
+    """Ridge coefficients of (fine-tune accuracy - best probe accuracy) on ``_x``; None without records."""
+    rows = [r for r in records if strategy in r["accuracy"] and all(s in r["accuracy"] for s in PROBES)]
+    if len({group_of(r) for r in rows}) < 3:
+        return None
+    return _ridge([_xr(r) for r in rows], [r["accuracy"][strategy] - _best_probe(r["accuracy"]) for r in rows])
+
+
+def predict_gain(coef: Sequence[float], per_class: float, similarity: float | None, input_size: float | None = None,
+                 share: float | None = None) -> float:
+    return sum(c * v for c, v in zip(coef, _x(per_class, similarity, input_size, share), strict=True))
+
+
+def gain_residuals(records: Sequence[dict], strategy: str) -> list[float]:
+    """Leave-one-dataset-out residuals (achieved - predicted gain) of :func:`fit_gain` (a dataset's subsamples leave together)."""
+    out = []
+    for g in sorted({group_of(r) for r in records}):
+        rest = [q for q in records if group_of(q) != g]
+        coef = fit_gain(rest, strategy)
+        if coef is None:
+            continue
+        for r in records:
+            if group_of(r) == g and strategy in r["accuracy"] and all(s in r["accuracy"] for s in PROBES):
+                achieved = r["accuracy"][strategy] - _best_probe(r["accuracy"])
+                out.append(achieved - sum(c * v for c, v in zip(coef, _xr(r), strict=True)))
+    return out
+
+
+def _probe_sample_cv(sample_cv: dict[str, float], strategy: str) -> float | None:
+    if strategy == "linear-probe":
+        return sample_cv.get(PROBE_TAP)
+    return max(sample_cv.values()) if sample_cv else None
+
+
+def _xp(per_class: float, input_size: float | None) -> list[float]:
+    return [1.0, _size_term(input_size), math.log10(max(per_class, 1.0))]
+
+
+def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
+    """(record, probe, validation accuracy - sample CV) for every record that measured both."""
+    out = []
+    for r in records:
+        for s in PROBES:
+            cv = _probe_sample_cv(r.get("sample_cv") or {}, s)
+            if cv is not None and s in r["accuracy"]:
+                out.append((r, s, r["accuracy"][s] - cv))
+    return out
+
+
+def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
+    """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on input size and images per class."""
+    rows = _probe_rows(records)
+    if len({group_of(r) for r, _, _ in rows}) < 3:
+        return None
+    return _ridge([_xp(r["train_per_class_median"], r.get("input_size")) for r, _, _ in rows], [g for _, _, g in rows])
+
+
+def probe_gap_residuals(records: Sequence[dict]) -> list[float]:
+    out = []
+    for g in sorted({group_of(r) for r in records}):
+        coef = fit_probe_gap([q for q in records if group_of(q) != g])
+        if coef is None:
+            continue
+        for r, _, gap in _probe_rows([q for q in records if group_of(q) == g]):
+            out.append(gap - sum(c * v for c, v in zip(coef, _xp(r["train_per_class_median"], r.get("input_size")), strict=True)))
+    return out
+
+
+def cv_gaps(records: Sequence[dict]) -> list[float]:
+    """Validation accuracy minus training-split CV accuracy, per (reference dataset, probe) that measured both."""
+    return [r["accuracy"][s] - r["probe_cv"][s] for r in records for s in PROBES
+            if s in (r.get("probe_cv") or {}) and s in r["accuracy"]]
+
+
+def coverage(records: Sequence[dict], *, per_class: float, input_size: int | None, share: float | None) -> list[str]:
+    """Where the asked-for setting lies outside the record, each with the nearest recorded setting."""
+    out: list[str] = []
+    if not records:
+        return ["no track record: nothing to learn the fine-tune gain from"]
+    sizes = sorted({int(r.get("input_size") or RECORD_INPUT_SIZE) for r in records})
+    size = input_size or RECORD_INPUT_SIZE
+    if size not in sizes:
+        nearest = min(sizes, key=lambda s: abs(math.log2(s / size)))
+        out.append(f"input size {size} px: the record has {', '.join(map(str, sizes))} px; nearest {nearest} px")
+    pcs = [r["train_per_class_median"] for r in records]
+    lo, hi = min(pcs), max(pcs)
+    if per_class < lo / 1.5 or per_class > hi * 1.5:
+        out.append(f"{per_class:g} training images per class: the record spans {lo:g}-{hi:g}; nearest {lo if per_class < lo else hi:g}")
+    shares = [r.get("schedule_share") or 1.0 for r in records]
+    if share is not None and share < min(shares) - 0.02:
+        out.append(f"the epoch cap keeps {share:.0%} of the schedule: the record's fine-tunes kept at least {min(shares):.0%}")
+    return out
+
+
+def split_own_records(records: Sequence[dict], dataset: str | None) -> tuple[list[dict], dict[str, float], list[str]]:
+    """(references without this dataset, its own earlier outcomes, names of same-named references left out).
+
+    A dataset is never its own evidence: this machine's runs on the same folder are its earlier
+    runs (shown, not counted), and a shipped reference of the same folder name is left out too
+    (it may be the same data).
+    """
+    if not dataset:
+        return list(records), {}, []
+    name = Path(dataset).name
+    mine = [r for r in records if r.get("path") == dataset]
+    same_name = [r for r in records if r not in mine and group_of(r) == name]
+    earlier: dict[str, float] = {}
+    for r in mine:
+        earlier.update({s: round(float(a), 4) for s, a in r["accuracy"].items()})
+    left_out = sorted({r["dataset"] for r in same_name})
+    return [r for r in records if r not in mine and r not in same_name], earlier, left_out
+
+
+class CalibrationReport(BaseModel):
+    """``advisor calibrate``: how the forecasts did on this machine's runs, and the gain model before/after its records."""
+
+    local_runs: int
+    mean_abs_error_points: float | None  # recorded forecast vs achieved, over the local runs
+    interval_coverage: float | None  # share of local runs whose 80 % interval held the achieved value
+    gain_error_shipped: dict[str, float]  # strategy -> mean |held-out residual| (points), shipped records only
+    gain_error_with_local: dict[str, float]  # the same with this machine's records added
+    cv_gap_shipped: float | None = None  # median validation-minus-CV gap of the probes (points), shipped records
+    cv_gap_with_local: float | None = None  # the same with this machine's probe runs added
+    records: list[str]
+
+
+def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
+    """Score the recorded forecasts and refit the forecaster (fine-tune gains, probe CV gap) on shipped + local records."""
+    outcomes = [o for o in local_outcomes(path) if finite_number(o.get("forecast")) and finite_number(o.get("forecast_low"))
+                and finite_number(o.get("forecast_high"))]
+    shipped = shipped_track_record()
+    combined = shipped + local_datasets(outcomes)
+    errors = [abs(o["forecast"] - o["achieved"]) for o in outcomes]
+    covered = [o["forecast_low"] <= o["achieved"] <= o["forecast_high"] for o in outcomes]
+
+    def gain_error(records: list[dict]) -> dict[str, float]:
+        out = {}
+        for s in FINETUNES:
+            res = gain_residuals(records, s)
+            if res:
+                out[s] = round(100 * sum(abs(r) for r in res) / len(res), 2)
+        return out
+
+    return CalibrationReport(
+        local_runs=len(outcomes), mean_abs_error_points=round(100 * sum(errors) / len(errors), 2) if errors else None,
+        interval_coverage=round(sum(covered) / len(covered), 3) if covered else None,
+        gain_error_shipped=gain_error(shipped), gain_error_with_local=gain_error(combined),
+        cv_gap_shipped=_median_points(cv_gaps(shipped)), cv_gap_with_local=_median_points(cv_gaps(combined)),
+        records=list(dict.fromkeys(r["dataset"] for r in combined)))
+
+
+def _median_points(values: Sequence[float]) -> float | None:
+    return round(100 * _quantile(values, 0.5), 2) if values else None
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    v = sorted(values)
+    if not v:
+        return 0.0
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def binomial_interval(p: float, n: int) -> tuple[float, float]:
+    half = Z80 * math.sqrt(max(p * (1 - p), 1e-6) / max(n, 1))
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, per_class: float,
+             similarity: float | None, epochs: int | None, step_seconds: float | None, batch_size: int,
+             decode_seconds_per_image: float | None = None, extract_images_per_second: float | None = None,
+             partial_step_seconds: float | None = None, probe_solve_seconds: dict[str, float] | None = None,
+             short_schedule: bool = False, records: Sequence[dict] | None = None, input_size: int | None = None,
+             schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
+             time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0) -> Forecast:
+    """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
+
+    ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
+    keeps) are the settings the run will use: both models condition on them. ``dataset`` (a
+    path or name) removes that dataset's own records from the references and reports them as
+    ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio).
+    ``cached_share``: the share of the images whose features are cached already (no extraction).
+    ``cv_images``: how many images the probe CV held out; a CV on a handful (a few-shot set) is
+    noisy itself, and the probes' intervals are at least as wide as its binomial spread.
+
+    Time: a training step's forward is about a third of its forward + backward, so one image's
+    extraction costs ``step_seconds / (3 * batch_size)`` plus its decoding; a probe adds its
+    solve (``probe_solve_seconds``, strategy -> seconds); a fine-tune epoch is its optimiser steps
+    (``partial_step_seconds`` for the partial fine-tune, timed with its frozen stages) plus the
+    decoding of its images plus one evaluation pass over the validation images.
+
+    ``short_schedule``: the fine-tunes are capped below the share of their schedule the record
+    measured; no gain is credited then, and the interval keeps the predicted gain's room on the
+    low side.
+    """
+    solve = probe_solve_seconds or {}
+    records, earlier, same_name = split_own_records(load_track_record() if records is None else list(records), dataset)
+    rows: list[StrategyForecast] = []
+    notes: list[str] = []
+    decode = decode_seconds_per_image or 0.0
+    if not extract_images_per_second and step_seconds:
+        extract_images_per_second = 1.0 / (step_seconds / (3 * batch_size) + decode)
+    total_images = train_images + val_images
+    # cached features cost nothing to extract again (``cached_share``: the share already in the cache)
+    extract = total_images * (1.0 - cached_share) / extract_images_per_second * time_factor \
+        if extract_images_per_second else None
+    gap_coef = fit_probe_gap(records)
+    if gap_coef is not None:
+        shift = sum(c * v for c, v in zip(gap_coef, _xp(per_class, input_size), strict=True))
+        res = probe_gap_residuals(records)
+        spread = (_quantile(res, 0.1), _quantile(res, 0.9)) if len(res) >= 4 else (0.0, 0.0)
+        how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV in {len({group_of(r) for r, _, _ in _probe_rows(records)})} "
+                     f"reference datasets, at {input_size or RECORD_INPUT_SIZE} px")
+    else:  # an old record without profiling-sample CVs: the median validation-vs-run CV gap
+        gaps = cv_gaps(records)
+        shift = _quantile(gaps, 0.5) if gaps else 0.0
+        spread = (_quantile(gaps, 0.1) - shift, _quantile(gaps, 0.9) - shift) if len(gaps) >= 4 else (0.0, 0.0)
+        how_shift = f"{100 * shift:+.1f} points: the median validation-vs-CV gap of {len(gaps)} reference probes" if gaps else ""
+    linear = probe_cv.get(PROBE_TAP)
+    layer_tap = max(probe_cv, key=probe_cv.get) if probe_cv else None
+    for name, cv, how in (("linear-probe", linear, f"CV on {PROBE_TAP} (profiling sample)"),
+                          ("layer-probe", probe_cv.get(layer_tap) if layer_tap else None, f"CV on {layer_tap}, the best tap")):
+        if cv is None:
+            continue
+        acc = min(1.0, max(0.0, cv + shift))
+        blo, bhi = binomial_interval(acc, val_images)
+        # The record's residuals were measured on validation splits, so they already hold the
+        # binomial noise: the wider of the two, not their sum.
+        cv_half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
+        lo = max(0.0, acc - max(acc - blo, -spread[0], cv_half))
+        hi = min(1.0, acc + max(bhi - acc, spread[1], cv_half))
+        if how_shift:
+            how += f" {cv:.3f}, {how_shift}"
+        rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
+                                     method=how, cv=round(cv, 4),
+                                     seconds=round(extract + solve.get(name, 0.0) * time_factor, 1) if extract is not None else None,
+                                     time_source=time_source if extract is not None else None))
+    best_probe = max((r.accuracy for r in rows), default=None)
+    steps = math.ceil(train_images / batch_size) if train_images else 0
+    for name in FINETUNES:
+        coef = fit_gain(records, name)
+        if best_probe is None or coef is None:
+            continue
+        gain = predict_gain(coef, per_class, similarity, input_size, schedule_share)
+        res = gain_residuals(records, name)
+        lost = 0.0
+        if short_schedule:
+            gain, lost = min(gain, 0.0), abs(gain)
+        acc = min(1.0, max(0.0, best_probe + gain))
+        blo, bhi = binomial_interval(acc, val_images)
+        # The probe's error and the gain's error add (independent, in quadrature); both were measured
+        # on validation splits, so the binomial spread is a floor rather than a third term.
+        lo = max(0.0, acc - max(acc - blo, math.hypot(_quantile(res, 0.1), spread[0], lost)))
+        hi = min(1.0, acc + max(bhi - acc, math.hypot(_quantile(res, 0.9), spread[1])))
+        step = partial_step_seconds if name == "partial-finetune" and partial_step_seconds else step_seconds
+        per_epoch = (steps * step + train_images * decode
+                     + (val_images / extract_images_per_second if extract_images_per_second else 0.0)) * time_factor \
+            if step is not None else None
+        rows.append(StrategyForecast(
+            strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
+            method=(f"the better probe {best_probe:.3f}, no gain credited: the epoch cap is shorter than the "
+                    "record's fine-tunes ran" if short_schedule else
+                    f"the better probe {best_probe:.3f} {100 * gain:+.1f} points, the gain learned from "
+                    f"{len({group_of(r) for r in records})} reference datasets"),
+            seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
+            seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None,
+            time_source=time_source if per_epoch is not None else None,
+            gain_sd=round(max(1e-4, (_quantile(res, 0.9) - _quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))
+    if records:
+        local = {group_of(r) for r in records if r["dataset"].endswith("(local)")}
+        shipped = {group_of(r) for r in records if not r["dataset"].endswith("(local)")}
+        notes.append(f"learned from {len(shipped)} shipped reference datasets" + (f" and {len(local)} run on this machine" if local else ""))
+    if earlier:
+        notes.append("your earlier runs of this dataset (not counted as references): "
+                     + ", ".join(f"{s} {a:.3f}" for s, a in earlier.items()))
+    if same_name:
+        notes.append(f"the reference dataset of the same name ({', '.join(same_name)}) is left out: it may be this data")
+    out_of_range = coverage(records, per_class=per_class, input_size=input_size, share=schedule_share)
+    return Forecast(strategies=rows, records=sorted({group_of(r) for r in records}), notes=notes,
+                    extrapolating=out_of_range, earlier_runs=earlier, input_size=input_size, schedule_share=schedule_share)

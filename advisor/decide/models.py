@@ -1,0 +1,117 @@
+"""What the decide stage returns: the rules that fired, the plan, the decision and the recommendation.
+
+Pydantic models at the boundary: ``advisor recommend --json`` prints them and ``--save-plan`` writes the plan,
+so field names are part of the interface.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from advisor.decide.forecast import Forecast
+from advisor.decide.recipe import FinetuneRecipe
+from advisor.measure.models import DatasetProfile
+
+StrategyName = Literal["linear-probe", "layer-probe", "partial-finetune", "full-finetune"]
+STRATEGIES: tuple[str, ...] = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
+
+
+class RuleHit(BaseModel):
+    """A rule that fired, with its rationale filled in from the measured values."""
+
+    id: str
+    title: str
+    kind: Literal["quadrant", "override", "modifier", "warning"]
+    rationale: str
+
+
+class BoundaryNote(BaseModel):
+    """How close the placement is to a boundary of the table, and what would flip it."""
+
+    axis: Literal["size", "similarity"]
+    value: float
+    threshold: float
+    margin: str  # human sentence: "2.1x above", "interval straddles the threshold"
+    flip: str  # "with >= 200 training images per class this becomes partial-finetune"
+
+
+class RunPlan(BaseModel):
+    """Everything a strategy needs to run; saved by ``recommend --save-plan`` and run later.
+
+    Fine-tunes carry their whole training recipe in ``recipe`` (one source: advisor/decide/recipe.py);
+    probes have none. Version 1 plans (recipe fields at the top level) are read and converted.
+    """
+
+    version: int = 2
+    dataset: str
+    backbone: str
+    strategy: StrategyName
+    rule_ids: list[str]
+    taps: list[str] = Field(default_factory=list)  # features the probe reads (layer/linear probe)
+    frozen_stages: int | None = None  # fine-tunes: how many stages stay frozen (from the input side)
+    trainable_stages: int | None = None
+    recipe: FinetuneRecipe | None = None  # fine-tunes only
+    batch_size: int = Field(32, ge=2)
+    input_size: int = Field(224, ge=16)
+    class_weighting: bool = False
+    balanced_sampler: bool = False
+    seed: int = 0
+    val_fraction: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_version_1(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("version", 1) != 1:
+            return data
+        data = dict(data)
+        old = {k: data.pop(k) for k in ("lr_head", "lr_backbone", "weight_decay", "epochs", "warmup_epochs", "augment",
+                                        "adapt_bn") if k in data}
+        data["version"] = 2
+        if str(data.get("strategy", "")).endswith("finetune") and data.get("recipe") is None:
+            recipe = {k: old[k] for k in ("lr_head", "lr_backbone", "weight_decay", "epochs", "warmup_epochs") if k in old}
+            if "augment" in old:
+                recipe["augment"] = "crop" if old["augment"] else "none"
+            recipe["bn"] = "adapt" if old.get("adapt_bn") else "train"
+            data["recipe"] = recipe
+        return data
+
+    @model_validator(mode="after")
+    def _recipe_for_finetunes(self) -> RunPlan:
+        if self.strategy.endswith("finetune") and self.recipe is None:
+            self.recipe = FinetuneRecipe()
+        return self
+
+
+class Decision(BaseModel):
+    """The strategy that runs, which policy chose it, and one sentence that says why."""
+
+    policy: str
+    table: str  # the table's strategy (quadrant and overrides)
+    table_rule: str  # the rule id(s) that set it
+    forecast_best: str | None = None  # the forecast's own choice (one-standard-error rule toward the cheaper)
+    chosen: str
+    agree: bool
+    sentence: str
+
+
+class Recommendation(BaseModel):
+    """What ``advisor recommend`` returns: the profile, the placement, the rules, the plan."""
+
+    profile: DatasetProfile
+    size_class: Literal["small", "large"]
+    similarity_class: Literal["similar", "different"]
+    quadrant_rule: str
+    strategy: StrategyName
+    hits: list[RuleHit]
+    boundaries: list[BoundaryNote]
+    warnings: list[str]
+    evidence_notes: list[str] = Field(default_factory=list)  # where measurement and rule disagree
+    thresholds: dict[str, float]
+    epochs_cap: int | None = None  # the fine-tune epoch cap the advice assumed
+    plan: RunPlan
+    seconds: float | None = None
+    forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/decide/forecast.py)
+    decision: Decision | None = None  # which of table and forecast chose the strategy, and why (advisor/decide/rules/policy.py)

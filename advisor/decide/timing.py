@@ -1,0 +1,88 @@
+"""Timing on this machine: training steps, decoding, the load, and what finished runs say about the forecasts.
+
+The forecaster (advisor/decide/forecast.py) turns these measurements into wall-time forecasts; this
+module only measures and reads them. It imports advisor.core at module level, nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+
+
+def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
+                          steps: int = 3, probe_batch: int = 8, frozen_stages: int = 0) -> float:
+    """Seconds of one optimiser step at ``batch_size``: the median of a few timed steps on a small batch, scaled linearly.
+
+    The median, not the minimum or the mean: one step slowed by another process neither sets nor
+    skews it. ``frozen_stages`` (a partial fine-tune) freezes the stem and that many stages for
+    the timing, so autograd skips their backward pass as the run will.
+    """
+    net = backbone.to(device).train()
+    saved = {n: p.requires_grad for n, p in net.named_parameters()}
+    if frozen_stages:
+        for n, p in backbone.model.named_parameters():
+            if backbone.stage_of(n.rsplit(".", 1)[0])[1] <= frozen_stages:
+                p.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad] or list(net.parameters())
+    opt = torch.optim.SGD(params, lr=0.0)  # lr 0: the timing must not change the weights
+    x = torch.randn(probe_batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)
+    times = []
+    try:
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            net(x).float().mean().backward()
+            opt.step()
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
+            if i:  # the first step pays one-off allocation and kernel selection
+                times.append(time.perf_counter() - t0)
+    finally:
+        opt.zero_grad(set_to_none=True)
+        for n, p in net.named_parameters():
+            p.requires_grad_(saved[n])
+        net.eval()
+    times.sort()
+    mid = len(times) // 2
+    median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    return median * batch_size / probe_batch
+
+
+
+
+def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, since: str | None = None) -> tuple[float, int]:
+    """(median achieved/forecast wall-time ratio, runs it rests on) over this machine's latest finished runs on ``device``.
+
+    Each finished run feeds back: a timing taken under load, or a cost the step timing misses, is
+    corrected by what runs actually took. ``since`` (an ISO time) keeps the runs recorded after
+    the step timing in use. Ratios outside 1/20-20 are dropped as broken records.
+    """
+    ratios = [o["seconds"] / o["forecast_seconds"] for o in outcomes
+              if o.get("device") == device and finite_number(o.get("seconds")) and finite_number(o.get("forecast_seconds"))
+              and o["forecast_seconds"] > 0 and 0.05 <= o["seconds"] / o["forecast_seconds"] <= 20
+              and (since is None or str(o.get("time", "")) >= since)]
+    ratios = sorted(ratios[-last:])
+    if not ratios:
+        return 1.0, 0
+    mid = len(ratios) // 2
+    return (ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2), len(ratios)
+
+
+def decode_seconds(paths: Sequence[str], transform) -> float:
+    """Seconds to decode and transform one image, timed on ``paths``."""
+    from advisor.data.imagefile import load_image
+
+    t0 = time.perf_counter()
+    for p in paths:
+        transform(load_image(p))
+    return (time.perf_counter() - t0) / max(1, len(paths))
+
+
+def finite_number(v) -> bool:
+    """A real, finite number (not a bool, NaN or infinity): what a number read back from a file must be."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,123 @@
+"""What runs measured, as typed models every later layer shares: metrics, per-class scores, a strategy's
+result (:class:`RunResult`) and strategies side by side (:class:`Comparison`, what ``advisor compare`` saves)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from advisor.decide.models import Recommendation
+
+
+class ClassMetrics(BaseModel):
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Metrics(BaseModel):
+    """Validation metrics of a trained classifier."""
+
+    val_accuracy: float
+    val_accuracy_ci: tuple[float, float]  # Wilson 95 % interval
+    val_loss: float
+    n_val: int
+    per_class: list[ClassMetrics]
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Metrics:
+    logits, y = logits.detach().float().cpu(), y.cpu()
+    k = len(classes)
+    pred = logits.argmax(1)
+    conf = torch.zeros(k, k, dtype=torch.long)
+    conf.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    per = []
+    for i, name in enumerate(classes):
+        tp = int(conf[i, i])
+        p = tp / int(conf[:, i].sum()) if conf[:, i].sum() else 0.0
+        r = tp / int(conf[i].sum()) if conf[i].sum() else 0.0
+        per.append(ClassMetrics(name=name, precision=round(p, 4), recall=round(r, 4),
+                                f1=round(2 * p * r / (p + r), 4) if p + r else 0.0, support=int(conf[i].sum())))
+    correct = int((pred == y).sum())
+    n = int(y.numel())
+    loss = float(torch.nn.functional.cross_entropy(logits, y)) if n else float("nan")
+    return Metrics(val_accuracy=correct / n if n else 0.0, val_accuracy_ci=wilson_interval(correct, n), val_loss=round(loss, 5),
+                   n_val=n, per_class=per, confusion=conf.tolist())
+
+
+class RunResult(BaseModel):
+    """What a strategy's ``fit`` returns."""
+
+    strategy: str
+    metrics: Metrics
+    curves: dict[str, list[float]] = {}
+    trainable_params: int
+    total_params: int
+    seconds: float
+    device: str
+    selected: dict[str, Any] = {}  # what the strategy chose (tap, l2, epochs run, ...)
+    sweep: list[dict[str, Any]] = []  # layer probe: one row per candidate
+    artifacts: dict[str, str] = {}
+    epochs_completed: int | None = None
+    stopped_early: bool = False
+    # (path, true class, predicted class) of every validation image evaluated: paired comparisons
+    # between strategies (compare) need the per-image outcomes, not only the accuracy.
+    predictions: list[tuple[str, int, int]] = []
+    confidence: list[float] = []  # per prediction: the probability of the predicted class (report galleries)
+
+
+class CompareRow(BaseModel):
+    strategy: str
+    val_accuracy: float
+    ci: tuple[float, float]
+    n_val: int
+    seconds: float
+    trainable_params: int
+    total_params: int
+    input_size: int
+    epochs: int | None
+    selected: dict
+    run_dir: str
+    recommended: bool = False
+    winner: bool = False
+    # Accuracy points behind the most accurate strategy, paired over the same validation images,
+    # with its 95 % bootstrap interval; tied: the interval reaches 0, so the data cannot order them.
+    behind_best: float = 0.0
+    behind_best_ci: tuple[float, float] = (0.0, 0.0)
+    tied_with_best: bool = True
+
+
+class Comparison(BaseModel):
+    """What ``advisor compare`` prints and saves as ``compare.json``."""
+
+    dataset: str
+    backbone: str
+    recommended: str
+    winner: str
+    regret_points: float  # winner's accuracy minus the recommended strategy's, in accuracy points
+    regret_ci: tuple[float, float] = (0.0, 0.0)  # paired bootstrap, 95 %, in points
+    verdict: str = ""  # what the comparison can and cannot claim, in words
+    rows: list[CompareRow]
+    input_size: int | None
+    epochs_cap: int | None
+    recommend_seconds: float
+    compare_seconds: float
+    recommend_cost_fraction: float  # recommend time / the time of running every strategy
+    saved_to: str
+    recommendation: Recommendation
