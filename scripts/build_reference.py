@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from advisor import __version__
+from advisor.core.version import __version__
 from advisor.backbones import PRE_LOGITS, create_backbone
 from advisor.data.imagefile import IMAGE_EXTENSIONS
 from advisor.measure.features import extract_features

@@ -19,7 +19,7 @@ MAX_LINES = 500
 # The pipeline's stages, lowest first (docs/architecture.md): a module may import its own stage and
 # those below it, never one above. `strategies/` is top level by design, between decide and report.
 STAGES = ["advisor.core", "advisor.data", "advisor.backbones", "advisor.measure", "advisor.decide", "strategies",
-          "advisor.report", "advisor.execute", "advisor.cli"]
+          "advisor.report", "advisor.execute", "advisor.api", "advisor.cli"]
 
 
 def _modules() -> dict[str, Path]:
@@ -129,9 +129,9 @@ def test_the_report_receives_finished_results():
             assert not {d for d in dsts if d.startswith(("advisor.execute", "advisor.cli"))}, name
 
 
-def test_every_stage_is_a_package_that_says_what_it_owns():
+def test_every_stage_says_what_it_owns_and_may_import():
     for stage in STAGES:
-        assert stage in MODULES and _is_package(stage), stage
+        assert stage in MODULES, stage
         doc = ast.get_docstring(ast.parse(MODULES[stage].read_text()))
         assert doc and "import" in doc.lower(), f"{stage}/__init__.py: say what it owns and what it may import"
 
@@ -154,7 +154,7 @@ def test_the_package_face_is_the_users(forbidden):
     out = subprocess.run([sys.executable, "-c", "import advisor; print(' '.join(dir(advisor)))"],
                          capture_output=True, text=True, check=True, cwd=REPO).stdout.split()
     assert forbidden not in out
-    assert "__version__" in out
+    assert {"__version__", "profile", "recommend", "run", "compare", "load", "AdvisorError"} <= set(out)
 
 
 def test_architecture_md_names_only_what_exists():

@@ -73,3 +73,68 @@ def test_a_head_on_earlier_taps_skips_timm_with_the_reason(tmp_path):
                    num_workers=0)
     res = export_run(out.run_dir)
     assert "timm" in res.skipped and "torchscript" in res.files
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory):
+    from advisor.execute.runner import auto_run
+
+    tmp = tmp_path_factory.mktemp("export-ft")
+    return auto_run(EXAMPLE, strategy="full-finetune", runs_dir=tmp / "runs", cache_dir=tmp / "cache", num_workers=0,
+                    epochs=1, input_size=64)
+
+
+def _logits(run_dir, x):
+    from advisor.backbones.classifier import load_classifier
+
+    model, _ = load_classifier(run_dir)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("which", ["probe_run", "finetune_run"])
+def test_every_format_reproduces_the_classifier_at_batch_1_and_7(which, request, tmp_path):
+    """ONNX in onnxruntime, TorchScript and the timm safetensors file each give the classifier's logits."""
+    import shutil
+
+    import onnxruntime
+    import timm
+    from safetensors.torch import load_file
+
+    from advisor.execute.export import export_run
+
+    run = request.getfixturevalue(which)
+    res = export_run(run.run_dir, out_dir=tmp_path / "exp")
+    assert set(res.files) == {"timm", "torchscript", "onnx"}, res.skipped
+    images = sorted(str(p) for p in (EXAMPLE / "val").rglob("*.jpg"))[:7]
+    meta = json.loads(Path(res.files["onnx"] + ".json").read_text())
+    assert meta["input"]["name"] == "image" and meta["classes"] == ["ants", "bees"]
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and meta["preprocessing"]["interpolation"] == "bicubic"
+    x7 = _prepared(images, meta["transform"])
+    # model.onnx copied on its own, away from everything it was written with, still loads.
+    alone = tmp_path / "elsewhere" / "model.onnx"
+    alone.parent.mkdir()
+    shutil.copy(res.files["onnx"], alone)
+    assert sorted(p.name for p in Path(res.files["onnx"]).parent.iterdir() if p.name.startswith(".")) == []
+    session = onnxruntime.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    script = torch.jit.load(res.files["torchscript"])
+    card = json.loads(Path(res.files["timm"]).with_suffix(".json").read_text())
+    net = timm.create_model(card["architecture"], pretrained=False, num_classes=card["num_classes"]).eval()
+    net.load_state_dict(load_file(res.files["timm"]))
+    for x in (x7[:1], x7):
+        expected = _logits(run.run_dir, x)
+        onnx_out = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
+        with torch.no_grad():
+            outs = {"onnx": onnx_out, "torchscript": script(x), "timm": net(x)}
+        for fmt, got in outs.items():
+            assert got.shape == expected.shape, fmt
+            assert torch.allclose(got, expected, rtol=1e-3, atol=1e-3), (fmt, float((got - expected).abs().max()))
+
+
+def test_without_the_export_extra_onnx_is_skipped_with_the_fix(probe_run, tmp_path, monkeypatch):
+    from advisor.execute import export
+
+    monkeypatch.setattr(export, "_missing", lambda modules: ["onnxscript"])
+    res = export.export_run(probe_run.run_dir, out_dir=tmp_path / "exp")
+    assert "onnx" not in res.files and "pip install 'advisor[export]'" in res.skipped["onnx"]
+    assert not (tmp_path / "exp" / "model.onnx").exists()

@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from advisor import api
 from advisor.cli.launch import ARGV, argv_value, relaunch
 from advisor.cli.options import (
     BackboneOpt,
@@ -57,7 +58,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from advisor import __version__
+        from advisor.core.version import __version__
 
         typer.echo(f"advisor {__version__}")
         raise typer.Exit()
@@ -168,11 +169,9 @@ def profile_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Measure the dataset: size, balance, sizes, duplicates and leakage, similarity to ImageNet."""
-    from advisor.measure.profiler import profile_dataset
-
     with stage_bars() as cb:
-        prof, _, _ = profile_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                                     device=device, cache_dir=cache_dir, progress=cb)
+        prof = api.profile(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
+                           device=device, cache_dir=cache_dir, progress=cb)
     if json_out:
         print_json(prof)
         return
@@ -198,15 +197,15 @@ def recommend_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
-    from advisor.decide.advise import parse_duration, recommend_dataset
-    from advisor.report.html import save_advice
+    if budget is not None:
+        from advisor.decide.advise import parse_duration
 
-    budget_seconds = parse_duration(budget) if budget is not None else None
+        parse_duration(budget)  # a bad budget fails before any work
     with stage_bars() as cb:
-        rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                                device=device, cache_dir=cache_dir, progress=cb, epochs_cap=epochs,
-                                budget_seconds=budget_seconds, input_size=input_size)
-    saved = save_advice(rec, save_plan) if save_plan is not None else None
+        rec = api.recommend(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
+                            device=device, cache_dir=cache_dir, progress=cb, epochs=epochs, budget=budget,
+                            input_size=input_size, save_plan=save_plan)
+    saved = (save_plan, Path(save_plan).with_suffix(".html")) if save_plan is not None else None
     if json_out:
         print_json(rec)
         return
@@ -240,9 +239,10 @@ def run_cmd(
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
     from advisor.decide.advise import parse_duration
-    from advisor.execute import runner
+    from advisor.execute.runner import RunInterrupted
 
-    budget_seconds = parse_duration(budget) if budget is not None else None
+    if budget is not None:
+        parse_duration(budget)  # a bad budget fails before any work
     modes = sum([auto, strategy is not None and plan_file is None, plan_file is not None, resume is not None])
     if modes != 1:
         raise AdvisorError("choose exactly one of --auto, --strategy NAME, --plan FILE or --resume RUN_DIR",
@@ -260,19 +260,13 @@ def run_cmd(
     try:
         with stage_bars() as cb:
             if resume is not None:
-                outcome = runner.resume_run(resume, device=dev, progress=cb)
-            elif plan_file is not None:
-                from advisor.decide.advise import load_plan
-
-                plan = runner.apply_overrides(load_plan(plan_file), epochs=epochs, input_size=input_size, strategy=strategy)
-                outcome = runner.run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
-                                          num_workers=workers, progress=cb, keep_checkpoint=keep_checkpoint)
+                outcome = api.resume(resume, device=dev, progress=cb)
             else:
-                outcome = runner.auto_run(dataset, strategy=strategy, backbone=backbone, sample_size=sample_size, seed=seed,
-                                          runs_dir=runs_dir, device=dev, cache_dir=cache_dir, num_workers=workers,
-                                          epochs=epochs, input_size=input_size, progress=cb, on_recommendation=show,
-                                          keep_checkpoint=keep_checkpoint, budget_seconds=budget_seconds)
-    except runner.RunInterrupted as stop:
+                outcome = api.run(dataset, strategy=strategy or "auto", plan=plan_file, backbone=backbone,
+                                  sample_size=sample_size, seed=seed, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
+                                  workers=workers, epochs=epochs, input_size=input_size, progress=cb,
+                                  on_recommendation=show, keep_checkpoint=keep_checkpoint, budget=budget)
+    except RunInterrupted as stop:
         err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {shown(stop.run_dir)}",
                           soft_wrap=True)
         sys.exit(130)
@@ -291,9 +285,7 @@ def predict_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Classify images with a trained run: top-k classes with probabilities."""
-    from advisor.execute.predict import predict
-
-    rep = predict(run_dir, images, top_k=top_k, device=None if device == "auto" else device)
+    rep = api.load(run_dir, device=device).predict(images, top_k=top_k)
     if json_out:
         print_json(rep)
         return
@@ -330,15 +322,15 @@ def compare_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every strategy on the same split and backbone; show accuracy, time, parameters and the advice's regret."""
-    from advisor.execute.compare import check_strategies, compare
+    from advisor.execute.compare import check_strategies
 
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     check_strategies(names)
     relaunch(devices, device)  # after the check: a bad command line fails once, not once per rank
     with stage_bars() as cb:
-        res = compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size, epochs=epochs,
-                      sample_size=sample_size, seed=seed, device=None if device == "auto" else device,
-                      cache_dir=cache_dir, num_workers=workers, progress=cb)
+        res = api.compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
+                          epochs=epochs, sample_size=sample_size, seed=seed, device=device, cache_dir=cache_dir,
+                          workers=workers, progress=cb)
     if json_out:
         print_json(res, exclude={"recommendation"})
         return
@@ -370,7 +362,7 @@ def export_cmd(
     """Export the whole classifier: timm safetensors (timm's key names), TorchScript, ONNX where installed."""
     from advisor.execute.export import export_run
 
-    res = export_run(run_dir, out_dir=out_dir)
+    res = export_run(run_dir, out_dir=out_dir)  # not through api.load: exporting needs no device
     if json_out:
         print_json(res)
         return

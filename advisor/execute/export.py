@@ -5,15 +5,20 @@
   head fold into timm's own classifier layer: ``timm.create_model(card["architecture"],
   num_classes=len(card["classes"]))`` then ``load_state_dict`` with timm's key names.
 * ``model.torchscript.pt``: any classifier, traced (``torch.jit.load`` needs only torch).
-* ``model.onnx``: where the ``onnx`` package is installed.
+* ``model.onnx``: one self-contained file (weights inside), dynamic batch axis, where the ``export``
+  extra is installed (onnx, onnxscript to write it, onnxruntime to verify it).
 
-Each export is checked on a random batch against the classifier it came from before it is kept;
-inputs are images prepared as the card's ``transform`` says (resize, centre crop, normalise).
+Each export is checked on random batches of 1 and 7 images against the classifier it came from
+(in onnxruntime for ONNX) before it is kept, and gets a sidecar ``<file>.json``: class names, input
+and output names, and the preprocessing (resize, centre crop, scale, mean, std, interpolation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
+import io
 import json
 import os
 import warnings
@@ -69,36 +74,96 @@ def timm_classifier(model: TransferClassifier) -> tuple[torch.nn.Module, str]:
     return timm_model, arch
 
 
+CHECK_BATCHES = (1, 7)  # every export is checked at these batch sizes: the batch axis is dynamic
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # write (torch.onnx's exporter), verify (onnxruntime)
+
+
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def sidecar(fmt: str, file: str, card, *, input_name: str | None = None, output_name: str | None = None,
+            extra: dict | None = None) -> dict:
+    """What a consumer needs besides the file: the preprocessing, the class names, the tensor names."""
+    tf = card.transform
+    return {"format": fmt, "file": file, "classes": list(card.classes), "num_classes": len(card.classes),
+            "input": {"name": input_name, "layout": "NCHW", "dtype": "float32", "size": [tf.input_size, tf.input_size]},
+            "output": {"name": output_name, "meaning": "logits (softmax gives the probabilities)"},
+            "preprocessing": {"resize_shorter_side_to": tf.resize_size, "interpolation": tf.interpolation,
+                              "center_crop": tf.input_size, "scale": "pixels / 255", "mean": list(tf.mean),
+                              "std": list(tf.std), "channels": "RGB"},
+            "transform": tf.model_dump(mode="json"),  # advisor's own TransformConfig, for tools that read it
+            "strategy": card.strategy, "source_backbone": card.backbone, "weights_digest": card.weights_digest,
+            **(extra or {})}
+
+
+def _onnx_write_verified(model: torch.nn.Module, x: torch.Tensor, batches: dict[int, torch.Tensor],
+                         references: dict[int, torch.Tensor], path: Path) -> float:
+    """Export to ONNX (one self-contained file, dynamic batch), run it in onnxruntime, and keep it only if it matches."""
+    import onnxruntime
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter reports progress on stdout
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), None, input_names=["image"], output_names=["logits"], dynamo=True,
+                                     verbose=False, external_data=False,
+                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    worst = {}
+
+    def write(tmp: Path) -> None:
+        # One file: weights inside (a model under 2 GB), so model.onnx copied on its own still loads.
+        program.save(str(tmp), external_data=False)
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        for b, xb in batches.items():
+            out = torch.from_numpy(session.run(["logits"], {"image": xb.numpy()})[0])
+            worst[b] = float((out - references[b]).abs().max()) if out.shape == references[b].shape else float("inf")
+        if not max(worst.values()) <= TOLERANCE:
+            raise ExportMismatch(f"the onnx export differs from the classifier by {max(worst.values()):.2e} "
+                                 f"(tolerance {TOLERANCE:g}, batches {sorted(worst)})",
+                                 hint="not written; the run's own model and the other exports are unaffected")
+
+    call_writing(path, write)
+    return max(worst.values())
+
+
 def export_run(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = None, seed: int = 0) -> ExportResult:
-    """Write every export the classifier allows into ``RUN_DIR/export`` (or ``out_dir``)."""
+    """Write every export the classifier allows into ``RUN_DIR/export`` (or ``out_dir``), each verified.
+
+    Each file is checked against the classifier on random batches of 1 and 7 images (max |logit
+    difference| <= ``TOLERANCE``) before it is kept, and gets a sidecar JSON with its preprocessing.
+    """
     model, card = load_classifier(run_dir)
     model = model.cpu().eval()
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / EXPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     size = card.transform.input_size
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    batches = {b: torch.randn(b, 3, size, size, generator=g) for b in CHECK_BATCHES}
+    x = torch.randn(2, 3, size, size, generator=g)  # what tracing and export see: neither 1 nor 7
     with torch.no_grad():
-        reference = model(x)
+        references = {b: model(xb) for b, xb in batches.items()}
     files, skipped, diffs = {}, {}, {}
 
-    def check(name: str, logits: torch.Tensor) -> None:
-        diff = float((logits - reference).abs().max())
+    def check(name: str, run) -> None:
+        with torch.no_grad():
+            diff = max(float((run(xb) - references[b]).abs().max()) for b, xb in batches.items())
         if not diff <= TOLERANCE:
-            raise ExportMismatch(f"the {name} export differs from the classifier by {diff:.2e} on the check batch "
-                               f"(tolerance {TOLERANCE:g})", hint="report this as a bug; the run's own model is unaffected")
+            raise ExportMismatch(f"the {name} export differs from the classifier by {diff:.2e} on the check batches "
+                                 f"(tolerance {TOLERANCE:g})", hint="report this as a bug; the run's own model is unaffected")
         diffs[name] = diff
 
-    meta = {"classes": card.classes, "transform": card.transform.model_dump(mode="json"), "strategy": card.strategy,
-            "source_backbone": card.backbone, "weights_digest": card.weights_digest}
+    def keep(fmt: str, path: Path, **kw) -> None:
+        write_text_atomic(path.with_name(path.name + ".json"), json.dumps(sidecar(fmt, path.name, card, **kw), indent=2))
+        files[fmt] = str(path)
+
     try:
         timm_model, arch = timm_classifier(model)
-        with torch.no_grad():
-            check("timm", timm_model(x))
+        check("timm", timm_model)
         path = out / "model.timm.safetensors"
         state = {k: v.detach().contiguous() for k, v in timm_model.state_dict().items()}
         call_writing(path, lambda tmp: save_file(state, str(tmp)))
+        # timm's own loader reads model.timm.json (architecture, num_classes); the sidecar has the preprocessing too.
         write_text_atomic(out / "model.timm.json", json.dumps({"architecture": arch, "num_classes": len(card.classes),
-                                                               **meta}, indent=2))
+                                                               **sidecar("timm", path.name, card)}, indent=2))
         files["timm"] = str(path)
     except ExportMismatch:
         raise
@@ -108,20 +173,17 @@ def export_run(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None 
     with warnings.catch_warnings():  # the tap hooks' shape checks are constants for a fixed input size: expected
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, x, check_trace=False)
-    with torch.no_grad():
-        check("torchscript", traced(x))
+    check("torchscript", traced)
     path = out / "model.torchscript.pt"
     call_writing(path, lambda tmp: traced.save(str(tmp)))
-    files["torchscript"] = str(path)
+    keep("torchscript", path)
 
-    try:
-        import onnx  # noqa: F401  (torch.onnx needs it to write the file)
-    except ImportError:
-        skipped["onnx"] = "the onnx package is not installed (pip install onnx onnxscript)"
+    missing = _missing(ONNX_MODULES)
+    if missing:
+        skipped["onnx"] = (f"needs {', '.join(missing)} to write and verify it: pip install 'advisor[export]' "
+                           "(an ONNX file is kept only after onnxruntime reproduces the classifier)")
     else:
         path = out / "model.onnx"
-        call_writing(path, lambda tmp: torch.onnx.export(model, (x,), str(tmp), input_names=["image"],
-                                                         output_names=["logits"], dynamic_axes={"image": {0: "batch"}}))
-        files["onnx"] = str(path)
-    write_text_atomic(out / "classes.json", json.dumps(meta, indent=2))
+        diffs["onnx"] = _onnx_write_verified(model, x, batches, references, path)
+        keep("onnx", path, input_name="image", output_name="logits")
     return ExportResult(run_dir=str(run_dir), files=files, skipped=skipped, max_abs_diff=diffs)

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from advisor import __version__
+from advisor.core.version import __version__
 from advisor.backbones import create_backbone
 from advisor.backbones.classifier import ModelCard, save_classifier
 from advisor.core import distributed

@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from advisor import __version__
+from advisor.core.version import __version__
 from advisor.core.io import write_text_atomic
 from advisor.decide.advise import save_plan
 from advisor.decide.models import Recommendation, RunPlan

@@ -1,0 +1,330 @@
+"""The Python API: what the command line does, as functions that return typed results and never print.
+
+``import advisor`` offers these names (loaded on first use, so importing advisor stays cheap).
+The command line (``advisor.cli``) is a thin layer over them: it parses, calls, renders.
+Imports every stage below it; only ``advisor.cli`` and the package face import it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from advisor.backbones import DEFAULT_BACKBONE
+from advisor.core.errors import AdvisorError
+from advisor.decide.models import Recommendation, RunPlan
+from advisor.measure.models import DatasetProfile
+from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE
+from strategies.results import Comparison
+
+__all__ = ["AdvisorError", "Classifier", "compare", "load", "profile", "recommend", "resume", "run"]
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as each stage advances (extract, profile, train, ...)."""
+
+# The command line's ranges, applied to the same options here: the API refuses what the CLI refuses.
+MIN_INPUT, MAX_INPUT = 32, 1024
+MAX_EPOCHS = 1000
+MIN_SAMPLE, MAX_SAMPLE = 4, 100_000
+
+
+def _check_range(name: str, value: int | None, low: int, high: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise AdvisorError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _device(device: str | None) -> str | None:
+    return None if device in (None, "auto") else device
+
+
+def _seconds(budget: float | str | None) -> float | None:
+    from advisor.decide.advise import parse_duration
+
+    return None if budget is None else parse_duration(str(budget))
+
+
+def profile(dataset: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
+            sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, device: str | None = None,
+            cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> DatasetProfile:
+    """Measure a dataset: size, balance, image sizes, duplicates and leakage, similarity to ImageNet.
+
+    Parameters
+    ----------
+    dataset : path
+        A folder (``<class>/<image>`` or ``<split>/<class>/<image>``) or a CSV manifest ``path,label[,split]``.
+    backbone : str, default "efficientnet_lite0"
+        A registered backbone, ``timm/<name>`` or ``torchvision/<name>`` (see ``advisor backbones``).
+    weights : path, optional
+        A weights file for the backbone (safetensors or a torch state dict).
+    sample_size : int, default 300
+        Images read for the similarity estimate (stratified by class), 4 to 100,000.
+    seed : int, default 0
+        Seed of the sample, the bootstrap and the validation split.
+    device : str, optional
+        "auto" (default), "cpu", "cuda" or "cuda:N".
+    cache_dir : path, optional
+        The feature cache [default: ``$ADVISOR_CACHE_DIR`` or ``~/.cache/advisor``].
+    progress : callable, optional
+        ``progress(stage, done, total)``; nothing is printed either way.
+
+    Returns
+    -------
+    DatasetProfile
+        Every measurement the rules may look at, with intervals (``.similarity``, ``.tap_evidence``, ...).
+
+    Raises
+    ------
+    AdvisorError
+        Bad input (a missing folder, one class, an unknown backbone, ...); ``str(err)`` is the CLI's one-line error.
+
+    Examples
+    --------
+    >>> import advisor
+    >>> p = advisor.profile("examples/ants-bees")  # doctest: +SKIP
+    >>> p.num_classes, p.similarity.score.value     # doctest: +SKIP
+    (2, 0.63)
+    """
+    from advisor.measure.profiler import profile_dataset
+
+    _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    prof, _, _ = profile_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
+                                 device=_device(device), cache_dir=cache_dir, progress=progress)
+    return prof
+
+
+def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, epochs: int | None = None,
+              input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
+              sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, device: str | None = None,
+              cache_dir: str | os.PathLike | None = None, save_plan: str | os.PathLike | None = None,
+              progress: Progress | None = None) -> Recommendation:
+    """Profile a dataset, place it in the 2x2 table, forecast every strategy, and decide which to run.
+
+    Parameters
+    ----------
+    dataset : path
+        A folder or CSV manifest, as for :func:`profile`.
+    budget : float or str, optional
+        A wall-time budget in seconds, or a duration like "15m", "90s", "1h": the strategy with the
+        best forecast that fits it is chosen. None: no budget.
+    epochs : int, optional
+        The fine-tune epoch cap you will run with (1-1000); a short cap lets the forecast choose.
+    input_size : int, optional
+        The input resolution you will train at (32-1024 px); the forecast conditions on it.
+    backbone, weights, sample_size, seed, device, cache_dir, progress
+        As for :func:`profile`.
+    save_plan : path, optional
+        Also write the executable plan there (JSON) and its report next to it (``.html``).
+
+    Returns
+    -------
+    Recommendation
+        ``.plan`` (the :class:`RunPlan` that would run), ``.decision`` (which strategy and why, in one
+        sentence), ``.forecast`` (each strategy's accuracy and time with intervals), ``.hits`` (the rules that fired).
+
+    Raises
+    ------
+    AdvisorError
+        Bad input; ``str(err)`` is the CLI's one-line error.
+
+    Examples
+    --------
+    >>> rec = advisor.recommend("examples/ants-bees", input_size=128)  # doctest: +SKIP
+    >>> rec.plan.strategy, rec.decision.sentence                        # doctest: +SKIP
+    ('linear-probe', 'the table and the forecast agree on linear-probe ...')
+    """
+    from advisor.decide.advise import recommend_dataset
+
+    _check_range("epochs", epochs, 1, MAX_EPOCHS)
+    _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
+    _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
+                            device=_device(device), cache_dir=cache_dir, progress=progress, epochs_cap=epochs,
+                            budget_seconds=_seconds(budget), input_size=input_size)
+    if save_plan is not None:
+        from advisor.report.html import save_advice
+
+        save_advice(rec, save_plan)
+    return rec
+
+
+def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", plan: RunPlan | str | os.PathLike | None = None,
+        epochs: int | None = None, input_size: int | None = None, budget: float | str | None = None,
+        backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
+        runs_dir: str | os.PathLike = "runs", device: str | None = None, cache_dir: str | os.PathLike | None = None,
+        workers: int | None = None, keep_checkpoint: bool = False, progress: Progress | None = None,
+        on_recommendation: Callable[[Recommendation], None] | None = None):
+    """Train a classifier on a dataset: follow the advice (``strategy="auto"``), force a strategy, or run a plan.
+
+    Parameters
+    ----------
+    dataset : path
+        A folder or CSV manifest (optional with ``plan``, which names its dataset).
+    strategy : str, default "auto"
+        "auto" (profile, recommend, run the decision), "linear-probe", "layer-probe",
+        "partial-finetune" or "full-finetune".
+    plan : RunPlan or path, optional
+        A plan from :func:`recommend` (``rec.plan``) or a file written with ``save_plan``.
+    epochs : int, optional
+        Override the fine-tune's epochs (1-1000).
+    input_size : int, optional
+        Train at this resolution (32-1024 px).
+    budget : float or str, optional
+        With "auto": the wall-time budget the chosen strategy must fit.
+    runs_dir : path, default "runs"
+        Where the run directory is created.
+    workers : int, optional
+        DataLoader worker processes (0-64) [default: by device and free cores].
+    keep_checkpoint : bool, default False
+        Keep ``checkpoints/`` (weights and optimiser) after the run finishes.
+    on_recommendation : callable, optional
+        Called with the :class:`Recommendation` before training starts ("auto" only).
+    backbone, sample_size, seed, device, cache_dir, progress
+        As for :func:`profile`.
+
+    Returns
+    -------
+    RunOutcome
+        ``.run_dir`` (load it with :func:`load`), ``.result`` (a :class:`RunResult`: ``.metrics.val_accuracy``
+        with its interval, curves, what the strategy chose), ``.plan`` and ``.recommendation``.
+
+    Raises
+    ------
+    AdvisorError
+        Bad input; ``str(err)`` is the CLI's one-line error. A Ctrl-C raises ``RunInterrupted``
+        (a KeyboardInterrupt) after the checkpoint is saved: :func:`resume` continues the run.
+
+    Examples
+    --------
+    >>> out = advisor.run("examples/ants-bees", strategy="linear-probe")  # doctest: +SKIP
+    >>> out.result.metrics.val_accuracy                                     # doctest: +SKIP
+    0.95
+    """
+    from advisor.decide.advise import load_plan
+    from advisor.execute import runner
+    from strategies import strategy_names
+
+    _check_range("epochs", epochs, 1, MAX_EPOCHS)
+    _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
+    _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    _check_range("workers", workers, 0, 64)
+    forced = None if strategy == "auto" else strategy
+    if forced is not None and forced not in strategy_names():
+        raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose auto or one of {', '.join(strategy_names())}")
+    if plan is not None:
+        the_plan = plan if isinstance(plan, RunPlan) else load_plan(plan)
+        the_plan = runner.apply_overrides(the_plan, epochs=epochs, input_size=input_size, strategy=forced)
+        return runner.run_plan(the_plan, dataset=dataset, runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir,
+                               num_workers=workers, progress=progress, keep_checkpoint=keep_checkpoint)
+    if dataset is None:
+        raise AdvisorError("a dataset is needed", hint="advisor.run('path/to/images') or advisor.run(plan=...)")
+    return runner.auto_run(dataset, strategy=forced, backbone=backbone, sample_size=sample_size, seed=seed,
+                           runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir, num_workers=workers,
+                           epochs=epochs, input_size=input_size, progress=progress, on_recommendation=on_recommendation,
+                           keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget))
+
+
+def resume(run_dir: str | os.PathLike, *, device: str | None = None, progress: Progress | None = None):
+    """Continue an interrupted run from its directory; a fine-tune restarts from its last checkpoint.
+
+    Returns the same ``RunOutcome`` as :func:`run`; on the CPU the model equals an uninterrupted run's.
+    """
+    from advisor.execute.runner import resume_run
+
+    return resume_run(run_dir, device=_device(device), progress=progress)
+
+
+def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = None, epochs: int | None = None,
+            input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE,
+            seed: int = 0, runs_dir: str | os.PathLike = "runs", device: str | None = None,
+            cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+            progress: Progress | None = None) -> Comparison:
+    """Run several strategies on the same split, backbone, input size and epoch cap, and rank them.
+
+    Parameters
+    ----------
+    strategies : list of str, optional
+        A subset of the four strategies [default: all four].
+    epochs, input_size, backbone, sample_size, seed, runs_dir, device, cache_dir, workers, progress
+        As for :func:`run`.
+
+    Returns
+    -------
+    Comparison
+        ``.rows`` (each strategy's accuracy with its interval, its paired gap to the best, time),
+        ``.winner``, ``.recommended``, ``.regret_points`` and ``.verdict`` (what the data can and cannot separate).
+
+    Raises
+    ------
+    AdvisorError
+        Bad input; ``str(err)`` is the CLI's one-line error.
+    """
+    from advisor.execute.compare import check_strategies
+    from advisor.execute.compare import compare as compare_strategies
+
+    _check_range("epochs", epochs, 1, MAX_EPOCHS)
+    _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
+    _check_range("workers", workers, 0, 64)
+    names = check_strategies(list(strategies) if strategies is not None else None)
+    return compare_strategies(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
+                              epochs=epochs, sample_size=sample_size, seed=seed, device=_device(device),
+                              cache_dir=cache_dir, num_workers=workers, progress=progress)
+
+
+class Classifier:
+    """A trained run's classifier, loaded: ``predict`` on files, folders or PIL images; ``export`` for use elsewhere.
+
+    Build it with :func:`load`. ``classes`` are the class names in label order, ``card`` the model
+    card (backbone, transform, strategy), ``model`` the ``torch.nn.Module`` (eval mode).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, model, card, device) -> None:
+        self.run_dir, self.model, self.card, self.device = Path(run_dir), model, card, device
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.classes)
+
+    def predict(self, images, *, top_k: int = 5, batch_size: int = 32):
+        """Top-k classes with probabilities for image files, folders or PIL images (one or a list).
+
+        Returns a ``PredictionReport``: ``.predictions`` (path or ``<image N>``, and its top-k), ``.skipped``
+        (unreadable files, with the reason), ``.ignored``. Raises AdvisorError when nothing could be classified.
+        """
+        from advisor.execute.predict import predict_with
+
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        return predict_with(self.model, self.card, items, run_dir=self.run_dir, top_k=top_k, device=self.device,
+                            batch_size=batch_size)
+
+    def export(self, out_dir: str | os.PathLike | None = None):
+        """Write timm safetensors, TorchScript and ONNX (where installed), each checked against this classifier.
+
+        Returns an ``ExportResult``: ``.files`` (format -> path), ``.skipped`` (format -> why), ``.max_abs_diff``.
+        """
+        from advisor.execute.export import export_run
+
+        return export_run(self.run_dir, out_dir=out_dir)
+
+    def __repr__(self) -> str:
+        return f"Classifier({str(self.run_dir)!r}, strategy={self.card.strategy!r}, classes={len(self.card.classes)})"
+
+
+def load(run_dir: str | os.PathLike, *, device: str | None = None) -> Classifier:
+    """Load the classifier a run saved (``model.safetensors`` + ``model.json``, checked against each other).
+
+    Raises AdvisorError when the run directory is incomplete or its files do not match.
+
+    Examples
+    --------
+    >>> clf = advisor.load(out.run_dir)                     # doctest: +SKIP
+    >>> clf.predict("examples/ants-bees/ants", top_k=1)     # doctest: +SKIP
+    """
+    from advisor.backbones.classifier import load_classifier
+    from advisor.core.distributed import resolve_device
+
+    dev = resolve_device(_device(device))
+    model, card = load_classifier(run_dir, device=dev)
+    return Classifier(run_dir, model.eval(), card, dev)
