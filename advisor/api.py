@@ -154,8 +154,8 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         epochs: int | None = None, input_size: int | None = None, budget: float | str | None = None,
         backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
         runs_dir: str | os.PathLike = "runs", device: str | None = None, cache_dir: str | os.PathLike | None = None,
-        workers: int | None = None, keep_checkpoint: bool = False, progress: Progress | None = None,
-        on_recommendation: Callable[[Recommendation], None] | None = None):
+        workers: int | None = None, keep_checkpoint: bool = False, loggers: Sequence[str] = (),
+        progress: Progress | None = None, on_recommendation: Callable[[Recommendation], None] | None = None):
     """Train a classifier on a dataset: follow the advice (``strategy="auto"``), force a strategy, or run a plan.
 
     Parameters
@@ -179,6 +179,9 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         DataLoader worker processes (0-64) [default: by device and free cores].
     keep_checkpoint : bool, default False
         Keep ``checkpoints/`` (weights and optimiser) after the run finishes.
+    loggers : list of str, default ()
+        Besides ``metrics.csv`` (always): "tensorboard" (``RUN_DIR/tensorboard``) and/or "mlflow"
+        (``RUN_DIR/mlruns``, a local file store); each needs its package installed.
     on_recommendation : callable, optional
         Called with the :class:`Recommendation` before training starts ("auto" only).
     backbone, sample_size, seed, device, cache_dir, progress
@@ -217,13 +220,14 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         the_plan = plan if isinstance(plan, RunPlan) else load_plan(plan)
         the_plan = runner.apply_overrides(the_plan, epochs=epochs, input_size=input_size, strategy=forced)
         return runner.run_plan(the_plan, dataset=dataset, runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir,
-                               num_workers=workers, progress=progress, keep_checkpoint=keep_checkpoint)
+                               num_workers=workers, progress=progress, keep_checkpoint=keep_checkpoint,
+                               loggers=list(loggers))
     if dataset is None:
         raise AdvisorError("a dataset is needed", hint="advisor.run('path/to/images') or advisor.run(plan=...)")
     return runner.auto_run(dataset, strategy=forced, backbone=backbone, sample_size=sample_size, seed=seed,
                            runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir, num_workers=workers,
                            epochs=epochs, input_size=input_size, progress=progress, on_recommendation=on_recommendation,
-                           keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget))
+                           keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget), loggers=list(loggers))
 
 
 def resume(run_dir: str | os.PathLike, *, device: str | None = None, progress: Progress | None = None):

@@ -244,9 +244,12 @@ class FinetuneLoop(LoopData):
         loss_weights = class_weights_from(self.labels, self.num_classes).to(self.dev) if self.weight_loss else None
         try:
             while self.pos.epoch < cfg.epochs and not self.stopped_early:
+                # (start, images seen so far, end of training): this process's share of the epoch, for its images/s
+                self._epoch_clock = (time.perf_counter(), self.pos.seen, None)
                 if self.pos.step < self.steps_per_epoch:
                     sampler.set_epoch(self.pos.epoch, self.pos.step)
                     self._train_epoch(model, train_loader, loss_weights)
+                    self._epoch_clock = (*self._epoch_clock[:2], time.perf_counter())
                 self._end_epoch(model, val_loader, holdout_loader)
         except KeyboardInterrupt:
             run_hooks(self.callbacks, "on_interrupt", self, model)
@@ -426,6 +429,10 @@ class FinetuneLoop(LoopData):
         run_hooks(self.callbacks, "on_validation_end", self, model)
         # The lr of the epoch's last step, read off the schedule (valid after a resume too).
         lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](pos.global_step - 1)
+        lr_groups = {g.get("name", str(i)): base * fn(pos.global_step - 1) for i, (g, base, fn)
+                     in enumerate(zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas))}
+        t_start, seen_start, t_trained = self._epoch_clock
+        images, train_seconds = pos.seen - seen_start, (t_trained or time.perf_counter()) - t_start
         with defer_sigint():
             self.settle_loss()
             epoch = pos.epoch + 1
@@ -440,7 +447,10 @@ class FinetuneLoop(LoopData):
             run_hooks(self.callbacks, "on_epoch_end", self, model)
         self.ctx.event("epoch", epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=accuracy,
                        holdout_accuracy=None if math.isnan(held_acc) else held_acc, lr=lr,
-                       seconds=round(time.perf_counter() - self.t0, 2))
+                       seconds=round(time.perf_counter() - self.t0, 2), step=pos.global_step,
+                       lr_groups=lr_groups,
+                       images=images, epoch_seconds=round(time.perf_counter() - t_start, 3),
+                       train_seconds=round(train_seconds, 3))
         if self.stopped_early:
             stopper = self.selection.stopper
             self.ctx.event("early_stop", epoch=epoch, best_epoch=stopper.best_epoch, patience=stopper.patience)

@@ -235,6 +235,8 @@ def run_cmd(
     budget: Optional[str] = typer.Option(None, "--budget", help="With --auto: a wall-time budget (15m, 90s, 1h); the "
                                          "strategy with the best forecast that fits it runs."),
     devices: Optional[int] = DevicesOpt,
+    logger: Optional[list[str]] = typer.Option(None, "--logger", help="Also log to tensorboard (RUN_DIR/tensorboard) or "
+                                               "mlflow (RUN_DIR/mlruns, a local file store); repeatable. metrics.csv is always written."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
@@ -265,7 +267,8 @@ def run_cmd(
                 outcome = api.run(dataset, strategy=strategy or "auto", plan=plan_file, backbone=backbone,
                                   sample_size=sample_size, seed=seed, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
                                   workers=workers, epochs=epochs, input_size=input_size, progress=cb,
-                                  on_recommendation=show, keep_checkpoint=keep_checkpoint, budget=budget)
+                                  on_recommendation=show, keep_checkpoint=keep_checkpoint, budget=budget,
+                                  loggers=logger or ())
     except RunInterrupted as stop:
         err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {shown(stop.run_dir)}",
                           soft_wrap=True)

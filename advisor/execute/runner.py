@@ -38,6 +38,7 @@ from advisor.core.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.data.scan import scan_dataset
 from advisor.decide.advise import recommend_once
 from advisor.decide.forecast import record_outcome
+from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
 from advisor.decide.models import Recommendation, RunPlan
 from advisor.measure.models import DatasetProfile
 from advisor.report import run_report_md
@@ -69,6 +70,7 @@ class RunState(BaseModel):
     advisor_version: str = __version__
     error: str | None = None
     keep_checkpoint: bool = False  # a finished run drops its resume checkpoint unless asked to keep it
+    loggers: list[str] = []  # besides metrics.csv: tensorboard, mlflow (advisor.execute.logs)
 
 
 class RunOutcome(BaseModel):
@@ -113,9 +115,18 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     scan = scan_dataset(state.dataset, val_fraction=plan.val_fraction or 0.2, seed=plan.seed)
     data = RunData.from_scan(scan)
     backbone = create_backbone(plan.backbone)
+    loggers = make_loggers(run_dir, state.loggers) if distributed.is_main() else []
+    shows = getattr(progress, "event", None)
+
+    def on_event(rec: dict) -> None:
+        if shows is not None:
+            shows(rec)
+        for logger in loggers:
+            logger.on_event(rec)
+
     ctx = RunContext(run_dir=run_dir, device=resolve_device(state.device), seed=plan.seed,
                      cache_dir=Path(state.cache_dir) if state.cache_dir else None, num_workers=state.num_workers,
-                     resume=resume, progress=progress, on_event=getattr(progress, "event", None))
+                     resume=resume, progress=progress, on_event=on_event)
     state.status = "running"
     _write(run_dir, "run.json", state)
     ctx.event("resume" if resume else "start", strategy=plan.strategy, dataset=state.dataset)
@@ -129,6 +140,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
             return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report="", recommendation=recommendation)
         model_path, card_path = save_classifier(model, run_dir, card)
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
+                                 "metrics_csv": str(run_dir / METRICS_CSV),
                                  "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
                                  "events": str(run_dir / "events.jsonl")})
         if not state.keep_checkpoint:
@@ -136,6 +148,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         write_text_atomic(run_dir / "metrics.json",
                           json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
         _write(run_dir, "result.json", result)
+        for logger in loggers:
+            logger.finish(plan, result, run_dir)
         report = run_report_md(plan, result, dataset=state.dataset, run_dir=run_dir, recommendation=recommendation)
         write_text_atomic(run_dir / "report.md", report)
         write_report_html(run_dir)
@@ -179,8 +193,10 @@ def run_plan(
     recommendation: Recommendation | None = None,
     profile: DatasetProfile | None = None,
     keep_checkpoint: bool = False,
+    loggers: list[str] | None = None,
 ) -> RunOutcome:
-    """Start a new run of ``plan`` (on ``dataset``, default the plan's own)."""
+    """Start a new run of ``plan`` (on ``dataset``, default the plan's own); ``loggers``: tensorboard, mlflow."""
+    loggers = check_loggers(loggers)
     dataset = str(Path(dataset or plan.dataset).resolve())
     if not Path(dataset).exists():
         raise AdvisorError(f"dataset not found: {dataset}")
@@ -195,7 +211,7 @@ def run_plan(
     rd = Path(distributed.broadcast(str(rd) if rd else None))
     state = RunState(dataset=dataset, strategy=plan.strategy, status="running", device=device,
                      cache_dir=str(cache_dir) if cache_dir else None, num_workers=num_workers, started=_now(),
-                     keep_checkpoint=keep_checkpoint)
+                     keep_checkpoint=keep_checkpoint, loggers=loggers)
     _write(rd, "plan.json", plan)
     if profile is not None or recommendation is not None:
         _write(rd, "profile.json", profile or recommendation.profile)
@@ -246,12 +262,14 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
              sample_size: int = 300, seed: int = 0, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, device: str | None = None,
              cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
              input_size: int | None = None, progress=None, on_recommendation=None,
-             keep_checkpoint: bool = False, budget_seconds: float | None = None) -> RunOutcome:
+             keep_checkpoint: bool = False, budget_seconds: float | None = None,
+             loggers: list[str] | None = None) -> RunOutcome:
     """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan.
 
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
     the strategy the user already chose (the plan's other fields come from the file-level profile).
     """
+    check_loggers(loggers)  # before any work: a missing package fails in a second, not after profiling
     rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                          cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
                          force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds, input_size=input_size)
@@ -260,4 +278,5 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     if on_recommendation is not None and distributed.is_main():
         on_recommendation(rec)
     return run_plan(plan, dataset=dataset, runs_dir=runs_dir, device=device, cache_dir=cache_dir,
-                    num_workers=num_workers, progress=progress, recommendation=rec, keep_checkpoint=keep_checkpoint)
+                    num_workers=num_workers, progress=progress, recommendation=rec, keep_checkpoint=keep_checkpoint,
+                    loggers=loggers)
