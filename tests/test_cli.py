@@ -129,14 +129,14 @@ def test_recommend_json_validates_and_saves_a_plan(example_cache, tmp_path, caps
 
 
 def test_recommend_report_explains_the_placement(example_cache, capsys):
-    code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache)], capsys)
+    code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache), "--verbose"], capsys)
     assert code == 0, err
     for text in ("Similarity to ImageNet", "BatchNorm shift by depth", "Placement in the transfer-learning table",
                  "R1", "Recommended: ", "why: ", "threshold", "this becomes partial-finetune", "kid", "bn_shift"):
         assert text in out, text
     # the size the run will train at: the plan shown carries it, and no budget is named that was not given
     code, out, err = run_main(["recommend", str(EXAMPLE), "--cache-dir", str(example_cache), "--input-size", "64",
-                               "--epochs", "2"], capsys)
+                               "--epochs", "2", "--verbose"], capsys)
     assert code == 0, err
     assert "input size 64" in out and "budget" not in out.lower()
 
@@ -153,3 +153,50 @@ def test_profile_json(example_cache, capsys):
 def test_recommend_rejects_a_tiny_sample(capsys):
     code, _, err = run_main(["recommend", str(EXAMPLE), "--sample-size", "2"], capsys)
     assert code == 2 and "sample-size" in err
+
+
+def _rows(text: str, width: int) -> int:
+    from rich.cells import cell_len
+
+    return sum(max(1, -(-cell_len(line) // width)) for line in text.splitlines())
+
+
+@pytest.mark.parametrize("command", [["recommend"], ["run", "--auto"]])
+def test_the_default_screen_fits_80_columns_and_45_lines(command, example_cache, tmp_path, capsys, monkeypatch):
+    from rich.cells import cell_len
+
+    screens = {}
+    for width in (80, 400):
+        monkeypatch.setenv("COLUMNS", str(width))
+        code, out, err = run_main([*command, str(EXAMPLE), "--cache-dir", str(example_cache),
+                                   *(["--runs-dir", str(tmp_path / f"runs{width}")] if command[0] == "run" else [])], capsys)
+        assert code == 0, err
+        screens[width] = out
+    narrow = screens[80]
+    assert max(cell_len(line) for line in narrow.splitlines()) <= 80
+    assert _rows(narrow, 80) <= 45, narrow
+    # Nothing wraps mid-word: the words at 80 columns are the words of the wide screen (measured times and run
+    # folders' names differ between the two runs: words with digits are left out).
+    words = [w for w in narrow.split() if not any(c.isdigit() for c in w)]
+    wide = [w for w in screens[400].split() if not any(c.isdigit() for c in w)]
+    assert words == wide
+    for text in ("2x2 table: ", "Recommended: ", "why: ", "Forecast", "more: --verbose"):
+        assert text in narrow, text
+
+
+def test_predict_names_each_file_shortened_from_the_left(tmp_path, capsys, monkeypatch):
+    from conftest import write_class_images
+
+    deep = write_class_images(tmp_path / ("a-rather-long-folder-name-" * 3) / "data", {"red": 6, "blue": 6})
+    code, out, err = run_main(["run", "--strategy", "linear-probe", str(deep), "--backbone", "test/tiny-cnn",
+                               "--input-size", "32", "--runs-dir", str(tmp_path / "runs"), "--json"], capsys)
+    assert code == 0, err
+    run_dir = json.loads(out)["run_dir"]
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_main(["predict", run_dir, str(deep / "red"), "--top-k", "2"], capsys)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if ".png" in line or ".jpg" in line]
+    assert len(rows) == 6 and all(len(line) <= 80 for line in out.splitlines())
+    names = sorted(p.name for p in (deep / "red").iterdir())
+    for name in names:  # every file can be matched to its row: the end of the path survives
+        assert sum(name in line for line in rows) == 1, name

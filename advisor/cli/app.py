@@ -18,7 +18,7 @@ from rich.table import Table
 
 from advisor import api
 from advisor.cli.launch import ARGV, argv_value, relaunch
-from advisor.cli.options import (
+from advisor.cli.options import (VerboseOpt, 
     BackboneOpt,
     CacheOpt,
     DatasetArg,
@@ -33,7 +33,7 @@ from advisor.cli.options import (
     folder,
     fraction,
 )
-from advisor.cli.render import (
+from advisor.cli.render import (display_path, shorten_left, 
     err_console,
     out,
     print_json,
@@ -194,6 +194,7 @@ def recommend_cmd(
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
                                          "best forecast that fits it, and what more time would buy."),
     input_size: Optional[int] = InputSizeOpt,
+    verbose: bool = VerboseOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Profile the dataset, place it in the 2x2 table, explain why, and print the plan."""
@@ -209,7 +210,7 @@ def recommend_cmd(
     if json_out:
         print_json(rec)
         return
-    render_recommendation(rec)
+    render_recommendation(rec, verbose=verbose)
     if saved is not None:
         out.print(f"plan saved to {shown(saved[0])}, its report to {shown(saved[1])}", soft_wrap=True)
 
@@ -237,6 +238,7 @@ def run_cmd(
     devices: Optional[int] = DevicesOpt,
     logger: Optional[list[str]] = typer.Option(None, "--logger", help="Also log to tensorboard (RUN_DIR/tensorboard) or "
                                                "mlflow (RUN_DIR/mlruns, a local file store); repeatable. metrics.csv is always written."),
+    verbose: bool = VerboseOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a classifier: --auto follows the advice, --strategy forces one, --plan runs a saved plan, --resume continues."""
@@ -258,7 +260,7 @@ def run_cmd(
             raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose from {', '.join(strategy_names())}")
     relaunch(devices, device)  # after the checks above: a bad command line fails once, not once per rank
     dev = None if device == "auto" else device
-    show = (lambda rec: render_recommendation(rec)) if (auto and not json_out) else None
+    show = (lambda rec: render_recommendation(rec, verbose=verbose)) if (auto and not json_out) else None
     try:
         with stage_bars() as cb:
             if resume is not None:
@@ -276,7 +278,7 @@ def run_cmd(
     if json_out:
         print_json(outcome)
         return
-    render_result(outcome)
+    render_result(outcome, verbose=verbose)
 
 
 @app.command("predict")
@@ -293,11 +295,13 @@ def predict_cmd(
         print_json(rep)
         return
     t = Table(title=f"{rep.strategy} model from {shown(rep.run_dir)}", title_justify="left")
-    t.add_column("image")
+    t.add_column("image", no_wrap=True)
     for i in range(min(top_k, len(rep.classes))):
         t.add_column(f"top {i + 1}")
+    # Each file's name, cut from the left when it must be (the end is what tells images apart).
+    name_width = max(16, out.width - 2 - sum(14 for _ in range(min(top_k, len(rep.classes)))) - 4)
     for p in rep.predictions:
-        t.add_row(shown(p.path), *[f"{shown(c.label)} {c.probability:.3f}" for c in p.top])
+        t.add_row(shown(shorten_left(display_path(p.path), name_width)), *[f"{shown(c.label)} {c.probability:.3f}" for c in p.top])
     out.print(t)
     if rep.skipped:
         out.print(f"[yellow]skipped {len(rep.skipped)} file(s):[/yellow]")

@@ -41,3 +41,5 @@ def fraction(value: float) -> float:
 SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
                          help="Images read for the similarity estimate (stratified by class), at least 4.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the sample, the bootstrap and the split.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Everything: the whole profile, every rule and boundary, "
+                          "the forecast's sources, per-class scores (the default fits an 80-column screen).")

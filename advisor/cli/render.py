@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
+import os
 from pathlib import Path
 
 import typer
@@ -222,7 +223,10 @@ def render_profile(p) -> None:
     out.print(f"[dim]combined: {shown(sim.method)}[/dim]", soft_wrap=True)
 
 
-def render_recommendation(rec) -> None:
+def render_recommendation(rec, *, verbose: bool = False) -> None:
+    """The advice: compact by default (at most ~30 lines at 80 columns); ``verbose``: the whole profile and every rule."""
+    if not verbose:
+        return _render_recommendation_compact(rec)
     render_profile(rec.profile)
     th = rec.thresholds
     sim = rec.profile.similarity
@@ -300,7 +304,8 @@ def render_recommendation(rec) -> None:
         out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
 
 
-def render_result(outcome) -> None:
+def render_result(outcome, *, verbose: bool = False) -> None:
+    """A finished run: the accuracy, where the report is; ``verbose`` adds what the strategy chose and per-class scores."""
     from advisor.report import accuracy_phrase, selected_items
 
     r = outcome.result
@@ -308,6 +313,10 @@ def render_result(outcome) -> None:
     out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
               + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
     out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
+    if not verbose:
+        out.print(f"report: [bold]{shown(display_path(Path(outcome.run_dir) / 'report.html'))}[/bold]")
+        out.print(f"predict: advisor predict {shown(display_path(outcome.run_dir))} IMAGES")
+        return
     sel = selected_items(r)
     if sel:
         t = Table(title="What the strategy chose", title_justify="left", show_header=False)
@@ -333,3 +342,64 @@ def render_result(outcome) -> None:
               soft_wrap=True)
     out.print(f"report: [bold]{shown(Path(outcome.run_dir) / 'report.html')}[/bold] (open it in a browser)", soft_wrap=True)
     out.print(f"predict with: advisor predict {shown(outcome.run_dir)} IMAGE_OR_FOLDER", soft_wrap=True)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as short as it can be said: relative to the working folder when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(p)
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` cut from the left to ``width`` characters (file names keep their ends: the part that differs)."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+_CELLS = {("small", "similar"): "linear-probe", ("small", "different"): "layer-probe",
+          ("large", "similar"): "partial-finetune", ("large", "different"): "full-finetune"}
+
+
+def _render_recommendation_compact(rec) -> None:
+    p, th, plan = rec.profile, rec.thresholds, rec.plan
+    sim = p.similarity
+    splits = ", ".join(f"{k} {v}" for k, v in p.images_per_split.items())
+    out.print(f"[bold]{shown(Path(p.dataset).name)}[/bold]: {p.images_total} images, {p.num_classes} classes ({splits})")
+    size_why = (f"median {p.train_per_class_median:.0f}/class vs {th['large_per_class']:.0f}, "
+                f"{p.train_images} vs {th['large_total']:.0f} in total")
+    sim_why = (f"{_iv(sim.score, '.2f')} vs {th['similarity']:.2f}" if sim is not None and sim.score is not None
+               else "not measured")
+    out.print(f"2x2 table: [bold]{rec.size_class}[/bold] ({size_why}) x [bold]{rec.similarity_class}[/bold] "
+              f"({sim_why}) -> {_CELLS[(rec.size_class, rec.similarity_class)]} ({rec.quadrant_rule})")
+    out.print(f"[bold green]Recommended: {rec.strategy}[/bold green] (rules {', '.join(plan.rule_ids)})")
+    if rec.decision is not None:
+        out.print(f"[bold]why:[/bold] {shown(rec.decision.sentence)}")
+    r = plan.recipe
+    fields = {"taps": ", ".join(plan.taps) or None, "frozen stages": plan.frozen_stages,
+              "epochs": r.epochs if r is not None else None, "batch": plan.batch_size, "input": f"{plan.input_size} px"}
+    out.print("plan: " + "; ".join(f"{k} {shown(v)}" for k, v in fields.items() if v is not None))
+    notes = [("warning", "yellow", w) for w in rec.warnings] + [("evidence", "magenta", n) for n in rec.evidence_notes]
+    for kind, colour, text in notes[:3]:
+        out.print(f"[{colour}]{kind}:[/{colour}] {shown(text)}")
+    if len(notes) > 3:
+        out.print(f"[dim]({len(notes) - 3} more warnings and notes: --verbose or report.html)[/dim]")
+    if rec.forecast is not None and rec.forecast.strategies:
+        from rich import box
+
+        methods = list(dict.fromkeys(f.method for f in rec.forecast.strategies))
+        t = Table(title="Forecast (accuracy, 80 % interval; time on this device)", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+        for c, justify in (("strategy", "left"), ("accuracy", "right"), ("interval", "right"), ("time", "right"), ("from", "right")):
+            t.add_column(c, justify=justify, no_wrap=True)
+        for f in rec.forecast.strategies:
+            mark = " ◆" if f.strategy == rec.strategy else ""
+            when = f"{f.seconds:.0f} s" if f.seconds is not None else "-"
+            t.add_row(f.strategy + mark, f"{f.accuracy:.3f}", f"{f.low:.3f}-{f.high:.3f}", when, f"\\[{methods.index(f.method) + 1}]")
+        out.print(t)
+        for i, m in enumerate(methods, 1):
+            out.print(f"[dim]\\[{i}] {shown(m)}[/dim]")
+        for n in rec.forecast.extrapolating:
+            out.print(f"[yellow]extrapolating:[/yellow] {shown(n)}")
+    out.print("[dim]more: --verbose, --json, or the report (profile, every rule, boundaries, figures)[/dim]")
