@@ -19,7 +19,7 @@ from advisor.core.machine import env_switch
 from advisor.data.decoded import DecodedImages, estimated_bytes, eval_side, has_room, train_side
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
-from advisor.measure.cache import default_cache_dir
+from advisor.core.io import default_cache_dir
 from strategies.transforms import EvalTransform
 
 DECODED_CACHE_ENV = "ADVISOR_DECODED_CACHE"  # "off": decode every file every time (a machine-wide switch)

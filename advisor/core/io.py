@@ -139,3 +139,13 @@ def call_writing(path: str | os.PathLike, write: Callable[[Path], None], *, need
     with atomic_path(path, needed=needed) as tmp:
         write(tmp)
     return Path(path)
+
+
+CACHE_ENV = "ADVISOR_CACHE_DIR"
+
+def default_cache_dir() -> Path:
+    """``$ADVISOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/advisor``, else ``~/.cache/advisor``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "advisor"

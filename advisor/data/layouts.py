@@ -44,7 +44,7 @@ class Candidate:
 
 @dataclass
 class Listing:
-    layout: Literal["class-folders", "split-folders", "csv"]
+    layout: Literal["class-folders", "split-folders", "csv", "huggingface"]
     candidates: list[Candidate] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)
     unreadable_dirs: list[SkippedFile] = field(default_factory=list)

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from advisor.core.errors import DatasetError, one_line
+from advisor.data.hf import HF_LAYOUT, is_hf_dataset, materialise
 from advisor.data.imagefile import DEFAULT_MAX_PIXELS, SkippedFile, inspect_all
 from advisor.data.layouts import LAYOUT_HINT, SPLITS, Candidate, Listing, Split, list_csv, list_folders
 
@@ -47,7 +48,7 @@ class DatasetScan(BaseModel):
     """What ``scan_dataset`` found: classes, samples per split, and what it left out."""
 
     root: str
-    layout: Literal["class-folders", "split-folders", "csv"]
+    layout: Literal["class-folders", "split-folders", "csv", "huggingface"]
     classes: list[str]
     samples: list[Sample]
     counts: dict[str, dict[str, int]]
@@ -121,6 +122,10 @@ def _too_few_error(short: dict[str, int], skipped: Counter[str], where: str, fix
 
 
 def _list_root(root: str) -> Listing:
+    if is_hf_dataset(root):  # its images, written out once as files with a manifest, read as a manifest
+        listing = list_csv(str(materialise(root)))
+        listing.layout = HF_LAYOUT
+        return listing
     if os.path.isdir(root):
         lister = list_folders
     elif os.path.isfile(root):
@@ -263,7 +268,7 @@ def scan_dataset(
         external_links=listing.external_links,
         sizes=_size_summary(infos),
         modes=dict(sorted(Counter(mode for _, _, mode in infos).items())),
-        split_source="stratified" if carve else "manifest" if listing.layout == "csv" else "folders",
+        split_source="stratified" if carve else "manifest" if listing.layout in ("csv", HF_LAYOUT) else "folders",
         split_seed=seed if carve else None,
         val_fraction=val_fraction if carve else None,
     )

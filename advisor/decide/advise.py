@@ -265,7 +265,7 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
     """
     import json
 
-    from advisor.measure.cache import default_cache_dir
+    from advisor.core.io import default_cache_dir
     key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
                               frozen, machine_name(dev))))
     path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
@@ -344,7 +344,8 @@ def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: in
     """
     import random
 
-    from advisor.measure.cache import FeatureCache, default_cache_dir, image_key
+    from advisor.core.io import default_cache_dir
+    from advisor.measure.cache import FeatureCache, image_key
 
     if not scan.samples:
         return 0.0

@@ -96,7 +96,7 @@ def shipped_track_record() -> list[dict]:
 
 
 def local_record_path() -> Path:
-    from advisor.measure.cache import default_cache_dir
+    from advisor.core.io import default_cache_dir
 
     return default_cache_dir() / LOCAL_RECORD
 

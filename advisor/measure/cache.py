@@ -30,18 +30,11 @@ from advisor.backbones import Backbone
 from advisor.core.io import call_writing
 from advisor.data.imagefile import SkippedFile, file_digest
 
-CACHE_ENV = "ADVISOR_CACHE_DIR"
 SHARD_FORMAT = "advisor-features-v2"  # v2 adds a checksum of keys and values
 _READABLE_FORMATS = frozenset({"advisor-features-v1", SHARD_FORMAT})
 KeyMode = Literal["content", "stat"]
 
 
-def default_cache_dir() -> Path:
-    """``$ADVISOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/advisor``, else ``~/.cache/advisor``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "advisor"
 
 
 def image_key(path: str | os.PathLike, mode: KeyMode = "content") -> str:

@@ -24,7 +24,8 @@ from advisor.core.io import ensure_writable_dir
 from advisor.data.imagefile import DEFAULT_MAX_PIXELS, SkippedFile, load_image
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
-from advisor.measure.cache import FeatureCache, KeyMode, default_cache_dir, image_key
+from advisor.core.io import default_cache_dir
+from advisor.measure.cache import FeatureCache, KeyMode, image_key
 from advisor.measure.device_decode import (
     DeviceEvalTransform,
     EncodedImages,
