@@ -13,7 +13,8 @@ from pathlib import Path
 
 from advisor.backbones import DEFAULT_BACKBONE
 from advisor.core.errors import AdvisorError
-from advisor.decide.models import Recommendation, RunPlan
+from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT, Recommendation, RunPlan
+from advisor.decide.recipe import MAX_EPOCHS
 from advisor.measure.models import DatasetProfile
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE
 from strategies.results import Comparison
@@ -23,9 +24,7 @@ __all__ = ["AdvisorError", "Classifier", "compare", "load", "profile", "recommen
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as each stage advances (extract, profile, train, ...)."""
 
-# The command line's ranges, applied to the same options here: the API refuses what the CLI refuses.
-MIN_INPUT, MAX_INPUT = 32, 1024
-MAX_EPOCHS = 1000
+# The command line's ranges (one home: the plan's model), applied here too: the API refuses what the CLI refuses.
 MIN_SAMPLE, MAX_SAMPLE = 4, 100_000
 
 
@@ -90,6 +89,7 @@ def profile(dataset: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE, wei
     from advisor.measure.profiler import profile_dataset
 
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    _check_range("seed", seed, 0, MAX_SEED)
     prof, _, _ = profile_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                                  device=_device(device), cache_dir=cache_dir, progress=progress)
     return prof
@@ -140,6 +140,7 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
     _check_range("epochs", epochs, 1, MAX_EPOCHS)
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    _check_range("seed", seed, 0, MAX_SEED)
     rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                             device=_device(device), cache_dir=cache_dir, progress=progress, epochs_cap=epochs,
                             budget_seconds=_seconds(budget), input_size=input_size)
@@ -212,6 +213,7 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
     _check_range("epochs", epochs, 1, MAX_EPOCHS)
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    _check_range("seed", seed, 0, MAX_SEED)
     _check_range("workers", workers, 0, 64)
     forced = None if strategy == "auto" else strategy
     if forced is not None and forced not in strategy_names():

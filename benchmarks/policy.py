@@ -353,7 +353,7 @@ def update_forecast_error(path: Path, fsum: dict, tsum: dict, errors: list[dict]
 
 def forecast_on(paths: list[Path]) -> dict:
     """The shipped forecaster on cells it never saw (say, a GPU run): its references leave each cell's dataset out."""
-    from advisor.decide.forecast import shipped_track_record
+    from advisor.decide.records import shipped_track_record
 
     shipped = shipped_track_record()
     errors = []

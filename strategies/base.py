@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from advisor.backbones import Backbone
 from advisor.backbones.classifier import TransferClassifier
 from advisor.core import distributed
+from advisor.core.io import append_text
 from advisor.core.errors import AdvisorError
 from advisor.data.scan import DatasetScan, Sample
 from advisor.decide.models import RunPlan
@@ -88,9 +89,7 @@ class RunContext:
         self.events.append(rec)
         if not distributed.is_main():  # under DDP rank 0 logs and shows; the others hold the same state
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "events.jsonl", "a") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+        append_text(self.run_dir / "events.jsonl", json.dumps(rec, default=str) + "\n")
         if self.on_event is not None:
             self.on_event(rec)
 

@@ -97,6 +97,7 @@ class _Probe(Strategy):
             seconds=round(time.perf_counter() - t0, 2), device=str(ctx.device),
             selected={"taps": list(fit.taps), "l2": fit.l2, "cv_accuracy": fit.cv_accuracy,
                       "cv_table": [list(r) for r in fit.cv_table], "features_from_cache": feature_set.summary.from_cache,
+                      "cache_invalid": len(feature_set.summary.cache_dropped),
                       "features_computed": feature_set.summary.computed},
             sweep=sweep, predictions=predictions_of(logits, feature_set.labels[va], [feature_set.paths[i] for i in va.tolist()]),
             confidence=confidence_of(logits),

@@ -303,6 +303,8 @@ class FinetuneLoop(LoopData):
             "balanced_sampler": cfg.balanced_sampler,
             "skipped_images": len(self.skipped),
             "decoded_cache": self.decoded_note,
+            # stored decoded images that failed their checks and were decoded again (this process's loaders)
+            "decoded_cache_invalid": sum({id(s): s.invalid for s in (self.decoded_train, self.decoded_eval) if s}.values()),
             "compiled": self.compiled is not None,
             "resumed": self.resumed,
         }

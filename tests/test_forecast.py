@@ -106,14 +106,8 @@ def test_a_budget_picks_the_best_forecast_that_fits_and_says_what_more_time_buys
 def test_runs_append_forecast_and_outcome_to_the_local_record_and_calibrate_reads_it(tmp_path):
     from test_rules import LARGE, SIMILAR, TAPS, make_profile
 
-    from advisor.decide.forecast import (
-        Forecast,
-        StrategyForecast,
-        calibrate_forecaster,
-        local_datasets,
-        local_outcomes,
-        record_outcome,
-    )
+    from advisor.decide.forecast import Forecast, StrategyForecast, calibrate_forecaster
+    from advisor.decide.records import local_datasets, local_outcomes, record_outcome
     from advisor.decide.rules import recommend
 
     rec = recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS)

@@ -370,7 +370,11 @@ def trained(base, tmp_path) -> Path:
     return Path(run_plan(plan, runs_dir=tmp_path / "runs", num_workers=0, cache_dir=tmp_path / "cache").run_dir)
 
 
-def _edit_card(run: Path, **changes) -> None:
+def _edit_card(run: Path, *, resign: bool = True, **changes) -> None:
+    """Change model.json; ``resign``: recompute its digest, as a forger who knows the scheme would (the checks
+    behind the digest must still refuse the card)."""
+    from advisor.backbones.classifier import ModelCard, model_digest
+
     card = json.loads((run / "model.json").read_text())
     for key, value in changes.items():
         if "." in key:
@@ -378,16 +382,23 @@ def _edit_card(run: Path, **changes) -> None:
             card[outer][inner] = value
         else:
             card[key] = value
+    if resign and "model_digest" not in changes:
+        try:
+            card["model_digest"] = model_digest(run / "model.safetensors", ModelCard.model_validate(card))
+        except ValueError:  # a card the schema refuses cannot be signed: it is refused before the digest
+            pass
     (run / "model.json").write_text(json.dumps(card))
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda r: (r / "model.safetensors").write_bytes(b""), "not the file"),
+    (lambda r: (r / "model.safetensors").write_bytes(b""), "digest differs"),
+    (lambda r: _edit_card(r, resign=False, **{"transform.mean": [0.4, 0.5, 0.5]}), "digest differs"),
     (lambda r: (r / "model.json").write_text("{not json"), "model.json is damaged"),
     (lambda r: _edit_card(r, classes=["a", "b", "c"]), "disagree: head is (2,"),
     (lambda r: _edit_card(r, taps=["stage1"]), "says"),
     (lambda r: _edit_card(r, backbone_in_file=True), "does not hold backbone weights"),
-    (lambda r: _edit_card(r, **{"transform.std": [0.5, -1, 0.5]}), "transform is unusable"),
+    (lambda r: _edit_card(r, **{"transform.std": [0.5, -1, 0.5]}), "model.json is damaged (transform.std"),
+    (lambda r: _edit_card(r, **{"transform.std": [0.5, 1e-30, 0.5]}), "model.json is damaged (transform.std"),
     (lambda r: _edit_card(r, **{"transform.input_size": 0}), "model.json is damaged"),
     (lambda r: _edit_card(r, classes=["a", "a"]), "empty or repeated"),
 ])
@@ -410,9 +421,15 @@ def test_a_model_file_from_another_run_is_refused(trained, base, tmp_path, capsy
     assert code == 2 and "digest differs" in one_line_error(err)
 
 
-def test_a_corrupt_model_file_without_a_digest_is_named(trained, base, capsys):
+def test_a_card_without_a_digest_is_refused(trained, base, capsys):
     _edit_card(trained, model_digest=None)
+    code, _, err = cli(["predict", trained, base / "a"], capsys)
+    assert code == 2 and "digest differs" in one_line_error(err)
+
+
+def test_a_corrupt_model_file_under_a_resigned_card_is_named(trained, base, capsys):
     (trained / "model.safetensors").write_bytes(os.urandom(200))
+    _edit_card(trained)  # the digest now covers the random bytes: the loader still refuses them
     code, _, err = cli(["predict", trained, base / "a"], capsys)
     assert code == 2 and "model.safetensors is damaged" in one_line_error(err)
 

@@ -190,7 +190,7 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     assert any("budget" in w for w in budget.warnings)
     # finished runs that took 10x their forecast since the step was timed: the step is timed again, and said so
     from advisor.core.machine import machine_name
-    from advisor.decide.forecast import local_record_path
+    from advisor.decide.records import local_record_path
 
     later = "2999-01-01T00:00:00"
     local_record_path().write_text("".join(json.dumps({"dataset": "elsewhere", "strategy": "full-finetune", "achieved": 0.9,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from advisor.core.errors import BackboneError
@@ -36,13 +36,28 @@ class TapInfo(BaseModel):
 class TransformConfig(BaseModel):
     """Eval-time preprocessing: resize shorter side, center crop, normalise."""
 
-    model_config = ConfigDict(frozen=True)
+    # Read back from model cards and export sidecars: only values a real preprocessing can have.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    input_size: int = Field(gt=0)
+    input_size: int = Field(gt=0, le=4096)
     interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
     mean: tuple[float, float, float] = _IMAGENET_MEAN
     std: tuple[float, float, float] = _IMAGENET_STD
-    crop_pct: float = Field(default=0.875, gt=0)
+    crop_pct: float = Field(default=0.875, gt=0.05, le=1.0)
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_in_range(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(-10.0 <= x <= 10.0 for x in v):
+            raise ValueError(f"each mean must be between -10 and 10, got {list(v)}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std_in_range(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(1e-3 <= x <= 10.0 for x in v):
+            raise ValueError(f"each std must be between 0.001 and 10, got {list(v)}")
+        return v
 
     @property
     def resize_size(self) -> int:

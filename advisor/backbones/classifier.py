@@ -45,7 +45,9 @@ class ModelCard(BaseModel):
     metrics: dict[str, float] = {}
     created: str | None = None
     advisor_version: str | None = None
-    model_digest: str | None = None  # blake2b-128 of model.safetensors: the two files belong together
+    # blake2b-128 over model.safetensors and this card (every field but this one): the two files belong together,
+    # and no field of either can change unnoticed.
+    model_digest: str | None = None
 
 
 class TransferClassifier(nn.Module):
@@ -102,12 +104,20 @@ def save_classifier(model: TransferClassifier, run_dir: str | os.PathLike, card:
     needed = sum(v.numel() * v.element_size() for v in tensors.values())
     call_writing(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT}),
                  needed=needed)
-    card = card.model_copy(update={"model_digest": file_digest(run_dir / MODEL_FILE)})
+    card = card.model_copy(update={"model_digest": model_digest(run_dir / MODEL_FILE, card)})
     write_text_atomic(run_dir / CARD_FILE, card.model_dump_json(indent=2))
     return run_dir / MODEL_FILE, run_dir / CARD_FILE
 
 
 _RERUN = "the run directory is damaged: copy both files from the original run, or train again"
+
+
+def model_digest(model_path: Path, card: ModelCard) -> str:
+    """The digest that ties a model file to its card: the file's bytes and every card field but the digest."""
+    import hashlib
+
+    fields = card.model_dump_json(exclude={"model_digest"})
+    return hashlib.blake2b((file_digest(model_path) + "\0" + fields).encode(), digest_size=16).hexdigest()
 
 
 def _check_card(card: ModelCard, tensors: dict[str, torch.Tensor], card_path: Path, model_path: Path) -> None:
@@ -154,8 +164,9 @@ def load_classifier(run_dir: str | os.PathLike, *, device: str | torch.device = 
     card = read_model(card_path, ModelCard, fix=_RERUN)
     if card.format != CARD_FORMAT:
         raise AdvisorError(f"{card_path} has format {card.format!r}; this advisor reads {CARD_FORMAT!r}")
-    if card.model_digest is not None and file_digest(model_path) != card.model_digest:
-        raise AdvisorError(f"{model_path} is not the file {card_path} was written with (digest differs)", hint=_RERUN)
+    if card.model_digest is None or model_digest(model_path, card) != card.model_digest:
+        raise AdvisorError(f"{model_path} and {card_path} were not written together, or one was changed since "
+                           "(their digest differs)", hint=_RERUN)
     try:
         tensors = load_file(str(model_path))
     except Exception as err:

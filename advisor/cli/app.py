@@ -18,7 +18,7 @@ from rich.table import Table
 
 from advisor import api
 from advisor.cli.launch import ARGV, argv_value, relaunch
-from advisor.cli.options import (VerboseOpt, 
+from advisor.cli.options import (MAX_EPOCHS, MAX_SEED, VerboseOpt, 
     BackboneOpt,
     CacheOpt,
     DatasetArg,
@@ -106,7 +106,7 @@ def inspect_cmd(
     json_out: bool = JsonOpt,
     val_fraction: float = typer.Option(0.2, "--val-fraction", callback=fraction,
                                        help="Validation share when the dataset has no val split, between 0 and 1."),
-    seed: int = typer.Option(0, help="Seed of the stratified split (recorded in the result)."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the stratified split (recorded in the result)."),
 ) -> None:
     """Scan a dataset: classes, counts per split, skipped and ignored files, sizes, colour modes."""
     from advisor.data.scan import scan_dataset
@@ -154,6 +154,9 @@ def features_cmd(
         out.print(f"[yellow]skipped {len(scan.skipped) + len(s.failed)} unusable file(s)[/yellow] (see `advisor inspect`)")
         for f in s.failed:
             out.print(f"  [yellow]{shown(f.path)}[/yellow]: {shown(f.reason)}", soft_wrap=True)
+    if s.cache_dropped:
+        out.print(f"[yellow]{len(s.cache_dropped)} cached entr{'y was' if len(s.cache_dropped) == 1 else 'ies were'} "
+                  "invalid and recomputed[/yellow]: " + "; ".join(shown(d.reason) for d in s.cache_dropped[:3]))
     out.print(f"cached in {shown(s.cache_dir)}", soft_wrap=True)
 
 
@@ -188,7 +191,7 @@ def recommend_cmd(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write the executable plan (JSON) here."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS,
                                          help="The fine-tune epoch cap you will run with; below the share of the "
                                               "schedule the track record measured, the forecast chooses."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
@@ -226,7 +229,7 @@ def run_cmd(
     backbone: str = BackboneOpt,
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000, help="Override the plan's epochs (fine-tunes)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS, help="Override the plan's epochs (fine-tunes)."),
     input_size: Optional[int] = InputSizeOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
@@ -319,7 +322,7 @@ def compare_cmd(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", callback=folder,
                                   help="Where the comparison's runs and compare.json go."),
     input_size: Optional[int] = InputSizeOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=1000, help="Epoch cap for the fine-tunes (one budget for all)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS, help="Epoch cap for the fine-tunes (one budget for all)."),
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
@@ -382,13 +385,17 @@ def export_cmd(
 @app.command("calibrate")
 def calibrate_cmd(json_out: bool = JsonOpt) -> None:
     """Score the forecasts recorded by this machine's runs and refit the forecaster on shipped + local records."""
-    from advisor.decide.forecast import calibrate_forecaster, local_record_path
+    from advisor.decide.forecast import calibrate_forecaster
+    from advisor.decide.records import local_record_path
 
     res = calibrate_forecaster()
     if json_out:
         print_json(res)
         return
     out.print(f"local track record: {shown(local_record_path())}, {res.local_runs} runs", soft_wrap=True)
+    if res.skipped_lines:
+        out.print(f"[yellow]{len(res.skipped_lines)} damaged line(s) skipped[/yellow] (lines "
+                  f"{', '.join(map(str, res.skipped_lines[:10]))}{'...' if len(res.skipped_lines) > 10 else ''})")
     if res.mean_abs_error_points is not None:
         out.print(f"recorded forecasts: mean |forecast - achieved| {res.mean_abs_error_points:.2f} points; the 80 % "
                   f"interval held the achieved value in {res.interval_coverage:.0%} of runs")

@@ -8,6 +8,9 @@ from typing import Optional
 
 import typer
 
+from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT  # noqa: F401  (MAX_SEED: --seed's limit)
+from advisor.decide.recipe import MAX_EPOCHS  # noqa: F401  (the --epochs options' limit)
+
 DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
 BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")
 WeightsOpt = typer.Option(None, "--weights", help="Weights file (.safetensors, or a state dict saved with torch.save).")
@@ -22,7 +25,6 @@ CacheOpt = typer.Option(None, "--cache-dir", callback=folder,
                         help="Feature cache folder [default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 # Option ranges, checked before any work (click reports a value outside them with exit code 2).
-MIN_INPUT, MAX_INPUT = 32, 1024  # below 32 px a stride-32 network sees a single pixel
 WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader worker processes [default: cores - 1].")
 InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
                             help=f"Input resolution in pixels, {MIN_INPUT}-{MAX_INPUT} (e.g. 128 for quick CPU runs).")
@@ -40,6 +42,6 @@ def fraction(value: float) -> float:
 
 SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
                          help="Images read for the similarity estimate (stratified by class), at least 4.")
-SeedOpt = typer.Option(0, "--seed", help="Seed of the sample, the bootstrap and the split.")
+SeedOpt = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the sample, the bootstrap and the split.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Everything: the whole profile, every rule and boundary, "
                           "the forecast's sources, per-class scores (the default fits an 80-column screen).")

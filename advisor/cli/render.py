@@ -6,9 +6,8 @@ Renderers take the core's finished pydantic results and print them; they compute
 from __future__ import annotations
 
 import json
-import re
-from contextlib import contextmanager
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -26,14 +25,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from advisor.core.names import printable
+
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 progress_console = Console(stderr=True, highlight=False)  # bars and epoch lines; --quiet silences it, not errors
-
-
-# C0/C1 controls (ESC starts terminal escape sequences) and the invisible bidi/zero-width marks
-# that can make a name display as something else.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def shown(value: object) -> str:
@@ -42,9 +38,7 @@ def shown(value: object) -> str:
     Undecodable bytes of a file name and control characters are shown as ``\\xNN`` escapes,
     and ``[`` is escaped so that rich prints ``evil[red].jpg`` as it is, never as markup.
     """
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    text = _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
-    return escape(text)
+    return escape(printable(value))
 
 
 # What each stage's progress counts: the training bar counts optimiser steps, not images.
@@ -313,6 +307,10 @@ def render_result(outcome, *, verbose: bool = False) -> None:
     out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
               + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
     out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
+    invalid = int(r.selected.get("cache_invalid") or 0) + int(r.selected.get("decoded_cache_invalid") or 0)
+    if invalid:
+        out.print(f"[yellow]{invalid} cached entr{'y was' if invalid == 1 else 'ies were'} invalid and "
+                  f"{'was' if invalid == 1 else 'were'} recomputed[/yellow]")
     if not verbose:
         out.print(f"report: [bold]{shown(display_path(Path(outcome.run_dir) / 'report.html'))}[/bold]")
         out.print(f"predict: advisor predict {shown(display_path(outcome.run_dir))} IMAGES")

@@ -41,6 +41,35 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
+# Libraries that write files raise their own error types for an OS failure (safetensors' SafetensorError
+# wraps the Rust io::Error, torch's writers raise RuntimeError, onnx's its own): their text names it.
+_OS_FAILURES = (("no space left on device", errno.ENOSPC), ("storagefull", errno.ENOSPC), ("code: 28", errno.ENOSPC),
+                ("disk quota exceeded", errno.EDQUOT), ("read-only file system", errno.EROFS),
+                ("permission denied", errno.EACCES), ("code: 13", errno.EACCES), ("code: 30", errno.EROFS),
+                # torch's zip writer says only this; the free space (checked below) tells a full disk apart
+                ("file write failed", errno.EIO), ("failed writing file", errno.EIO))
+
+
+def as_os_error(err: BaseException) -> OSError | None:
+    """``err`` as the OSError it stands for (a library's wrapper of a failed write), or None when it is none."""
+    if isinstance(err, OSError):
+        return err
+    text = " ".join(str(err).split()).lower()
+    for needle, code in _OS_FAILURES:
+        if needle in text:
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def _full_disk(err: OSError, path: Path, needed: int | None) -> OSError:
+    """An I/O error on a disk that has (almost) no room left is a full disk."""
+    if err.errno == errno.EIO:
+        free = _free_bytes(path.parent)
+        if free is not None and free < max(needed or 0, 1 << 20):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return err
+
+
 def storage_error(path: str | os.PathLike, err: OSError, *, needed: int | None = None) -> AdvisorError:
     """One clear line for a failed write: which path, and (disk full) how much was needed."""
     path = Path(path)
@@ -87,9 +116,27 @@ def atomic_path(path: str | os.PathLike, *, needed: int | None = None) -> Iterat
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise storage_error(path, err, needed=needed) from None
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if (os_err := as_os_error(err)) is not None and not isinstance(err, (AdvisorError, KeyboardInterrupt)):
+            raise storage_error(path, _full_disk(os_err, path, needed), needed=needed) from None
         raise
+
+
+def append_text(path: str | os.PathLike, text: str) -> Path:
+    """Append ``text`` to a log (events, records, metrics rows); a failed write is the one-line storage error.
+
+    Appends are not atomic by design (a log keeps what was written before a kill); a line cut by a
+    full disk is one a reader skips (every log reader here skips lines it cannot parse).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as err:
+        raise storage_error(path, err, needed=len(text.encode())) from None
+    return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -100,15 +147,42 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+MAX_JSON_BYTES = 64 << 20  # no file advisor writes and reads back as JSON comes near this
+
+
+class NotRegularFile(OSError):
+    """A path that is a FIFO, socket, device or folder where a file was expected (open() could block on it)."""
+
+
+def read_bytes_checked(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A file's bytes, read like input: a regular file (a FIFO would block), at most ``max_bytes``."""
+    import stat
+
+    path = Path(path)
+    st = os.stat(path)  # FileNotFoundError / PermissionError pass through as OSErrors
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder") if stat.S_ISDIR(st.st_mode) \
+            else NotRegularFile(errno.EINVAL, "not a regular file")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{st.st_size:,} bytes, more than the {max_bytes:,} such a file can have")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"more than the {max_bytes:,} bytes such a file can have")
+    return data
+
+
 def read_model(path: str | os.PathLike, model: type[M], *, fix: str) -> M:
     """Read and validate a JSON artifact; a missing or damaged file is one line naming it and ``fix``."""
     path = Path(path)
     try:
-        return model.model_validate_json(path.read_bytes())
+        return model.model_validate_json(read_bytes_checked(path))
     except FileNotFoundError:
         raise AdvisorError(f"{path} is missing", hint=fix) from None
     except IsADirectoryError:
         raise AdvisorError(f"{path} is a folder, not a file", hint=fix) from None
+    except NotRegularFile:
+        raise AdvisorError(f"{path} is not a regular file (a FIFO, socket or device)", hint=fix) from None
     except OSError as err:
         raise AdvisorError(f"cannot read {path} ({err.strerror or err})", hint=fix) from None
     except ValidationError as err:

@@ -17,23 +17,34 @@ Two uses (:func:`eval_side`, :func:`train_side`):
   size); images already smaller are stored at their own size (``upscale=False``).
 
 Workers and DDP ranks fill the folder concurrently: each entry is written to a temporary file
-and renamed, so a reader sees a whole entry or none; a torn or unreadable entry is decoded again.
+and renamed, so a reader sees a whole entry or none. An entry is read back like input: a regular
+file only (a FIFO would block ``open``), of a bounded size, ending in a checksum of its key and
+bytes; one that fails (torn, changed, foreign, a different image's) is counted in ``invalid``,
+decoded again and replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from advisor.data.imagefile import DEFAULT_MAX_PIXELS, load_image
+from advisor.data.imagefile import DEFAULT_MAX_PIXELS, MAX_ASPECT_RATIO, load_image
 
-FORMAT = "v1"
+FORMAT = "v2"  # v2: each entry ends in a blake2b-128 of its key and bytes (v1 entries are not read)
+_DIGEST = 16
+
+
+def _checksum(key: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(key.encode() + b"\0" + payload, digest_size=_DIGEST).digest()
 
 
 def eval_side(resize_size: int) -> int:
@@ -53,6 +64,9 @@ class DecodedImages:
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.side, self.interpolation, self.upscale, self.max_pixels = side, interpolation, upscale, max_pixels
         self.dir = Path(root) / "decoded" / f"{FORMAT}-{interpolation}-s{side}{'' if upscale else '-noup'}"
+        # The largest entry possible: the shorter side at `side`, the longer at most MAX_ASPECT_RATIO times it.
+        self.max_bytes = int(side * side * MAX_ASPECT_RATIO * 3) + 4096 + _DIGEST
+        self.invalid = 0  # entries found damaged or foreign, decoded again (this process's count)
 
     def entry(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
@@ -63,15 +77,41 @@ class DecodedImages:
         Raises :class:`~advisor.core.errors.ImageLoadError` when the file cannot be decoded.
         """
         entry = self.entry(key)
-        try:
-            arr = np.load(entry, allow_pickle=False)
-            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-                raise ValueError(f"unexpected entry {arr.dtype} {arr.shape}")
-        except (OSError, ValueError, EOFError):  # missing, torn or foreign: decode (again) and store it
-            arr = self._store(entry, path)
+        arr = self._read(entry, key)
+        if arr is None:
+            arr = self._store(entry, path, key)
         return torch.from_numpy(arr).permute(2, 0, 1)
 
-    def _store(self, entry: Path, path: str) -> np.ndarray:
+    def _read(self, entry: Path, key: str) -> np.ndarray | None:
+        """The stored array, or None when there is none or it fails a check (then counted in ``invalid``)."""
+        try:
+            st = os.stat(entry, follow_symlinks=False)
+        except OSError:
+            return None  # not stored yet
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError("not a regular file")
+            if not _DIGEST < st.st_size <= self.max_bytes:
+                raise ValueError(f"{st.st_size} bytes")
+            with open(entry, "rb") as f:
+                data = f.read(self.max_bytes + 1)
+            payload, digest = data[:-_DIGEST], data[-_DIGEST:]
+            if _checksum(key, payload) != digest:
+                raise ValueError("checksum mismatch")
+            arr = np.load(io.BytesIO(payload), allow_pickle=False)
+            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+                raise ValueError(f"unexpected entry {arr.dtype} {arr.shape}")
+            return arr
+        except (OSError, ValueError, EOFError):
+            self.invalid += 1
+            try:
+                if not stat.S_ISDIR(st.st_mode):
+                    entry.unlink()  # replaced by the fresh decode below
+            except OSError:
+                pass
+            return None
+
+    def _store(self, entry: Path, path: str, key: str) -> np.ndarray:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
@@ -83,8 +123,10 @@ class DecodedImages:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
             with os.fdopen(fd, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
+                f.write(buf.getvalue() + _checksum(key, buf.getvalue()))
             os.replace(tmp, entry)  # readers see a whole entry or none
         except OSError:
             # A full or read-only disk costs speed, not the run: the image is used without being stored.

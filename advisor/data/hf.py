@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from advisor.core.errors import DatasetError, one_line
-from advisor.core.io import default_cache_dir, write_text_atomic
+from advisor.core.io import default_cache_dir, storage_error, write_text_atomic
 
 HF_LAYOUT = "huggingface"
 _SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
@@ -99,7 +99,10 @@ def materialise(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
         classes = names
         raw = ds.cast_column(image_col, datasets.Image(decode=False))
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise storage_error(folder, err) from None
         for i, item in enumerate(raw):
             image, label = item[image_col], item[label_col]
             if image is None or label is None or not 0 <= label < len(names):
@@ -110,12 +113,15 @@ def materialise(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
             if data is None:
                 continue
             rel = f"{name}/{i:07d}{_extension(data, image.get('path'))}"
-            (out / rel).write_bytes(data)
+            try:
+                (out / rel).write_bytes(data)
+            except OSError as err:
+                raise storage_error(out / rel, err, needed=len(data)) from None
             rows.append((rel, names[label], _SPLITS[name]))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
     writer.writerows(rows)
-    (out / "source.json").write_text(json.dumps({"dataset": str(root.resolve()), "splits": list(splits)}))
+    write_text_atomic(out / "source.json", json.dumps({"dataset": str(root.resolve()), "splits": list(splits)}))
     write_text_atomic(manifest, buf.getvalue())
     return manifest

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from advisor.core.errors import DatasetError, one_line
+from advisor.core.names import collision_key
 from advisor.data.hf import HF_LAYOUT, is_hf_dataset, materialise
 from advisor.data.imagefile import DEFAULT_MAX_PIXELS, SkippedFile, inspect_all
 from advisor.data.layouts import LAYOUT_HINT, SPLITS, Candidate, Listing, Split, list_csv, list_folders
@@ -140,6 +141,20 @@ def _list_root(root: str) -> Listing:
         raise DatasetError(f"cannot read {root} ({one_line(exc)})", hint="check its permissions") from None
 
 
+def _refuse_lookalike_classes(classes) -> None:
+    """Two class names a person reads as one (equal after NFC normalisation and case-folding) are refused:
+    trained as two classes they would split one class's images into two identical-looking labels."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(classes):
+        groups.setdefault(collision_key(name), []).append(name)
+    clash = next((names for names in groups.values() if len(names) > 1), None)
+    if clash:
+        a, b = clash[0], clash[1]
+        how = "differ only in letter case" if a.casefold() == b.casefold() else "differ only in Unicode normalisation"
+        raise DatasetError(f"class names {ascii(a)} and {ascii(b)} {how}: they read as one class",
+                           hint="rename or merge one of the two folders (or labels)")
+
+
 def _check_trainable(
     root: str, listing: Listing, usable: list[Candidate], skipped: int, skipped_per_class: Counter[str]
 ) -> bool:
@@ -228,6 +243,7 @@ def scan_dataset(
 
     root_str = os.path.abspath(os.fspath(root))
     listing = _list_root(root_str)
+    _refuse_lookalike_classes(listing.classes)
     candidates = sorted(listing.candidates, key=lambda c: c.path)
     results = inspect_all([c.path for c in candidates], max_pixels)
     usable: list[Candidate] = []

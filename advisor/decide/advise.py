@@ -265,12 +265,13 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
     """
     import json
 
-    from advisor.core.io import default_cache_dir
+    from advisor.core.io import default_cache_dir, read_bytes_checked
+
     key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
                               frozen, machine_name(dev))))
     path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
-    try:
-        known = json.loads(path.read_text())
+    try:  # read back like input: a regular file of bounded size (a FIFO here must not hang recommend)
+        known = json.loads(read_bytes_checked(path, max_bytes=4 << 20))
     except (OSError, ValueError):
         known = {}
     known = known if isinstance(known, dict) else {}
@@ -287,14 +288,14 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         write_text_atomic(path, json.dumps({**known, key: {"seconds": seconds, "load": load, "time": stamp}}, indent=1))
-    except OSError:
-        pass  # a read-only cache only costs the timing next time
+    except AdvisorError:
+        pass  # a full or read-only cache only costs the timing next time
     return seconds, f"step timed now (load {load:.1f})" if load is not None else "step timed now", stamp
 
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
               cache_dir=None, dataset: str | None = None) -> Forecast:
-    from advisor.decide.forecast import local_outcomes, local_record_path
+    from advisor.decide.records import local_outcomes, local_record_path
 
     p = rec.profile
     plan = rec.plan

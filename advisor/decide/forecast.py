@@ -24,24 +24,21 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
 
-from advisor.core.machine import machine_name
+from advisor.decide.records import (RECORD_INPUT_SIZE, group_of, load_track_record, local_datasets,
+                                     local_outcomes, shipped_track_record)
 from advisor.decide.timing import finite_number
 
 FINETUNES = ("partial-finetune", "full-finetune")
 PROBES = ("linear-probe", "layer-probe")
 Z80 = 1.2816  # two-sided 80 % normal quantile
 RIDGE = 1.0
-RECORD_INPUT_SIZE = 224  # a record that does not say what size it ran at: the backbone's own
 PROBE_TAP = "pre_logits"
 
 
@@ -78,99 +75,6 @@ class Forecast(BaseModel):
     earlier_runs: dict[str, float] = Field(default_factory=dict)
     input_size: int | None = None
     schedule_share: float | None = None
-
-
-LOCAL_RECORD = "track_record.jsonl"  # in the cache folder: every run's forecast against what it achieved
-
-
-def shipped_track_record() -> list[dict]:
-    try:
-        data = json.loads(resources.files("advisor").joinpath("reference/track_record.json").read_text())
-    except (FileNotFoundError, OSError, json.JSONDecodeError):
-        return []
-    prov = data.get("provenance", {}) if isinstance(data, dict) else {}
-    rows = data.get("datasets", []) if isinstance(data, dict) else []
-    # Version-1 records carried their settings once, in the provenance.
-    defaults = {k: prov[k] for k in ("input_size", "epochs_cap") if prov.get(k) is not None}
-    return [{**defaults, **r} for r in rows if isinstance(r, dict) and "dataset" in r and "accuracy" in r]
-
-
-def local_record_path() -> Path:
-    from advisor.core.io import default_cache_dir
-
-    return default_cache_dir() / LOCAL_RECORD
-
-
-def local_outcomes(path: Path | None = None) -> list[dict]:
-    """The runs recorded on this machine (one JSON line each); a damaged line is skipped, not fatal."""
-    path = local_record_path() if path is None else path
-    rows = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("dataset"), str) and isinstance(row.get("strategy"), str) \
-                and finite_number(row.get("achieved")) and finite_number(row.get("train_per_class_median")):
-            rows.append(row)
-    return rows
-
-
-def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
-    """Local runs grouped per (dataset, input size) into track-record entries (the latest accuracy of each strategy)."""
-    by: dict[tuple, dict] = {}
-    for o in outcomes:
-        size = o.get("input_size") or RECORD_INPUT_SIZE
-        entry = by.setdefault((o["dataset"], size), {
-            "dataset": f"{Path(o['dataset']).name} (local)", "path": o["dataset"], "accuracy": {},
-            "train_per_class_median": o["train_per_class_median"], "similarity": o.get("similarity"),
-            "input_size": size, "schedule_share": o.get("schedule_share")})
-        entry["accuracy"][o["strategy"]] = o["achieved"]
-        if o.get("cv") is not None:
-            entry.setdefault("probe_cv", {})[o["strategy"]] = o["cv"]
-        if o.get("sample_cv"):
-            entry["sample_cv"] = o["sample_cv"]
-    return list(by.values())
-
-
-def load_track_record(*, local: bool = True) -> list[dict]:
-    """The shipped track record, plus this machine's runs (marked '(local)') when ``local``."""
-    return shipped_track_record() + (local_datasets(local_outcomes()) if local else [])
-
-
-def group_of(record: dict) -> str:
-    """Which dataset a record belongs to: a dataset's subsamples, seeds, sizes and local runs are one group."""
-    return str(record.get("group") or record["dataset"]).removesuffix(" (local)")
-
-
-def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None,
-                   device: torch.device | str | None = None) -> dict | None:
-    """Append a finished run's forecast and outcome to the local track record (needs a forecast).
-
-    ``device`` is the one the run used: later forecasts on that device are corrected by it.
-    """
-    f = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else []) if f.strategy == strategy), None)
-    if f is None:
-        return None
-    p = rec.profile
-    row = {"dataset": p.dataset, "strategy": strategy, "train_per_class_median": p.train_per_class_median,
-           "similarity": p.similarity.score.value if p.similarity else None, "forecast": f.accuracy,
-           "forecast_low": f.low, "forecast_high": f.high, "achieved": round(achieved, 4), "cv": f.cv,
-           "forecast_seconds": f.seconds, "seconds": round(seconds, 2), "input_size": rec.plan.input_size,
-           "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
-           "device": machine_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path = local_record_path() if path is None else path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:  # one line per run; appends from parallel runs do not interleave within a line
-        fh.write(json.dumps(row) + "\n")
-    return row
-
-
-# --------------------------------------------------------------------------- accuracy models
 
 
 def _size_term(input_size: float | None) -> float:
@@ -316,6 +220,7 @@ class CalibrationReport(BaseModel):
     """``advisor calibrate``: how the forecasts did on this machine's runs, and the gain model before/after its records."""
 
     local_runs: int
+    skipped_lines: list[int] = []  # lines of the local record that failed validation (numbers, 1-based)
     mean_abs_error_points: float | None  # recorded forecast vs achieved, over the local runs
     interval_coverage: float | None  # share of local runs whose 80 % interval held the achieved value
     gain_error_shipped: dict[str, float]  # strategy -> mean |held-out residual| (points), shipped records only
@@ -327,8 +232,9 @@ class CalibrationReport(BaseModel):
 
 def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
     """Score the recorded forecasts and refit the forecaster (fine-tune gains, probe CV gap) on shipped + local records."""
-    outcomes = [o for o in local_outcomes(path) if finite_number(o.get("forecast")) and finite_number(o.get("forecast_low"))
-                and finite_number(o.get("forecast_high"))]
+    skipped: list[int] = []
+    outcomes = [o for o in local_outcomes(path, skipped=skipped) if finite_number(o.get("forecast"))
+                and finite_number(o.get("forecast_low")) and finite_number(o.get("forecast_high"))]
     shipped = shipped_track_record()
     combined = shipped + local_datasets(outcomes)
     errors = [abs(o["forecast"] - o["achieved"]) for o in outcomes]
@@ -343,7 +249,7 @@ def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
         return out
 
     return CalibrationReport(
-        local_runs=len(outcomes), mean_abs_error_points=round(100 * sum(errors) / len(errors), 2) if errors else None,
+        local_runs=len(outcomes), skipped_lines=skipped, mean_abs_error_points=round(100 * sum(errors) / len(errors), 2) if errors else None,
         interval_coverage=round(sum(covered) / len(covered), 3) if covered else None,
         gain_error_shipped=gain_error(shipped), gain_error_with_local=gain_error(combined),
         cv_gap_shipped=_median_points(cv_gaps(shipped)), cv_gap_with_local=_median_points(cv_gaps(combined)),

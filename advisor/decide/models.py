@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.decide.forecast import Forecast
 from advisor.decide.recipe import FinetuneRecipe
 from advisor.measure.models import DatasetProfile
+
+MIN_INPUT, MAX_INPUT = 32, 1024  # pixels; below 32 a stride-32 network sees a single pixel
+MAX_SEED = 2**32 - 1  # what numpy and torch generators accept everywhere
 
 StrategyName = Literal["linear-probe", "layer-probe", "partial-finetune", "full-finetune"]
 STRATEGIES: tuple[str, ...] = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
@@ -44,21 +47,24 @@ class RunPlan(BaseModel):
     probes have none. Version 1 plans (recipe fields at the top level) are read and converted.
     """
 
-    version: int = 2
+    # A saved plan is read back as input: the command line's limits hold for it (no NaN or infinity).
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    version: int = Field(2, ge=1, le=2)
     dataset: str
     backbone: str
     strategy: StrategyName
     rule_ids: list[str]
     taps: list[str] = Field(default_factory=list)  # features the probe reads (layer/linear probe)
-    frozen_stages: int | None = None  # fine-tunes: how many stages stay frozen (from the input side)
-    trainable_stages: int | None = None
+    frozen_stages: int | None = Field(None, ge=0, le=64)  # fine-tunes: how many stages stay frozen (from the input side)
+    trainable_stages: int | None = Field(None, ge=0, le=64)
     recipe: FinetuneRecipe | None = None  # fine-tunes only
-    batch_size: int = Field(32, ge=2)
-    input_size: int = Field(224, ge=16)
+    batch_size: int = Field(32, ge=2, le=4096)
+    input_size: int = Field(224, ge=MIN_INPUT, le=MAX_INPUT)
     class_weighting: bool = False
     balanced_sampler: bool = False
-    seed: int = 0
-    val_fraction: float | None = None
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    val_fraction: float | None = Field(None, gt=0, lt=1)
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")

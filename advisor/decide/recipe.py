@@ -54,17 +54,21 @@ class EarlyStopping(BaseModel):
     patience: int | None = Field(None, ge=1)  # epochs without a better hold-out result; None: run to the end
 
 
+MAX_EPOCHS = 1000  # the command line's --epochs limit, and a plan file's
+
+
 class FinetuneRecipe(BaseModel):
     """How a fine-tune trains. Every field is saved in ``plan.json`` and in the checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A plan file is input: the command line's limits hold for it too (no NaN or infinity anywhere).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(10, ge=1)
-    warmup_epochs: int = Field(1, ge=0)
-    lr_head: float = Field(1e-3, gt=0)
-    lr_backbone: float | None = Field(None, gt=0)  # None: lr_head / 10
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    warmup_epochs: int = Field(1, ge=0, le=MAX_EPOCHS)
+    lr_head: float = Field(1e-3, gt=0, le=10)
+    lr_backbone: float | None = Field(None, gt=0, le=10)  # None: lr_head / 10
     layer_decay: float = Field(1.0, gt=0, le=1)  # backbone lr x layer_decay ** (depth below the top)
-    weight_decay: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.05, ge=0, le=10)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     augment: AugmentPolicy = "trivial"
     crop_scale: float = Field(0.25, gt=0, le=1)  # RandomResizedCrop's smallest area share
@@ -72,9 +76,9 @@ class FinetuneRecipe(BaseModel):
     bn: BNPolicy = "frozen"
     ema: float | None = Field(0.1, gt=0, le=1)  # EMA window as a share of all steps; None: no EMA
     drop_path: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, le=1e6)
     head_warmup: bool = True  # LP-FT: the head starts as a probe on the features training starts from
-    head_l2: float | None = Field(None, ge=0)  # None: chosen by cross-validation on the training split
+    head_l2: float | None = Field(None, ge=0, le=1e9)  # None: chosen by cross-validation on the training split
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
     @model_validator(mode="after")

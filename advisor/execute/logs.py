@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from advisor.core.errors import AdvisorError
-from advisor.core.io import write_text_atomic
+from advisor.core.io import append_text, write_text_atomic
 
 METRICS_CSV = "metrics.csv"
 LOGGERS = ("tensorboard", "mlflow")
@@ -97,10 +97,8 @@ class CSVLogger:
     def on_event(self, rec: dict) -> None:
         if rec.get("event") != "epoch":
             return
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:  # live: a killed run keeps the epochs it finished
-            text = _csv_text(EPOCH_COLUMNS, [epoch_row(rec)])
-            f.write(text if new else text.split("\n", 1)[1])
+        text = _csv_text(EPOCH_COLUMNS, [epoch_row(rec)])  # live: a killed run keeps the epochs it finished
+        append_text(self.path, text if not self.path.exists() else text.split("\n", 1)[1])
 
     def finish(self, plan, result, run_dir: Path) -> None:
         if result.sweep or result.selected.get("cv_table"):

@@ -37,7 +37,7 @@ from advisor.core.errors import AdvisorError
 from advisor.core.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.data.scan import scan_dataset
 from advisor.decide.advise import recommend_once
-from advisor.decide.forecast import record_outcome
+from advisor.decide.records import record_outcome
 from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
 from advisor.decide.models import Recommendation, RunPlan
 from advisor.measure.models import DatasetProfile

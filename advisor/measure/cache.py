@@ -30,8 +30,10 @@ from advisor.backbones import Backbone
 from advisor.core.io import call_writing
 from advisor.data.imagefile import SkippedFile, file_digest
 
-SHARD_FORMAT = "advisor-features-v2"  # v2 adds a checksum of keys and values
-_READABLE_FORMATS = frozenset({"advisor-features-v1", SHARD_FORMAT})
+# v3: the shard records what it was computed with (backbone, weights digest, transform digest: the input
+# size, crop and normalisation), covered by its checksum; v1/v2 shards, which do not, are not read.
+SHARD_FORMAT = "advisor-features-v3"
+_READABLE_FORMATS = frozenset({SHARD_FORMAT})
 KeyMode = Literal["content", "stat"]
 
 
@@ -56,6 +58,9 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike, *, backbone: str, weights_digest: str, transform_digest: str) -> None:
         self.root = Path(root)
         self.dir = self.root / "features" / _slug(backbone) / f"{weights_digest[:16]}-{transform_digest[:12]}"
+        # What every shard here must have been computed with: a shard copied or written from other settings is refused.
+        self.settings = json.dumps({"backbone": backbone, "weights": weights_digest, "transform": transform_digest},
+                                   sort_keys=True)
         self._index: dict[str, list[tuple[Path, int]]] | None = None
         self._names: dict[Path, frozenset[str]] = {}
         self._digests: dict[Path, str | None] = {}
@@ -101,7 +106,9 @@ class FeatureCache:
                     with safe_open(str(shard), framework="pt") as f:
                         meta = f.metadata() or {}
                         if meta.get("format") not in _READABLE_FORMATS:
-                            raise ValueError(f"unknown format {meta.get('format')!r}")
+                            raise ValueError(f"format {meta.get('format')!r}, not {SHARD_FORMAT}")
+                        if meta.get("settings") != self.settings:
+                            raise ValueError("computed with other settings (backbone, weights or transform)")
                         keys = json.loads(meta["keys"])
                         names = frozenset(k[len("tap."):] for k in f.keys())
                         rows = {f.get_slice(k).get_shape()[0] if f.get_slice(k).get_shape() else -1 for k in f.keys()}
@@ -138,7 +145,7 @@ class FeatureCache:
                     shard_keys = json.loads((f.metadata() or {})["keys"])
                     tensors = {k: f.get_tensor(k) for k in f.keys()}
                 expected = self._digests.get(shard)
-                if expected is not None and _shard_digest(shard_keys, tensors) != expected:
+                if expected is None or _shard_digest(shard_keys, tensors, self.settings) != expected:
                     raise ValueError("checksum mismatch: the file changed after it was written")
                 if bad := [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
                     raise ValueError(f"non-finite values in {bad[0]}")
@@ -153,7 +160,8 @@ class FeatureCache:
     def put(self, keys: Sequence[str], features: dict[str, torch.Tensor]) -> Path:
         """Write one shard atomically (temp file in the same folder, then a rename), with its checksum."""
         tensors = {f"tap.{t}": v.detach().to("cpu", torch.float32).contiguous() for t, v in features.items()}
-        meta = {"format": SHARD_FORMAT, "keys": json.dumps(list(keys)), "digest": _shard_digest(list(keys), tensors)}
+        meta = {"format": SHARD_FORMAT, "keys": json.dumps(list(keys)), "settings": self.settings,
+                "digest": _shard_digest(list(keys), tensors, self.settings)}
         final = self.dir / f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.safetensors"
         needed = sum(v.numel() * 4 for v in tensors.values())
         call_writing(final, lambda tmp: save_file(tensors, str(tmp), metadata=meta), needed=needed)
@@ -176,9 +184,10 @@ class FeatureCache:
         return removed
 
 
-def _shard_digest(keys: list[str], tensors: dict[str, torch.Tensor]) -> str:
-    """blake2b-128 of a shard's keys, tensor names, shapes and bytes."""
+def _shard_digest(keys: list[str], tensors: dict[str, torch.Tensor], settings: str) -> str:
+    """blake2b-128 of a shard's settings, keys, tensor names, shapes and bytes."""
     h = hashlib.blake2b(digest_size=16)
+    h.update(settings.encode() + b"\0")
     h.update(json.dumps(keys).encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from advisor.core.names import markdown, printable
 from advisor.decide.models import Recommendation, RunPlan
 from strategies.results import Metrics, RunResult
 
@@ -40,24 +41,25 @@ def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Pa
     """``report.md`` of a finished run: headline, why this strategy, what it chose, per class, confusion, curves."""
     rec = recommendation
     m = result.metrics
-    lines = [f"# {Path(dataset).name}: {plan.strategy}", "",
-             f"- dataset: `{dataset}`", f"- backbone: `{plan.backbone}`, input {plan.input_size} px",
+    md = markdown  # every user-controlled string (paths, class names, rationales quoting them) as plain text
+    lines = [f"# {md(Path(dataset).name)}: {plan.strategy}", "",
+             f"- dataset: {md(dataset)}", f"- backbone: {md(plan.backbone)}, input {plan.input_size} px",
              f"- validation accuracy: {accuracy_phrase(m, emphasis=lambda s: f'**{s}**')}",
              f"- parameters trained: {result.trainable_params:,} of {result.total_params:,}",
              f"- wall time: {result.seconds:.1f} s on {result.device}", ""]
     if rec is not None:
         lines += ["## Why this strategy", ""]
-        lines += [f"- **{h.id}** ({h.kind}) {h.title}: {h.rationale}" for h in rec.hits]
-        lines += [f"- warning: {w}" for w in rec.warnings] + [f"- evidence: {n}" for n in rec.evidence_notes] + [""]
+        lines += [f"- **{h.id}** ({h.kind}) {md(h.title)}: {md(h.rationale)}" for h in rec.hits]
+        lines += [f"- warning: {md(w)}" for w in rec.warnings] + [f"- evidence: {md(n)}" for n in rec.evidence_notes] + [""]
     if selected_items(result):
         lines += ["## What the strategy chose", ""]
-        lines += [f"- {k}: {v}" for k, v in selected_items(result).items()] + [""]
+        lines += [f"- {k}: {md(v)}" for k, v in selected_items(result).items()] + [""]
     if result.sweep:
         lines += ["## Layer sweep (cross-validated on the training split)", "", "| taps | dim | CV accuracy | L2 |", "|---|---|---|---|"]
         lines += [f"| {', '.join(r['taps'])} | {r['dim']} | {r['cv_accuracy']:.4f} | {r['l2']:g} |" for r in result.sweep] + [""]
     lines += ["## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in m.per_class]
-    names = [c.name for c in m.per_class]
+    lines += [f"| {md(c.name)} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in m.per_class]
+    names = [md(c.name) for c in m.per_class]
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "", "| | " + " | ".join(names) + " |",
               "|---" * (len(names) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, m.confusion)]
@@ -65,6 +67,6 @@ def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Pa
         lines += ["", "## Learning curves", "", "| epoch | " + " | ".join(result.curves) + " |", "|---" * (len(result.curves) + 1) + "|"]
         for i in range(max(len(v) for v in result.curves.values())):
             lines.append(f"| {i + 1} | " + " | ".join(f"{v[i]:.4f}" if i < len(v) else "" for v in result.curves.values()) + " |")
-    lines += ["", "## Use the model", "", f"    advisor predict {run_dir} IMAGE_OR_FOLDER ...", "",
+    lines += ["", "## Use the model", "", f"    advisor predict {printable(run_dir)} IMAGE_OR_FOLDER ...", "",
               "`model.safetensors` + `model.json` load without pickle: `advisor.backbones.classifier.load_classifier(run_dir)`.", ""]
     return "\n".join(lines)

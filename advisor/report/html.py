@@ -17,6 +17,7 @@ from pathlib import Path
 
 from advisor.core.version import __version__
 from advisor.core.io import write_text_atomic
+from advisor.core.names import printable
 from advisor.decide.advise import save_plan
 from advisor.decide.models import Recommendation, RunPlan
 from strategies.results import RunResult
@@ -40,7 +41,8 @@ code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem}pre{
 
 
 def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """Text for HTML: printable first (no raw ESC or direction marks), then HTML-escaped."""
+    return html.escape(printable(value), quote=True)
 
 
 def _page(title: str, body: list[str]) -> str:
@@ -65,7 +67,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def track_record() -> list[dict]:
     """The shipped reference cells (the track record's measured outcomes) the map places a dataset among."""
-    from advisor.decide.forecast import shipped_track_record
+    from advisor.decide.records import shipped_track_record
 
     return shipped_track_record()
 

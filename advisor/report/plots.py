@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from advisor.core.names import figure_label
 from advisor.decide.models import Recommendation
 from advisor.measure.models import DatasetProfile
 
@@ -61,7 +62,7 @@ def quadrant_map(rec: Recommendation, references: Sequence[dict]) -> str:
                    label=f"best measured: {best}" if best and best not in labelled else None)
         labelled.add(best)
         if not ref.get("k"):  # subsamples share their dataset's name: label the full set only
-            ax.annotate(ref["dataset"], (ref["train_per_class_median"], ref["similarity"]), fontsize=7, color="#666666",
+            ax.annotate(figure_label(ref["dataset"]), (ref["train_per_class_median"], ref["similarity"]), fontsize=7, color="#666666",
                         xytext=(3, 3), textcoords="offset points")
     x = max(p.train_per_class_median, 1.0)
     if p.similarity is not None:
@@ -179,7 +180,7 @@ def confusion_matrix(confusion: list[list[int]], classes: Sequence[str]) -> str:
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7 if k > 10 else 9,
                         color="white" if shares[i][j] > 0.6 else "black")
-    labels = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
+    labels = [figure_label(c, limit=14) for c in classes]
     ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(k), labels, fontsize=7)
     ax.set_xlabel("predicted")
