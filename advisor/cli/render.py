@@ -401,3 +401,43 @@ def _render_recommendation_compact(rec) -> None:
         for n in rec.forecast.extrapolating:
             out.print(f"[yellow]extrapolating:[/yellow] {shown(n)}")
     out.print("[dim]more: --verbose, --json, or the report (profile, every rule, boundaries, figures)[/dim]")
+
+
+def render_predictions(rep, *, top_k: int) -> None:
+    """``advisor predict``: one row per image, its name cut from the left when it must be."""
+    t = Table(title=f"{rep.strategy} model from {shown(rep.run_dir)}", title_justify="left")
+    t.add_column("image", no_wrap=True)
+    for i in range(min(top_k, len(rep.classes))):
+        t.add_column(f"top {i + 1}")
+    # Each file's name, cut from the left when it must be (the end is what tells images apart).
+    name_width = max(16, out.width - 2 - sum(14 for _ in range(min(top_k, len(rep.classes)))) - 4)
+    for p in rep.predictions:
+        t.add_row(shown(shorten_left(display_path(p.path), name_width)), *[f"{shown(c.label)} {c.probability:.3f}" for c in p.top])
+    out.print(t)
+    if rep.skipped:
+        out.print(f"[yellow]skipped {len(rep.skipped)} file(s):[/yellow]")
+        for s in rep.skipped:
+            out.print(f"  [yellow]{shown(s.path)}[/yellow]: {shown(s.reason)}", soft_wrap=True)
+    if rep.ignored:
+        out.print(f"ignored {rep.ignored} non-image or hidden file(s)")
+
+
+def render_comparison(res) -> None:
+    """``advisor compare``: every strategy's accuracy, its paired gap to the best, time, what it chose; the verdict."""
+    t = Table(title=f"{shown(res.dataset)}: strategies under one budget (input {res.input_size or 'default'} px, "
+                    f"fine-tune epochs cap {res.epochs_cap or 'plan'})", title_justify="left")
+    for c in ("strategy", "val accuracy [95% CI]", "behind best (points) [95% CI]", "wall time", "trainable params", "chose", ""):
+        t.add_column(c)
+    for r in res.rows:
+        mark = " ".join(x for x in ("[green]recommended[/green]" if r.recommended else "", "[bold]best[/bold]" if r.winner else "",
+                                    "tied" if r.tied_with_best and not r.winner else "") if x)
+        chose = ", ".join(f"{k} {shown(v)}" for k, v in r.selected.items())
+        behind = "-" if r.winner else f"{r.behind_best:.2f} [{r.behind_best_ci[0]:.2f}, {r.behind_best_ci[1]:.2f}]"
+        t.add_row(r.strategy, f"{r.val_accuracy:.4f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]", behind, f"{r.seconds:.1f} s",
+                  f"{r.trainable_params:,}", chose, mark)
+    out.print(t)
+    out.print(f"{shown(res.verdict)}. Regret [bold]{res.regret_points:.2f}[/bold] accuracy points "
+              f"[{res.regret_ci[0]:.2f}, {res.regret_ci[1]:.2f}]; recommend took {res.recommend_seconds:.1f} s = "
+              f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
+    out.print(f"saved to {shown(res.saved_to)}; report: [bold]{shown(Path(res.saved_to).parent / 'report.html')}[/bold]",
+              soft_wrap=True)
