@@ -331,6 +331,8 @@ class Checkpointing(Callback):
         """The checkpoint to resume from (None on a fresh run); a foreign one is a clear error."""
         if not loop.ctx.resume or not self.path.exists():
             return None
+        if not self.path.is_file():  # a FIFO or device would block the read
+            raise AdvisorError(f"checkpoint {self.path} is not a regular file", hint="start over without resuming")
         ckpt = load_checkpoint(self.path)
         now = self.identity(loop)
         for what, key in (("format", "format"), ("strategy", "strategy"), ("seed", "seed"), ("backbone", "backbone"),

@@ -466,8 +466,18 @@ class FinetuneLoop(LoopData):
                                hint="start over without resuming")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.pos = _Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]),
-                             float(ckpt["epoch_loss_sum"]), int(ckpt["epoch_seen"]))
+        try:  # read back like input: a position this run can be at, or a clear error
+            pos = _Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]),
+                            float(ckpt["epoch_loss_sum"]), int(ckpt["epoch_seen"]))
+            valid = (0 <= pos.epoch <= self.cfg.epochs and 0 <= pos.step <= self.steps_per_epoch
+                     and pos.global_step == pos.epoch * self.steps_per_epoch + pos.step
+                     and math.isfinite(pos.loss_sum) and 0 <= pos.seen)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            valid = False
+        if not valid:
+            raise AdvisorError(f"checkpoint {self.path} holds a position this run cannot be at",
+                               hint="delete it to start the run over")
+        self.pos = pos
         for cb in self.callbacks:
             cb.load_state_dict(ckpt)
         self.first_loss = ckpt.get("first_loss")

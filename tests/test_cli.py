@@ -180,7 +180,7 @@ def test_the_default_screen_fits_80_columns_and_45_lines(command, example_cache,
     words = [w for w in narrow.split() if not any(c.isdigit() for c in w)]
     wide = [w for w in screens[400].split() if not any(c.isdigit() for c in w)]
     assert words == wide
-    for text in ("2x2 table: ", "Recommended: ", "why: ", "Forecast", "more: --verbose"):
+    for text in ("2x2 table: ", "Recommended: ", "why: ", "Forecast", "More images", "labels: ", "more: --verbose"):
         assert text in narrow, text
 
 

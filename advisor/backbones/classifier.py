@@ -161,6 +161,9 @@ def load_classifier(run_dir: str | os.PathLike, *, device: str | torch.device = 
     if not run_dir.is_dir() or not card_path.exists() or not model_path.exists():
         raise AdvisorError(f"{run_dir} holds no saved model ({CARD_FILE} and {MODEL_FILE})",
                            hint="point at a run directory written by `advisor run`")
+    for path in (card_path, model_path):  # a FIFO or device here would block the reads below
+        if not path.is_file():
+            raise AdvisorError(f"{path} is not a regular file", hint=_RERUN)
     card = read_model(card_path, ModelCard, fix=_RERUN)
     if card.format != CARD_FORMAT:
         raise AdvisorError(f"{card_path} has format {card.format!r}; this advisor reads {CARD_FORMAT!r}")

@@ -388,7 +388,7 @@ def _render_recommendation_compact(rec) -> None:
 
         methods = list(dict.fromkeys(f.method for f in rec.forecast.strategies))
         t = Table(title="Forecast (accuracy, 80 % interval; time on this device)", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+                  pad_edge=False, show_edge=False)
         for c, justify in (("strategy", "left"), ("accuracy", "right"), ("interval", "right"), ("time", "right"), ("from", "right")):
             t.add_column(c, justify=justify, no_wrap=True)
         for f in rec.forecast.strategies:
@@ -400,7 +400,9 @@ def _render_recommendation_compact(rec) -> None:
             out.print(f"[dim]\\[{i}] {shown(m)}[/dim]")
         for n in rec.forecast.extrapolating:
             out.print(f"[yellow]extrapolating:[/yellow] {shown(n)}")
-    out.print("[dim]more: --verbose, --json, or the report (profile, every rule, boundaries, figures)[/dim]")
+    _render_more_data(rec)
+    _render_label_issues(rec.profile)
+    out.print("[dim]more: --verbose, --json or report.html (profile, every rule, figures)[/dim]")
 
 
 def render_predictions(rep, *, top_k: int) -> None:
@@ -441,3 +443,47 @@ def render_comparison(res) -> None:
               f"{res.recommend_cost_fraction:.1%} of running the strategies ({res.compare_seconds:.1f} s)")
     out.print(f"saved to {shown(res.saved_to)}; report: [bold]{shown(Path(res.saved_to).parent / 'report.html')}[/bold]",
               soft_wrap=True)
+
+
+_SHORT = {"linear-probe": "linear", "layer-probe": "layer", "partial-finetune": "partial", "full-finetune": "full"}
+
+
+def _p(x: float) -> str:
+    """An accuracy in two digits without the leading zero (.87; 1.0 as 1.0): four strategies fit 80 columns."""
+    return "1.0" if x >= 0.995 else f"{x:.2f}"[1:]
+
+
+def _render_more_data(rec) -> None:
+    """Each strategy's forecast at today's images per class and at 2x and 4x, with intervals; the size boundary."""
+    from rich import box
+
+    m = rec.more_data
+    if m is None or len(m.rows) < 2:
+        return
+    names = list(m.rows[0].strategies)
+    t = Table(title="More images: forecast accuracy (80 % interval)", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, show_edge=False)
+    t.add_column("per class", no_wrap=True)
+    for n in names:
+        t.add_column(_SHORT.get(n, n), justify="right", no_wrap=True)
+    for row in m.rows:
+        label = f"{row.per_class:.0f}" + (" today" if row.factor == 1 else f" ({row.factor}x)")
+        t.add_row(label, *[f"{_p(a)} ({_p(lo)}-{_p(hi)})" for a, lo, hi in (row.strategies[n] for n in names)])
+    out.print(t)
+    out.print(f"[dim]size: {shown(m.boundary)}[/dim]")
+
+
+def _render_label_issues(profile) -> None:
+    """How many sampled images look mislabelled, and the worst few."""
+    rep = profile.labels
+    if rep is None or not rep.checked:
+        return
+    if not rep.issues:
+        out.print(f"labels: none of the {rep.checked} sampled images looks mislabelled")
+        return
+    out.print(f"[yellow]labels:[/yellow] {len(rep.issues)} of {rep.checked} sampled images look mislabelled; "
+              "the worst (all in --json, the report and label_issues.csv):")
+    for issue in rep.issues[:3]:
+        conf = f" ({issue.suggested_probability:.2f})" if issue.suggested_probability is not None else " (duplicate)"
+        out.print(f"  {shown(shorten_left(display_path(issue.path), 44))}: {shown(issue.given)} -> "
+                  f"{shown(issue.suggested)}{conf}")

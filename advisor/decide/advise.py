@@ -12,6 +12,7 @@ from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.core.io import read_model, write_text_atomic
 from advisor.core.machine import load_average, machine_name
+from advisor.decide.curves import more_data
 from advisor.decide.forecast import Forecast, forecast
 from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import default_recipe
@@ -136,8 +137,12 @@ def recommend_dataset(
     if warning:
         rec.warnings.append(warning)
     if profile.probe_cv:
-        rec.forecast = _forecast(rec, backbone_model, scan, device=device, short_schedule=short, cache_dir=cache_dir,
-                                 dataset=str(Path(dataset).resolve()))
+        rec.forecast, kwargs = _forecast(rec, backbone_model, scan, device=device, short_schedule=short,
+                                         cache_dir=cache_dir, dataset=str(Path(dataset).resolve()))
+        if rec.profile.probe_curve:
+            rec.more_data = more_data(rec, kwargs, forecast, schedule=lambda n: finetune_schedule(n)[1],
+                                      epochs_cap=rec.epochs_cap, large_per_class=rec.thresholds["large_per_class"],
+                                      large_total=rec.thresholds["large_total"])
         if warning:
             rec.forecast.notes.append(warning)
     if force_strategy is None:
@@ -327,13 +332,14 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         factor = 1.0
     elif runs:
         source += f"; x{factor:.2f}, the median achieved/forecast time of {runs} finished run(s) on this machine"
-    return forecast(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
-                    per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
-                    epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
-                    decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
-                    short_schedule=short_schedule, input_size=plan.input_size,
-                    schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
-                    time_source=source, cv_images=p.probe_cv_images, cached_share=cached)
+    kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
+                  per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
+                  epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
+                  decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
+                  short_schedule=short_schedule, input_size=plan.input_size,
+                  schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
+                  time_source=source, cv_images=p.probe_cv_images, cached_share=cached)
+    return forecast(**kwargs), kwargs
 
 
 def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: int = 64, seed: int = 0) -> float:

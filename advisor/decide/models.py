@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.decide.forecast import Forecast
 from advisor.decide.recipe import FinetuneRecipe
-from advisor.measure.models import DatasetProfile
+from advisor.measure.models import CurvePoint, DatasetProfile
 
 MIN_INPUT, MAX_INPUT = 32, 1024  # pixels; below 32 a stride-32 network sees a single pixel
 MAX_SEED = 2**32 - 1  # what numpy and torch generators accept everywhere
@@ -103,6 +103,23 @@ class Decision(BaseModel):
     sentence: str
 
 
+class MoreDataRow(BaseModel):
+    factor: int  # 1: today
+    per_class: float
+    strategies: dict[str, tuple[float, float, float]]  # strategy -> (forecast, 80 % low, high)
+    probe_gain: tuple[float, float, float] | None = None  # what the probe's curve adds from today (gain, low, high)
+
+
+class MoreData(BaseModel):
+    """What more images would buy: the forecast at 1x, 2x and 4x the training images per class, and the size boundary."""
+
+    rows: list[MoreDataRow]
+    boundary: str
+    boundary_per_class: float | None = None  # images per class that would make the dataset large (None: it is)
+    curve: list[CurvePoint] = Field(default_factory=list)  # the probe's measured points it extrapolates
+    notes: list[str] = Field(default_factory=list)
+
+
 class Recommendation(BaseModel):
     """What ``advisor recommend`` returns: the profile, the placement, the rules, the plan."""
 
@@ -120,4 +137,5 @@ class Recommendation(BaseModel):
     plan: RunPlan
     seconds: float | None = None
     forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/decide/forecast.py)
+    more_data: MoreData | None = None  # the forecast at 2x and 4x the images (advisor/decide/curves.py)
     decision: Decision | None = None  # which of table and forecast chose the strategy, and why (advisor/decide/rules/policy.py)

@@ -41,7 +41,7 @@ from advisor.decide.records import record_outcome
 from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
 from advisor.decide.models import Recommendation, RunPlan
 from advisor.measure.models import DatasetProfile
-from advisor.report import run_report_md
+from advisor.report import LABEL_ISSUES_CSV, label_issues_csv, run_report_md
 from advisor.report.html import write_report_html
 from strategies.results import RunResult
 
@@ -150,6 +150,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         _write(run_dir, "result.json", result)
         for logger in loggers:
             logger.finish(plan, result, run_dir)
+        if recommendation is not None and recommendation.profile.labels is not None:
+            write_text_atomic(run_dir / LABEL_ISSUES_CSV, label_issues_csv(recommendation.profile.labels))
         report = run_report_md(plan, result, dataset=state.dataset, run_dir=run_dir, recommendation=recommendation)
         write_text_atomic(run_dir / "report.md", report)
         write_report_html(run_dir)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from advisor.data.imagefile import SkippedFile
 from advisor.data.scan import SizeSummary
+from advisor.measure.labels import LabelReport
 from advisor.measure.transferability import TapEvidence
 
 
@@ -100,6 +101,14 @@ class FlipCheck(BaseModel):
     method: str = ""
 
 
+class CurvePoint(BaseModel):
+    """The probe's cross-validated accuracy on a subsample: training images per class (in a fold), accuracy."""
+
+    per_class: float
+    accuracy: float
+    images: int
+
+
 class DatasetProfile(BaseModel):
     """Everything measured about a dataset that the rules may look at."""
 
@@ -135,5 +144,7 @@ class DatasetProfile(BaseModel):
     # Seconds that CV took per training row per feature column: what the forecast scales a probe's solve by.
     probe_cv_seconds_per_unit: float | None = None
     probe_cv_images: int | None = None  # training images of the sample the probe CV held out (its own noise)
+    probe_curve: list[CurvePoint] = Field(default_factory=list)  # the probe's learning curve on the sample
+    labels: LabelReport | None = None  # images of the sample whose label the data contradicts
     split_source: str
     split_seed: int | None = None

@@ -24,6 +24,8 @@ from advisor.core.distributed import resolve_device
 from advisor.data.imagefile import file_digest, load_image
 from advisor.data.scan import DatasetScan, Sample, scan_dataset
 from advisor.measure.features import extract_features
+from advisor.measure.curve import probe_curve
+from advisor.measure.labels import label_report
 from advisor.measure.logistic import cv_select_l2, fit_logistic, fit_standardizer, stratified_folds
 from advisor.measure.models import DatasetProfile, DuplicateGroup, FlipCheck
 from advisor.measure.similarity import greyscale_share, load_reference, measure_similarity
@@ -174,6 +176,8 @@ def build_profile(
     grey = measured = flips = None
     evidence = []
     probe_cv: dict[str, float] = {}
+    curve: list = []
+    labels_found = None
     used_train: list[Sample] = []
     cv_unit: float | None = None
     if similarity:
@@ -203,9 +207,17 @@ def build_profile(
         if enough:
             evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
             t_cv = time.perf_counter()
-            probe_cv = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes), seed=seed)
+            probe_cv, best_l2 = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes), seed=seed)
             units = sum(train_feats[t].shape[0] * train_feats[t].shape[1] for t in probe_cv)
             cv_unit = (time.perf_counter() - t_cv) / units if units else None
+            if best_l2 is not None:
+                curve = probe_curve(train_feats[PRE_LOGITS], train_labels, num_classes=len(scan.classes), l2=best_l2,
+                                    seed=seed)
+        # Labels the data contradicts, on every image of the sample (validation too): out-of-fold probe probabilities.
+        conflicts = [(p, s, g, next(o for o in grp.labels if o != g)) for grp in (exact + near) if grp.conflicting_labels
+                     for p, s, g in zip(grp.paths, grp.splits, grp.labels)]
+        labels_found = label_report(feature_set.features[PRE_LOGITS], feature_set.labels, [s.path for s in used],
+                                    [s.split for s in used], scan.classes, duplicates=conflicts, seed=seed)
         if progress:
             progress("similarity", 1, 1)
         if enough:
@@ -254,25 +266,29 @@ def build_profile(
         probe_cv=probe_cv,
         probe_cv_seconds_per_unit=cv_unit,
         probe_cv_images=len(used_train) if probe_cv else None,
+        probe_curve=curve,
+        labels=labels_found,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
     )
 
 
 def _probe_cv(features: dict[str, torch.Tensor], labels: torch.Tensor, evidence, *, num_classes: int,
-              seed: int) -> dict[str, float]:
-    """5-fold CV accuracy of a logistic probe on pre_logits and on the tap the k-NN evidence ranks first."""
+              seed: int) -> tuple[dict[str, float], float | None]:
+    """5-fold CV accuracy of a logistic probe on pre_logits and on the tap the k-NN evidence ranks first;
+    and the L2 the CV chose on pre_logits (the learning curve reuses it)."""
     taps = [PRE_LOGITS]
     if evidence:
         best = max(evidence, key=lambda e: (e.knn_accuracy, e.logme)).tap
         if best != PRE_LOGITS:
             taps.append(best)
-    out = {}
+    out, best_l2 = {}, None
     for tap in taps:
-        _, table = cv_select_l2(features[tap], labels, num_classes=num_classes, seed=seed)
+        l2, table = cv_select_l2(features[tap], labels, num_classes=num_classes, seed=seed)
         if table:
             out[tap] = round(max(acc for _, acc in table), 4)
-    return out
+            best_l2 = l2 if tap == PRE_LOGITS else best_l2
+    return out, best_l2
 
 
 def profile_dataset(

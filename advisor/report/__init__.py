@@ -70,3 +70,21 @@ def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Pa
     lines += ["", "## Use the model", "", f"    advisor predict {printable(run_dir)} IMAGE_OR_FOLDER ...", "",
               "`model.safetensors` + `model.json` load without pickle: `advisor.backbones.classifier.load_classifier(run_dir)`.", ""]
     return "\n".join(lines)
+
+
+LABEL_ISSUES_CSV = "label_issues.csv"
+
+
+def label_issues_csv(report) -> str:
+    """Every image the label check flagged, worst first: path, split, given, suggested, probabilities, why."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "split", "given", "suggested", "given_probability", "suggested_probability", "reason"])
+    for i in report.issues if report is not None else []:
+        w.writerow([printable(i.path), i.split, printable(i.given), printable(i.suggested),
+                    "" if i.given_probability is None else i.given_probability,
+                    "" if i.suggested_probability is None else i.suggested_probability, i.reason])
+    return buf.getvalue()

@@ -112,6 +112,7 @@ def _advice_sections(rec: Recommendation, *, forced: str | None = None, probe_cv
             warn = ' class="warn"'
             out.append("<ul>" + "".join(f"<li{warn if n.startswith('extrapolating') else ''}>{esc(n)}</li>"
                                         for n in extra) + "</ul>")
+    out += _more_data_section(rec) + _label_section(p)
     out.append("<h2>Why: the rules that fired</h2><p class=\"caption\">Each rule has a stable ID; its rationale quotes "
                "the measured values and the thresholds.</p><ul>")
     out += [f"<li><b class=\"rule\">{esc(h.id)}</b> <span class=\"tag\">{esc(h.kind)}</span> {esc(h.title)}: "
@@ -123,6 +124,40 @@ def _advice_sections(rec: Recommendation, *, forced: str | None = None, probe_cv
     if notes:
         out.append("<h2>Warnings</h2><ul>" + "".join(f"<li class=\"warn\">{esc(n)}</li>" for n in notes) + "</ul>")
     return out
+
+
+def _more_data_section(rec: Recommendation) -> list[str]:
+    m = rec.more_data
+    if m is None or len(m.rows) < 2:
+        return []
+    names = list(m.rows[0].strategies)
+    rows = [(f"{r.per_class:.0f}" + (" (today)" if r.factor == 1 else f" ({r.factor}x)"),
+             *[f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in (r.strategies[n] for n in names)]) for r in m.rows]
+    curve = ", ".join(f"{c.per_class:g}/class: {c.accuracy:.3f}" for c in m.curve)
+    return ["<h2>What more images would buy</h2><p class=\"caption\">Each strategy's forecast (80 % interval) at today's "
+            "training images per class and at 2x and 4x as many. The probes' gain is the probe's own learning curve, "
+            f"measured on nested subsamples of the profiling sample ({esc(curve)}) and extrapolated by a saturating power "
+            "law (its bootstrap spread widens every interval); the fine-tunes' comes from the forecaster at the larger size.</p>",
+            _table(["training images per class", *names], rows), f"<p>{esc(m.boundary)}</p>",
+            *[f"<p class=\"warn\">{esc(n)}</p>" for n in m.notes]]
+
+
+def _label_section(profile) -> list[str]:
+    rep = profile.labels
+    if rep is None or not rep.issues:
+        return []
+    cells = []
+    for issue in rep.issues[:GALLERY_SIZE]:
+        thumb = _thumbnail(issue.path)
+        conf = f"{issue.suggested_probability:.2f}" if issue.suggested_probability is not None else "duplicate"
+        img = (f"<img src=\"{thumb[0]}\" alt=\"{esc(Path(issue.path).name)}\" width=\"{thumb[1]}\" height=\"{thumb[2]}\">"
+               if thumb else "")
+        cells.append(f"<figure>{img}<figcaption>given <b>{esc(issue.given)}</b>, the data says <b>{esc(issue.suggested)}</b> "
+                     f"({esc(conf)})<br>{esc(Path(issue.path).name)} ({esc(issue.split)})</figcaption></figure>")
+    return [f"<h2>Labels that look wrong</h2><p class=\"caption\">{len(rep.issues)} of the {rep.checked} sampled images: "
+            f"{esc(rep.method)}, each class against its own confidence threshold (and identical images that carry "
+            "different labels). Nothing was changed; label_issues.csv lists every path.</p>",
+            "<div class=\"gallery\">" + "".join(cells) + "</div>"]
 
 
 def _thumbnail(path: str) -> tuple[str, int, int] | None:
@@ -298,5 +333,9 @@ def write_report_html(path: str | Path) -> Path:
 
 def save_advice(rec: Recommendation, path: str | os.PathLike) -> tuple[Path, Path]:
     """The plan at ``path`` and, next to it, its report (``plan.json`` -> ``plan.html``)."""
+    from advisor.report import LABEL_ISSUES_CSV, label_issues_csv
+
     plan_path = save_plan(rec.plan, path)
+    if rec.profile.labels is not None and rec.profile.labels.issues:
+        write_text_atomic(plan_path.with_name(LABEL_ISSUES_CSV), label_issues_csv(rec.profile.labels))
     return plan_path, write_text_atomic(plan_path.with_suffix(".html"), recommendation_page(rec))

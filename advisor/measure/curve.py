@@ -1,0 +1,45 @@
+"""The probe's learning curve, measured: cross-validated accuracy on nested subsamples of the profiling sample.
+
+Fractions 1/8, 1/4, 1/2 and all of the sample's training images (each class subsampled alike,
+the smaller sets inside the larger ones, seeded) are cross-validated with the same probe (the
+L2 the full sample's CV chose). The points are what ``advisor.decide.curves`` fits a saturating
+power law to. Imports advisor.measure.logistic and the measure models only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from advisor.measure.logistic import cross_validate
+from advisor.measure.models import CurvePoint
+
+FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+FOLDS = 5
+
+
+def nested_subsample(y: torch.Tensor, fraction: float, *, seed: int = 0) -> torch.Tensor:
+    """Row indices of ``fraction`` of every class (at least 2 each); a smaller fraction's rows are inside a larger's."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for c in y.unique().tolist():
+        mine = (y == c).nonzero().flatten()
+        order = mine[torch.randperm(len(mine), generator=g)]
+        rows.append(order[: max(2, round(fraction * len(mine)))])
+    return torch.cat(rows).sort().values
+
+
+def probe_curve(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, l2: float, seed: int = 0) -> list[CurvePoint]:
+    """One point per fraction with enough images to cross-validate: training images per class in a fold, accuracy."""
+    points = []
+    for fraction in FRACTIONS:
+        rows = nested_subsample(y, fraction, seed=seed)
+        ys = y[rows]
+        per_class = torch.bincount(ys, minlength=num_classes).float()
+        if (per_class[per_class > 0] < FOLDS).any() or len(ys.unique()) < 2:
+            continue
+        cv = cross_validate(x[rows].float(), ys, num_classes=num_classes, grid=[l2], folds=FOLDS, seed=seed,
+                            class_weights=None, device="cpu", max_iter=100)
+        if cv.table:
+            points.append(CurvePoint(per_class=round(float(per_class.median()) * (FOLDS - 1) / FOLDS, 2),
+                                     accuracy=round(cv.table[0][1], 4), images=len(rows)))
+    return points

@@ -1,0 +1,97 @@
+"""Labels the data contradicts: out-of-fold probe probabilities against each class's own confidence threshold.
+
+Confident learning (Northcutt et al. 2021), written here on the probe the profile already fits
+(cleanlab itself is AGPL, and only this small piece is needed): every image gets class
+probabilities from a logistic probe that never saw it (stratified folds); class ``j``'s threshold
+``t_j`` is the mean probability of ``j`` over the images labelled ``j``. An image labelled ``i`` is
+an issue when its given label's probability is below ``t_i`` and the most probable other class
+``j`` either reaches ``t_j`` or beats the given label outright: the data says ``j``. Issues are ranked by how far the
+suggested class's probability exceeds the given one's. Nothing in the user's data is changed.
+Imports advisor.core, advisor.data and advisor.measure.logistic.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel
+
+from advisor.measure.logistic import class_weights_from, fit_logistic, fit_standardizer, stratified_folds
+
+FOLDS = 5
+L2 = 1e-2  # a mild penalty: the probabilities must rank, not be the best classifier (the CV sweep is the probe's job)
+
+
+class LabelIssue(BaseModel):
+    path: str
+    split: str
+    given: str
+    suggested: str
+    given_probability: float | None  # out-of-fold probability of the given label (None: a duplicate)
+    suggested_probability: float | None
+    reason: str = "probe"  # "probe": the out-of-fold probe; "duplicate": an identical image carries another label
+
+
+class LabelReport(BaseModel):
+    """What the label check found, and on how many images it looked."""
+
+    checked: int
+    issues: list[LabelIssue]
+    folds: int
+    method: str
+
+
+def out_of_fold_probabilities(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, folds: int = FOLDS, seed: int = 0,
+                              l2: float = L2) -> torch.Tensor:
+    """[N, C] class probabilities of every row from a probe fitted on the other folds."""
+    fold = stratified_folds(y, folds, seed=seed)
+    probs = torch.zeros(len(y), num_classes)
+    for k in range(folds):
+        held, train = fold == k, fold != k
+        if not held.any() or len(y[train].unique()) < 2:
+            continue
+        std = fit_standardizer(x[train])
+        W, b = fit_logistic(std.apply(x[train]), y[train], num_classes=num_classes, l2=l2,
+                            class_weights=class_weights_from(y[train], num_classes))
+        probs[held] = torch.softmax(std.apply(x[held]) @ W.T + b, dim=1)
+    return probs
+
+
+def find_label_issues(probs: torch.Tensor, y: torch.Tensor) -> list[tuple[int, int, float, float]]:
+    """(row, suggested class, given probability, suggested probability) of each row the data contradicts, worst first."""
+    num_classes = probs.shape[1]
+    thresholds = torch.full((num_classes,), float("inf"))
+    for j in range(num_classes):
+        mine = y == j
+        if mine.any():
+            thresholds[j] = probs[mine, j].mean()
+    found = []
+    for i in range(len(y)):
+        given = int(y[i])
+        if probs[i].sum() == 0 or probs[i, given] >= thresholds[given]:
+            continue
+        # Another class reaches its own threshold, or is simply more probable than the given one: the probe's
+        # probabilities are sharp (a clean class's threshold sits near 1), so a flipped image's true class often
+        # stays a little below its threshold while clearly beating the given label.
+        others = [(float(probs[i, j]), j) for j in range(num_classes) if j != given]
+        p, j = max(others) if others else (0.0, -1)
+        if j >= 0 and (p >= thresholds[j] or p > float(probs[i, given])):
+            found.append((i, j, float(probs[i, given]), p))
+    return sorted(found, key=lambda r: r[2] - r[3])  # the largest gap between suggested and given first
+
+
+def label_report(x: torch.Tensor, y: torch.Tensor, paths: list[str], splits: list[str], classes: list[str], *,
+                 duplicates: list[tuple[str, str, str, str]] = (), seed: int = 0, folds: int = FOLDS) -> LabelReport:
+    """The label check on features ``x`` (one row per image); ``duplicates``: (path, split, given, other label) of
+    identical images that carry different labels, listed after the probe's findings."""
+    if len(y) < 2 * folds or len(y.unique()) < 2:
+        return LabelReport(checked=0, issues=[], folds=0, method="too few images to check")
+    probs = out_of_fold_probabilities(x.float(), y, num_classes=len(classes), folds=folds, seed=seed)
+    issues = [LabelIssue(path=paths[i], split=splits[i], given=classes[int(y[i])], suggested=classes[j],
+                         given_probability=round(pg, 4), suggested_probability=round(ps, 4))
+              for i, j, pg, ps in find_label_issues(probs, y)]
+    seen = {i.path for i in issues}
+    issues += [LabelIssue(path=p, split=s, given=g, suggested=o, given_probability=None,
+                          suggested_probability=None, reason="duplicate")
+               for p, s, g, o in duplicates if p not in seen]
+    return LabelReport(checked=len(y), issues=issues, folds=folds,
+                       method=f"confident learning on {folds}-fold out-of-fold probabilities of a logistic probe")
