@@ -99,7 +99,7 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
               input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, device: str | None = None,
               cache_dir: str | os.PathLike | None = None, save_plan: str | os.PathLike | None = None,
-              progress: Progress | None = None) -> Recommendation:
+              backbones: Sequence[str] | None = None, progress: Progress | None = None) -> Recommendation:
     """Profile a dataset, place it in the 2x2 table, forecast every strategy, and decide which to run.
 
     Parameters
@@ -117,6 +117,9 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
         As for :func:`profile`.
     save_plan : path, optional
         Also write the executable plan there (JSON) and its report next to it (``.html``).
+    backbones : list of str, optional
+        Also profile and forecast on these backbones (one extraction of the profiling sample each)
+        and rank them (``.backbones``); with ``budget`` the best (backbone, strategy) pair that fits runs.
 
     Returns
     -------
@@ -141,9 +144,16 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
-    rec = recommend_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                            device=_device(device), cache_dir=cache_dir, progress=progress, epochs_cap=epochs,
-                            budget_seconds=_seconds(budget), input_size=input_size)
+    kwargs = dict(sample_size=sample_size, seed=seed, device=_device(device), cache_dir=cache_dir, progress=progress,
+                  epochs_cap=epochs, budget_seconds=_seconds(budget), input_size=input_size)
+    rec = recommend_dataset(dataset, backbone=backbone, weights=weights, **kwargs)
+    if backbones:
+        from advisor.decide.backbones import rank_backbones
+
+        others = [b for b in dict.fromkeys(backbones) if b != backbone]
+        recs = [rec] + [recommend_dataset(dataset, backbone=b, **kwargs) for b in others]
+        ranking, chosen = rank_backbones(recs, budget_seconds=kwargs["budget_seconds"])
+        rec = recs[chosen].model_copy(update={"backbones": ranking})
     if save_plan is not None:
         from advisor.report.html import save_advice
 

@@ -80,3 +80,32 @@ def test_recommend_shows_more_data_and_a_run_writes_label_issues(tmp_path):
     out = advisor.run(data, backbone="test/tiny-cnn", input_size=32, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
     csv = (Path(out.run_dir) / "label_issues.csv").read_text().splitlines()
     assert csv[0].startswith("path,split,given,suggested") and len(csv) == 1 + len(rec.profile.labels.issues)
+
+
+def test_backbones_rank_by_forecast_and_a_budget_picks_the_best_pair_that_fits():
+    from advisor.decide.backbones import BackboneOption, rank_options
+
+    def opt(name, probe, ft, ft_secs):
+        return BackboneOption(backbone=name, knn_accuracy=None, logme=None, best_strategy="full-finetune" if ft > probe
+                              else "linear-probe", best_accuracy=max(probe, ft),
+                              strategies={"linear-probe": (probe, probe - .1, probe + .1, 5.0),
+                                          "full-finetune": (ft, ft - .1, ft + .1, ft_secs)})
+
+    options = [opt("small", 0.80, 0.85, 100.0), opt("big", 0.82, 0.90, 400.0)]
+    ranking, chosen = rank_options([o.model_copy() for o in options])
+    assert [o.backbone for o in ranking.options] == ["big", "small"] and chosen == 0 and ranking.chosen == "small"
+    ranking, chosen = rank_options([o.model_copy() for o in options], budget_seconds=200)
+    assert ranking.chosen == "small" and "within the budget: small" in ranking.sentence
+    ranking, chosen = rank_options([o.model_copy() for o in options], budget_seconds=1000)
+    assert ranking.chosen == "big" and chosen == 1
+
+
+def test_kendall_tau_of_the_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("backbone_rank", Path(__file__).parents[1] / "benchmarks" / "backbone_rank.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.kendall_tau(["a", "b", "c"], ["a", "b", "c"]) == 1
+    assert mod.kendall_tau(["a", "b", "c"], ["c", "b", "a"]) == -1
+    assert mod.kendall_tau(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(1 / 3)

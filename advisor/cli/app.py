@@ -17,8 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from advisor import api
+from advisor.cli.advice import render_recommendation
 from advisor.cli.launch import ARGV, argv_value, relaunch
-from advisor.cli.options import (MAX_EPOCHS, MAX_SEED, VerboseOpt, 
+from advisor.cli.options import (
+    MAX_EPOCHS,
+    MAX_SEED,
     BackboneOpt,
     CacheOpt,
     DatasetArg,
@@ -28,19 +31,21 @@ from advisor.cli.options import (MAX_EPOCHS, MAX_SEED, VerboseOpt,
     JsonOpt,
     SampleOpt,
     SeedOpt,
+    VerboseOpt,
     WeightsOpt,
     WorkersOpt,
     folder,
     fraction,
 )
-from advisor.cli.render import (render_comparison, render_predictions, 
+from advisor.cli.render import (
     err_console,
     out,
     print_json,
     progress_bar,
     progress_console,
+    render_comparison,
+    render_predictions,
     render_profile,
-    render_recommendation,
     render_result,
     render_scan,
     shown,
@@ -197,6 +202,8 @@ def recommend_cmd(
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
                                          "best forecast that fits it, and what more time would buy."),
     input_size: Optional[int] = InputSizeOpt,
+    backbones: Optional[str] = typer.Option(None, "--backbones", help="Comma-separated backbones to rank as well "
+                                            "(e.g. efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
     verbose: bool = VerboseOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -208,7 +215,8 @@ def recommend_cmd(
     with stage_bars() as cb:
         rec = api.recommend(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                             device=device, cache_dir=cache_dir, progress=cb, epochs=epochs, budget=budget,
-                            input_size=input_size, save_plan=save_plan)
+                            input_size=input_size, save_plan=save_plan,
+                            backbones=[b.strip() for b in backbones.split(",") if b.strip()] if backbones else None)
     saved = (save_plan, Path(save_plan).with_suffix(".html")) if save_plan is not None else None
     if json_out:
         print_json(rec)

@@ -138,4 +138,5 @@ class Recommendation(BaseModel):
     seconds: float | None = None
     forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/decide/forecast.py)
     more_data: MoreData | None = None  # the forecast at 2x and 4x the images (advisor/decide/curves.py)
+    backbones: Any = None  # with --backbones: advisor.decide.backbones.BackboneRanking
     decision: Decision | None = None  # which of table and forecast chose the strategy, and why (advisor/decide/rules/policy.py)
