@@ -81,7 +81,8 @@ def main() -> None:
         flipped = torch.randperm(len(y), generator=g)[:n_flip]
         noisy = y.clone()
         noisy[flipped] = (y[flipped] + torch.randint(1, k, (n_flip,), generator=g)) % k
-        found = find_label_issues(out_of_fold_probabilities(x, noisy, num_classes=k, seed=args.seed), noisy)
+        noisy_l2, _ = cv_select_l2(x, noisy, num_classes=k, seed=args.seed)  # what the profile would choose on these labels
+        found = find_label_issues(out_of_fold_probabilities(x, noisy, num_classes=k, seed=args.seed, l2=noisy_l2), noisy)
         top = {i for i, *_ in found[:n_flip]}
         truth = set(flipped.tolist())
         row["labels"] = {"flipped": n_flip, "flagged": len(found), "precision_at_k": round(len(top & truth) / n_flip, 3),

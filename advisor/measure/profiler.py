@@ -178,6 +178,7 @@ def build_profile(
     probe_cv: dict[str, float] = {}
     curve: list = []
     labels_found = None
+    best_l2 = None
     used_train: list[Sample] = []
     cv_unit: float | None = None
     if similarity:
@@ -217,7 +218,7 @@ def build_profile(
         conflicts = [(p, s, g, next(o for o in grp.labels if o != g)) for grp in (exact + near) if grp.conflicting_labels
                      for p, s, g in zip(grp.paths, grp.splits, grp.labels)]
         labels_found = label_report(feature_set.features[PRE_LOGITS], feature_set.labels, [s.path for s in used],
-                                    [s.split for s in used], scan.classes, duplicates=conflicts, seed=seed)
+                                    [s.split for s in used], scan.classes, duplicates=conflicts, seed=seed, l2=best_l2)
         if progress:
             progress("similarity", 1, 1)
         if enough:
