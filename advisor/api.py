@@ -14,7 +14,7 @@ from pathlib import Path
 from advisor.backbones import DEFAULT_BACKBONE
 from advisor.core.errors import AdvisorError
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT, Recommendation, RunPlan
-from advisor.decide.recipe import MAX_EPOCHS
+from advisor.decide.recipe import EPOCHS_LIMIT
 from advisor.measure.models import DatasetProfile
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE
 from strategies.results import Comparison
@@ -140,7 +140,7 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
     """
     from advisor.decide.advise import recommend_dataset
 
-    _check_range("epochs", epochs, 1, MAX_EPOCHS)
+    _check_range("epochs", epochs, 1, EPOCHS_LIMIT)
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
@@ -220,7 +220,7 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
     from advisor.execute import runner
     from strategies import strategy_names
 
-    _check_range("epochs", epochs, 1, MAX_EPOCHS)
+    _check_range("epochs", epochs, 1, EPOCHS_LIMIT)
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
@@ -280,7 +280,7 @@ def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = No
     from advisor.execute.compare import check_strategies
     from advisor.execute.compare import compare as compare_strategies
 
-    _check_range("epochs", epochs, 1, MAX_EPOCHS)
+    _check_range("epochs", epochs, 1, EPOCHS_LIMIT)
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("workers", workers, 0, 64)
     names = check_strategies(list(strategies) if strategies is not None else None)

@@ -20,7 +20,7 @@ from advisor import api
 from advisor.cli.advice import render_recommendation
 from advisor.cli.launch import ARGV, argv_value, relaunch
 from advisor.cli.options import (
-    MAX_EPOCHS,
+    EPOCHS_LIMIT,
     MAX_SEED,
     BackboneOpt,
     CacheOpt,
@@ -196,7 +196,7 @@ def recommend_cmd(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     save_plan: Optional[Path] = typer.Option(None, "--save-plan", help="Write the executable plan (JSON) here."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=EPOCHS_LIMIT,
                                          help="The fine-tune epoch cap you will run with; below the share of the "
                                               "schedule the track record measured, the forecast chooses."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
@@ -237,7 +237,7 @@ def run_cmd(
     backbone: str = BackboneOpt,
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS, help="Override the plan's epochs (fine-tunes)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=EPOCHS_LIMIT, help="Override the plan's epochs (fine-tunes)."),
     input_size: Optional[int] = InputSizeOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
@@ -316,7 +316,7 @@ def compare_cmd(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", callback=folder,
                                   help="Where the comparison's runs and compare.json go."),
     input_size: Optional[int] = InputSizeOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS, help="Epoch cap for the fine-tunes (one budget for all)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=EPOCHS_LIMIT, help="Epoch cap for the fine-tunes (one budget for all)."),
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,

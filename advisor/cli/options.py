@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT  # noqa: F401  (MAX_SEED: --seed's limit)
-from advisor.decide.recipe import MAX_EPOCHS  # noqa: F401  (the --epochs options' limit)
+from advisor.decide.recipe import EPOCHS_LIMIT  # noqa: F401  (the --epochs options' limit)
 
 DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
 BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")

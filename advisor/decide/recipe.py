@@ -54,7 +54,7 @@ class EarlyStopping(BaseModel):
     patience: int | None = Field(None, ge=1)  # epochs without a better hold-out result; None: run to the end
 
 
-MAX_EPOCHS = 1000  # the command line's --epochs limit, and a plan file's
+EPOCHS_LIMIT = 1000  # the command line's --epochs limit, and a plan file's
 
 
 class FinetuneRecipe(BaseModel):
@@ -63,8 +63,8 @@ class FinetuneRecipe(BaseModel):
     # A plan file is input: the command line's limits hold for it too (no NaN or infinity anywhere).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
-    warmup_epochs: int = Field(1, ge=0, le=MAX_EPOCHS)
+    epochs: int = Field(10, ge=1, le=EPOCHS_LIMIT)
+    warmup_epochs: int = Field(1, ge=0, le=EPOCHS_LIMIT)
     lr_head: float = Field(1e-3, gt=0, le=10)
     lr_backbone: float | None = Field(None, gt=0, le=10)  # None: lr_head / 10
     layer_decay: float = Field(1.0, gt=0, le=1)  # backbone lr x layer_decay ** (depth below the top)
