@@ -123,6 +123,16 @@ def _final(result) -> dict[str, float]:
 _SERIES = ("train_loss", "val_loss", "val_accuracy", "holdout_accuracy", "lr_head", "lr_backbone", "images_per_s")
 
 
+def epoch_series(rec: dict):
+    """(epoch, series, value) of one epoch event, every finite number the loggers plot; nothing for other events."""
+    if rec.get("event") != "epoch":
+        return
+    row = epoch_row(rec)
+    for key in _SERIES:
+        if isinstance(row.get(key), (int, float)) and not math.isnan(row[key]):
+            yield int(row["epoch"]), key, float(row[key])
+
+
 class TensorBoardLogger:
     """``tensorboard/`` in the run directory: the epoch series (step = epoch), hyperparameters and final metrics."""
 
@@ -132,12 +142,8 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def on_event(self, rec: dict) -> None:
-        if rec.get("event") != "epoch":
-            return
-        row = epoch_row(rec)
-        for key in _SERIES:
-            if isinstance(row.get(key), (int, float)) and not math.isnan(row[key]):
-                self.writer.add_scalar(f"epoch/{key}", row[key], global_step=row["epoch"])
+        for epoch, key, value in epoch_series(rec):
+            self.writer.add_scalar(f"epoch/{key}", value, global_step=epoch)
         self.writer.flush()
 
     def finish(self, plan, result, run_dir: Path) -> None:
@@ -168,12 +174,8 @@ class MLflowLogger:
         self.run_id = self.client.create_run(exp_id, run_name=run_dir.name).info.run_id
 
     def on_event(self, rec: dict) -> None:
-        if rec.get("event") != "epoch":
-            return
-        row = epoch_row(rec)
-        for key in _SERIES:
-            if isinstance(row.get(key), (int, float)) and not math.isnan(row[key]):
-                self.client.log_metric(self.run_id, key, float(row[key]), step=int(row["epoch"]))
+        for epoch, key, value in epoch_series(rec):
+            self.client.log_metric(self.run_id, key, value, step=epoch)
 
     def finish(self, plan, result, run_dir: Path) -> None:
         for key, value in _params(plan).items():
