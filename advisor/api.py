@@ -283,6 +283,8 @@ def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = No
     _check_range("epochs", epochs, 1, EPOCHS_LIMIT)
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("workers", workers, 0, 64)
+    _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
+    _check_range("seed", seed, 0, MAX_SEED)
     names = check_strategies(list(strategies) if strategies is not None else None)
     return compare_strategies(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
                               epochs=epochs, sample_size=sample_size, seed=seed, device=_device(device),

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from advisor.decide.backbones import BackboneRanking
 from advisor.decide.forecast import Forecast
 from advisor.decide.recipe import FinetuneRecipe
 from advisor.measure.models import CurvePoint, DatasetProfile
@@ -138,5 +139,5 @@ class Recommendation(BaseModel):
     seconds: float | None = None
     forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/decide/forecast.py)
     more_data: MoreData | None = None  # the forecast at 2x and 4x the images (advisor/decide/curves.py)
-    backbones: Any = None  # with --backbones: advisor.decide.backbones.BackboneRanking
+    backbones: BackboneRanking | None = None  # with --backbones: every candidate's evidence and forecast, ranked
     decision: Decision | None = None  # which of table and forecast chose the strategy, and why (advisor/decide/rules/policy.py)
