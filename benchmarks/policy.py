@@ -40,13 +40,15 @@ from advisor.backbones import PRE_LOGITS, TapInfo
 from advisor.decide.forecast import FINETUNES, forecast
 from advisor.decide.models import STRATEGIES
 from advisor.decide.rules import Thresholds, recommend
-from advisor.decide.rules.policy import StrategyView, choose, views
+from advisor.decide.rules.policy import COST_ORDER, StrategyView, choose, views
 from advisor.measure.models import DatasetProfile
 
 ROOT = Path(__file__).resolve().parents[1]
 TAPS = tuple(TapInfo(name=n, channels=1) for n in ["stage1", "stage2", "stage3", "stage4", "stage5", PRE_LOGITS])
 POLICIES = ("table", "forecast", "hybrid", "best-forecast")
 BASELINES = ("always linear-probe", "always layer-probe", "always full-finetune", "today's table")
+# The trade-off study: the cheapest strategy forecast within MARGIN points of the best forecast.
+MARGINS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def load_cells(paths: list[Path]) -> list[dict]:
@@ -96,6 +98,13 @@ def score(c: dict, strategy: str) -> dict:
             "time_ratio": s[strategy]["seconds"] / max(1e-9, s[cheapest]["seconds"])}
 
 
+def margin_choice(fv: list, margin_points: float) -> str:
+    """The cheapest strategy (cost order) whose forecast lies within ``margin_points`` of the best forecast."""
+    best = max(v.accuracy for v in fv)
+    close = [v for v in fv if v.accuracy >= best - margin_points / 100]
+    return min(close, key=lambda v: COST_ORDER.index(v.strategy)).strategy
+
+
 def evaluate(cells: list[dict]) -> tuple[dict, list[dict], list[dict]]:
     """(choices per cell and policy, forecast errors, per-cell rows)."""
     groups = sorted({c["dataset"] for c in cells})
@@ -121,7 +130,8 @@ def evaluate(cells: list[dict]) -> tuple[dict, list[dict], list[dict]]:
             rows.append({"dataset": c["dataset"], "k": c.get("k"), "seed": c.get("seed"), "input_size": c["input_size"],
                          "per_class": c["train_per_class_median"], "best": c["best"],
                          "thresholds": {"similarity": t.similarity, "large_per_class": t.large_per_class},
-                         "scores": {name: score(c, s) for name, s in picks.items()}})
+                         "scores": {name: score(c, s) for name, s in picks.items()},
+                         "margins": {f"{m:g}": score(c, margin_choice(fv, m)) for m in MARGINS}})
             for f in fc.strategies:
                 achieved = c["strategies"][f.strategy]["accuracy"]
                 errors.append({"dataset": c["dataset"], "k": c.get("k"), "input_size": c["input_size"], "strategy": f.strategy,
@@ -138,6 +148,32 @@ def summarise(rows: list[dict], name: str) -> dict:
             "max_regret": round(max(x["regret"] for x in s), 2),
             "tied_share": round(sum(x["tied"] for x in s) / len(s), 3),
             "time_ratio": round(statistics.fmean(x["time_ratio"] for x in s), 2)}
+
+
+def tradeoff(rows: list[dict]) -> list[dict]:
+    """Accuracy for time, out of sample: per margin, the scores of the cheapest strategy forecast within it of the best."""
+    out = []
+    for m in MARGINS:
+        s = [r["margins"][f"{m:g}"] for r in rows]
+        out.append({"margin_points": m, "cells": len(s), "mean_regret": round(statistics.fmean(x["regret"] for x in s), 2),
+                    "max_regret": round(max(x["regret"] for x in s), 2),
+                    "tied_share": round(sum(x["tied"] for x in s) / len(s), 3),
+                    "time_ratio": round(statistics.fmean(x["time_ratio"] for x in s), 2),
+                    "probe_share": round(sum(x["strategy"] in COST_ORDER[:2] for x in s) / len(s), 3)})
+    return out
+
+
+def tradeoff_markdown(trade: list[dict]) -> list[str]:
+    lines = ["### Accuracy for time: what a tie margin would trade", "",
+             "The cheapest strategy (linear probe, layer probe, partial, full fine-tune) whose forecast lies within "
+             "*margin* points of the best forecast, leave one dataset out, every cell. Margin 0 is best-forecast. A policy "
+             "meets the time target (<= 2x the cheapest tied strategy) only where the forecast can tell a tied probe "
+             "from a probe that loses; the rows say how much accuracy each step of time costs with today's forecast.", "",
+             "| margin (points) | cells | mean regret | max regret | tied with best | time / cheapest tied | probes chosen |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {t['margin_points']:g} | {t['cells']} | {t['mean_regret']:.2f} | {t['max_regret']:.2f} | {t['tied_share']:.0%} | "
+              f"{t['time_ratio']:.2f}x | {t['probe_share']:.0%} |" for t in trade]
+    return lines + [""]
 
 
 def forecast_summary(errors: list[dict]) -> dict:
@@ -224,6 +260,8 @@ def kshot_figure(cells: list[dict], path: Path) -> None:
 
 def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str, tsum: dict | None = None) -> str:
     lines = [f"Measured by `{command}`: leave one dataset out (its subsamples, seeds and sizes leave together).", ""]
+    if rows and "margins" in rows[0]:
+        lines += tradeoff_markdown(tradeoff(rows))
     for size, table in summary.items():
         lines += [f"### {size}", "", "| policy | cells | mean regret | max regret | tied with best | time / cheapest tied |",
                   "|---|---|---|---|---|---|"]
@@ -288,7 +326,7 @@ def suite_markdown(cells: list[dict], rows: list[dict], policy_name: str, size: 
 
 
 def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str, cells: int,
-                          command: str) -> None:
+                          command: str, trade: list[dict] | None = None) -> None:
     """Rewrite the block between the policy-summary markers of docs/decision-rules.md from this run."""
     start, end = "<!-- policy-summary -->", "<!-- /policy-summary -->"
     text = path.read_text()
@@ -310,6 +348,12 @@ def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noi
     if tsum:
         lines.append(f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast; "
                      f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back.")
+    if trade:
+        lines.append("Accuracy for time (the cheapest strategy forecast within a margin of the best; every cell): " + "; ".join(
+            f"{t['margin_points']:g} points: mean regret {t['mean_regret']:.2f}, time {t['time_ratio']:.2f}x" for t in trade)
+            + (". No margin meets both the regret target (<= 1.0) and the time target (<= 2x): the forecast cannot yet tell a "
+               "tied probe from a losing one." if not any(t["mean_regret"] <= 1.0 and t["time_ratio"] <= 2.0 for t in trade)
+               else "."))
     if noise:
         lines.append("Noise floor (seed-to-seed sd, points): " + ", ".join(f"{s} {v['mean_sd_points']:.2f}" for s, v in noise.items()) + ".")
     else:
@@ -404,13 +448,14 @@ def main() -> None:
         str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records)
     chosen = winner(rows)
     summary["all cells, both sizes"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
-    out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum,
+    trade = tradeoff(rows)
+    out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum, "tradeoff": trade,
                                                     "noise_floor": noise, "time": tsum, "rows": rows, "forecast_errors": errors}, indent=1))
     out.with_suffix(".md").write_text(f"The policy with the lowest mean regret over every cell: **{chosen}**.\n\n"
                                       + markdown(summary, fsum, noise, rows, command, tsum))
     kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
     if args.update_docs:
-        update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command)
+        update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command, trade)
         update_forecast_error(ROOT / "docs" / "forecast_error.md", fsum, tsum, errors, command)
     if args.suites:
         for size in sizes:
@@ -422,6 +467,9 @@ def main() -> None:
                 print(f"  {name:22s} mean {s['mean_regret']:5.2f} max {s['max_regret']:5.2f} tied {s['tied_share']:.0%} "
                       f"time {s['time_ratio']:.2f}x")
     print(f"winner: {chosen}")
+    for t in trade:
+        print(f"  margin {t['margin_points']:4g} points: mean {t['mean_regret']:5.2f} max {t['max_regret']:5.2f} "
+              f"tied {t['tied_share']:.0%} time {t['time_ratio']:.2f}x probes {t['probe_share']:.0%}")
     if tsum:
         print(f"time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within 30 % (median achieved/forecast "
               f"{tsum['median_achieved_over_forecast']:.2f}); with the finished-run feedback "
