@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from advisor.backbones import Backbone
 from advisor.core.io import call_writing
+from advisor.data.digests import DigestMemo
 from advisor.data.imagefile import SkippedFile, file_digest
 
 # v3: the shard records what it was computed with (backbone, weights digest, transform digest: the input
@@ -39,10 +40,11 @@ KeyMode = Literal["content", "stat"]
 
 
 
-def image_key(path: str | os.PathLike, mode: KeyMode = "content") -> str:
-    """Cache key of one image file: its content digest, or path+size+mtime (faster, weaker)."""
+def image_key(path: str | os.PathLike, mode: KeyMode = "content", *, memo: DigestMemo | None = None) -> str:
+    """Cache key of one image file: its content digest (remembered by ``memo`` when given, so an unchanged
+    file is not hashed again), or path+size+mtime (faster, weaker: a copied file misses)."""
     if mode == "content":
-        return file_digest(path)
+        return memo.digest(path) if memo is not None else file_digest(path)
     st = os.stat(path)
     ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
     return "stat-" + hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()

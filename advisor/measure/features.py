@@ -25,6 +25,7 @@ from advisor.data.imagefile import DEFAULT_MAX_PIXELS, SkippedFile, load_image
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
 from advisor.core.io import default_cache_dir
+from advisor.data.digests import DigestMemo
 from advisor.measure.cache import FeatureCache, KeyMode, image_key
 from advisor.measure.device_decode import (
     DeviceEvalTransform,
@@ -159,9 +160,9 @@ def extract_features(
 ) -> FeatureSet:
     """Pooled features of every tap for ``items`` (Samples or image paths).
 
-    Cached images cost a file hash and a read; the rest go through the backbone in batches
-    and are written to the cache every ``flush_every`` images, so an interrupted run keeps
-    what it computed. Images that fail to decode are reported in ``summary.failed``.
+    Cached images cost a stat (a file whose size, times or inode changed is hashed again,
+    ``advisor.data.digests``) and a read; the rest go through the backbone in batches and are
+    written to the cache every ``flush_every`` images, so an interrupted run keeps what it computed. Images that fail to decode are reported in ``summary.failed``.
     ``features`` also holds ``meta:grey`` ([N, 1], 1 = greyscale image) and, with
     ``bn_moments``, the per-image BatchNorm input moments named by :func:`bn_names`.
 
@@ -201,12 +202,14 @@ def extract_features(
         cache = FeatureCache.for_backbone(root, backbone)
         ensure_writable_dir(cache.dir, what="feature cache", option="--cache-dir")
         cache.clean_temporaries()
+        memo = DigestMemo(root)
         for i, p in enumerate(paths):
             try:
-                keys[i] = image_key(p, key_mode)
+                keys[i] = image_key(p, key_mode, memo=memo)
             except OSError as err:
                 failed.append(SkippedFile(path=p, reason=f"unreadable ({err.strerror or err})"))
                 failed_pos.add(i)
+        memo.save()
         cached = cache.get([k for k in keys if k is not None], wanted)
 
     results: dict[int, dict[str, torch.Tensor]] = {}
