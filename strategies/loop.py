@@ -49,7 +49,6 @@ from strategies.training import (
     trainable_names,
     warmup_cosine,
 )
-from strategies.transforms import EvalTransform, TrainTransform
 
 COMPILE_ENV = "ADVISOR_COMPILE"
 CHECKPOINT_DIR = "checkpoints"
@@ -72,6 +71,9 @@ class FinetuneConfig(FinetuneRecipe):
     # Decode each image once into the cache folder (advisor.data.decoded) when the run has several epochs
     # and the disk has room; False decodes every file every time it is used.
     decoded_cache: bool = True
+    # Where flips and TrivialAugment run (the random resized crop stays with the loader's workers): "auto" is
+    # the device on CUDA (batched, strategies/device_augment.py), the workers on a CPU, where they are cheap.
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
     # torch.compile the training forward/backward (CUDA: fewer, fused kernels; the first steps pay the
     # compilation). Also switched on for every run by ADVISOR_COMPILE=on. Not under DDP.
     compile: bool = False
@@ -237,7 +239,7 @@ class FinetuneLoop(LoopData):
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, seed=self.seed,
                                     weights=self._balanced_weights() if cfg.balanced_sampler else None,
                                     rank=self.rank.rank if self.rank else 0, world=self.rank.world if self.rank else 1)
-        train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self._train_transform(), seed=self.seed,
+        train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self.train_transform(), seed=self.seed,
                                                               decoded=self.decoded_train), sampler)
         val_loader = self.eval_loader(self.data.val)
         holdout_loader = self.eval_loader(self.holdout) if self.holdout else None
@@ -303,6 +305,7 @@ class FinetuneLoop(LoopData):
             "balanced_sampler": cfg.balanced_sampler,
             "skipped_images": len(self.skipped),
             "decoded_cache": self.decoded_note,
+            "augment_on": self.augment_site(),
             # stored decoded images that failed their checks and were decoded again (this process's loaders)
             "decoded_cache_invalid": sum({id(s): s.invalid for s in (self.decoded_train, self.decoded_eval) if s}.values()),
             "compiled": self.compiled is not None,
@@ -321,12 +324,6 @@ class FinetuneLoop(LoopData):
 
     # ------------------------------------------------------------------ training
 
-    def _train_transform(self):
-        transform, cfg = self.backbone.transform_config, self.cfg
-        if cfg.augment == "none":
-            return EvalTransform(transform)
-        return TrainTransform(transform, cfg.input_size, scale=(cfg.crop_scale, 1.0), flip=cfg.hflip, trivial=cfg.augment == "trivial")
-
     def _balanced_weights(self) -> torch.Tensor:
         counts = torch.bincount(self.labels, minlength=self.num_classes).double()
         return 1.0 / counts[self.labels]
@@ -343,7 +340,7 @@ class FinetuneLoop(LoopData):
                 loss_value, seen = self._ddp_step(batch, loss_weights)
             elif batch.x is not None:
                 seen = len(batch.y)
-                x, y = self.to_device(batch.x), batch.y.to(self.dev, non_blocking=True)
+                x, y = self.train_input(batch), batch.y.to(self.dev, non_blocking=True)
                 with self.autocast():
                     logits = (model if self.compiled is None else self.compiled)(x)
                 loss = F.cross_entropy(logits.float(), y, weight=loss_weights, label_smoothing=cfg.label_smoothing)
@@ -392,7 +389,7 @@ class FinetuneLoop(LoopData):
         """
         cfg, ddp = self.cfg, self.ddp
         if batch.x is not None:
-            x, y = self.to_device(batch.x), batch.y.to(self.dev, non_blocking=True)
+            x, y = self.train_input(batch), batch.y.to(self.dev, non_blocking=True)
         else:
             size = self.backbone.transform_config.input_size
             x = torch.zeros(1, 3, size, size, device=self.dev).contiguous(memory_format=torch.channels_last)

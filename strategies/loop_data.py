@@ -20,13 +20,17 @@ from advisor.data.decoded import DecodedImages, estimated_bytes, eval_side, has_
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
 from advisor.core.io import default_cache_dir
-from strategies.transforms import EvalTransform
+from strategies.device_augment import DeviceAugment
+from strategies.transforms import EvalTransform, TrainTransform
 
 DECODED_CACHE_ENV = "ADVISOR_DECODED_CACHE"  # "off": decode every file every time (a machine-wide switch)
+AUGMENT_ON_ENV = "ADVISOR_AUGMENT_ON"  # "cpu" or "device": overrides cfg.augment_on for every run (benchmarks)
 
 
 class LoopData:
     """Batches in, logits out: the data side of :class:`strategies.loop.FinetuneLoop`."""
+
+    _device_augment: DeviceAugment | None = None  # set by train_transform() when the device augments
 
     def _loader(self, dataset: ImageDataset, batches) -> torch.utils.data.DataLoader:
         # Persistent workers, forked once: with a DataLoader per epoch, re-forking the grown training
@@ -95,10 +99,42 @@ class LoopData:
             raise AdvisorError("no validation image could be decoded")
         return torch.cat(logits), torch.cat(labels), [samples[i].path for i in index]
 
+    def augment_site(self) -> str:
+        """Where the training augmentation runs: "device", "cpu" or "none" (``cfg.augment_on``)."""
+        cfg = self.cfg
+        if cfg.augment == "none":
+            return "none"
+        if cfg.augment == "crop" and not cfg.hflip:
+            return "cpu"  # only the crop, which the workers do anyway
+        on = os.environ.get(AUGMENT_ON_ENV, "").strip().lower() or cfg.augment_on
+        if on not in ("auto", "cpu", "device"):
+            raise AdvisorError(f"{AUGMENT_ON_ENV} must be cpu or device, got {on!r}", hint=f"unset {AUGMENT_ON_ENV}")
+        return "device" if on == "device" or (on == "auto" and self.cuda) else "cpu"
+
+    def train_transform(self):
+        """The workers' per-image transform: the crop always, flips and TrivialAugment unless the device does them."""
+        transform, cfg = self.backbone.transform_config, self.cfg
+        if cfg.augment == "none":
+            return EvalTransform(transform)
+        on_device = self.augment_site() == "device"
+        self._device_augment = (DeviceAugment(seed=self.seed, flip=cfg.hflip, trivial=cfg.augment == "trivial")
+                                if on_device else None)
+        return TrainTransform(transform, cfg.input_size, scale=(cfg.crop_scale, 1.0), flip=cfg.hflip and not on_device,
+                              trivial=cfg.augment == "trivial" and not on_device)
+
+    def train_input(self, batch) -> torch.Tensor:
+        """A training batch on the device: augmented there when ``augment_site()`` says so, normalised, channels_last."""
+        x = batch.x.to(self.dev, non_blocking=True)
+        if self._device_augment is not None:
+            x = self._device_augment(x, batch.index, self.pos.epoch)
+        return self.normalize(x)
+
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 batch on the device, normalised there (4x fewer bytes to copy), channels_last."""
-        return self.backbone.transform_config.normalize(x.to(self.dev, non_blocking=True)).contiguous(
-            memory_format=torch.channels_last)
+        return self.normalize(x.to(self.dev, non_blocking=True))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.transform_config.normalize(x).contiguous(memory_format=torch.channels_last)
 
     def autocast(self):
         return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.cuda)

@@ -448,8 +448,9 @@ def uninterrupted(dataset, cache_dir, tmp_path_factory):
     return fit("partial-finetune", dataset, run_dir, cache_dir, **RESUME_CONFIG), run_dir
 
 
-def run_killed(signal_name: str, at_step: int, root: Path, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
-    config = {"batch_size": 4, "input_size": 32, "num_workers": 0, **RESUME_CONFIG}
+def run_killed(signal_name: str, at_step: int, root: Path, run_dir: Path, cache: Path, *,
+               extra: dict | None = None) -> subprocess.CompletedProcess:
+    config = {"batch_size": 4, "input_size": 32, "num_workers": 0, **RESUME_CONFIG, **(extra or {})}
     args = {"signal": signal_name, "at_step": at_step, "root": str(root), "run_dir": str(run_dir),
             "cache": str(cache), "config": config}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -491,6 +492,19 @@ def test_interrupted_run_resumes_to_identical_result(signal_name, at_step, resum
     assert_same_run(uninterrupted[0], resumed)
     kinds = [e["event"] for e in events(run_dir)]
     assert kinds.count("head_warmup") == 1 and kinds.count("resumed") == 1 and kinds.count("epoch") == 3
+
+
+def test_device_augmentation_resumes_to_identical_result(uninterrupted, dataset, cache_dir, tmp_path):
+    """Flips and TrivialAugment on the device (forced here on the CPU): kill -9 and resume give the same model."""
+    cfg = {**RESUME_CONFIG, "augment_on": "device"}
+    whole = fit("partial-finetune", dataset, tmp_path / "a", cache_dir, **cfg)
+    assert whole[0].selected["augment_on"] == "device" and uninterrupted[0][0].selected["augment_on"] == "cpu"
+    assert whole[0].curves != uninterrupted[0][0].curves  # the switch took effect: other draws, another run
+    proc = run_killed("SIGKILL", 10, dataset, tmp_path / "b", cache_dir, extra={"augment_on": "device"})
+    assert proc.returncode == -9, proc.stderr
+    resumed = fit("partial-finetune", dataset, tmp_path / "b", cache_dir, resume=True, **cfg)
+    assert resumed[0].selected["resumed"]
+    assert_same_run(whole, resumed)
 
 
 def test_resume_checks_the_settings_and_finished_runs_resume_to_their_result(uninterrupted, dataset, cache_dir):
