@@ -324,8 +324,10 @@ def test_config_from_plan():
 def test_finetune_trains(strategy, dataset, cache_dir, tmp_path):
     initial = tiny_backbone().model.state_dict()
     rng = torch.get_rng_state()
+    # No augmentation: on 24 images a TrivialAugment draw moves an epoch's loss more than training does
+    # (seen: 0.63, 0.34, 1.19, 0.27), so a falling loss is only a test of training on a fixed objective.
     result, model = fit(strategy, dataset, tmp_path / "run", cache_dir, epochs=4, head_warmup=False,
-                        lr_head=1e-2, lr_backbone=1e-2)
+                        lr_head=1e-2, lr_backbone=1e-2, augment="none")
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is left alone
     losses = result.curves["train_loss"]
     assert len(losses) == 4 and losses[-1] < losses[0] and min(losses[1:]) < 0.8 * losses[0]
@@ -494,13 +496,13 @@ def test_interrupted_run_resumes_to_identical_result(signal_name, at_step, resum
     assert kinds.count("head_warmup") == 1 and kinds.count("resumed") == 1 and kinds.count("epoch") == 3
 
 
-def test_device_augmentation_resumes_to_identical_result(uninterrupted, dataset, cache_dir, tmp_path):
-    """Flips and TrivialAugment on the device (forced here on the CPU): kill -9 and resume give the same model."""
-    cfg = {**RESUME_CONFIG, "augment_on": "device"}
+def test_per_image_augmentation_in_the_workers_resumes_to_identical_result(uninterrupted, dataset, cache_dir, tmp_path):
+    """The other augmentation path (per image, in the loader): kill -9 and resume give the same model too."""
+    cfg = {**RESUME_CONFIG, "augment_on": "workers"}
     whole = fit("partial-finetune", dataset, tmp_path / "a", cache_dir, **cfg)
-    assert whole[0].selected["augment_on"] == "device" and uninterrupted[0][0].selected["augment_on"] == "cpu"
+    assert whole[0].selected["augment_on"] == "workers" and uninterrupted[0][0].selected["augment_on"] == "device"
     assert whole[0].curves != uninterrupted[0][0].curves  # the switch took effect: other draws, another run
-    proc = run_killed("SIGKILL", 10, dataset, tmp_path / "b", cache_dir, extra={"augment_on": "device"})
+    proc = run_killed("SIGKILL", 10, dataset, tmp_path / "b", cache_dir, extra={"augment_on": "workers"})
     assert proc.returncode == -9, proc.stderr
     resumed = fit("partial-finetune", dataset, tmp_path / "b", cache_dir, resume=True, **cfg)
     assert resumed[0].selected["resumed"]
