@@ -24,7 +24,7 @@ from strategies.device_augment import DeviceAugment
 from strategies.transforms import EvalTransform, TrainTransform
 
 DECODED_CACHE_ENV = "ADVISOR_DECODED_CACHE"  # "off": decode every file every time (a machine-wide switch)
-AUGMENT_ON_ENV = "ADVISOR_AUGMENT_ON"  # "cpu" or "device": overrides cfg.augment_on for every run (benchmarks)
+AUGMENT_ON_ENV = "ADVISOR_AUGMENT_ON"  # "workers" or "device": overrides cfg.augment_on for every run (benchmarks)
 
 
 class LoopData:
@@ -100,16 +100,16 @@ class LoopData:
         return torch.cat(logits), torch.cat(labels), [samples[i].path for i in index]
 
     def augment_site(self) -> str:
-        """Where the training augmentation runs: "device", "cpu" or "none" (``cfg.augment_on``)."""
+        """Where flips and TrivialAugment run: "device" (batched), "workers" (per image) or "none" (``cfg.augment_on``)."""
         cfg = self.cfg
         if cfg.augment == "none":
             return "none"
         if cfg.augment == "crop" and not cfg.hflip:
-            return "cpu"  # only the crop, which the workers do anyway
+            return "workers"  # only the crop, which the loader does anyway
         on = os.environ.get(AUGMENT_ON_ENV, "").strip().lower() or cfg.augment_on
-        if on not in ("auto", "cpu", "device"):
-            raise AdvisorError(f"{AUGMENT_ON_ENV} must be cpu or device, got {on!r}", hint=f"unset {AUGMENT_ON_ENV}")
-        return "device" if on == "device" or (on == "auto" and self.cuda) else "cpu"
+        if on not in ("auto", "workers", "device"):
+            raise AdvisorError(f"{AUGMENT_ON_ENV} must be workers or device, got {on!r}", hint=f"unset {AUGMENT_ON_ENV}")
+        return "workers" if on == "workers" else "device"
 
     def train_transform(self):
         """The workers' per-image transform: the crop always, flips and TrivialAugment unless the device does them."""

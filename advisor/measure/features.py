@@ -25,6 +25,7 @@ from advisor.data.imagefile import DEFAULT_MAX_PIXELS, SkippedFile, load_image
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
 from advisor.core.io import default_cache_dir
+from advisor.core.prefetch import ahead
 from advisor.data.digests import DigestMemo
 from advisor.measure.cache import FeatureCache, KeyMode, image_key
 from advisor.measure.device_decode import (
@@ -237,8 +238,9 @@ def extract_features(
         mean = torch.tensor(transform.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(transform.std, device=dev).view(1, 3, 1, 1)
         if on_device:
-            batches = _device_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
-                                      max_pixels=max_pixels)
+            # The decode of the next batch (nvJPEG's host stage runs in this process) overlaps this one's forward.
+            batches = ahead(_device_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
+                                            max_pixels=max_pixels), depth=2, device=dev)
         else:
             batches = _cpu_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
                                    max_pixels=max_pixels)
