@@ -28,8 +28,13 @@ def nested_subsample(y: torch.Tensor, fraction: float, *, seed: int = 0) -> torc
     return torch.cat(rows).sort().values
 
 
-def probe_curve(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, l2: float, seed: int = 0) -> list[CurvePoint]:
-    """One point per fraction with enough images to cross-validate: training images per class in a fold, accuracy."""
+def probe_curve(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, l2: float, seed: int = 0,
+                full_accuracy: float | None = None) -> list[CurvePoint]:
+    """One point per fraction with enough images to cross-validate: training images per class in a fold, accuracy.
+
+    ``full_accuracy``: the whole sample's CV accuracy at ``l2`` when the caller already has it (the profile's
+    own L2 selection ran that very cross-validation), so the largest point costs no fit.
+    """
     points = []
     for fraction in FRACTIONS:
         rows = nested_subsample(y, fraction, seed=seed)
@@ -37,9 +42,14 @@ def probe_curve(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, l2: float
         per_class = torch.bincount(ys, minlength=num_classes).float()
         if (per_class[per_class > 0] < FOLDS).any() or len(ys.unique()) < 2:
             continue
-        cv = cross_validate(x[rows].float(), ys, num_classes=num_classes, grid=[l2], folds=FOLDS, seed=seed,
-                            class_weights=None, device="cpu", max_iter=100)
-        if cv.table:
-            points.append(CurvePoint(per_class=round(float(per_class.median()) * (FOLDS - 1) / FOLDS, 2),
-                                     accuracy=round(cv.table[0][1], 4), images=len(rows)))
+        if fraction == 1.0 and full_accuracy is not None:
+            accuracy = full_accuracy
+        else:
+            cv = cross_validate(x[rows].float(), ys, num_classes=num_classes, grid=[l2], folds=FOLDS, seed=seed,
+                                class_weights=None, device="cpu", max_iter=100)
+            if not cv.table:
+                continue
+            accuracy = cv.table[0][1]
+        points.append(CurvePoint(per_class=round(float(per_class.median()) * (FOLDS - 1) / FOLDS, 2),
+                                 accuracy=round(accuracy, 4), images=len(rows)))
     return points

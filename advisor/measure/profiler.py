@@ -208,12 +208,13 @@ def build_profile(
         if enough:
             evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
             t_cv = time.perf_counter()
-            probe_cv, best_l2 = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes), seed=seed)
+            probe_cv, best_l2, best_acc = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes),
+                                                    seed=seed)
             units = sum(train_feats[t].shape[0] * train_feats[t].shape[1] for t in probe_cv)
             cv_unit = (time.perf_counter() - t_cv) / units if units else None
             if best_l2 is not None:
                 curve = probe_curve(train_feats[PRE_LOGITS], train_labels, num_classes=len(scan.classes), l2=best_l2,
-                                    seed=seed)
+                                    seed=seed, full_accuracy=best_acc)
         # Labels the data contradicts, on every image of the sample (validation too): out-of-fold probe probabilities.
         conflicts = [(p, s, g, next(o for o in grp.labels if o != g)) for grp in (exact + near) if grp.conflicting_labels
                      for p, s, g in zip(grp.paths, grp.splits, grp.labels)]
@@ -275,21 +276,22 @@ def build_profile(
 
 
 def _probe_cv(features: dict[str, torch.Tensor], labels: torch.Tensor, evidence, *, num_classes: int,
-              seed: int) -> tuple[dict[str, float], float | None]:
+              seed: int) -> tuple[dict[str, float], float | None, float | None]:
     """5-fold CV accuracy of a logistic probe on pre_logits and on the tap the k-NN evidence ranks first;
-    and the L2 the CV chose on pre_logits (the learning curve reuses it)."""
+    the L2 the CV chose on pre_logits and its CV accuracy there (the learning curve reuses both)."""
     taps = [PRE_LOGITS]
     if evidence:
         best = max(evidence, key=lambda e: (e.knn_accuracy, e.logme)).tap
         if best != PRE_LOGITS:
             taps.append(best)
-    out, best_l2 = {}, None
+    out, best_l2, best_acc = {}, None, None
     for tap in taps:
         l2, table = cv_select_l2(features[tap], labels, num_classes=num_classes, seed=seed)
         if table:
             out[tap] = round(max(acc for _, acc in table), 4)
-            best_l2 = l2 if tap == PRE_LOGITS else best_l2
-    return out, best_l2
+            if tap == PRE_LOGITS:
+                best_l2, best_acc = l2, dict(table).get(l2)
+    return out, best_l2, best_acc
 
 
 def profile_dataset(
