@@ -54,14 +54,15 @@ def _timed(fn, seconds: float, cuda: bool) -> float:
 
 
 def measure(dev: torch.device, *, size: int, batch: int, bf16: bool, channels_last: bool, fused: bool,
-            seconds: float) -> dict:
+            seconds: float, forward: bool = True) -> dict:
+    """Images/s of bare forward (unless ``forward=False``) and of forward + backward + AdamW step."""
     cuda = dev.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = create_backbone("efficientnet_lite0").model.to(dev, memory_format=fmt)
     x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch,), device=dev)
 
-    def forward():
+    def forward_pass():
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             net(x)
 
@@ -75,7 +76,7 @@ def measure(dev: torch.device, *, size: int, batch: int, bf16: bool, channels_la
         opt.step()
 
     net.eval()
-    infer = _timed(forward, seconds, cuda) * batch
+    infer = _timed(forward_pass, seconds, cuda) * batch if forward else float("nan")
     net.train()
     train = _timed(train_step, seconds, cuda) * batch
     return {"batch": batch, "bf16": bf16, "channels_last": channels_last, "fused": fused,

@@ -19,12 +19,11 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from advisor.backbones import create_backbone
+from bare_speed import measure
 from advisor.core.distributed import resolve_device
 from advisor.execute.runner import auto_run
 
@@ -32,30 +31,9 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera
 
 
 def bare(device: torch.device, size: int, batch: int, seconds: float = 15.0) -> float:
-    net = create_backbone("efficientnet_lite0").model.train().to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), device=device)
-    cuda = device.type == "cuda"
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            out = net(x)
-        torch.nn.functional.cross_entropy(out.float(), y).backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += 1
-    if cuda:
-        torch.cuda.synchronize()
-    return n * batch / (time.perf_counter() - t0)
+    """Images/s of full fine-tune steps on one preloaded batch, in the loop's settings (bare_speed.py's measure)."""
+    return measure(device, size=size, batch=batch, bf16=device.type == "cuda", channels_last=True, fused=False,
+                   seconds=seconds, forward=False)["train_images_per_second"]
 
 
 def training_images_per_second(events: list[dict], images: int) -> float:
