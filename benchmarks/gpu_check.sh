@@ -38,7 +38,7 @@ step environment
   echo "cores $(nproc)"; } 2>&1 | tee "$OUT/env.txt"
 
 has bare && step "bare model, every setting ($SIZE px)" && timeout $(cap 110) $PY benchmarks/bare_speed.py --input-size $SIZE \
-  --batches $BATCHES --seconds $([ -n "${GPU_CHECK_SMALL:-}" ] && echo 0.1 || echo 1.5) --json "$OUT/bare.json" 2>&1 | grep -v Warning | tee "$OUT/bare.txt"
+  --batches $BATCHES --seconds $([ -n "${GPU_CHECK_SMALL:-}" ] && echo 0.1 || echo 1.0) --json "$OUT/bare.json" 2>&1 | grep -v Warning | tee "$OUT/bare.txt"
 
 has profile && step "stage profile of a training step ($SIZE px)" && timeout $(cap 90) $PY benchmarks/stage_profile.py $DATA \
   --input-size $SIZE --batch-size $([ -n "${GPU_CHECK_SMALL:-}" ] && echo 4 || echo 64) --steps $PSTEPS --json "$OUT/profile.json" \
