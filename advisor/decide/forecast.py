@@ -317,8 +317,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         shift = sum(c * v for c, v in zip(gap_coef, _xp(per_class, input_size), strict=True))
         res = probe_gap_residuals(records)
         spread = (_quantile(res, 0.1), _quantile(res, 0.9)) if len(res) >= 4 else (0.0, 0.0)
-        how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV in {len({group_of(r) for r, _, _ in _probe_rows(records)})} "
-                     f"reference datasets, at {input_size or RECORD_INPUT_SIZE} px")
+        how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV on {len({group_of(r) for r, _, _ in _probe_rows(records)})} "
+                     f"reference sets, {input_size or RECORD_INPUT_SIZE} px")
     else:  # an old record without profiling-sample CVs: the median validation-vs-run CV gap
         gaps = cv_gaps(records)
         shift = _quantile(gaps, 0.5) if gaps else 0.0
@@ -368,8 +368,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
             method=(f"the better probe {best_probe:.3f}, no gain credited: the epoch cap is shorter than the "
                     "record's fine-tunes ran" if short_schedule else
-                    f"the better probe {best_probe:.3f} {100 * gain:+.1f} points, the gain learned from "
-                    f"{len({group_of(r) for r in records})} reference datasets"),
+                    f"the better probe {best_probe:.3f} {100 * gain:+.1f} points: gain learned on "
+                    f"{len({group_of(r) for r in records})} reference sets"),
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
             seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None,
             time_source=time_source if per_epoch is not None else None,
