@@ -319,3 +319,21 @@ def test_cuda_matches_cpu_choice():
     gpu, _ = layer_probe_sweep(feats, y, taps=["stage4", "pre_logits"], num_classes=3, device="cuda")
     assert gpu.taps == cpu.taps and gpu.W.device.type == "cpu"
     assert torch.allclose(predict_logits(gpu, feats).argmax(1), predict_logits(cpu, feats).argmax(1))
+
+
+def test_masked_probes_solve_exactly_in_the_span_of_their_rows():
+    """Fewer rows than features: the batched probes, solved in the rows' basis, equal full-width fits."""
+    from advisor.measure.logistic import masked_logits
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(40) % 3
+    x = torch.randn(40, 200, generator=g) + 0.8 * torch.nn.functional.one_hot(y, 200).float() * 3
+    train = torch.stack([torch.arange(40) % 4 != f for f in range(4)])
+    got = masked_logits(x, y, train, num_classes=3, l2=0.5, max_iter=500)
+    assert got.shape == (40, 4, 3)
+    z = fit_standardizer(x).apply(x)
+    for p in range(4):
+        W, b = fit_logistic(z[train[p]], y[train[p]], num_classes=3, l2=0.5, max_iter=500)
+        assert torch.allclose(got[:, p], z @ W.T + b, atol=1e-2), p  # float32 L-BFGS tolerance, not the basis
+    with pytest.raises(AdvisorError, match="mask"):
+        masked_logits(x, y, torch.zeros(2, 40, dtype=torch.bool), num_classes=3, l2=0.5)

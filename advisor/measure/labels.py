@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel
 
-from advisor.measure.logistic import class_weights_from, fit_logistic, fit_standardizer, stratified_folds
+from advisor.measure.logistic import class_weights_from, masked_logits, stratified_folds
 
 FOLDS = 5
 # The L2 the probe's own cross-validation chose (when the caller has it): on the first five shared sets it ranked
@@ -44,17 +44,17 @@ class LabelReport(BaseModel):
 
 def out_of_fold_probabilities(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, folds: int = FOLDS, seed: int = 0,
                               l2: float = L2) -> torch.Tensor:
-    """[N, C] class probabilities of every row from a probe fitted on the other folds."""
+    """[N, C] class probabilities of every row from a probe fitted on the other folds (all folds one batched solve)."""
     fold = stratified_folds(y, folds, seed=seed)
+    present = [k for k in range(folds) if (fold == k).any() and len(y[fold != k].unique()) >= 2]
     probs = torch.zeros(len(y), num_classes)
-    for k in range(folds):
-        held, train = fold == k, fold != k
-        if not held.any() or len(y[train].unique()) < 2:
-            continue
-        std = fit_standardizer(x[train])
-        W, b = fit_logistic(std.apply(x[train]), y[train], num_classes=num_classes, l2=l2,
-                            class_weights=class_weights_from(y[train], num_classes))
-        probs[held] = torch.softmax(std.apply(x[held]) @ W.T + b, dim=1)
+    if not present:
+        return probs
+    train = torch.stack([fold != k for k in present])
+    logits = masked_logits(x, y, train, num_classes=num_classes, l2=l2, class_weights=class_weights_from(y, num_classes))
+    for p, k in enumerate(present):
+        held = fold == k
+        probs[held] = torch.softmax(logits[held, p], dim=1)
     return probs
 
 

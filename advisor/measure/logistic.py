@@ -347,3 +347,37 @@ def cv_select_l2(
     res = cross_validate(x, y, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
               class_weights=class_weights, device=device, max_iter=max_iter, standardize=standardize)
     return res.l2, res.table
+
+
+def masked_logits(
+    x: Tensor, y: Tensor, train: Tensor, *, num_classes: int, l2: float, class_weights: Tensor | None = None,
+    max_iter: int = 100,
+) -> Tensor:
+    """Logits ``[N, P, C]`` of P probes at one ``l2``, probe p fitted on the rows where ``train[p]`` is true.
+
+    All P are one batched L-BFGS problem (see ``_solve_folds``): out-of-fold predictions, or CV on
+    nested subsamples, cost one solve instead of P. The features are standardised once, with the
+    statistics of all N rows (no labels are read; the held-out rows' features are known to the
+    caller anyway), so every probe sees the same features and its optimum lies in the span of the
+    N rows (an L2-penalised linear model gains nothing from directions orthogonal to its data):
+    with N < D the probes are solved exactly in that N-dimensional basis, D/N times fewer
+    parameters for L-BFGS to carry. The caller reads each row's logits under the probes that did
+    not see it.
+    """
+    _check_matrix(x, "x")
+    _check_labels(y, x.shape[0], num_classes)
+    _check_class_weights(class_weights, num_classes, y)
+    if train.dim() != 2 or train.shape[1] != x.shape[0] or not bool(train.any(dim=1).all()):
+        raise AdvisorError(f"train must be a [P, {x.shape[0]}] mask with rows in every probe, got {tuple(train.shape)}")
+    z = fit_standardizer(x.float()).apply(x.float()).to(_DTYPE)
+    if z.shape[0] < z.shape[1]:
+        # z = U S V^T: the rows' coordinates in the basis V are U S, and W = W_z V^T has the same penalty.
+        u, sv, _ = torch.linalg.svd(z, full_matrices=False)
+        keep = sv > sv[0] * 1e-6
+        z = u[:, keep] * sv[keep]
+    p, d = train.shape[0], z.shape[1]
+    zeros, ones = torch.zeros(p, d, dtype=_DTYPE), torch.ones(p, d, dtype=_DTYPE)
+    cw = None if class_weights is None else class_weights.to(_DTYPE)
+    W, b = _solve_folds(z, y.long(), train.bool(), zeros, ones, num_classes=num_classes, l2=float(l2), cw=cw,
+                        max_iter=max_iter, init=None)
+    return _fold_logits(z, W, b, zeros, ones).detach()
