@@ -80,6 +80,29 @@ def curve_gain(points: Sequence[CurvePoint], today: float, factor: float, *, see
     return gain, min(lo, gain), max(hi, gain)
 
 
+def forecast_at(profile, base: dict, run_forecast: Callable[..., object], factor: float, *, epochs: int | None,
+                per_class: float | None = None, train_images: int | None = None):
+    """Each strategy's (forecast, 80 % low, high) with ``factor`` times today's training images per class, and the
+    probe curve's gain (gain, low, high); None when the curve has too few points.
+
+    ``base``: the keyword arguments today's forecast was made with; ``run_forecast``: the forecaster;
+    ``epochs``: the fine-tunes' epochs at the larger size. ``per_class`` / ``train_images`` default to
+    today's times ``factor``.
+    """
+    today = float(profile.train_per_class_median)
+    gain = curve_gain(profile.probe_curve, today, factor)
+    if gain is None:
+        return None
+    g, g_lo, g_hi = gain
+    train = train_images if train_images is not None else int(profile.train_images * factor)
+    fc = run_forecast(**{**base, "probe_cv": {t: min(1.0, v + g) for t, v in base["probe_cv"].items()},
+                         "per_class": per_class if per_class is not None else today * factor, "train_images": train,
+                         "epochs": epochs, "cv_images": (base.get("cv_images") or 0) * factor or None})
+    spread_lo, spread_hi = g - g_lo, g_hi - g  # the curve's own uncertainty widens every strategy's interval
+    return ({f.strategy: (f.accuracy, max(0.0, f.low - spread_lo), min(1.0, f.high + spread_hi)) for f in fc.strategies},
+            (round(g, 4), round(g_lo, 4), round(g_hi, 4)))
+
+
 def more_data(rec, base: dict, run_forecast: Callable[..., object], *, schedule: Callable[[int], int],
               epochs_cap: int | None, large_per_class: float, large_total: float):
     """Each strategy's forecast at today's size and at 2x and 4x the training images per class; what crosses the size
@@ -92,20 +115,14 @@ def more_data(rec, base: dict, run_forecast: Callable[..., object], *, schedule:
                                                                for f in rec.forecast.strategies})]
     notes = []
     for k in FACTORS:
-        gain = curve_gain(p.probe_curve, today, k)
-        if gain is None:
-            notes.append("the probe's learning curve has too few points (the profiling sample is too small)")
-            break
-        g, g_lo, g_hi = gain
         train = int(p.train_images * k)
         epochs = schedule(train) if epochs_cap is None else min(schedule(train), epochs_cap)
-        fc = run_forecast(**{**base, "probe_cv": {t: min(1.0, v + g) for t, v in base["probe_cv"].items()},
-                             "per_class": today * k, "train_images": train, "epochs": epochs,
-                             "cv_images": (base.get("cv_images") or 0) * k or None})
-        spread_lo, spread_hi = g - g_lo, g_hi - g  # the curve's own uncertainty widens every strategy's interval
-        rows.append(MoreDataRow(factor=k, per_class=today * k, strategies={
-            f.strategy: (f.accuracy, max(0.0, f.low - spread_lo), min(1.0, f.high + spread_hi)) for f in fc.strategies},
-            probe_gain=(round(g, 4), round(g_lo, 4), round(g_hi, 4))))
+        at = forecast_at(p, base, run_forecast, k, epochs=epochs)
+        if at is None:
+            notes.append("the probe's learning curve has too few points (the profiling sample is too small)")
+            break
+        strategies, probe_gain = at
+        rows.append(MoreDataRow(factor=k, per_class=today * k, strategies=strategies, probe_gain=probe_gain))
     needed = max(large_per_class, math.ceil(large_total / max(p.num_classes, 1)))
     boundary = (f"already large (from {large_per_class:.0f} per class and {large_total:.0f} in total)"
                 if rec.size_class == "large" else
