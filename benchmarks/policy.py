@@ -40,7 +40,7 @@ from advisor.backbones import PRE_LOGITS, TapInfo
 from advisor.decide.forecast import FINETUNES, forecast
 from advisor.decide.models import STRATEGIES
 from advisor.decide.rules import Thresholds, recommend
-from advisor.decide.rules.policy import COST_ORDER, StrategyView, choose, views
+from advisor.decide.rules.policy import COST_ORDER, choose, views
 from advisor.measure.models import DatasetProfile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -441,6 +441,12 @@ def main() -> None:
             summary[label] = {name: summarise(subset, name) for name in POLICIES + BASELINES}
     fsum = {str(s): forecast_summary([e for e in errors if e["input_size"] == s]) for s in sizes}
     fsum["finetunes only"] = forecast_summary([e for e in errors if e["strategy"] in FINETUNES])
+    # Where the miss lies: a probe CV on 2-10 images per class is itself as noisy as the error it causes.
+    for s in sizes:
+        few = [e for e in errors if e["input_size"] == s and e["k"] is not None and e["k"] <= 10]
+        if few:
+            fsum[f"{s} px, 2-10 per class"] = forecast_summary(few)
+            fsum[f"{s} px, 20+ per class"] = forecast_summary([e for e in errors if e["input_size"] == s and e not in few])
     noise = noise_floor(cells)
     tsum = time_summary(cells)
     out = Path(args.out)
