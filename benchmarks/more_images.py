@@ -61,8 +61,10 @@ def main() -> None:
                         step_seconds=None, batch_size=32, input_size=c["input_size"],
                         schedule_share=big["schedule_share"], cv_images=prof.probe_cv_images)
             factor = big["train_per_class_median"] / prof.train_per_class_median
-            at = forecast_at(prof, base, lambda **kw: forecast(records=refs, **kw), factor, epochs=big["epochs_cap"],
-                             per_class=big["train_per_class_median"], train_images=big["train_images"])
+            run_forecast = lambda **kw: forecast(records=refs, **kw)  # noqa: E731
+            today = {f.strategy: f.accuracy for f in run_forecast(**{**base, "schedule_share": c["schedule_share"]}).strategies}
+            at = forecast_at(prof, base, run_forecast, factor, epochs=big["epochs_cap"],
+                             per_class=big["train_per_class_median"], train_images=big["train_images"], today=today)
             if at is None:
                 print(f"{c['dataset']} k={c['k']}: the probe's curve has too few points; skipped")
                 continue

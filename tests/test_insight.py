@@ -109,3 +109,28 @@ def test_kendall_tau_of_the_benchmark():
     assert mod.kendall_tau(["a", "b", "c"], ["a", "b", "c"]) == 1
     assert mod.kendall_tau(["a", "b", "c"], ["c", "b", "a"]) == -1
     assert mod.kendall_tau(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(1 / 3)
+
+
+def test_more_images_never_forecast_below_today():
+    """The forecaster's size terms may dip outside its record; the answer keeps every strategy at least at today's."""
+    from types import SimpleNamespace
+
+    from advisor.decide.curves import forecast_at
+
+    points = [CurvePoint(per_class=n, accuracy=round(_curve(n), 4), images=int(n * 10)) for n in (5, 10, 20, 40)]
+    profile = SimpleNamespace(train_per_class_median=40, train_images=400, probe_curve=points)
+
+    def run_forecast(**kw):  # a forecaster whose calibration falls with size, whatever the probe CV
+        acc = kw["probe_cv"]["pre_logits"] - 0.02 * math.log2(kw["per_class"] / 40)
+        return SimpleNamespace(strategies=[SimpleNamespace(strategy=s, accuracy=acc, low=acc - 0.05, high=acc + 0.05)
+                                           for s in ("linear-probe", "full-finetune")])
+
+    today = {"linear-probe": 0.80, "full-finetune": 0.83}
+    strategies, (gain, low, high) = forecast_at(profile, {"probe_cv": {"pre_logits": 0.80}}, run_forecast, 4,
+                                                epochs=8, today=today)
+    assert 0 <= low <= gain <= high
+    for s, (acc, lo, hi) in strategies.items():
+        assert acc >= today[s] and lo <= acc <= hi
+    assert strategies["full-finetune"][0] == today["full-finetune"]  # the dip was floored, not passed on
+    unfloored, _ = forecast_at(profile, {"probe_cv": {"pre_logits": 0.80}}, run_forecast, 4, epochs=8)
+    assert unfloored["full-finetune"][0] < today["full-finetune"]

@@ -6,9 +6,9 @@ sample (``advisor.measure.curve``). Here a saturating power law, ``error(n) = e_
 (weights: each point's binomial variance), and a parametric bootstrap over the points (each
 accuracy redrawn from its binomial spread, the law refitted) gives the interval of what the curve
 adds from today's images per class to ``k`` times as many. A probe's forecast at ``k`` times the
-images is today's forecast plus that gain; the fine-tunes' come from the forecaster itself at the
-larger size (its gain model depends on images per class: the k-shot records), fed the probe's
-extrapolated CV. Imports advisor.core, advisor.measure and advisor.decide.forecast.
+images and the fine-tunes' come from the forecaster itself at the larger size (its gain model
+depends on images per class: the k-shot records), fed the probe's extrapolated CV; none falls
+below today's forecast for the same strategy. Imports advisor.core, advisor.measure and advisor.decide.forecast.
 """
 
 from __future__ import annotations
@@ -81,26 +81,33 @@ def curve_gain(points: Sequence[CurvePoint], today: float, factor: float, *, see
 
 
 def forecast_at(profile, base: dict, run_forecast: Callable[..., object], factor: float, *, epochs: int | None,
-                per_class: float | None = None, train_images: int | None = None):
+                per_class: float | None = None, train_images: int | None = None, today: dict | None = None):
     """Each strategy's (forecast, 80 % low, high) with ``factor`` times today's training images per class, and the
     probe curve's gain (gain, low, high); None when the curve has too few points.
 
     ``base``: the keyword arguments today's forecast was made with; ``run_forecast``: the forecaster;
     ``epochs``: the fine-tunes' epochs at the larger size. ``per_class`` / ``train_images`` default to
-    today's times ``factor``.
+    today's times ``factor``. ``today``: strategy -> today's forecast; more images of the same kind
+    do not lower a strategy's expected accuracy (a learning curve rises in expectation), so no
+    forecast falls below today's: where the forecaster's size terms say otherwise, they are read
+    outside what the record measured, not as a loss.
     """
-    today = float(profile.train_per_class_median)
-    gain = curve_gain(profile.probe_curve, today, factor)
+    now = float(profile.train_per_class_median)
+    gain = curve_gain(profile.probe_curve, now, factor)
     if gain is None:
         return None
     g, g_lo, g_hi = gain
     train = train_images if train_images is not None else int(profile.train_images * factor)
     fc = run_forecast(**{**base, "probe_cv": {t: min(1.0, v + g) for t, v in base["probe_cv"].items()},
-                         "per_class": per_class if per_class is not None else today * factor, "train_images": train,
+                         "per_class": per_class if per_class is not None else now * factor, "train_images": train,
                          "epochs": epochs, "cv_images": (base.get("cv_images") or 0) * factor or None})
     spread_lo, spread_hi = g - g_lo, g_hi - g  # the curve's own uncertainty widens every strategy's interval
-    return ({f.strategy: (f.accuracy, max(0.0, f.low - spread_lo), min(1.0, f.high + spread_hi)) for f in fc.strategies},
-            (round(g, 4), round(g_lo, 4), round(g_hi, 4)))
+    floor = today or {}
+    out = {}
+    for f in fc.strategies:
+        acc = max(f.accuracy, floor.get(f.strategy, 0.0))
+        out[f.strategy] = (acc, max(0.0, min(acc, f.low) - spread_lo), min(1.0, max(acc, f.high) + spread_hi))
+    return out, (round(g, 4), round(g_lo, 4), round(g_hi, 4))
 
 
 def more_data(rec, base: dict, run_forecast: Callable[..., object], *, schedule: Callable[[int], int],
@@ -117,7 +124,8 @@ def more_data(rec, base: dict, run_forecast: Callable[..., object], *, schedule:
     for k in FACTORS:
         train = int(p.train_images * k)
         epochs = schedule(train) if epochs_cap is None else min(schedule(train), epochs_cap)
-        at = forecast_at(p, base, run_forecast, k, epochs=epochs)
+        at = forecast_at(p, base, run_forecast, k, epochs=epochs,
+                         today={f.strategy: f.accuracy for f in rec.forecast.strategies})
         if at is None:
             notes.append("the probe's learning curve has too few points (the profiling sample is too small)")
             break
