@@ -84,7 +84,11 @@ def done_keys(out: Path) -> set:
 
 
 def read_cells(paths: list[Path]) -> list[dict]:
-    """Every complete cell (all four strategies) in these records files; damaged lines are skipped."""
+    """Every complete cell (all four strategies) in these records files; damaged lines are skipped.
+
+    A legacy cell (an older suite's run, benchmarks/legacy_records.py) gives way to a fresh cell of
+    the same key: the same setting must not count twice, and the fresh one has its load and timings.
+    """
     from advisor.decide.models import STRATEGIES
 
     cells = []
@@ -96,7 +100,8 @@ def read_cells(paths: list[Path]) -> list[dict]:
                 continue
             if isinstance(c, dict) and set(STRATEGIES) <= set(c.get("strategies", {})):
                 cells.append(c)
-    return cells
+    fresh = {cell_key(c) for c in cells if not c.get("legacy")}
+    return [c for c in cells if not (c.get("legacy") and cell_key(c) in fresh)]
 
 
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,

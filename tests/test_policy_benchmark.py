@@ -53,6 +53,10 @@ def test_a_k_shot_cell_records_every_strategy_with_its_settings(tmp_path, monkey
     assert records.cell_key(row) in records.done_keys(out)
     cells = records.plan_cells(["kshot128", "seeds128"], ["colours"], ["colours"], [3], 1, {"colours": 9})
     assert [(c["k"], c["seed"]) for c in cells] == [(3, 0), (3, 1), (None, 1), (3, 2), (None, 2)]
+    # a legacy cell of the same setting gives way to the fresh one; a legacy cell of another setting stays
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("".join(json.dumps({**row, "legacy": True, **extra}) + "\n" for extra in ({}, {"seed": 7})))
+    assert [(c["seed"], bool(c.get("legacy"))) for c in records.read_cells([out, legacy])] == [(1, False), (7, True)]
 
 
 def _cell(policy, name, accs, seconds, *, tied, per_class=50, sim=0.8, probe_cv=0.8, k=None):
