@@ -364,6 +364,112 @@ def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noi
     path.write_text(before + "\n".join(lines) + after)
 
 
+TARGETS = {"mean_regret": 1.0, "max_regret": 3.0, "tied_share": 0.9, "time_ratio": 2.0}  # issue 23, per input size
+
+
+def describe_cells(cells: list[dict]) -> str:
+    """What the track record holds, in words: per input size, the full sets and the k-shot draws with their seeds."""
+    def seeds(xs: set[int]) -> str:
+        xs = sorted(xs)
+        return f"seed {xs[0]}" if len(xs) == 1 else (f"seeds {xs[0]}-{xs[-1]}" if xs == list(range(xs[0], xs[-1] + 1))
+                                                      else "seeds " + ", ".join(map(str, xs)))
+    parts = []
+    for size in sorted({c["input_size"] for c in cells}):
+        at = [c for c in cells if c["input_size"] == size]
+        full = [c for c in at if not c.get("k")]
+        kshot = [c for c in at if c.get("k")]
+        bits = []
+        if kshot:
+            by_k: dict[int, list[dict]] = defaultdict(list)
+            for c in kshot:
+                by_k[c["k"]].append(c)
+            per_k = "; ".join(f"k = {k}: {len(v)} cells, {len({c['dataset'] for c in v})} sets, {seeds({c['seed'] for c in v})}"
+                              for k, v in sorted(by_k.items()))
+            bits.append(f"{len(kshot)} seeded k-shot subsamples ({per_k})")
+        if full:
+            legacy = sum(bool(c.get("legacy")) for c in full)
+            bits.append(f"{len({c['dataset'] for c in full})} full sets in {len(full)} cells ({seeds({c['seed'] for c in full})}"
+                        + (f"; {legacy} of them runs of the earlier 64-px suite, profiled again" if legacy else "") + ")")
+        parts.append(f"{size} px: " + " and ".join(bits))
+    return f"{len(cells)} cells from {len({c['dataset'] for c in cells})} datasets; " + "; ".join(parts)
+
+
+def target_check(summary: dict, chosen: str, sizes: list[int]) -> list[str]:
+    """Per input size, which of the issue's targets the chosen policy meets and which it misses, with the numbers."""
+    out = []
+    for size in sizes:
+        table = summary.get(f"{size} px, all cells") or {}
+        s = table.get(chosen)
+        if not s:
+            continue
+        met, missed = [], []
+        for key, label, fmt, ok in (("mean_regret", "mean regret", "{:.2f}", lambda v, t: v <= t),
+                                    ("max_regret", "max regret", "{:.2f}", lambda v, t: v <= t),
+                                    ("tied_share", "tied", "{:.0%}", lambda v, t: v >= t),
+                                    ("time_ratio", "time", "{:.1f}x", lambda v, t: v <= t)):
+            (met if ok(s[key], TARGETS[key]) else missed).append(f"{label} {fmt.format(s[key])}")
+        rivals = [n for n in BASELINES if table.get(n) and table[n]["mean_regret"] <= s["mean_regret"]]
+        closest = min((n for n in BASELINES if table.get(n)), key=lambda n: table[n]["mean_regret"])
+        margin = table[closest]["mean_regret"] - s["mean_regret"]
+        (missed if rivals or margin < 0.05 else met).append(
+            f"better than every fixed baseline ({closest} {table[closest]['mean_regret']:.2f})")
+        out.append(f"{size} px ({s['cells']} cells): met " + (", ".join(met) or "none") + "; missed "
+                   + (", ".join(missed) or "none"))
+    return out
+
+
+def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str,
+                  trade: list[dict], command: str) -> None:
+    """Rewrite the README's block between the policy-readme markers: the record, the table, the targets, the forecast."""
+    start, end = "<!-- policy-readme -->", "<!-- /policy-readme -->"
+    text = path.read_text()
+    if start not in text:
+        return
+    sizes = sorted({c["input_size"] for c in cells})
+    table = summary["all cells, both sizes"]
+    lines = [start, "", f"The shipped policy, **{chosen}**, is the one `{command}` ranks first among the policies on the "
+             f"track record (`docs/records/`: {describe_cells(cells)}; 8-epoch cap; 2 CPU cores), each cell decided by "
+             "models fitted on the *other* datasets only (regret in accuracy points behind the best strategy; *tied*: the "
+             "chosen strategy's paired 95 % interval behind the best reaches 0; *time*: its wall time over the cheapest "
+             "strategy tied with the best):", "", "| policy | mean regret | max regret | tied with best | time |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {n} | {v['mean_regret']:.2f} | {v['max_regret']:.2f} | {v['tied_share']:.0%} | {v['time_ratio']:.2f}x |"
+              for n, v in table.items() if v]
+    lines += ["", "Targets (issue 23, at each input size): mean regret <= 1.0, max <= 3.0, tied >= 90 %, better than every "
+              "fixed baseline (by 0.05 points or more), time <= 2x. " + "; ".join(target_check(summary, chosen, sizes)) + "."]
+    for label in [k for k in summary if "full sets" in k or "k-shot" in k]:
+        v = summary[label].get(chosen)
+        if v:
+            lines[-1] += f" {label[0].upper()}{label[1:]}: mean {v['mean_regret']:.2f}, max {v['max_regret']:.2f}, tied {v['tied_share']:.0%}."
+    if trade:
+        picks = [t for t in trade if t["margin_points"] in (1.0, 3.0)]
+        lines += ["", "What a looser tie would trade, out of sample (the cheapest strategy forecast within a margin of the "
+                  "best): " + "; ".join(f"within {t['margin_points']:g} point{'s' if t['margin_points'] != 1 else ''}: mean "
+                                        f"regret {t['mean_regret']:.2f} for {t['time_ratio']:.1f}x" for t in picks)
+                  + (". No margin meets both the regret and the time target: the forecast cannot yet tell a tied probe "
+                     "from one that loses." if not any(t["mean_regret"] <= TARGETS["mean_regret"]
+                                                       and t["time_ratio"] <= TARGETS["time_ratio"] for t in trade) else ".")]
+    if noise:
+        sds = [v["mean_sd_points"] for v in noise.values()]
+        lines += ["", f"The noise floor, seed to seed on the same setting: {min(sds):.1f}-{max(sds):.1f} points (standard "
+                  f"deviation) per strategy over {max(v['cells'] for v in noise.values())} groups."]
+    flines = []
+    for key, f in fsum.items():
+        if f:
+            name = f"{key} px" if key.isdigit() else key
+            flines.append(f"{name}: {f['within_2_points']:.0%} of {f['pairs']} pairs within 2 points (noise floor "
+                          f"{f['noise_floor_within_2']:.0%}), 80 % intervals covering {f['coverage_80']:.0%}")
+    if flines:
+        lines += ["", "The forecast, out of sample on the same cells (targets: 70 % within 2 points, coverage 70-90 %): "
+                  + "; ".join(flines) + "."]
+    if tsum:
+        lines[-1] += (f" Wall time within +-30 %: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs "
+                      f"({tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back; target 80 %).")
+    lines += ["", end]
+    before, rest = text.split(start, 1)
+    path.write_text(before + "\n".join(lines) + rest.split(end, 1)[1])
+
+
 def update_forecast_error(path: Path, fsum: dict, tsum: dict, errors: list[dict], command: str) -> None:
     """Rewrite the block between the forecast-records markers of docs/forecast_error.md from this run."""
     start, end = "<!-- forecast-records -->", "<!-- /forecast-records -->"
@@ -422,7 +528,7 @@ def main() -> None:
     ap.add_argument("--records", nargs="+", default=[str(ROOT / "docs" / "records" / "cpu.jsonl")])
     ap.add_argument("--out", default=str(ROOT / "docs" / "policy"))
     ap.add_argument("--forecast-on", nargs="*", default=None, help="score the shipped forecaster on these cells and stop")
-    ap.add_argument("--update-docs", action="store_true", help="rewrite the summary block of docs/decision-rules.md")
+    ap.add_argument("--update-docs", action="store_true", help="rewrite the generated blocks of docs/decision-rules.md, docs/forecast_error.md and README.md")
     ap.add_argument("--suites", action="store_true", help="also write OUT's folder/suite_cpu{size}_cap8.md for the full sets")
     args = ap.parse_args()
     if args.forecast_on:
@@ -463,6 +569,7 @@ def main() -> None:
     if args.update_docs:
         update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command, trade)
         update_forecast_error(ROOT / "docs" / "forecast_error.md", fsum, tsum, errors, command)
+        update_readme(ROOT / "README.md", cells, summary, fsum, tsum, noise, chosen, trade, command)
     if args.suites:
         for size in sizes:
             (out.parent / f"suite_cpu{size}_cap8.md").write_text(suite_markdown(cells, rows, chosen, size, command))

@@ -102,6 +102,32 @@ def test_leave_one_dataset_out_scores_every_policy_and_baseline(policy):
     assert policy.summarise(rows, "always layer-probe")["tied_share"] == 0
 
 
+def test_the_readme_block_states_the_record_and_each_target_met_or_missed(policy, tmp_path):
+    secs = {"linear-probe": 10, "layer-probe": 20, "partial-finetune": 100, "full-finetune": 200}
+    cells = []
+    for i, (pc, sim) in enumerate([(5, 0.8), (20, 0.3), (80, 0.7), (300, 0.2), (150, 0.6)]):
+        accs = {"linear-probe": 0.8, "layer-probe": 0.79, "partial-finetune": 0.82, "full-finetune": 0.81}
+        cells.append(_cell(policy, f"d{i}", accs, secs, tied=[], per_class=pc, sim=sim, k=2 if i < 2 else None))
+    cells[0]["seed"] = 1
+    assert policy.describe_cells(cells) == ("5 cells from 5 datasets; 128 px: 2 seeded k-shot subsamples (k = 2: 2 cells, "
+                                            "2 sets, seeds 0-1) and 3 full sets in 3 cells (seed 0)")
+    _, _, rows = policy.evaluate(cells)
+    summary = {"128 px, all cells": {n: policy.summarise(rows, n) for n in policy.POLICIES + policy.BASELINES}}
+    (check,) = policy.target_check(summary, "always full-finetune", [128])
+    # every fixed strategy loses 1 point on every cell: each target is read off the numbers
+    met, missed = check.split("; missed ")
+    assert "mean regret 1.00" in met and "max regret 1.00" in met and "tied 0%" in missed
+    assert "better than every fixed baseline" in missed  # it ties itself: no margin over the baselines
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- policy-readme -->\nold text\n<!-- /policy-readme -->\nafter\n")
+    summary["all cells, both sizes"] = summary["128 px, all cells"]
+    policy.update_readme(readme, cells, summary, {}, {}, {}, "best-forecast", policy.tradeoff(rows), "python x.py")
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- policy-readme -->") and text.endswith("<!-- /policy-readme -->\nafter\n")
+    assert "old text" not in text and "**best-forecast**" in text and "5 cells from 5 datasets" in text
+    assert all(f"| {n} | " in text for n in policy.POLICIES + policy.BASELINES)
+
+
 def test_the_shipped_policy_is_the_one_the_records_rank_first(policy):
     """DEFAULT_POLICY must be what benchmarks/policy.py derives from the records shipped in docs/records/."""
     from advisor.decide.rules.policy import DEFAULT_POLICY
