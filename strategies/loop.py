@@ -241,6 +241,7 @@ class FinetuneLoop(LoopData):
         sampler = EpochBatchSampler(len(self.train_samples), cfg.batch_size, seed=self.seed,
                                     weights=self._balanced_weights() if cfg.balanced_sampler else None,
                                     rank=self.rank.rank if self.rank else 0, world=self.rank.world if self.rank else 1)
+        self._device_augment = self.device_augment()
         train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self.train_transform(), seed=self.seed,
                                                               decoded=self.decoded_train), sampler)
         val_loader = self.eval_loader(self.data.val)

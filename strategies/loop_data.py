@@ -30,7 +30,7 @@ AUGMENT_ON_ENV = "ADVISOR_AUGMENT_ON"  # "workers" or "device": overrides cfg.au
 class LoopData:
     """Batches in, logits out: the data side of :class:`strategies.loop.FinetuneLoop`."""
 
-    _device_augment: DeviceAugment | None = None  # set by train_transform() when the device augments
+    _device_augment: DeviceAugment | None = None  # the loop sets it from device_augment() before training
 
     def _loader(self, dataset: ImageDataset, batches) -> torch.utils.data.DataLoader:
         # Persistent workers, forked once: with a DataLoader per epoch, re-forking the grown training
@@ -111,14 +111,19 @@ class LoopData:
             raise AdvisorError(f"{AUGMENT_ON_ENV} must be workers or device, got {on!r}", hint=f"unset {AUGMENT_ON_ENV}")
         return "workers" if on == "workers" else "device"
 
+    def device_augment(self) -> DeviceAugment | None:
+        """The batched flips and TrivialAugment the device applies, or None where the workers (or nothing) augment."""
+        cfg = self.cfg
+        if self.augment_site() != "device":
+            return None
+        return DeviceAugment(seed=self.seed, flip=cfg.hflip, trivial=cfg.augment == "trivial")
+
     def train_transform(self):
         """The workers' per-image transform: the crop always, flips and TrivialAugment unless the device does them."""
         transform, cfg = self.backbone.transform_config, self.cfg
         if cfg.augment == "none":
             return EvalTransform(transform)
         on_device = self.augment_site() == "device"
-        self._device_augment = (DeviceAugment(seed=self.seed, flip=cfg.hflip, trivial=cfg.augment == "trivial")
-                                if on_device else None)
         return TrainTransform(transform, cfg.input_size, scale=(cfg.crop_scale, 1.0), flip=cfg.hflip and not on_device,
                               trivial=cfg.augment == "trivial" and not on_device)
 

@@ -9,7 +9,7 @@ import pytest
 
 from advisor.decide.forecast import Forecast, StrategyForecast, forecast
 from advisor.decide.rules.policy import choose, decide, one_se_choice, views
-from advisor.decide.timing import time_correction
+from advisor.decide.timing import DEFAULT_RUN_OVERHEAD_SECONDS, run_overhead, time_correction
 
 
 def _fc(acc: dict[str, float], half: float = 0.02, seconds: dict[str, float] | None = None) -> Forecast:
@@ -130,6 +130,20 @@ def test_finished_runs_correct_the_time_and_broken_records_are_ignored():
     cached = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, cached_share=0.75)
     probe = {f.strategy: f.seconds for f in fast.strategies}["linear-probe"]
     assert {f.strategy: f.seconds for f in cached.strategies}["linear-probe"] == pytest.approx(probe / 4, rel=1e-3)
+
+
+def test_every_time_carries_the_runs_fixed_cost_measured_by_finished_runs():
+    # a run's wall time beyond its fit: the median of this device's finished runs, else the reference figure
+    outcomes = [{"device": "cpu x2", "seconds": 5.0, "fit_seconds": 3.0}, {"device": "cpu x2", "seconds": 9.0, "fit_seconds": 8.0},
+                {"device": "cpu x2", "seconds": 4.0, "fit_seconds": 1.0}, {"device": "cpu x2", "seconds": 4.0},
+                {"device": "cpu x2", "seconds": 1.0, "fit_seconds": 2.0}, {"device": "cpu x1", "seconds": 50.0, "fit_seconds": 1.0}]
+    assert run_overhead(outcomes, device="cpu x2") == (2.0, 3)
+    assert run_overhead([], device="cpu x2") == (DEFAULT_RUN_OVERHEAD_SECONDS, 0)
+    base = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, time_factor=2.0)
+    more = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, time_factor=2.0,
+                    overhead_seconds=3.0)
+    for f, g in zip(base.strategies, more.strategies, strict=True):
+        assert g.seconds == pytest.approx(f.seconds + 3.0, abs=0.11)  # added once, not scaled by the time factor
 
 
 def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tmp_path, monkeypatch):

@@ -175,6 +175,12 @@ def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
     assert code == 0, err
     assert "Recommended: linear-probe" in out and "why: " in out and "validation accuracy" in out
     (rd,) = (tmp_path / "runs").iterdir()
+    # the local track record holds the run's whole wall time (what its forecast forecasts) and its fit's share
+    from advisor.decide.records import local_outcomes
+
+    (row,) = local_outcomes()
+    fit = json.loads((rd / "result.json").read_text())["seconds"]
+    assert row["fit_seconds"] == pytest.approx(fit, abs=0.01) and row["seconds"] > row["fit_seconds"]
     code, out, err = run_main(["predict", str(rd), str(EXAMPLE / "val" / "ants"), "--json"], capsys)
     assert code == 0, err
     rep = json.loads(out)

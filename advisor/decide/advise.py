@@ -18,7 +18,7 @@ from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import default_recipe
 from advisor.decide.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 from advisor.decide.rules.policy import DEFAULT_POLICY, decide
-from advisor.decide.timing import decode_seconds, finetune_step_seconds, time_correction
+from advisor.decide.timing import decode_seconds, finetune_step_seconds, run_overhead, time_correction
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 
 
@@ -312,7 +312,9 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     dev = resolve_device(device)
     step, source, timed_at = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
     # Only runs forecast from this timing say how good it is.
-    factor, runs = time_correction(local_outcomes(local_record_path()), device=machine_name(dev), since=timed_at)
+    finished = local_outcomes(local_record_path())
+    factor, runs = time_correction(finished, device=machine_name(dev), since=timed_at)
+    overhead, overhead_runs = run_overhead(finished, device=machine_name(dev))
     # Finished runs that took less than half or more than twice their forecast say the timing is wrong
     # (taken under load, or stale): time the step again, and the correction starts afresh from it.
     retime = bool(runs) and not RETIME_RATIO[0] <= factor <= RETIME_RATIO[1]
@@ -332,13 +334,15 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         factor = 1.0
     elif runs:
         source += f"; x{factor:.2f}, the median achieved/forecast time of {runs} finished run(s) on this machine"
+    source += (f"; +{overhead:.1f} s per run for scanning, the model and its report files ("
+               + (f"median of {overhead_runs} finished run(s) here)" if overhead_runs else "the reference machine's figure)"))
     kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                   per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
                   epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
                   decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
                   short_schedule=short_schedule, input_size=plan.input_size,
                   schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
-                  time_source=source, cv_images=p.probe_cv_images, cached_share=cached)
+                  time_source=source, cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead)
     return forecast(**kwargs), kwargs
 
 

@@ -280,7 +280,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              partial_step_seconds: float | None = None, probe_solve_seconds: dict[str, float] | None = None,
              short_schedule: bool = False, records: Sequence[dict] | None = None, input_size: int | None = None,
              schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
-             time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0) -> Forecast:
+             time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0,
+             overhead_seconds: float = 0.0) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
@@ -288,6 +289,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     path or name) removes that dataset's own records from the references and reports them as
     ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio).
     ``cached_share``: the share of the images whose features are cached already (no extraction).
+    ``overhead_seconds``: what every run costs besides its strategy (scan, backbone, model and report
+    files); added to every time, unscaled (it is measured from finished runs' own wall times).
     ``cv_images``: how many images the probe CV held out; a CV on a handful (a few-shot set) is
     noisy itself, and the probes' intervals are at least as wide as its binomial spread.
 
@@ -341,7 +344,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             how += f" {cv:.3f}, {how_shift}"
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
                                      method=how, cv=round(cv, 4),
-                                     seconds=round(extract + solve.get(name, 0.0) * time_factor, 1) if extract is not None else None,
+                                     seconds=round(extract + solve.get(name, 0.0) * time_factor + overhead_seconds, 1)
+                                     if extract is not None else None,
                                      time_source=time_source if extract is not None else None))
     best_probe = max((r.accuracy for r in rows), default=None)
     steps = math.ceil(train_images / batch_size) if train_images else 0
@@ -371,7 +375,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
                     f"the better probe {best_probe:.3f} {100 * gain:+.1f} points: gain learned on "
                     f"{len({group_of(r) for r in records})} reference sets"),
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
-            seconds=round(per_epoch * epochs + (extract or 0.0), 1) if per_epoch is not None and epochs else None,
+            seconds=round(per_epoch * epochs + (extract or 0.0) + overhead_seconds, 1)
+            if per_epoch is not None and epochs else None,
             time_source=time_source if per_epoch is not None else None,
             gain_sd=round(max(1e-4, (_quantile(res, 0.9) - _quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))
     if records:

@@ -59,7 +59,8 @@ class LocalOutcome(BaseModel):
     forecast_high: float | None = Field(None, ge=0, le=1)
     cv: float | None = Field(None, ge=0, le=1)
     forecast_seconds: float | None = Field(None, ge=0, le=1e8)
-    seconds: float | None = Field(None, ge=0, le=1e8)
+    seconds: float | None = Field(None, ge=0, le=1e8)  # the whole run's wall time
+    fit_seconds: float | None = Field(None, ge=0, le=1e8)  # its strategy's share (older lines lack it)
     input_size: int | None = Field(None, ge=16, le=4096)
     schedule_share: float | None = Field(None, gt=0, le=1e3)
     sample_cv: dict[str, float] | None = None
@@ -125,10 +126,12 @@ def group_of(record: dict) -> str:
 
 
 def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Path | None = None,
-                   device=None) -> dict | None:
+                   device=None, fit_seconds: float | None = None) -> dict | None:
     """Append a finished run's forecast and outcome to the local track record (needs a forecast).
 
-    ``device`` is the one the run used: later forecasts on that device are corrected by it.
+    ``seconds``: the run's whole wall time (what its forecast forecasts); ``fit_seconds``: the
+    strategy's own share of it (the rest is the run's fixed cost). ``device`` is the one the run
+    used: later forecasts on that device are corrected by it.
     """
     f = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else []) if f.strategy == strategy), None)
     if f is None:
@@ -137,7 +140,8 @@ def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Pa
     row = {"dataset": p.dataset, "strategy": strategy, "train_per_class_median": p.train_per_class_median,
            "similarity": p.similarity.score.value if p.similarity else None, "forecast": f.accuracy,
            "forecast_low": f.low, "forecast_high": f.high, "achieved": round(achieved, 4), "cv": f.cv,
-           "forecast_seconds": f.seconds, "seconds": round(seconds, 2), "input_size": rec.plan.input_size,
+           "forecast_seconds": f.seconds, "seconds": round(seconds, 2),
+           **({"fit_seconds": round(fit_seconds, 2)} if fit_seconds is not None else {}), "input_size": rec.plan.input_size,
            "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
            "device": machine_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = local_record_path() if path is None else path

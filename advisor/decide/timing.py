@@ -73,6 +73,26 @@ def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, sin
     return (ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2), len(ratios)
 
 
+# Seconds a run spends outside its strategy's own work: scanning the folder, building the
+# backbone, saving the model and writing report.md/report.html (figures included). Measured on the
+# reference machine (2 CPU cores, the shipped example, a warm linear probe: the run's wall time
+# minus its fit time); a machine's own finished runs replace it (``run_overhead``).
+DEFAULT_RUN_OVERHEAD_SECONDS = 1.0
+
+
+def run_overhead(outcomes: Sequence[dict], *, device: str, last: int = 5) -> tuple[float, int]:
+    """(median seconds a finished run spent outside its strategy's fit, runs it rests on) on ``device``;
+    the reference machine's figure when no finished run recorded both times."""
+    extra = [o["seconds"] - o["fit_seconds"] for o in outcomes
+             if o.get("device") == device and finite_number(o.get("seconds")) and finite_number(o.get("fit_seconds"))
+             and 0 <= o["seconds"] - o["fit_seconds"] <= 3600]
+    extra = sorted(extra[-last:])
+    if not extra:
+        return DEFAULT_RUN_OVERHEAD_SECONDS, 0
+    mid = len(extra) // 2
+    return (extra[mid] if len(extra) % 2 else (extra[mid - 1] + extra[mid]) / 2), len(extra)
+
+
 def decode_seconds(paths: Sequence[str], transform) -> float:
     """Seconds to decode and transform one image, timed on ``paths``."""
     from advisor.data.imagefile import load_image

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -110,6 +111,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     from strategies import get_strategy
     from strategies.base import RunContext, RunData
 
+    started = time.perf_counter()  # the run's wall time, fixed costs included, is what its forecast forecasts
     strategy = get_strategy(plan.strategy)
     config = strategy.config_from_plan(plan)
     scan = scan_dataset(state.dataset, val_fraction=plan.val_fraction or 0.2, seed=plan.seed)
@@ -176,7 +178,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
     if recommendation is not None and distributed.is_main():
         try:  # the local track record learns from every run; failing to write it must not fail the run
-            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, result.seconds, device=ctx.device)
+            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, time.perf_counter() - started,
+                           device=ctx.device, fit_seconds=result.seconds)
         except OSError as err:
             ctx.event("track_record_not_written", error=str(err))
     return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report=report, recommendation=recommendation)
