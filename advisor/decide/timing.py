@@ -75,9 +75,9 @@ def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, sin
 
 # Seconds a run spends outside its strategy's own work: scanning the folder, building the
 # backbone, saving the model and writing report.md/report.html (figures included). Measured on the
-# reference machine (2 CPU cores, the shipped example, a warm linear probe: the run's wall time
+# reference machine (2 idle CPU cores, the shipped example, a warm linear probe: run_plan's wall time
 # minus its fit time); a machine's own finished runs replace it (``run_overhead``).
-DEFAULT_RUN_OVERHEAD_SECONDS = 1.0
+DEFAULT_RUN_OVERHEAD_SECONDS = 0.4
 
 
 def run_overhead(outcomes: Sequence[dict], *, device: str, last: int = 5) -> tuple[float, int]:
