@@ -7,6 +7,7 @@ module only measures and reads them. It imports advisor.core at module level, no
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -66,11 +67,8 @@ def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, sin
               if o.get("device") == device and finite_number(o.get("seconds")) and finite_number(o.get("forecast_seconds"))
               and o["forecast_seconds"] > 0 and 0.05 <= o["seconds"] / o["forecast_seconds"] <= 20
               and (since is None or str(o.get("time", "")) >= since)]
-    ratios = sorted(ratios[-last:])
-    if not ratios:
-        return 1.0, 0
-    mid = len(ratios) // 2
-    return (ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2), len(ratios)
+    ratios = ratios[-last:]
+    return (statistics.median(ratios), len(ratios)) if ratios else (1.0, 0)
 
 
 # Seconds a run spends outside its strategy's own work: scanning the folder, building the
@@ -86,11 +84,8 @@ def run_overhead(outcomes: Sequence[dict], *, device: str, last: int = 5) -> tup
     extra = [o["seconds"] - o["fit_seconds"] for o in outcomes
              if o.get("device") == device and finite_number(o.get("seconds")) and finite_number(o.get("fit_seconds"))
              and 0 <= o["seconds"] - o["fit_seconds"] <= 3600]
-    extra = sorted(extra[-last:])
-    if not extra:
-        return DEFAULT_RUN_OVERHEAD_SECONDS, 0
-    mid = len(extra) // 2
-    return (extra[mid] if len(extra) % 2 else (extra[mid - 1] + extra[mid]) / 2), len(extra)
+    extra = extra[-last:]
+    return (statistics.median(extra), len(extra)) if extra else (DEFAULT_RUN_OVERHEAD_SECONDS, 0)
 
 
 def decode_seconds(paths: Sequence[str], transform) -> float:

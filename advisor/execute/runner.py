@@ -178,8 +178,11 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     ctx.event("finished", val_accuracy=result.metrics.val_accuracy, seconds=result.seconds)
     if recommendation is not None and distributed.is_main():
         try:  # the local track record learns from every run; failing to write it must not fail the run
-            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, time.perf_counter() - started,
-                           device=ctx.device, fit_seconds=result.seconds)
+            # A resumed run's wall clock saw only this process, while its fit counts every process:
+            # it records the fit alone, and teaches nothing about the fixed cost.
+            whole = result.seconds if resume else time.perf_counter() - started
+            record_outcome(recommendation, plan.strategy, result.metrics.val_accuracy, whole,
+                           device=ctx.device, fit_seconds=None if resume else result.seconds)
         except OSError as err:
             ctx.event("track_record_not_written", error=str(err))
     return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report=report, recommendation=recommendation)
