@@ -59,15 +59,42 @@ def test_binomial_interval_is_80_percent_wide_and_clipped():
     assert binomial_interval(1.0, 50)[1] == 1.0
 
 
-def test_timing_steps_leave_the_weights_unchanged():
+def test_timing_steps_leave_the_weights_and_batchnorm_statistics_unchanged():
     from advisor.backbones import create_backbone
 
     bb = create_backbone("test/tiny-cnn", seed=0)
-    before = {k: v.clone() for k, v in bb.state_dict().items() if v.is_floating_point() and "running" not in k}
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    assert any("running_mean" in k for k in before)  # the backbone has BatchNorm statistics to move
     seconds = finetune_step_seconds(bb, input_size=32, batch_size=32, device="cpu")
     assert seconds > 0
     after = bb.state_dict()
-    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert [k for k, v in before.items() if not torch.equal(v, after[k])] == []
+
+
+def test_a_short_step_is_timed_at_the_runs_own_batch_and_a_long_one_scaled_from_a_small_batch(monkeypatch):
+    from advisor.backbones import create_backbone
+    from advisor.decide import timing
+
+    timed = []
+
+    def fake_step(net, opt, batch, input_size, device, steps):  # a fixed cost per step plus a cost per image
+        timed.append(batch)
+        return 0.1 + 0.01 * batch
+
+    monkeypatch.setattr(timing, "_median_step", fake_step)
+    bb = create_backbone("test/tiny-cnn", seed=0)
+    # 8 images scaled to 32: 4 x 0.18 = 0.72 s, under the limit: the real batch is timed (0.42 s)
+    assert finetune_step_seconds(bb, input_size=32, batch_size=32, device="cpu", full_batch_under=1.0) \
+        == pytest.approx(0.42)
+    assert timed == [8, 32]
+    timed.clear()
+    # over the limit: the scaled small batch stands, and the long real step is not paid for
+    assert finetune_step_seconds(bb, input_size=32, batch_size=32, device="cpu", full_batch_under=0.5) \
+        == pytest.approx(0.72)
+    assert timed == [8]
+    timed.clear()
+    assert finetune_step_seconds(bb, input_size=32, batch_size=4, device="cpu") == pytest.approx(0.14)
+    assert timed == [4]  # a batch smaller than the probe batch is timed as it is
 
 
 def test_a_budget_picks_the_best_forecast_that_fits_and_says_what_more_time_buys():

@@ -163,6 +163,7 @@ def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tm
     path = tmp_path / advise.STEP_TIMES
     data = json.loads(path.read_text())
     (key,) = data
+    assert key.endswith("|" + advise.STEP_TIMING)  # an entry timed the old way (another key) is never read back
     for bad in ({"seconds": 22.7, "load": 2.5, "time": "2026-01-01T00:00:00"}, {"seconds": float("nan")}, {"seconds": -1},
                 {"seconds": 1e300}, 22.7):
         path.write_text(json.dumps({key: bad}))

@@ -18,7 +18,8 @@ from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import default_recipe
 from advisor.decide.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 from advisor.decide.rules.policy import DEFAULT_POLICY, decide
-from advisor.decide.timing import decode_seconds, finetune_step_seconds, run_overhead, time_correction
+from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, decode_seconds, finetune_step_seconds, run_overhead,
+                                   time_correction)
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 
 
@@ -255,6 +256,9 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | N
 
 
 STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per machine and configuration
+# How a step is timed, in the key: entries timed another way (before 2026-12: always a batch of 8,
+# scaled) are timed again rather than trusted.
+STEP_TIMING = f"full-batch-under-{FULL_BATCH_TIMING_SECONDS:g}s"
 RETIME_LOAD = 0.75  # re-time a step when the cores were this much busier (1-minute load) than now when it was timed
 RETIME_RATIO = (0.5, 2.0)  # finished runs' achieved/forecast time outside this: the timing itself is re-taken
 
@@ -273,7 +277,7 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
     from advisor.core.io import default_cache_dir, read_bytes_checked
 
     key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
-                              frozen, machine_name(dev))))
+                              frozen, machine_name(dev), STEP_TIMING)))
     path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
     try:  # read back like input: a regular file of bounded size (a FIFO here must not hang recommend)
         known = json.loads(read_bytes_checked(path, max_bytes=4 << 20))

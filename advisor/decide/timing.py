@@ -14,46 +14,65 @@ from collections.abc import Sequence
 import torch
 
 
-def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
-                          steps: int = 3, probe_batch: int = 8, frozen_stages: int = 0) -> float:
-    """Seconds of one optimiser step at ``batch_size``: the median of a few timed steps on a small batch, scaled linearly.
+# Time the run's own batch when one step of it is forecast to take at most this long. A small
+# batch scaled linearly over-counts the per-step overhead where steps are short (measured on 2 CPU
+# cores: batch 8 scaled to 32 was 1.8x the real step at 64 px, 1.5x at 96 px, 1.0x at 128 px),
+# and where steps are long the real batch costs seconds to time while the scaled figure is close.
+FULL_BATCH_TIMING_SECONDS = 1.0
 
+
+def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str,
+                          steps: int = 3, probe_batch: int = 8, frozen_stages: int = 0,
+                          full_batch_under: float = FULL_BATCH_TIMING_SECONDS) -> float:
+    """Seconds of one optimiser step at ``batch_size``: the median of a few timed steps.
+
+    First a small batch (``probe_batch``), scaled linearly; where that forecasts a step of at most
+    ``full_batch_under`` seconds, the run's own batch is timed and its figure returned instead.
     The median, not the minimum or the mean: one step slowed by another process neither sets nor
     skews it. ``frozen_stages`` (a partial fine-tune) freezes the stem and that many stages for
-    the timing, so autograd skips their backward pass as the run will.
+    the timing, so autograd skips their backward pass as the run will. The backbone comes back as
+    it went in: weights, ``requires_grad`` flags and BatchNorm running statistics (train-mode
+    forward passes on noise would otherwise move them).
     """
     net = backbone.to(device).train()
     saved = {n: p.requires_grad for n, p in net.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
     if frozen_stages:
         for n, p in backbone.model.named_parameters():
             if backbone.stage_of(n.rsplit(".", 1)[0])[1] <= frozen_stages:
                 p.requires_grad_(False)
     params = [p for p in net.parameters() if p.requires_grad] or list(net.parameters())
     opt = torch.optim.SGD(params, lr=0.0)  # lr 0: the timing must not change the weights
-    x = torch.randn(probe_batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
     net = net.to(memory_format=torch.channels_last)
-    times = []
     try:
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            net(x).float().mean().backward()
-            opt.step()
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-            if i:  # the first step pays one-off allocation and kernel selection
-                times.append(time.perf_counter() - t0)
+        small = min(probe_batch, batch_size)
+        seconds = _median_step(net, opt, small, input_size, device, steps) * batch_size / small
+        if small < batch_size and seconds <= full_batch_under:
+            seconds = _median_step(net, opt, batch_size, input_size, device, steps)
     finally:
         opt.zero_grad(set_to_none=True)
         for n, p in net.named_parameters():
             p.requires_grad_(saved[n])
+        with torch.no_grad():
+            for n, b in net.named_buffers():
+                b.copy_(buffers[n])
         net.eval()
-    times.sort()
-    mid = len(times) // 2
-    median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
-    return median * batch_size / probe_batch
+    return seconds
 
 
+def _median_step(net, opt, batch: int, input_size: int, device, steps: int) -> float:
+    x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        net(x).float().mean().backward()
+        opt.step()
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        if i:  # the first step pays one-off allocation and kernel selection
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, since: str | None = None) -> tuple[float, int]:
