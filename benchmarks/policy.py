@@ -34,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from calibrate import calibrate_boundaries
-from records import read_cells
+from records import probe_gap_inputs, read_cells
 
 from advisor.backbones import PRE_LOGITS, TapInfo
 from advisor.decide.forecast import FINETUNES, forecast
@@ -66,7 +66,8 @@ def as_record(c: dict) -> dict:
             "train_per_class_median": c["train_per_class_median"], "similarity": c["similarity"],
             "accuracy": {s: v["accuracy"] for s, v in c["strategies"].items()},
             "probe_cv": {s: v["cv"] for s, v in c["strategies"].items() if v.get("cv") is not None},
-            "sample_cv": c["profile"].get("probe_cv") or {}, "best": c["best"]}
+            "sample_cv": c["profile"].get("probe_cv") or {}, "best": c["best"], **probe_gap_inputs(c)}
+
 
 
 def as_point(c: dict) -> dict:
@@ -79,9 +80,7 @@ def cell_forecast(c: dict, references: list[dict]):
     return forecast(probe_cv=p.probe_cv, val_images=c["n_val"], train_images=c["train_images"],
                     per_class=c["train_per_class_median"], similarity=c["similarity"], epochs=c["epochs_cap"],
                     step_seconds=None, batch_size=32, records=references, input_size=c["input_size"],
-                    schedule_share=c["schedule_share"],
-                    # cells measured before the profile recorded it: the training images the sample could hold
-                    cv_images=p.probe_cv_images or min(c["train_images"], 300))
+                    schedule_share=c["schedule_share"], **{k: v for k, v in probe_gap_inputs(c).items() if k != "train_images"})
 
 
 def table_choice(c: dict, t: Thresholds) -> tuple[str, str]:

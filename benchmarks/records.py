@@ -83,6 +83,17 @@ def done_keys(out: Path) -> set:
     return keys
 
 
+def probe_gap_inputs(c: dict) -> dict:
+    """What the forecaster's probe-gap model reads of a cell: its sizes, the images' median shorter side and
+    the size its profile ran at. Cells measured before the profile recorded the CV's size: the training
+    images its sample could hold (300)."""
+    p = c["profile"]
+    sizes = p.get("sizes") or {}
+    side = min(sizes["median_width"], sizes["median_height"]) if sizes.get("count") else None
+    return {"train_images": c["train_images"], "cv_images": p.get("probe_cv_images") or min(c["train_images"], 300),
+            "image_side": side, "profile_size": p.get("input_size")}
+
+
 def read_cells(paths: list[Path]) -> list[dict]:
     """Every complete cell (all four strategies) in these records files; damaged lines are skipped.
 

@@ -53,7 +53,7 @@ def track_record(rows: list[dict], *, source: str, command: str, runs: Path | No
 
 def from_records(paths: list[Path]) -> dict:
     """Version 2: one entry per complete cell of benchmarks/records.py's files."""
-    from records import read_cells
+    from records import probe_gap_inputs, read_cells
 
     entries = [{
         "dataset": c["dataset"], "k": c.get("k"), "seed": c.get("seed"), "input_size": c["input_size"],
@@ -64,7 +64,7 @@ def from_records(paths: list[Path]) -> dict:
         "seconds": {s: v["seconds"] for s, v in c["strategies"].items()},
         "probe_cv": {s: round(v["cv"], 4) for s, v in c["strategies"].items() if v.get("cv") is not None},
         "sample_cv": {t: round(v, 4) for t, v in (c["profile"].get("probe_cv") or {}).items()},
-        "best": c["best"], "recommended": c["recommended"], "regret_points": c["regret_points"],
+        "best": c["best"], "recommended": c["recommended"], "regret_points": c["regret_points"], **probe_gap_inputs(c),
         **({"legacy": True} if c.get("legacy") else {}),
     } for c in read_cells(paths)]
     return {"version": 2, "provenance": {

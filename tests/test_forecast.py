@@ -150,6 +150,11 @@ def test_runs_append_forecast_and_outcome_to_the_local_record_and_calibrate_read
     assert [o["strategy"] for o in outcomes] == ["linear-probe", "partial-finetune"]
     (entry,) = local_datasets(outcomes)
     assert entry["dataset"].endswith("(local)") and entry["accuracy"] == {"linear-probe": 0.78, "partial-finetune": 0.9}
+    # the probe-gap model's inputs travel with the run: the sizes, the images' median side, the profile's size
+    p = rec.profile
+    assert entry["train_images"] == p.train_images and entry["profile_size"] == p.input_size
+    assert entry["image_side"] == min(p.sizes.median_width, p.sizes.median_height)
+    assert entry.get("cv_images") == p.probe_cv_images
     report = calibrate_forecaster(path)
     assert report.local_runs == 2 and report.mean_abs_error_points == pytest.approx(6.0)
     assert report.interval_coverage == 0.5 and report.records[-1] == entry["dataset"]
@@ -209,3 +214,37 @@ def test_a_short_cap_marks_the_fine_tunes_short_whatever_the_plan_and_warns_only
     short, warning = _short_cap(finetune_plan)
     assert short and "keeps 6 of 24 epochs (25%)" in warning
     assert _short_cap(recommend(make_profile(LARGE, score=SIMILAR), taps=TAPS, epochs_cap=7)) == (False, None)
+
+
+def test_resolution_lost_counts_the_octaves_the_input_size_drops_below_what_the_profile_saw():
+    from advisor.decide.forecast import resolution_lost
+
+    assert resolution_lost(256, 64, 224) == pytest.approx(math.log2(224 / 64))  # photos: 1.8 octaves
+    assert resolution_lost(28, 64, 224) == 0.0  # digits smaller than either size lose nothing
+    assert resolution_lost(128, 64, 224) == pytest.approx(1.0)  # the profile saw only the image's own 128 px
+    assert resolution_lost(None, 224, 224) == 0.0 and resolution_lost(0, 112, None) == pytest.approx(1.0)
+
+
+def test_cv_size_ratio_is_how_many_more_images_per_class_the_run_trains_on_than_a_cv_fold():
+    from advisor.decide.forecast import cv_size_ratio
+
+    assert cv_size_ratio(2, 20, 20) == pytest.approx(1.0)  # 2 per class: 2 folds of 1; the run fits on 2
+    assert cv_size_ratio(100, 1000, 1000) == pytest.approx(math.log2(5 / 4))  # 5 folds on the whole split
+    assert cv_size_ratio(100, 1000, 300) == pytest.approx(math.log2(100 / (30 * 4 / 5)))  # a 300-image sample
+    assert cv_size_ratio(100, None, None) == pytest.approx(math.log2(5 / 4))  # unknown: the whole split
+
+
+def test_a_probe_forecast_at_a_smaller_input_size_drops_with_the_detail_the_images_lose():
+    # references where the probe lost 15 points on large photos at 64 px and nothing on small images
+    refs = []
+    for i, (side, gap) in enumerate([(256, -0.15), (300, -0.15), (28, 0.0), (64, 0.0), (256, -0.15), (32, 0.0)]):
+        refs.append({"dataset": f"d{i}", "input_size": 64, "image_side": side, "profile_size": 224, "train_images": 1000,
+                     "cv_images": 1000, "train_per_class_median": 100, "similarity": 0.5,
+                     "accuracy": {"linear-probe": 0.8 + gap, "layer-probe": 0.8 + gap}, "sample_cv": {"pre_logits": 0.8}})
+    common = dict(probe_cv={"pre_logits": 0.8}, val_images=500, train_images=1000, per_class=100, similarity=0.5,
+                  epochs=None, step_seconds=None, batch_size=32, records=refs, input_size=64, cv_images=1000,
+                  profile_size=224)
+    photos = {f.strategy: f for f in forecast(**common, image_side=400).strategies}["linear-probe"]
+    digits = {f.strategy: f for f in forecast(**common, image_side=28).strategies}["linear-probe"]
+    assert photos.accuracy == pytest.approx(0.65, abs=0.02) and digits.accuracy == pytest.approx(0.80, abs=0.02)
+    assert "octaves of resolution lost at 64 px" in photos.method

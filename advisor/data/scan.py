@@ -44,6 +44,11 @@ class SizeSummary(BaseModel):
     max_height: int
     smaller_than: dict[int, int]  # threshold -> images whose shorter side is below it
 
+    @property
+    def median_side(self) -> float | None:
+        """The shorter of the median width and height: the detail a typical image holds (None: no images)."""
+        return min(self.median_width, self.median_height) if self.count else None
+
 
 class DatasetScan(BaseModel):
     """What ``scan_dataset`` found: classes, samples per split, and what it left out."""

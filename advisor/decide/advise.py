@@ -346,7 +346,8 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                   decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
                   short_schedule=short_schedule, input_size=plan.input_size,
                   schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
-                  time_source=source, cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead)
+                  time_source=source, cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead,
+                  image_side=p.sizes.median_side, profile_size=p.input_size)
     return forecast(**kwargs), kwargs
 
 

@@ -3,8 +3,10 @@
 * **Probes** are measured, not guessed: the cross-validated accuracy of a logistic probe on the
   profiling sample's cached features (``pre_logits`` for the linear probe; the best single tap
   for the layer probe), corrected by how far validation accuracy fell from that CV accuracy in
-  the track record, regressed on the input size the run trains at and the images per class
-  (a 224-px CV on a sample says little about a 64-px run on the whole split without it).
+  the track record, regressed on the detail the run's input size loses against the profile's
+  (octaves, from the images' own size: 64 px costs photos, not 28-px digits) and on how many
+  more images per class the run trains on than each CV fold did (a 224-px CV on a sample says
+  little about a 64-px run on the whole split without both).
 * **Fine-tunes** are the better probe's forecast plus a gain learned from the track record
   (``advisor/reference/track_record.json``: every strategy at several sizes, k-shot subsamples
   included): the gain each recorded run measured, regressed on log images per class,
@@ -15,7 +17,8 @@
   schedule share) are named ("extrapolating", with the nearest recorded setting). A dataset's
   own earlier runs on this machine are shown as "your earlier runs", and they and a reference
   of the same name are never evidence for its own forecast.
-* **Time** is a few timed training steps on this device times the plan's schedule, corrected by
+* **Time** is a few timed training steps on this device (at the run's own batch where a step is
+  short) times the plan's schedule, corrected by
   what finished runs on this machine took against their forecast; probes cost one extraction
   pass (nothing for features already cached) and a solve. The measuring lives in advisor/decide/timing.py.
 
@@ -137,8 +140,43 @@ def _probe_sample_cv(sample_cv: dict[str, float], strategy: str) -> float | None
     return max(sample_cv.values()) if sample_cv else None
 
 
-def _xp(per_class: float, input_size: float | None) -> list[float]:
-    return [1.0, _size_term(input_size), math.log10(max(per_class, 1.0))]
+PROFILE_INPUT_SIZE = 224  # the size a profile's probe CV is measured at, where a record does not say
+
+
+def resolution_lost(image_side: float | None, input_size: float | None, profile_size: float | None = None) -> float:
+    """Octaves of detail the run's input size discards that the profile's probe CV saw.
+
+    A network sees an image at min(its own size, the input size): a 64-px run loses nothing on
+    28-px digits that a 224-px profile saw, and about 1.8 octaves on 256-px photos.
+    ``image_side``: the images' median shorter side (None: larger than either size).
+    """
+    side = image_side if image_side and image_side > 0 else math.inf
+    return math.log2(min(side, profile_size or PROFILE_INPUT_SIZE) / min(side, input_size or RECORD_INPUT_SIZE))
+
+
+def cv_size_ratio(per_class: float, train_images: int | None, cv_images: int | None) -> float:
+    """Octaves more training images per class the run fits on than each fold of the profile's CV did.
+
+    The CV runs on a sample (``cv_images``) in min(5, images per class in the sample) folds: with
+    2 images per class each fold trains on 1, the run on 2 (one octave); on a 300-image sample of
+    3,000 the run sees ten times what a fold did. Unknown sizes: the CV is taken to have seen the
+    whole training split.
+    """
+    pc = max(per_class, 1.0)
+    classes = max(1.0, train_images / pc) if train_images else None
+    sample_pc = min(pc, cv_images / classes) if cv_images and classes else pc
+    folds = max(2, min(5, int(sample_pc)))
+    return math.log2(pc / max(sample_pc * (folds - 1) / folds, 0.5))
+
+
+def _xp(lost: float, ratio: float) -> list[float]:
+    """Probe-gap features: intercept, resolution lost, CV size ratio (see the two functions above)."""
+    return [1.0, lost, ratio]
+
+
+def _xpr(r: dict) -> list[float]:
+    return _xp(resolution_lost(r.get("image_side"), r.get("input_size"), r.get("profile_size")),
+               cv_size_ratio(r["train_per_class_median"], r.get("train_images"), r.get("cv_images")))
 
 
 def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
@@ -153,11 +191,12 @@ def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
 
 
 def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
-    """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on input size and images per class."""
+    """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on the resolution the run's
+    input size loses against the profile's and how many more images per class the run fits on than a CV fold."""
     rows = _probe_rows(records)
     if len({group_of(r) for r, _, _ in rows}) < 3:
         return None
-    return _ridge([_xp(r["train_per_class_median"], r.get("input_size")) for r, _, _ in rows], [g for _, _, g in rows])
+    return _ridge([_xpr(r) for r, _, _ in rows], [g for _, _, g in rows])
 
 
 def probe_gap_residuals(records: Sequence[dict]) -> list[float]:
@@ -167,7 +206,7 @@ def probe_gap_residuals(records: Sequence[dict]) -> list[float]:
         if coef is None:
             continue
         for r, _, gap in _probe_rows([q for q in records if group_of(q) == g]):
-            out.append(gap - sum(c * v for c, v in zip(coef, _xp(r["train_per_class_median"], r.get("input_size")), strict=True)))
+            out.append(gap - sum(c * v for c, v in zip(coef, _xpr(r), strict=True)))
     return out
 
 
@@ -281,7 +320,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              short_schedule: bool = False, records: Sequence[dict] | None = None, input_size: int | None = None,
              schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
              time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0,
-             overhead_seconds: float = 0.0) -> Forecast:
+             overhead_seconds: float = 0.0, image_side: float | None = None,
+             profile_size: int | None = None) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
@@ -293,6 +333,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     files); added to every time, unscaled (it is measured from finished runs' own wall times).
     ``cv_images``: how many images the probe CV held out; a CV on a handful (a few-shot set) is
     noisy itself, and the probes' intervals are at least as wide as its binomial spread.
+    ``image_side`` (the images' median shorter side) and ``profile_size`` (the size the profile's
+    CV ran at): the probe CV's shift to the run's accuracy depends on the detail the run's input
+    size loses (:func:`resolution_lost`) and on how many more images it trains on (:func:`cv_size_ratio`).
 
     Time: a training step's forward is about a third of its forward + backward, so one image's
     extraction costs ``step_seconds / (3 * batch_size)`` plus its decoding; a probe adds its
@@ -317,11 +360,14 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         if extract_images_per_second else None
     gap_coef = fit_probe_gap(records)
     if gap_coef is not None:
-        shift = sum(c * v for c, v in zip(gap_coef, _xp(per_class, input_size), strict=True))
+        lost = resolution_lost(image_side, input_size, profile_size)
+        ratio = cv_size_ratio(per_class, train_images, cv_images)
+        shift = sum(c * v for c, v in zip(gap_coef, _xp(lost, ratio), strict=True))
         res = probe_gap_residuals(records)
         spread = (_quantile(res, 0.1), _quantile(res, 0.9)) if len(res) >= 4 else (0.0, 0.0)
         how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV on {len({group_of(r) for r, _, _ in _probe_rows(records)})} "
-                     f"reference sets, {input_size or RECORD_INPUT_SIZE} px")
+                     f"reference sets, for {lost:.1f} octaves of resolution lost at {input_size or RECORD_INPUT_SIZE} px "
+                     f"and {2 ** ratio:.1f}x the images per class a CV fold trained on")
     else:  # an old record without profiling-sample CVs: the median validation-vs-run CV gap
         gaps = cv_gaps(records)
         shift = _quantile(gaps, 0.5) if gaps else 0.0

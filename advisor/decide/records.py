@@ -64,6 +64,12 @@ class LocalOutcome(BaseModel):
     input_size: int | None = Field(None, ge=16, le=4096)
     schedule_share: float | None = Field(None, gt=0, le=1e3)
     sample_cv: dict[str, float] | None = None
+    # what the probe-gap model reads (older lines lack them): the sample CV's and the training split's
+    # sizes, the images' median shorter side and the size the profile ran at
+    cv_images: int | None = Field(None, ge=1, le=10**8)
+    train_images: int | None = Field(None, ge=1, le=10**8)
+    image_side: float | None = Field(None, gt=0, le=1e6)
+    profile_size: int | None = Field(None, ge=16, le=4096)
     device: str | None = Field(None, max_length=200)
     time: str | None = Field(None, max_length=40)
 
@@ -106,7 +112,8 @@ def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
         entry = by.setdefault((o["dataset"], size), {
             "dataset": f"{Path(o['dataset']).name} (local)", "path": o["dataset"], "accuracy": {},
             "train_per_class_median": o["train_per_class_median"], "similarity": o.get("similarity"),
-            "input_size": size, "schedule_share": o.get("schedule_share")})
+            "input_size": size, "schedule_share": o.get("schedule_share"),
+            **{k: o[k] for k in ("cv_images", "train_images", "image_side", "profile_size") if o.get(k) is not None}})
         entry["accuracy"][o["strategy"]] = o["achieved"]
         if o.get("cv") is not None:
             entry.setdefault("probe_cv", {})[o["strategy"]] = o["cv"]
@@ -143,6 +150,8 @@ def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Pa
            "forecast_seconds": f.seconds, "seconds": round(seconds, 2),
            **({"fit_seconds": round(fit_seconds, 2)} if fit_seconds is not None else {}), "input_size": rec.plan.input_size,
            "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
+           "cv_images": p.probe_cv_images, "train_images": p.train_images or None, "image_side": p.sizes.median_side,
+           "profile_size": p.input_size,
            "device": machine_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = local_record_path() if path is None else path
     append_text(path, json.dumps(row) + "\n")  # one line per run; parallel runs' lines do not interleave
