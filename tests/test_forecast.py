@@ -247,4 +247,10 @@ def test_a_probe_forecast_at_a_smaller_input_size_drops_with_the_detail_the_imag
     photos = {f.strategy: f for f in forecast(**common, image_side=400).strategies}["linear-probe"]
     digits = {f.strategy: f for f in forecast(**common, image_side=28).strategies}["linear-probe"]
     assert photos.accuracy == pytest.approx(0.65, abs=0.02) and digits.accuracy == pytest.approx(0.80, abs=0.02)
-    assert "octaves of resolution lost at 64 px" in photos.method
+    assert "1.8 octaves of detail lost at 64 px" in photos.method and "no detail lost at 64 px" in digits.method
+
+
+def test_forecast_times_show_whole_seconds_and_a_cached_probes_fraction_as_under_one():
+    from advisor.cli.advice import seconds_text
+
+    assert (seconds_text(0.4), seconds_text(0.5), seconds_text(187.2), seconds_text(None)) == ("<1 s", "<1 s", "187 s", "-")

@@ -75,7 +75,7 @@ def render_recommendation(rec, *, verbose: bool = False) -> None:
         for c in ("strategy", "accuracy", "80 % interval", "time", "from"):
             t.add_column(c, overflow="fold")
         for f in rec.forecast.strategies:
-            when = f"{f.seconds:.0f} s" if f.seconds is not None else "-"
+            when = seconds_text(f.seconds)
             if f.epochs and f.seconds_per_epoch is not None:
                 when += f" ({f.epochs} x {f.seconds_per_epoch:.0f} s)"
             mark = " ◆" if f.strategy == rec.strategy else ""
@@ -129,7 +129,7 @@ def _render_recommendation_compact(rec) -> None:
             t.add_column(c, justify=justify, no_wrap=True)
         for f in rec.forecast.strategies:
             mark = " ◆" if f.strategy == rec.strategy else ""
-            when = f"{f.seconds:.0f} s" if f.seconds is not None else "-"
+            when = seconds_text(f.seconds)
             t.add_row(f.strategy + mark, f"{f.accuracy:.3f}", f"{f.low:.3f}-{f.high:.3f}", when, f"\\[{methods.index(f.method) + 1}]")
         out.print(t)
         for i, m in enumerate(methods, 1):
@@ -204,3 +204,10 @@ def _render_backbones(rec) -> None:
                   o.best_strategy, f"{o.best_accuracy:.3f}", "-" if secs is None else f"{secs:.0f} s")
     out.print(t)
     out.print(f"[dim]{shown(r.sentence)}[/dim]")
+
+
+def seconds_text(seconds: float | None) -> str:
+    """A forecast time as the table shows it: whole seconds, "<1 s" for a cached probe's fraction, "-" for none."""
+    if seconds is None:
+        return "-"
+    return "<1 s" if round(seconds) < 1 else f"{seconds:.0f} s"
