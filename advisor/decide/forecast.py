@@ -368,7 +368,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         detail = (f"{lost:.1f} octaves of detail lost at {input_size or RECORD_INPUT_SIZE} px" if abs(lost) >= 0.05
                   else f"no detail lost at {input_size or RECORD_INPUT_SIZE} px")
         how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV on {len({group_of(r) for r, _, _ in _probe_rows(records)})} "
-                     f"reference sets, given {detail} and {2 ** ratio:.1f}x the images per class of a CV fold")
+                     f"reference sets ({detail}; {2 ** ratio:.1f}x a CV fold's data)")
     else:  # an old record without profiling-sample CVs: the median validation-vs-run CV gap
         gaps = cv_gaps(records)
         shift = _quantile(gaps, 0.5) if gaps else 0.0
