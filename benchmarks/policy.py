@@ -189,6 +189,11 @@ def forecast_summary(errors: list[dict]) -> dict:
             "noise_floor_within_2": round(statistics.fmean(floor), 3)}
 
 
+# Cells recorded from here on were forecast by today's timing (a short step timed at the run's own
+# batch, an epoch's partial batch by its share: commits 770e145 and c759f33); earlier ones were not.
+CURRENT_TIMING_SINCE = "2026-12-06T16:45:00"
+
+
 def time_summary(cells: list[dict]) -> dict:
     """The wall-time forecast each cell's `recommend` made (timed steps on that machine) against the measured time.
 
@@ -201,9 +206,22 @@ def time_summary(cells: list[dict]) -> dict:
     if not ratios:
         return {}
     fed = [r / statistics.median(ratios[max(0, i - 5):i]) for i, r in enumerate(ratios) if i >= 1]
+    now = [c["strategies"][s]["seconds"] / f["seconds"] for c in cells if c.get("time", "") >= CURRENT_TIMING_SINCE
+           for s, f in (c.get("forecast") or {}).items() if f.get("seconds") and c["strategies"].get(s, {}).get("seconds")]
     return {"runs": len(ratios), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in ratios) / len(ratios), 3),
             "median_achieved_over_forecast": round(statistics.median(ratios), 2),
-            "with_feedback_within_30_percent": round(sum(0.7 <= r <= 1.3 for r in fed) / len(fed), 3) if fed else None}
+            "with_feedback_within_30_percent": round(sum(0.7 <= r <= 1.3 for r in fed) / len(fed), 3) if fed else None,
+            **({"current_timing": {"runs": len(now), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in now) / len(now), 3),
+                                   "median_achieved_over_forecast": round(statistics.median(now), 2)}} if now else {})}
+
+
+def current_timing_text(tsum: dict) -> str:
+    """A sentence on the runs forecast by today's step timing, where the record has any."""
+    cur = tsum.get("current_timing")
+    if not cur:
+        return ""
+    return (f" Runs forecast by the current timing (recorded since {CURRENT_TIMING_SINCE[:10]}): {cur['within_30_percent']:.0%} "
+            f"of {cur['runs']} within +-30 % (median achieved/forecast {cur['median_achieved_over_forecast']:.2f}).")
 
 
 def noise_floor(cells: list[dict]) -> dict:
@@ -278,7 +296,8 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
     if tsum:
         lines += ["", f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast "
                       f"(median achieved/forecast {tsum['median_achieved_over_forecast']:.2f}); "
-                      f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back."]
+                      f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back."
+                      + current_timing_text(tsum)]
     lines += ["", "### Noise floor: seed-to-seed standard deviation (points)", ""]
     lines += [f"- {s}: {v['mean_sd_points']:.2f} over {v['cells']} cells" for s, v in noise.items()] or ["- no cell has several seeds yet"]
     lines += ["", "### Per cell (regret in points; * = tied with the best)", "",
@@ -346,7 +365,8 @@ def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noi
         f"{v['noise_floor_within_2']:.0%}), 80 % interval coverage {v['coverage_80']:.0%}" for k, v in fsum.items() if v) + "."]
     if tsum:
         lines.append(f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast; "
-                     f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back.")
+                     f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back."
+                     + current_timing_text(tsum))
     if trade:
         lines.append("Accuracy for time (the cheapest strategy forecast within a margin of the best; every cell): " + "; ".join(
             f"{t['margin_points']:g} points: mean regret {t['mean_regret']:.2f}, time {t['time_ratio']:.2f}x" for t in trade)
@@ -463,7 +483,8 @@ def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum
                   + "; ".join(flines) + "."]
     if tsum:
         lines[-1] += (f" Wall time within +-30 %: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs "
-                      f"({tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back; target 80 %).")
+                      f"({tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back; target 80 %)."
+                      + current_timing_text(tsum))
     lines += ["", end]
     before, rest = text.split(start, 1)
     path.write_text(before + "\n".join(lines) + rest.split(end, 1)[1])
@@ -494,7 +515,7 @@ def update_forecast_error(path: Path, fsum: dict, tsum: dict, errors: list[dict]
     if tsum:
         lines.append(f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % (median achieved/"
                      f"forecast {tsum['median_achieved_over_forecast']:.2f}); {tsum['with_feedback_within_30_percent']:.0%} "
-                     "with the correction finished runs feed back on a user's machine.")
+                     "with the correction finished runs feed back on a user's machine." + current_timing_text(tsum))
     lines += ["", end]
     before, rest = text.split(start, 1)
     path.write_text(before + "\n".join(lines) + rest.split(end, 1)[1])
@@ -585,7 +606,7 @@ def main() -> None:
     if tsum:
         print(f"time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within 30 % (median achieved/forecast "
               f"{tsum['median_achieved_over_forecast']:.2f}); with the finished-run feedback "
-              f"{tsum['with_feedback_within_30_percent']:.0%}")
+              f"{tsum['with_feedback_within_30_percent']:.0%}" + current_timing_text(tsum))
     for size, f in fsum.items():
         if f:
             print(f"forecast {size}: within 2 points {f['within_2_points']:.0%} (noise floor {f['noise_floor_within_2']:.0%}), "

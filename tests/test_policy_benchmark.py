@@ -137,3 +137,27 @@ def test_the_shipped_policy_is_the_one_the_records_rank_first(policy):
     assert len({c["dataset"] for c in cells}) >= 4
     _, _, rows = policy.evaluate(cells)
     assert policy.winner(rows) == DEFAULT_POLICY
+
+
+def test_time_summary_reports_the_runs_forecast_by_the_current_timing_apart(policy):
+    def cell(time, achieved):
+        return {"time": time, "strategies": {"full-finetune": {"seconds": achieved}},
+                "forecast": {"full-finetune": {"seconds": 100.0}}}
+
+    old, new = "2026-01-01T00:00:00", policy.CURRENT_TIMING_SINCE
+    tsum = policy.time_summary([cell(old, 50.0), cell(old, 55.0), cell(new, 95.0), cell(new, 139.0)])
+    assert tsum["runs"] == 4 and tsum["within_30_percent"] == 0.25
+    assert tsum["current_timing"] == {"runs": 2, "within_30_percent": 0.5, "median_achieved_over_forecast": 1.17}
+    assert "50% of 2 within +-30 %" in policy.current_timing_text(tsum)
+    assert "current_timing" not in policy.time_summary([cell(old, 50.0)]) and policy.current_timing_text({}) == ""
+
+
+def test_a_cells_probe_gap_inputs_come_from_its_profile():
+    records = _load("records")
+    cell = {"train_images": 500, "profile": {"sizes": {"count": 9, "median_width": 341.0, "median_height": 256.0},
+                                             "probe_cv_images": 300, "input_size": 224}}
+    assert records.probe_gap_inputs(cell) == {"train_images": 500, "cv_images": 300, "image_side": 256.0,
+                                              "profile_size": 224}
+    older = {"train_images": 40, "profile": {"sizes": {"count": 0}, "input_size": 224}}  # before the CV's size was kept
+    assert records.probe_gap_inputs(older) == {"train_images": 40, "cv_images": 40, "image_side": None,
+                                               "profile_size": 224}
