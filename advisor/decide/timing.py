@@ -61,14 +61,19 @@ def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device:
 
 
 def _median_step(net, opt, batch: int, input_size: int, device, steps: int) -> float:
+    """Median seconds of ``steps`` optimiser steps after one warm-up, in the run's precision: bfloat16
+    autocast on CUDA as the training loop uses (strategies/loop_data.py), float32 elsewhere."""
     x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
+    cuda = torch.device(device).type == "cuda"
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        net(x).float().mean().backward()
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cuda):
+            out = net(x)
+        out.float().mean().backward()
         opt.step()
-        if str(device).startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
         if i:  # the first step pays one-off allocation and kernel selection
             times.append(time.perf_counter() - t0)
