@@ -120,7 +120,7 @@ def test_the_readme_block_states_the_record_and_each_target_met_or_missed(policy
     assert "better than every fixed baseline" in missed  # it ties itself: no margin over the baselines
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- policy-readme -->\nold text\n<!-- /policy-readme -->\nafter\n")
-    summary["all cells, both sizes"] = summary["128 px, all cells"]
+    summary["all cells, every size"] = summary["128 px, all cells"]
     policy.update_readme(readme, cells, summary, {}, {}, {}, "best-forecast", policy.tradeoff(rows), "python x.py")
     text = readme.read_text()
     assert text.startswith("intro\n<!-- policy-readme -->") and text.endswith("<!-- /policy-readme -->\nafter\n")
