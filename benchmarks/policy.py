@@ -69,7 +69,6 @@ def as_record(c: dict) -> dict:
             "sample_cv": c["profile"].get("probe_cv") or {}, "best": c["best"], **probe_gap_inputs(c)}
 
 
-
 def as_point(c: dict) -> dict:
     return {"dataset": c["dataset"], "group": c["dataset"], "profile": c["profile_model"],
             "accuracy": {s: v["accuracy"] for s, v in c["strategies"].items()}, "epochs_cap": c["epochs_cap"]}

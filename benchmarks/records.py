@@ -93,9 +93,10 @@ def probe_gap_inputs(c: dict) -> dict:
     """What the forecaster's probe-gap model reads of a cell: its sizes, the images' median shorter side and
     the size its profile ran at. Cells measured before the profile recorded the CV's size: the training
     images its sample could hold (300)."""
+    from advisor.data.scan import SizeSummary
+
     p = c["profile"]
-    sizes = p.get("sizes") or {}
-    side = min(sizes["median_width"], sizes["median_height"]) if sizes.get("count") else None
+    side = SizeSummary.model_validate(p["sizes"]).median_side if p.get("sizes") else None
     return {"train_images": c["train_images"], "cv_images": p.get("probe_cv_images") or min(c["train_images"], 300),
             "image_side": side, "profile_size": p.get("input_size")}
 

@@ -154,10 +154,11 @@ def test_time_summary_reports_the_runs_forecast_by_the_current_timing_apart(poli
 
 def test_a_cells_probe_gap_inputs_come_from_its_profile():
     records = _load("records")
-    cell = {"train_images": 500, "profile": {"sizes": {"count": 9, "median_width": 341.0, "median_height": 256.0},
-                                             "probe_cv_images": 300, "input_size": 224}}
+    sizes = {"count": 9, "min_width": 200, "min_height": 150, "median_width": 341.0, "median_height": 256.0,
+             "max_width": 500, "max_height": 400, "smaller_than": {"224": 1}}
+    cell = {"train_images": 500, "profile": {"sizes": sizes, "probe_cv_images": 300, "input_size": 224}}
     assert records.probe_gap_inputs(cell) == {"train_images": 500, "cv_images": 300, "image_side": 256.0,
                                               "profile_size": 224}
-    older = {"train_images": 40, "profile": {"sizes": {"count": 0}, "input_size": 224}}  # before the CV's size was kept
+    older = {"train_images": 40, "profile": {"input_size": 224}}  # before the CV's size (and sizes) were kept
     assert records.probe_gap_inputs(older) == {"train_images": 40, "cv_images": 40, "image_side": None,
                                                "profile_size": 224}
