@@ -61,10 +61,15 @@ def auto_vs_strategy(dataset: Path, extra: list[str]) -> None:
         tmp = Path(tmp)
         auto, run_dir = timed_run([str(dataset), "--auto", *extra], tmp / "cache-auto", tmp / "runs-auto")
         strategy = json.loads((run_dir / "plan.json").read_text())["strategy"]
+        rec = json.loads((run_dir / "recommendation.json").read_text())
         forced, _ = timed_run([str(dataset), "--strategy", strategy, *extra], tmp / "cache-forced", tmp / "runs-forced")
     ratio = auto / forced
     print(f"{dataset.name}: run --auto {auto:.1f} s, run --strategy {strategy} {forced:.1f} s (both cold): ratio {ratio:.2f} "
           f"(target <= 1.2: {'met' if ratio <= 1.2 else 'MISSED'}); load average {os.getloadavg()[0]:.1f}")
+    stages = rec.get("stage_seconds") or {}
+    if stages:  # where the advice's seconds went (the forced run scans and builds the backbone too)
+        print(f"  the advice took {rec.get('seconds') or 0:.1f} s: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])))
 
 
 def repeated_copy(src: Path, dst: Path, times: int) -> int:

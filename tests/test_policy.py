@@ -182,6 +182,10 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     assert rec.strategy == rec.plan.strategy == rec.decision.chosen
     assert "budget" not in rec.plan.rule_ids and not any("budget" in w for w in rec.warnings)
     assert rec.plan.input_size == 64 and rec.forecast.input_size == 64
+    # the recommendation's seconds split by stage: the profile's, then the forecast's own
+    assert {"features", "step timing", "forecast"} <= set(rec.stage_seconds)
+    assert list(rec.stage_seconds)[: len(rec.profile.stage_seconds)] == list(rec.profile.stage_seconds)
+    assert sum(rec.stage_seconds.values()) <= rec.seconds + 0.05
     if rec.plan.recipe is not None:
         assert rec.plan.recipe.epochs == 2
     # report.html says the same, and its map marks each reference with the strategy that measured best there

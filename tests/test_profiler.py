@@ -248,6 +248,10 @@ def test_profile_dataset_measures_the_dataset(profile_dataset_dir):
     assert bb.name == "test/tiny-cnn" and scan.num_images == 29
     _check_profile(profile, profile_dataset_dir)
     assert profile.similarity.bootstrap_rounds == 50
+    # where the profile's time went, stage by stage, in the order they ran
+    stages = list(profile.stage_seconds)
+    assert stages[:4] == ["scan", "backbone", "exact duplicates", "features"] and "similarity" in stages
+    assert all(v >= 0 for v in profile.stage_seconds.values())
 
 
 def test_second_profile_does_no_forward_pass(profile_dataset_dir, monkeypatch):
@@ -346,3 +350,21 @@ def test_a_few_shot_training_split_beside_a_large_validation_split_still_fills_t
     picked = profiling_sample(usual, 300, seed=0)
     assert all(s.split == "train" for s in picked) and Counter(s.label for s in picked) == {c: 75 for c in range(4)}
     assert profiling_sample(usual[:30], 300, seed=0) == usual[:30]  # a dataset smaller than the sample: all of it
+
+
+def test_stage_clock_adds_up_a_stage_entered_twice_and_counts_a_failing_one():
+    import time
+
+    from advisor.core.clock import StageClock, top_stages
+
+    clock = StageClock()
+    for _ in range(2):
+        with clock("a"):
+            time.sleep(0.01)
+    try:
+        with clock("b"):
+            raise ValueError("stops here")
+    except ValueError:
+        pass
+    assert list(clock.seconds) == ["a", "b"] and clock.seconds["a"] >= 0.02 and clock.seconds["b"] >= 0
+    assert top_stages({"x": 1.0, "y": 3.0, "z": 2.0}, 2) == "y 3.0 s, z 2.0 s"

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from advisor.cli.render import _iv, display_path, out, render_profile, shorten_left, shown
+from advisor.core.clock import top_stages
 
 
 def render_recommendation(rec, *, verbose: bool = False) -> None:
@@ -89,7 +90,8 @@ def render_recommendation(rec, *, verbose: bool = False) -> None:
         for n in sources:
             out.print(f"  [dim]- times: {shown(n)}[/dim]", soft_wrap=True)
     if rec.seconds is not None:
-        out.print(f"[dim]measured in {rec.seconds:.1f} s[/dim]")
+        most = f" (most in {top_stages(rec.stage_seconds, 3)})" if rec.stage_seconds else ""
+        out.print(f"[dim]measured in {rec.seconds:.1f} s{most}[/dim]")
 
 
 _CELLS = {("small", "similar"): "linear-probe", ("small", "different"): "layer-probe",

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from advisor.backbones import PRE_LOGITS
+from advisor.core.clock import StageClock
 from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.core.io import read_model, write_text_atomic
@@ -137,11 +138,14 @@ def recommend_dataset(
     short, warning = _short_cap(rec)
     if warning:
         rec.warnings.append(warning)
+    clock = StageClock()
+    clock.seconds.update(profile.stage_seconds)
     if profile.probe_cv:
         rec.forecast, kwargs = _forecast(rec, backbone_model, scan, device=device, short_schedule=short,
-                                         cache_dir=cache_dir, dataset=str(Path(dataset).resolve()))
+                                         cache_dir=cache_dir, dataset=str(Path(dataset).resolve()), clock=clock)
         if rec.profile.probe_curve:
-            rec.more_data = more_data(rec, kwargs, forecast, schedule=lambda n: finetune_schedule(n)[1],
+            with clock("more data"):
+                rec.more_data = more_data(rec, kwargs, forecast, schedule=lambda n: finetune_schedule(n)[1],
                                       epochs_cap=rec.epochs_cap, large_per_class=rec.thresholds["large_per_class"],
                                       large_total=rec.thresholds["large_total"])
         if warning:
@@ -154,6 +158,7 @@ def recommend_dataset(
         if budget_seconds is not None:
             _fit_budget(rec, budget_seconds, taps=backbone_model.taps, input_size=input_size)
     rec.seconds = round(time.perf_counter() - t0, 2)
+    rec.stage_seconds = clock.rounded()
     return rec
 
 
@@ -303,7 +308,7 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
 
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
-              cache_dir=None, dataset: str | None = None) -> Forecast:
+              cache_dir=None, dataset: str | None = None, clock: StageClock | None = None) -> Forecast:
     from advisor.decide.records import local_outcomes, local_record_path
 
     p = rec.profile
@@ -313,8 +318,10 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     epochs = plan.recipe.epochs if plan.recipe is not None else default_recipe(p.train_images, full=True).epochs
     if rec.epochs_cap is not None:
         epochs = min(epochs, rec.epochs_cap)
+    clock = clock if clock is not None else StageClock()
     dev = resolve_device(device)
-    step, source, timed_at = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
+    with clock("step timing"):
+        step, source, timed_at = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
     # Only runs forecast from this timing say how good it is.
     finished = local_outcomes(local_record_path())
     factor, runs = time_correction(finished, device=machine_name(dev), since=timed_at)
@@ -322,14 +329,16 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     # Finished runs that took less than half or more than twice their forecast say the timing is wrong
     # (taken under load, or stale): time the step again, and the correction starts afresh from it.
     retime = bool(runs) and not RETIME_RATIO[0] <= factor <= RETIME_RATIO[1]
-    if retime:
-        step, source, _ = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=True)
     frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
-    partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime=retime)[0] if frozen else None
+    with clock("step timing"):
+        if retime:
+            step, source, _ = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=True)
+        partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime=retime)[0] if frozen else None
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
-    decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
-    cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
+    with clock("forecast"):
+        decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
+        cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
     if cached:
         source += f"; {cached:.0%} of the images' features already cached at {plan.input_size} px"
     if retime:
@@ -348,7 +357,8 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                   schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
                   time_source=source, cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead,
                   image_side=p.sizes.median_side, profile_size=p.input_size)
-    return forecast(**kwargs), kwargs
+    with clock("forecast"):
+        return forecast(**kwargs), kwargs
 
 
 def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: int = 64, seed: int = 0) -> float:

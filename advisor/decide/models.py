@@ -137,6 +137,8 @@ class Recommendation(BaseModel):
     epochs_cap: int | None = None  # the fine-tune epoch cap the advice assumed
     plan: RunPlan
     seconds: float | None = None
+    # Wall seconds per stage (the profile's, then step timing, forecast, more data): where ``seconds`` went.
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
     forecast: Forecast | None = None  # every strategy's expected accuracy and cost (advisor/decide/forecast.py)
     more_data: MoreData | None = None  # the forecast at 2x and 4x the images (advisor/decide/curves.py)
     backbones: BackboneRanking | None = None  # with --backbones: every candidate's evidence and forecast, ranked

@@ -148,3 +148,5 @@ class DatasetProfile(BaseModel):
     labels: LabelReport | None = None  # images of the sample whose label the data contradicts
     split_source: str
     split_seed: int | None = None
+    # Wall seconds of each profiling stage (scan, backbone, features, similarity, probe CV, ...): where recommend's time went.
+    stage_seconds: dict[str, float] = Field(default_factory=dict)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from advisor.backbones import PRE_LOGITS, Backbone, create_backbone
+from advisor.core.clock import StageClock
 from advisor.core.distributed import resolve_device
 from advisor.data.imagefile import file_digest, load_image
 from advisor.data.scan import DatasetScan, Sample, scan_dataset
@@ -156,12 +157,15 @@ def build_profile(
     num_workers: int | None = None,
     progress: StageProgress | None = None,
     similarity: bool = True,
+    clock: StageClock | None = None,
 ) -> DatasetProfile:
     """The measured profile of a scanned dataset, with ImageNet similarity on ``backbone``.
 
     ``similarity=False`` skips everything that needs a forward pass (similarity, near
     duplicates, greyscale share): what a run with a forced strategy needs from the profile.
+    ``clock`` collects each stage's seconds (``profile.stage_seconds``; a fresh one by default).
     """
+    clock = clock if clock is not None else StageClock()
     dev = resolve_device(device)
     train = scan.split("train")
     per_class = {c: 0 for c in scan.classes}
@@ -170,7 +174,8 @@ def build_profile(
     counts = list(per_class.values())
     input_size = backbone.transform_config.input_size
 
-    exact = exact_duplicates(scan)
+    with clock("exact duplicates"):
+        exact = exact_duplicates(scan)
     near: list[DuplicateGroup] = []
     used: list[Sample] = []
     grey = measured = flips = None
@@ -184,19 +189,22 @@ def build_profile(
     if similarity:
         sample = profiling_sample(scan.samples, sample_size, seed=seed)
         # Every tap comes from the same forward pass; the per-depth evidence reads them all.
-        feature_set = extract_features(
-            sample, backbone, bn_moments=bool(backbone.bn_layers()), device=str(dev),
-            cache_dir=cache_dir, num_workers=num_workers,
-            progress=(lambda d, t: progress("features", d, t)) if progress else None,
-        )
+        with clock("features"):
+            feature_set = extract_features(
+                sample, backbone, bn_moments=bool(backbone.bn_layers()), device=str(dev),
+                cache_dir=cache_dir, num_workers=num_workers,
+                progress=(lambda d, t: progress("features", d, t)) if progress else None,
+            )
         used = [sample[i] for i in feature_set.index]
-        near = near_duplicates(feature_set.features[PRE_LOGITS], used, scan.classes, exclude={frozenset(g.paths) for g in exact})
         if progress:
             progress("similarity", 0, 1)
-        reference, missing = load_reference(backbone)
-        measured = measure_similarity(feature_set, backbone, reference=reference, reference_missing=missing,
-                                      rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
-        grey = greyscale_share(feature_set, rounds=rounds, seed=seed)
+        with clock("similarity"):
+            near = near_duplicates(feature_set.features[PRE_LOGITS], used, scan.classes,
+                                   exclude={frozenset(g.paths) for g in exact})
+            reference, missing = load_reference(backbone)
+            measured = measure_similarity(feature_set, backbone, reference=reference, reference_missing=missing,
+                                          rounds=rounds, seed=seed, device=dev) if len(used) >= 4 else None
+            grey = greyscale_share(feature_set, rounds=rounds, seed=seed)
         # What reads labels (tap evidence, the forecast's probe CV, the flip check) sees training
         # images only: their results choose taps, flips and strategies, and the validation split's
         # accuracy is what runs report.
@@ -206,27 +214,33 @@ def build_profile(
         train_labels = feature_set.labels[train_rows]
         enough = len(train_rows) >= 2 * len(scan.classes)
         if enough:
-            evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
+            with clock("tap evidence"):
+                evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
             t_cv = time.perf_counter()
-            probe_cv, best_l2, best_acc = _probe_cv(train_feats, train_labels, evidence, num_classes=len(scan.classes),
-                                                    seed=seed)
+            with clock("probe CV"):
+                probe_cv, best_l2, best_acc = _probe_cv(train_feats, train_labels, evidence,
+                                                        num_classes=len(scan.classes), seed=seed)
             units = sum(train_feats[t].shape[0] * train_feats[t].shape[1] for t in probe_cv)
             cv_unit = (time.perf_counter() - t_cv) / units if units else None
             if best_l2 is not None:
-                curve = probe_curve(train_feats[PRE_LOGITS], train_labels, num_classes=len(scan.classes), l2=best_l2,
-                                    seed=seed, full_accuracy=best_acc)
+                with clock("learning curve"):
+                    curve = probe_curve(train_feats[PRE_LOGITS], train_labels, num_classes=len(scan.classes),
+                                        l2=best_l2, seed=seed, full_accuracy=best_acc)
         # Labels the data contradicts, on every image of the sample (validation too): out-of-fold probe probabilities.
         conflicts = [(p, s, g, next(o for o in grp.labels if o != g)) for grp in (exact + near) if grp.conflicting_labels
                      for p, s, g in zip(grp.paths, grp.splits, grp.labels)]
-        labels_found = label_report(feature_set.features[PRE_LOGITS], feature_set.labels, [s.path for s in used],
-                                    [s.split for s in used], scan.classes, duplicates=conflicts, seed=seed, l2=best_l2)
+        with clock("label check"):
+            labels_found = label_report(feature_set.features[PRE_LOGITS], feature_set.labels, [s.path for s in used],
+                                        [s.split for s in used], scan.classes, duplicates=conflicts, seed=seed,
+                                        l2=best_l2)
         if progress:
             progress("similarity", 1, 1)
         if enough:
             if progress:
                 progress("flip check", 0, 1)
-            pixels, mirrored = thumbnails([used[i] for i in train_rows.tolist()])
-            flips = flip_check(pixels, mirrored, train_labels, num_classes=len(scan.classes), seed=seed)
+            with clock("flip check"):
+                pixels, mirrored = thumbnails([used[i] for i in train_rows.tolist()])
+                flips = flip_check(pixels, mirrored, train_labels, num_classes=len(scan.classes), seed=seed)
             if progress:
                 progress("flip check", 1, 1)
     dups = exact + near
@@ -272,6 +286,7 @@ def build_profile(
         labels=labels_found,
         split_source=scan.split_source,
         split_seed=scan.split_seed,
+        stage_seconds=clock.rounded(),
     )
 
 
@@ -310,10 +325,14 @@ def profile_dataset(
     similarity: bool = True,
 ) -> tuple[DatasetProfile, Backbone, DatasetScan]:
     """Scan ``dataset``, build ``backbone`` and measure the profile."""
-    scan = scan_dataset(dataset, val_fraction=val_fraction, seed=seed)
-    backbone_model = create_backbone(backbone, weights=weights)
+    clock = StageClock()
+    with clock("scan"):
+        scan = scan_dataset(dataset, val_fraction=val_fraction, seed=seed)
+    with clock("backbone"):
+        backbone_model = create_backbone(backbone, weights=weights)
     profile = build_profile(scan, backbone_model, sample_size=sample_size, seed=seed, rounds=rounds, device=device,
-                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=similarity)
+                            cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=similarity,
+                            clock=clock)
     return profile, backbone_model, scan
 
 
