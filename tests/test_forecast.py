@@ -254,3 +254,22 @@ def test_forecast_times_show_whole_seconds_and_a_cached_probes_fraction_as_under
     from advisor.cli.advice import seconds_text
 
     assert (seconds_text(0.4), seconds_text(0.5), seconds_text(187.2), seconds_text(None)) == ("<1 s", "<1 s", "187 s", "-")
+
+
+def test_the_extraction_pass_is_timed_as_extraction_runs_it_and_remembered_apart_from_the_step(tmp_path):
+    import json
+
+    from advisor.backbones import create_backbone
+    from advisor.decide import advise
+    from advisor.decide.models import RunPlan
+    from advisor.decide.timing import forward_seconds
+
+    bb = create_backbone("test/tiny-cnn", seed=0)
+    assert forward_seconds(bb, input_size=32, batch_size=32, device="cpu") > 0
+    plan = RunPlan(dataset="x", backbone="test/tiny-cnn", strategy="linear-probe", rule_ids=[], input_size=32,
+                   batch_size=16)
+    fwd = advise._step_seconds(bb, plan, torch.device("cpu"), 0, tmp_path, forward=True)[0]
+    step = advise._step_seconds(bb, plan, torch.device("cpu"), 0, tmp_path)[0]
+    keys = list(json.loads((tmp_path / advise.STEP_TIMES).read_text()))
+    # two entries: the forward at the extraction's batch (32 on the CPU), the step at the plan's (16)
+    assert len(keys) == 2 and "|32|forward|" in keys[0] and "|16|0|" in keys[1] and fwd > 0 and step > 0

@@ -19,8 +19,9 @@ from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import default_recipe
 from advisor.decide.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 from advisor.decide.rules.policy import DEFAULT_POLICY, decide
-from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, decode_seconds, finetune_step_seconds, run_overhead,
-                                   time_correction)
+from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, decode_seconds, finetune_step_seconds, forward_seconds,
+                                   run_overhead, time_correction)
+from advisor.measure.features import extraction_batch_size
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 
 
@@ -269,20 +270,22 @@ RETIME_RATIO = (0.5, 2.0)  # finished runs' achieved/forecast time outside this:
 
 
 def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
-                  retime: bool = False) -> tuple[float, str, str]:
+                  retime: bool = False, forward: bool = False) -> tuple[float, str, str]:
     """(seconds of a training step, where that figure comes from, when it was timed), remembered in the cache folder.
 
-    The key names the backbone, weights, input size, batch, frozen stages, device and thread
-    count; each entry records the load the step was timed under. A step timed while other
-    processes kept the cores busier than now is timed again, and an entry that is not a finite
-    positive number is ignored.
+    ``forward``: an extraction batch's inference pass instead (:func:`forward_seconds`, at the
+    extraction's batch). The key names the backbone, weights, input size, batch, frozen stages
+    (or "forward"), device and thread count; each entry records the load the step was timed
+    under. A step timed while other processes kept the cores busier than now is timed again, and
+    an entry that is not a finite positive number is ignored.
     """
     import json
 
     from advisor.core.io import default_cache_dir, read_bytes_checked
 
-    key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, plan.batch_size,
-                              frozen, machine_name(dev), STEP_TIMING)))
+    batch = extraction_batch_size(dev) if forward else plan.batch_size
+    key = "|".join(map(str, (backbone_model.name, backbone_model.weights_digest[:16], plan.input_size, batch,
+                              "forward" if forward else frozen, machine_name(dev), STEP_TIMING)))
     path = Path(cache_dir or default_cache_dir()) / STEP_TIMES
     try:  # read back like input: a regular file of bounded size (a FIFO here must not hang recommend)
         known = json.loads(read_bytes_checked(path, max_bytes=4 << 20))
@@ -297,8 +300,11 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
         calm = not (isinstance(then, (int, float)) and load is not None and then - load > RETIME_LOAD)
         if usable and calm:
             return float(secs), f"step timed {stamp} (load {then if then is not None else '?'})", stamp
-    seconds = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=plan.batch_size, device=dev,
-                                    frozen_stages=frozen)
+    if forward:
+        seconds = forward_seconds(backbone_model, input_size=plan.input_size, batch_size=batch, device=dev)
+    else:
+        seconds = finetune_step_seconds(backbone_model, input_size=plan.input_size, batch_size=batch, device=dev,
+                                        frozen_stages=frozen)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         write_text_atomic(path, json.dumps({**known, key: {"seconds": seconds, "load": load, "time": stamp}}, indent=1))
@@ -334,10 +340,14 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         if retime:
             step, source, _ = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=True)
         partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime=retime)[0] if frozen else None
+        extract_batch = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=retime, forward=True)[0]
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     with clock("forecast"):
         decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
+        # Decoding runs in loader workers beside the forward pass: the slower of the two sets the pace
+        # (benchmarks/extract_throughput.py: cold extraction at 0.94 of the bare forward on 2 CPU cores).
+        extract_rate = 1.0 / max(extract_batch / extraction_batch_size(dev), decode)
         cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
     if cached:
         source += f"; {cached:.0%} of the images' features already cached at {plan.input_size} px"
@@ -352,7 +362,7 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                   per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
                   epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
-                  decode_seconds_per_image=decode, probe_solve_seconds=_probe_solve_seconds(rec, taps),
+                  decode_seconds_per_image=decode, extract_images_per_second=extract_rate, probe_solve_seconds=_probe_solve_seconds(rec, taps),
                   short_schedule=short_schedule, input_size=plan.input_size,
                   schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
                   time_source=source, cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead,

@@ -20,7 +20,7 @@
 * **Time** is a few timed training steps on this device (at the run's own batch where a step is
   short) times the plan's schedule, corrected by
   what finished runs on this machine took against their forecast; probes cost one extraction
-  pass (nothing for features already cached) and a solve. The measuring lives in advisor/decide/timing.py.
+  pass (a few timed inference passes; nothing for features already cached) and a solve. The measuring lives in advisor/decide/timing.py.
 
 ``benchmarks/forecast_error.py`` measures the forecast against what the suite achieved.
 """
@@ -337,8 +337,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     CV ran at): the probe CV's shift to the run's accuracy depends on the detail the run's input
     size loses (:func:`resolution_lost`) and on how many more images it trains on (:func:`cv_size_ratio`).
 
-    Time: a training step's forward is about a third of its forward + backward, so one image's
-    extraction costs ``step_seconds / (3 * batch_size)`` plus its decoding; a probe adds its
+    Time: one image's extraction costs ``1 / extract_images_per_second`` (timed by the caller;
+    without it, a third of a training step per image plus its decoding); a probe adds its
     solve (``probe_solve_seconds``, strategy -> seconds); a fine-tune epoch is its optimiser steps
     (``partial_step_seconds`` for the partial fine-tune, timed with its frozen stages) plus the
     decoding of its images plus one evaluation pass over the validation images.

@@ -80,6 +80,39 @@ def _median_step(net, opt, batch: int, input_size: int, device, steps: int) -> f
     return statistics.median(times)
 
 
+def forward_seconds(backbone, *, input_size: int, batch_size: int, device: torch.device | str, steps: int = 3,
+                    probe_batch: int = 8, full_batch_under: float = FULL_BATCH_TIMING_SECONDS) -> float:
+    """Seconds of one inference pass over ``batch_size`` images, as feature extraction runs it (every tap,
+    channels_last, bfloat16 autocast on CUDA): the median of a few passes, a small batch scaled
+    where one pass would take longer than ``full_batch_under`` (as :func:`finetune_step_seconds`).
+
+    A forward pass is not a fixed share of a training step: on 2 CPU cores (Lite0, batch 32) it
+    was 0.39 of the step at 224 px and 0.24 at 128 px, so extraction is timed, not derived.
+    """
+    net = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    dev = torch.device(device)
+    taps = [t.name for t in backbone.taps]
+
+    def median_pass(batch: int) -> float:
+        x = torch.randn(batch, 3, input_size, input_size, device=dev).contiguous(memory_format=torch.channels_last)
+        times = []
+        with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                net.forward_taps(x, taps)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:
+                    times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    small = min(probe_batch, batch_size)
+    seconds = median_pass(small) * batch_size / small
+    if small < batch_size and seconds <= full_batch_under:
+        seconds = median_pass(batch_size)
+    return seconds
+
+
 def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, since: str | None = None) -> tuple[float, int]:
     """(median achieved/forecast wall-time ratio, runs it rests on) over this machine's latest finished runs on ``device``.
 
