@@ -273,3 +273,27 @@ def test_the_extraction_pass_is_timed_as_extraction_runs_it_and_remembered_apart
     keys = list(json.loads((tmp_path / advise.STEP_TIMES).read_text()))
     # two entries: the forward at the extraction's batch (32 on the CPU), the step at the plan's (16)
     assert len(keys) == 2 and "|32|forward|" in keys[0] and "|16|0|" in keys[1] and fwd > 0 and step > 0
+
+
+def test_timing_and_extraction_give_the_backbone_back_in_its_own_memory_layout(tmp_path):
+    from PIL import Image
+
+    from advisor.backbones import create_backbone
+    from advisor.backbones.backbone import memory_format_of
+    from advisor.decide.timing import forward_seconds
+    from advisor.measure.features import extract_features
+
+    bb = create_backbone("test/tiny-cnn", seed=0)
+    assert memory_format_of(bb) == torch.contiguous_format
+    forward_seconds(bb, input_size=32, batch_size=4, device="cpu")
+    finetune_step_seconds(bb, input_size=32, batch_size=4, device="cpu")
+    paths = []
+    for i in range(3):
+        Image.new("RGB", (40, 40), (40 * i, 80, 120)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    extract_features(paths, bb, device="cpu", num_workers=0, use_cache=False)
+    # extraction and timing run channels_last for speed; a model saved and reloaded is NCHW and must match
+    assert memory_format_of(bb) == torch.contiguous_format
+    bb.to(memory_format=torch.channels_last)
+    forward_seconds(bb, input_size=32, batch_size=4, device="cpu")
+    assert memory_format_of(bb) == torch.channels_last

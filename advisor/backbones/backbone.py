@@ -301,6 +301,15 @@ class Backbone(nn.Module):
         return f"name={self.name!r}, weights={self.weights_source!r}"
 
 
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's spatial convolution weights are laid out so (1x1 kernels say nothing), else
+    contiguous: what to restore after a pass that converted it for speed."""
+    w = next((p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1), None)
+    if w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _global_pool(value: Any, channels: int, channels_last: bool, *, where: str) -> torch.Tensor:
     t = value[0] if isinstance(value, (tuple, list)) else value
     if t.ndim == 2:

@@ -31,9 +31,12 @@ def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device:
     The median, not the minimum or the mean: one step slowed by another process neither sets nor
     skews it. ``frozen_stages`` (a partial fine-tune) freezes the stem and that many stages for
     the timing, so autograd skips their backward pass as the run will. The backbone comes back as
-    it went in: weights, ``requires_grad`` flags and BatchNorm running statistics (train-mode
-    forward passes on noise would otherwise move them).
+    it went in: weights, ``requires_grad`` flags, BatchNorm running statistics (train-mode
+    forward passes on noise would otherwise move them) and memory layout.
     """
+    from advisor.backbones.backbone import memory_format_of
+
+    layout = memory_format_of(backbone)
     net = backbone.to(device).train()
     saved = {n: p.requires_grad for n, p in net.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
@@ -56,7 +59,7 @@ def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device:
         with torch.no_grad():
             for n, b in net.named_buffers():
                 b.copy_(buffers[n])
-        net.eval()
+        net.eval().to(memory_format=layout)
     return seconds
 
 
@@ -89,6 +92,9 @@ def forward_seconds(backbone, *, input_size: int, batch_size: int, device: torch
     A forward pass is not a fixed share of a training step: on 2 CPU cores (Lite0, batch 32) it
     was 0.39 of the step at 224 px and 0.24 at 128 px, so extraction is timed, not derived.
     """
+    from advisor.backbones.backbone import memory_format_of
+
+    layout = memory_format_of(backbone)
     net = backbone.to(device).eval().to(memory_format=torch.channels_last)
     dev = torch.device(device)
     taps = [t.name for t in backbone.taps]
@@ -106,10 +112,13 @@ def forward_seconds(backbone, *, input_size: int, batch_size: int, device: torch
                     times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    small = min(probe_batch, batch_size)
-    seconds = median_pass(small) * batch_size / small
-    if small < batch_size and seconds <= full_batch_under:
-        seconds = median_pass(batch_size)
+    try:
+        small = min(probe_batch, batch_size)
+        seconds = median_pass(small) * batch_size / small
+        if small < batch_size and seconds <= full_batch_under:
+            seconds = median_pass(batch_size)
+    finally:
+        net.to(memory_format=layout)  # the caller's layout comes back, as after extraction
     return seconds
 
 

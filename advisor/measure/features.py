@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from advisor.backbones import Backbone
+from advisor.backbones.backbone import memory_format_of
 from advisor.core import distributed
 from advisor.core.distributed import default_num_workers, resolve_device
 from advisor.core.errors import AdvisorError, ImageLoadError
@@ -238,6 +239,9 @@ def extract_features(
     if todo:
         # channels_last on the CPU too: EfficientNet-Lite0, 2 cores, batch 32, inference: 0.62 s a batch
         # against 1.12 s in NCHW at 224 px, 0.084 against 0.120 s at 128 px (benchmarks/extract_throughput.py).
+        # The caller's layout comes back afterwards: a model that reloads from its files (NCHW) must
+        # predict bit for bit as the one in memory.
+        layout = memory_format_of(backbone)
         model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
         transform = backbone.transform_config
         mean = torch.tensor(transform.mean, device=dev).view(1, 3, 1, 1)
@@ -295,6 +299,7 @@ def extract_features(
         finally:
             # Ctrl-C or an error mid-run: what was computed so far is kept.
             flush()
+            model.to(memory_format=layout)
 
     if distributed.active():
         mine = {p: results[p] for p in todo if p in results}
