@@ -452,3 +452,16 @@ def test_register_backbone(monkeypatch):
         register_backbone("test/custom")(custom)
     with pytest.raises(ValueError, match="reserved"):
         register_backbone("timm/resnet18")
+
+
+def test_spatial_moments_match_mean_and_variance_over_the_grid_in_every_layout_and_size():
+    from advisor.backbones.backbone import TWO_PASS_MOMENTS_BELOW, _spatial_moments
+
+    gen = torch.Generator().manual_seed(0)
+    for side in (7, 40):  # below and above the two-pass threshold
+        assert (side * side < TWO_PASS_MOMENTS_BELOW) == (side == 7)
+        a = torch.randn(3, 5, side, side, generator=gen) * 3 + 10
+        for x in (a, a.contiguous(memory_format=torch.channels_last)):
+            mean, var = _spatial_moments(x)
+            torch.testing.assert_close(mean, a.mean((2, 3)), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(var, a.var((2, 3), unbiased=False), rtol=1e-5, atol=1e-4)

@@ -254,14 +254,7 @@ class Backbone(nn.Module):
             for layer in self.bn_layers():
 
                 def moments(_m, args, layer=layer) -> None:
-                    a = args[0].float()
-                    # One var_mean over a flat view: the same values as mean() and var() over (H, W),
-                    # in one pass over memory instead of two strided ones (a third of extraction on a CPU).
-                    if a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous():
-                        var, mean = torch.var_mean(a.permute(0, 2, 3, 1).reshape(a.shape[0], -1, a.shape[1]), dim=1,
-                                                   unbiased=False)
-                    else:
-                        var, mean = torch.var_mean(a.reshape(a.shape[0], a.shape[1], -1), dim=2, unbiased=False)
+                    mean, var = _spatial_moments(args[0].float())
                     captured[f"bn:{layer.name}:mean"] = mean
                     captured[f"bn:{layer.name}:var"] = var
 
@@ -299,6 +292,26 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights={self.weights_source!r}"
+
+
+# Below this many spatial positions a two-pass mean-then-variance over a channels_last map beats
+# torch.var_mean, which reduces the middle axis slowly on the CPU (Lite0, 2 cores, batch 32:
+# 7x7x1152 0.5 ms against 10.1 ms, 28x28x144 4.5 against 12.0; at 56x56x96 var_mean wins, 30 against 42).
+TWO_PASS_MOMENTS_BELOW = 1024
+
+
+def _spatial_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel mean and (biased) variance of ``a`` [B, C, H, W] over (H, W)."""
+    b, c = a.shape[:2]
+    if a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous():
+        flat = a.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view: [B, H*W, C]
+        if flat.shape[1] < TWO_PASS_MOMENTS_BELOW:
+            mean = flat.mean(1, keepdim=True)
+            return mean.squeeze(1), (flat - mean).square().mean(1)
+        var, mean = torch.var_mean(flat, dim=1, unbiased=False)
+        return mean, var
+    var, mean = torch.var_mean(a.reshape(b, c, -1), dim=2, unbiased=False)
+    return mean, var
 
 
 def memory_format_of(model: nn.Module) -> torch.memory_format:
