@@ -20,7 +20,8 @@
 * **Time** is a few timed training steps on this device (at the run's own batch where a step is
   short) times the plan's schedule, corrected by
   what finished runs on this machine took against their forecast; probes cost one extraction
-  pass (a few timed inference passes; nothing for features already cached) and a solve. The measuring lives in advisor/decide/timing.py.
+  pass (a few timed inference passes; nothing for features already cached) and a solve. The
+  measuring lives in advisor/decide/timing.py.
 
 ``benchmarks/forecast_error.py`` measures the forecast against what the suite achieved.
 """

@@ -102,11 +102,12 @@ def forward_seconds(backbone, *, input_size: int, batch_size: int, device: torch
     def median_pass(batch: int) -> float:
         x = torch.randn(batch, 3, input_size, input_size, device=dev).contiguous(memory_format=torch.channels_last)
         times = []
-        with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        cuda = dev.type == "cuda"
+        with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
             for i in range(steps + 1):
                 t0 = time.perf_counter()
                 net.forward_taps(x, taps)
-                if dev.type == "cuda":
+                if cuda:
                     torch.cuda.synchronize()
                 if i:
                     times.append(time.perf_counter() - t0)
