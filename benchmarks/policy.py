@@ -196,15 +196,24 @@ CURRENT_TIMING_SINCE = "2026-12-06T16:45:00"
 def time_summary(cells: list[dict]) -> dict:
     """The wall-time forecast each cell's `recommend` made (timed steps on that machine) against the measured time.
 
-    Also with the feedback a user's machine applies (advisor/decide/forecast.py ``time_correction``): each
-    forecast scaled by the median achieved/forecast ratio of the 5 runs before it, in the order
-    the cells ran (the records' own runs did not feed back: each cell started without a local record).
+    Also with the feedback a user's machine applies (advisor/decide/timing.py ``time_correction``): each
+    forecast scaled by the median achieved/forecast ratio of the 5 runs of its kind (probe or
+    fine-tune) before it, in the order the cells ran (the records' own runs did not feed back:
+    each cell started without a local record).
     """
-    ratios = [c["strategies"][s]["seconds"] / f["seconds"] for c in sorted(cells, key=lambda c: c.get("time", ""))
-              for s, f in (c.get("forecast") or {}).items() if f.get("seconds") and c["strategies"].get(s, {}).get("seconds")]
+    from advisor.decide.timing import time_kind
+
+    runs = [(time_kind(s), c["strategies"][s]["seconds"] / f["seconds"])
+            for c in sorted(cells, key=lambda c: c.get("time", ""))
+            for s, f in (c.get("forecast") or {}).items() if f.get("seconds") and c["strategies"].get(s, {}).get("seconds")]
+    ratios = [r for _, r in runs]
     if not ratios:
         return {}
-    fed = [r / statistics.median(ratios[max(0, i - 5):i]) for i, r in enumerate(ratios) if i >= 1]
+    fed = []
+    for i, (kind, r) in enumerate(runs):
+        before = [q for k, q in runs[:i] if k == kind][-5:]
+        if before:
+            fed.append(r / statistics.median(before))
     now = [c["strategies"][s]["seconds"] / f["seconds"] for c in cells if c.get("time", "") >= CURRENT_TIMING_SINCE
            for s, f in (c.get("forecast") or {}).items() if f.get("seconds") and c["strategies"].get(s, {}).get("seconds")]
     return {"runs": len(ratios), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in ratios) / len(ratios), 3),
@@ -295,7 +304,7 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
     if tsum:
         lines += ["", f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast "
                       f"(median achieved/forecast {tsum['median_achieved_over_forecast']:.2f}); "
-                      f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back."
+                      f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs of the same kind feed back."
                       + current_timing_text(tsum)]
     lines += ["", "### Noise floor: seed-to-seed standard deviation (points)", ""]
     lines += [f"- {s}: {v['mean_sd_points']:.2f} over {v['cells']} cells" for s, v in noise.items()] or ["- no cell has several seeds yet"]
@@ -364,7 +373,7 @@ def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noi
         f"{v['noise_floor_within_2']:.0%}), 80 % interval coverage {v['coverage_80']:.0%}" for k, v in fsum.items() if v) + "."]
     if tsum:
         lines.append(f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % of their forecast; "
-                     f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back."
+                     f"{tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs of the same kind feed back."
                      + current_timing_text(tsum))
     if trade:
         lines.append("Accuracy for time (the cheapest strategy forecast within a margin of the best; every cell): " + "; ".join(
@@ -482,7 +491,7 @@ def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum
                   + "; ".join(flines) + "."]
     if tsum:
         lines[-1] += (f" Wall time within +-30 %: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs "
-                      f"({tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs feed back; target 80 %)."
+                      f"({tsum['with_feedback_within_30_percent']:.0%} with the correction finished runs of the same kind feed back; target 80 %)."
                       + current_timing_text(tsum))
     lines += ["", end]
     before, rest = text.split(start, 1)
@@ -514,7 +523,7 @@ def update_forecast_error(path: Path, fsum: dict, tsum: dict, errors: list[dict]
     if tsum:
         lines.append(f"Wall time: {tsum['within_30_percent']:.0%} of {tsum['runs']} runs within +-30 % (median achieved/"
                      f"forecast {tsum['median_achieved_over_forecast']:.2f}); {tsum['with_feedback_within_30_percent']:.0%} "
-                     "with the correction finished runs feed back on a user's machine." + current_timing_text(tsum))
+                     "with the correction finished runs of the same kind feed back on a user's machine." + current_timing_text(tsum))
     lines += ["", end]
     before, rest = text.split(start, 1)
     path.write_text(before + "\n".join(lines) + rest.split(end, 1)[1])

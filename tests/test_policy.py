@@ -130,6 +130,17 @@ def test_finished_runs_correct_the_time_and_broken_records_are_ignored():
     cached = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0, cached_share=0.75)
     probe = {f.strategy: f.seconds for f in fast.strategies}["linear-probe"]
     assert {f.strategy: f.seconds for f in cached.strategies}["linear-probe"] == pytest.approx(probe / 4, rel=1e-3)
+    # each kind by its own runs: a probe that took 3x its few seconds leaves the fine-tunes' forecast alone
+    kinds = [{"device": "cpu x2", "strategy": "linear-probe", "seconds": 3.0, "forecast_seconds": 1.0},
+             {"device": "cpu x2", "strategy": "full-finetune", "seconds": 110.0, "forecast_seconds": 100.0}]
+    assert time_correction(kinds, device="cpu x2", kind="probe") == (3.0, 1)
+    assert time_correction(kinds, device="cpu x2", kind="finetune") == (1.1, 1)
+    split = forecast(**{**KW, "step_seconds": 0.5}, records=_records(), extract_images_per_second=50.0,
+                     time_factor=1.1, probe_time_factor=3.0, probe_time_source="probes x3")
+    for f, g in zip(fast.strategies, split.strategies, strict=True):
+        probe_kind = f.strategy.endswith("-probe")
+        assert g.seconds == pytest.approx((3.0 if probe_kind else 1.1) * f.seconds, rel=1e-3)
+        assert (g.time_source == "probes x3") == probe_kind
 
 
 def test_every_time_carries_the_runs_fixed_cost_measured_by_finished_runs():

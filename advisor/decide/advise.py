@@ -19,8 +19,8 @@ from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import default_recipe
 from advisor.decide.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 from advisor.decide.rules.policy import DEFAULT_POLICY, decide
-from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, decode_seconds, finetune_step_seconds, forward_seconds,
-                                   run_overhead, time_correction)
+from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, TIME_KINDS, decode_seconds, finetune_step_seconds,
+                                   forward_seconds, run_overhead, time_correction)
 from advisor.measure.features import extraction_batch_size
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 
@@ -266,6 +266,7 @@ STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per
 # scaled) are timed again rather than trusted.
 STEP_TIMING = f"full-batch-under-{FULL_BATCH_TIMING_SECONDS:g}s"
 RETIME_LOAD = 0.75  # re-time a step when the cores were this much busier (1-minute load) than now when it was timed
+KIND_WORDS = {"probe": "probe", "finetune": "fine-tune"}
 RETIME_RATIO = (0.5, 2.0)  # finished runs' achieved/forecast time outside this: the timing itself is re-taken
 
 
@@ -330,11 +331,13 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         step, source, timed_at = _step_seconds(backbone_model, plan, dev, 0, cache_dir)
     # Only runs forecast from this timing say how good it is.
     finished = local_outcomes(local_record_path())
-    factor, runs = time_correction(finished, device=machine_name(dev), since=timed_at)
+    # Probes rest on the extraction pass's timing, fine-tunes on the steps': each kind is corrected by its own runs.
+    corrections = {k: time_correction(finished, device=machine_name(dev), since=timed_at, kind=k) for k in TIME_KINDS}
     overhead, overhead_runs = run_overhead(finished, device=machine_name(dev))
     # Finished runs that took less than half or more than twice their forecast say the timing is wrong
     # (taken under load, or stale): time the step again, and the correction starts afresh from it.
-    retime = bool(runs) and not RETIME_RATIO[0] <= factor <= RETIME_RATIO[1]
+    off = {k: fr for k, fr in corrections.items() if fr[1] and not RETIME_RATIO[0] <= fr[0] <= RETIME_RATIO[1]}
+    retime = bool(off)
     frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
     with clock("step timing"):
         if retime:
@@ -352,21 +355,25 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     if cached:
         source += f"; {cached:.0%} of the images' features already cached at {plan.input_size} px"
     if retime:
-        source += (f"; re-timed: {runs} finished run(s) took x{factor:.2f} their forecast, outside "
-                   f"{RETIME_RATIO[0]}-{RETIME_RATIO[1]}")
-        factor = 1.0
-    elif runs:
-        source += f"; x{factor:.2f}, the median achieved/forecast time of {runs} finished run(s) on this machine"
-    source += (f"; +{overhead:.1f} s per run for scanning, the model and its report files ("
-               + (f"median of {overhead_runs} finished run(s) here)" if overhead_runs else "the reference machine's figure)"))
+        source += "".join(f"; re-timed: {n} finished run(s) took x{f:.2f} their forecast, outside "
+                          f"{RETIME_RATIO[0]}-{RETIME_RATIO[1]} ({KIND_WORDS[k]})" for k, (f, n) in off.items())
+    fixed = (f"; +{overhead:.1f} s per run for scanning, the model and its report files ("
+             + (f"median of {overhead_runs} finished run(s) here)" if overhead_runs else "the reference machine's figure)"))
+    factors, sources = {}, {}
+    for k, (f, n) in corrections.items():
+        factors[k] = 1.0 if retime or not n else f
+        corrected = (f"; x{f:.2f}, the median achieved/forecast time of {n} finished {KIND_WORDS[k]} run(s) on this "
+                     "machine") if n and not retime else ""
+        sources[k] = source + corrected + fixed
     kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                   per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
                   epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
                   decode_seconds_per_image=decode, extract_images_per_second=extract_rate,
                   probe_solve_seconds=_probe_solve_seconds(rec, taps),
                   short_schedule=short_schedule, input_size=plan.input_size,
-                  schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factor,
-                  time_source=source, cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead,
+                  schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factors["finetune"],
+                  time_source=sources["finetune"], probe_time_factor=factors["probe"], probe_time_source=sources["probe"],
+                  cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead,
                   image_side=p.sizes.median_side, profile_size=p.input_size)
     with clock("forecast"):
         return forecast(**kwargs), kwargs

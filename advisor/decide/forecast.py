@@ -322,13 +322,16 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              schedule_share: float | None = None, dataset: str | None = None, time_factor: float = 1.0,
              time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0,
              overhead_seconds: float = 0.0, image_side: float | None = None,
-             profile_size: int | None = None) -> Forecast:
+             profile_size: int | None = None, probe_time_factor: float | None = None,
+             probe_time_source: str | None = None) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
     keeps) are the settings the run will use: both models condition on them. ``dataset`` (a
     path or name) removes that dataset's own records from the references and reports them as
-    ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio).
+    ``earlier_runs``. ``time_factor`` scales every time (finished runs' achieved/forecast ratio);
+    ``probe_time_factor`` and ``probe_time_source``, when given, the probes' instead (their time
+    rests on the extraction pass, not on the training steps).
     ``cached_share``: the share of the images whose features are cached already (no extraction).
     ``overhead_seconds``: what every run costs besides its strategy (scan, backbone, model and report
     files); added to every time, unscaled (it is measured from finished runs' own wall times).
@@ -357,8 +360,11 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         extract_images_per_second = 1.0 / (step_seconds / (3 * batch_size) + decode)
     total_images = train_images + val_images
     # cached features cost nothing to extract again (``cached_share``: the share already in the cache)
-    extract = total_images * (1.0 - cached_share) / extract_images_per_second * time_factor \
-        if extract_images_per_second else None
+    raw_extract = total_images * (1.0 - cached_share) / extract_images_per_second if extract_images_per_second else None
+    probe_factor = time_factor if probe_time_factor is None else probe_time_factor
+    probe_source = time_source if probe_time_source is None else probe_time_source
+    extract = raw_extract * time_factor if raw_extract is not None else None
+    probe_extract = raw_extract * probe_factor if raw_extract is not None else None
     gap_coef = fit_probe_gap(records)
     if gap_coef is not None:
         lost = resolution_lost(image_side, input_size, profile_size)
@@ -392,9 +398,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             how += f" {cv:.3f}, {how_shift}"
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
                                      method=how, cv=round(cv, 4),
-                                     seconds=round(extract + solve.get(name, 0.0) * time_factor + overhead_seconds, 1)
-                                     if extract is not None else None,
-                                     time_source=time_source if extract is not None else None))
+                                     seconds=round(probe_extract + solve.get(name, 0.0) * probe_factor + overhead_seconds, 1)
+                                     if probe_extract is not None else None,
+                                     time_source=probe_source if probe_extract is not None else None))
     best_probe = max((r.accuracy for r in rows), default=None)
     # Batches per epoch, the last partial one counted by its share: it costs about its images' worth
     # (40 images at batch 32 cost 1.25 steps, not 2: on a small set that was 1.6x over).
