@@ -266,8 +266,8 @@ STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per
 # scaled) are timed again rather than trusted.
 STEP_TIMING = f"full-batch-under-{FULL_BATCH_TIMING_SECONDS:g}s"
 RETIME_LOAD = 0.75  # re-time a step when the cores were this much busier (1-minute load) than now when it was timed
-KIND_WORDS = {"probe": "probe", "finetune": "fine-tune"}
 RETIME_RATIO = (0.5, 2.0)  # finished runs' achieved/forecast time outside this: the timing itself is re-taken
+KIND_WORDS = {"probe": "probe", "finetune": "fine-tune"}
 
 
 def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
@@ -335,15 +335,16 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     corrections = {k: time_correction(finished, device=machine_name(dev), since=timed_at, kind=k) for k in TIME_KINDS}
     overhead, overhead_runs = run_overhead(finished, device=machine_name(dev))
     # Finished runs that took less than half or more than twice their forecast say the timing is wrong
-    # (taken under load, or stale): time the step again, and the correction starts afresh from it.
+    # (taken under load, or stale): that kind's timing (the steps, or the extraction pass) is taken
+    # again, and its correction starts afresh from it.
     off = {k: fr for k, fr in corrections.items() if fr[1] and not RETIME_RATIO[0] <= fr[0] <= RETIME_RATIO[1]}
-    retime = bool(off)
     frozen = plan_for_strategy(rec, "partial-finetune", taps=taps).frozen_stages or 0
     with clock("step timing"):
-        if retime:
+        if "finetune" in off:
             step, source, _ = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=True)
-        partial = _step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime=retime)[0] if frozen else None
-        extract_batch = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime=retime, forward=True)[0]
+        partial = (_step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime="finetune" in off)[0]
+                   if frozen else None)
+        extract_batch = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime="probe" in off, forward=True)[0]
     val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     with clock("forecast"):
@@ -354,16 +355,18 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
     if cached:
         source += f"; {cached:.0%} of the images' features already cached at {plan.input_size} px"
-    if retime:
-        source += "".join(f"; re-timed: {n} finished run(s) took x{f:.2f} their forecast, outside "
-                          f"{RETIME_RATIO[0]}-{RETIME_RATIO[1]} ({KIND_WORDS[k]})" for k, (f, n) in off.items())
     fixed = (f"; +{overhead:.1f} s per run for scanning, the model and its report files ("
              + (f"median of {overhead_runs} finished run(s) here)" if overhead_runs else "the reference machine's figure)"))
     factors, sources = {}, {}
     for k, (f, n) in corrections.items():
-        factors[k] = 1.0 if retime or not n else f
-        corrected = (f"; x{f:.2f}, the median achieved/forecast time of {n} finished {KIND_WORDS[k]} run(s) on this "
-                     "machine") if n and not retime else ""
+        if k in off:
+            factors[k], corrected = 1.0, (f"; re-timed: {n} finished {KIND_WORDS[k]} run(s) took x{f:.2f} their "
+                                          f"forecast, outside {RETIME_RATIO[0]}-{RETIME_RATIO[1]}")
+        elif n:
+            factors[k], corrected = f, (f"; x{f:.2f}, the median achieved/forecast time of {n} finished "
+                                        f"{KIND_WORDS[k]} run(s) on this machine")
+        else:
+            factors[k], corrected = 1.0, ""
         sources[k] = source + corrected + fixed
     kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
                   per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,

@@ -48,10 +48,8 @@ def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device:
     opt = torch.optim.SGD(params, lr=0.0)  # lr 0: the timing must not change the weights
     net = net.to(memory_format=torch.channels_last)
     try:
-        small = min(probe_batch, batch_size)
-        seconds = _median_step(net, opt, small, input_size, device, steps) * batch_size / small
-        if small < batch_size and seconds <= full_batch_under:
-            seconds = _median_step(net, opt, batch_size, input_size, device, steps)
+        seconds = _at_batch(lambda b: _median_step(net, opt, b, input_size, device, steps), batch_size, probe_batch,
+                            full_batch_under)
     finally:
         opt.zero_grad(set_to_none=True)
         for n, p in net.named_parameters():
@@ -60,6 +58,16 @@ def finetune_step_seconds(backbone, *, input_size: int, batch_size: int, device:
             for n, b in net.named_buffers():
                 b.copy_(buffers[n])
         net.eval().to(memory_format=layout)
+    return seconds
+
+
+def _at_batch(median_at, batch_size: int, probe_batch: int, full_batch_under: float) -> float:
+    """Seconds at ``batch_size`` from ``median_at(batch)``: a small batch scaled linearly, or, where that says
+    at most ``full_batch_under`` seconds, the batch itself timed (scaling over-counts short passes' overhead)."""
+    small = min(probe_batch, batch_size)
+    seconds = median_at(small) * batch_size / small
+    if small < batch_size and seconds <= full_batch_under:
+        seconds = median_at(batch_size)
     return seconds
 
 
@@ -114,10 +122,7 @@ def forward_seconds(backbone, *, input_size: int, batch_size: int, device: torch
         return statistics.median(times)
 
     try:
-        small = min(probe_batch, batch_size)
-        seconds = median_pass(small) * batch_size / small
-        if small < batch_size and seconds <= full_batch_under:
-            seconds = median_pass(batch_size)
+        seconds = _at_batch(median_pass, batch_size, probe_batch, full_batch_under)
     finally:
         net.to(memory_format=layout)  # the caller's layout comes back, as after extraction
     return seconds

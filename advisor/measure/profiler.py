@@ -12,7 +12,6 @@ import math
 import os
 import random
 import statistics
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -216,12 +215,11 @@ def build_profile(
         if enough:
             with clock("tap evidence"):
                 evidence = per_tap_evidence(train_feats, train_labels, taps=[t.name for t in backbone.taps], seed=seed)
-            t_cv = time.perf_counter()
             with clock("probe CV"):
                 probe_cv, best_l2, best_acc = _probe_cv(train_feats, train_labels, evidence,
                                                         num_classes=len(scan.classes), seed=seed)
             units = sum(train_feats[t].shape[0] * train_feats[t].shape[1] for t in probe_cv)
-            cv_unit = (time.perf_counter() - t_cv) / units if units else None
+            cv_unit = clock.seconds["probe CV"] / units if units else None
             if best_l2 is not None:
                 with clock("learning curve"):
                     curve = probe_curve(train_feats[PRE_LOGITS], train_labels, num_classes=len(scan.classes),
