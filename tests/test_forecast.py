@@ -225,6 +225,16 @@ def test_resolution_lost_counts_the_octaves_the_input_size_drops_below_what_the_
     assert resolution_lost(None, 224, 224) == 0.0 and resolution_lost(0, 112, None) == pytest.approx(1.0)
 
 
+def test_learning_curve_term_lifts_the_few_shot_end_most():
+    from advisor.decide.forecast import learning_curve_term
+
+    assert learning_curve_term(2, 20, 20) == pytest.approx(1 - 2 ** -0.5)  # folds of 1 per class; the run fits on 2
+    assert learning_curve_term(100, 1000, 1000) == pytest.approx(80 ** -0.5 - 100 ** -0.5)  # 5 folds on the whole split
+    # the same 25 % more images per class lift a 4-shot CV more than a 40-shot one
+    assert learning_curve_term(5, 50, 50) > 3 * learning_curve_term(50, 500, 500) > 0
+    assert learning_curve_term(100, 1000, 300) > learning_curve_term(100, 1000, 1000)  # a sample's folds saw fewer
+
+
 def test_cv_size_ratio_is_how_many_more_images_per_class_the_run_trains_on_than_a_cv_fold():
     from advisor.decide.forecast import cv_size_ratio
 

@@ -4,9 +4,10 @@
   profiling sample's cached features (``pre_logits`` for the linear probe; the best single tap
   for the layer probe), corrected by how far validation accuracy fell from that CV accuracy in
   the track record, regressed on the detail the run's input size loses against the profile's
-  (octaves, from the images' own size: 64 px costs photos, not 28-px digits) and on how many
-  more images per class the run trains on than each CV fold did (a 224-px CV on a sample says
-  little about a 64-px run on the whole split without both).
+  (octaves, from the images' own size: 64 px costs photos, not 28-px digits) and on how much
+  the run's extra images per class over a CV fold's should lift it along a learning curve
+  (fold^-1/2 - run^-1/2: 1 to 2 images per class lifts far more than 40 to 50). A 224-px CV on
+  a sample says little about a 64-px run on the whole split without both.
 * **Fine-tunes** are the better probe's forecast plus a gain learned from the track record
   (``advisor/reference/track_record.json``: every strategy at several sizes, k-shot subsamples
   included): the gain each recorded run measured, regressed on log images per class,
@@ -155,29 +156,50 @@ def resolution_lost(image_side: float | None, input_size: float | None, profile_
     return math.log2(min(side, profile_size or PROFILE_INPUT_SIZE) / min(side, input_size or RECORD_INPUT_SIZE))
 
 
-def cv_size_ratio(per_class: float, train_images: int | None, cv_images: int | None) -> float:
-    """Octaves more training images per class the run fits on than each fold of the profile's CV did.
+def _fold_and_run_per_class(per_class: float, train_images: int | None, cv_images: int | None) -> tuple[float, float]:
+    """(images per class a fold of the profile's CV trained on, images per class the run trains on).
 
     The CV runs on a sample (``cv_images``) in min(5, images per class in the sample) folds: with
-    2 images per class each fold trains on 1, the run on 2 (one octave); on a 300-image sample of
-    3,000 the run sees ten times what a fold did. Unknown sizes: the CV is taken to have seen the
-    whole training split.
+    2 images per class each fold trains on 1, the run on 2; on a 300-image sample of 3,000 the
+    run sees ten times what a fold did. Unknown sizes: the CV is taken to have seen the whole
+    training split.
     """
     pc = max(per_class, 1.0)
     classes = max(1.0, train_images / pc) if train_images else None
     sample_pc = min(pc, cv_images / classes) if cv_images and classes else pc
     folds = max(2, min(5, int(sample_pc)))
-    return math.log2(pc / max(sample_pc * (folds - 1) / folds, 0.5))
+    return max(sample_pc * (folds - 1) / folds, 0.5), pc
 
 
-def _xp(lost: float, ratio: float) -> list[float]:
-    """Probe-gap features: intercept, resolution lost, CV size ratio (see the two functions above)."""
-    return [1.0, lost, ratio]
+def cv_size_ratio(per_class: float, train_images: int | None, cv_images: int | None) -> float:
+    """Octaves more training images per class the run fits on than each fold of the profile's CV did."""
+    fold, run = _fold_and_run_per_class(per_class, train_images, cv_images)
+    return math.log2(run / fold)
+
+
+LEARNING_CURVE_EXPONENT = 0.5  # error ~ n^-1/2: the textbook rate, fixed before it was measured here
+
+
+def learning_curve_term(per_class: float, train_images: int | None, cv_images: int | None) -> float:
+    """How much the extra images should lift a probe above its CV: fold^-1/2 - run^-1/2 (images per class).
+
+    A learning curve flattens: one more image per class lifts a 1-shot probe far more than a
+    40-shot one, so the lift is linear in n^-1/2, not in log n. On the track record this term
+    replaced the octave ratio (:func:`cv_size_ratio`): the 2-per-class cells had been under-forecast
+    by 6-12 points and the 5-per-class ones over-forecast by 2-5 (docs/forecast_error.md).
+    """
+    fold, run = _fold_and_run_per_class(per_class, train_images, cv_images)
+    return fold ** -LEARNING_CURVE_EXPONENT - run ** -LEARNING_CURVE_EXPONENT
+
+
+def _xp(lost: float, curve: float) -> list[float]:
+    """Probe-gap features: intercept, resolution lost, learning-curve term (see the functions above)."""
+    return [1.0, lost, curve]
 
 
 def _xpr(r: dict) -> list[float]:
     return _xp(resolution_lost(r.get("image_side"), r.get("input_size"), r.get("profile_size")),
-               cv_size_ratio(r["train_per_class_median"], r.get("train_images"), r.get("cv_images")))
+               learning_curve_term(r["train_per_class_median"], r.get("train_images"), r.get("cv_images")))
 
 
 def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
@@ -193,7 +215,7 @@ def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
 
 def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
     """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on the resolution the run's
-    input size loses against the profile's and how many more images per class the run fits on than a CV fold."""
+    input size loses against the profile's and the learning-curve lift of the run's images per class over a CV fold's."""
     rows = _probe_rows(records)
     if len({group_of(r) for r, _, _ in rows}) < 3:
         return None
@@ -369,7 +391,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     if gap_coef is not None:
         lost = resolution_lost(image_side, input_size, profile_size)
         ratio = cv_size_ratio(per_class, train_images, cv_images)
-        shift = sum(c * v for c, v in zip(gap_coef, _xp(lost, ratio), strict=True))
+        curve = learning_curve_term(per_class, train_images, cv_images)
+        shift = sum(c * v for c, v in zip(gap_coef, _xp(lost, curve), strict=True))
         res = probe_gap_residuals(records)
         spread = (_quantile(res, 0.1), _quantile(res, 0.9)) if len(res) >= 4 else (0.0, 0.0)
         detail = (f"{lost:.1f} octaves of detail lost at {input_size or RECORD_INPUT_SIZE} px" if abs(lost) >= 0.05
