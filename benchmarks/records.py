@@ -19,6 +19,7 @@ Phases, in the order they run (cheap, informative cells first):
   seeds128  seeds 1 and 2 of every 128-px cell whose training split has fewer than 1,000 images
   full64    every shared set at 64 px, seed 0 (and seeds 1, 2 under 1,000 training images)
   kshot224  10, 5, 2, then 20 images per class of each k-shot dataset at 224 px (the default size), seed 0, on the CPU
+  seeds224  seeds 1 and 2 of the 224-px cells at 2, then 5 images per class (the few-shot end's noise floor)
   full224   every set at 224 px with the full schedule (no epoch cap): the GPU step of benchmarks/gpu_records.sh
 The runs' local track record is kept out of the forecasts (a dedicated cache folder whose record
 is emptied before each cell): a dataset's own earlier outcome must not count as evidence for it.
@@ -68,13 +69,17 @@ def plan_cells(phases: list[str], datasets: list[str], kshot: list[str], ks: lis
             order = ["caltech20", "eurosat", "brain-mri", "dtd10", "plantvillage", "fashion-mnist", "flowers"]
             cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=0) for k in (10, 5, 2, 20)
                       for d in sorted(kshot, key=lambda d: order.index(d) if d in order else len(order))]
+        elif phase == "seeds224":  # the few-shot end at the default size, where seed noise and regret are largest
+            order = ["caltech20", "eurosat", "brain-mri", "dtd10", "plantvillage", "fashion-mnist", "flowers"]
+            cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=seed) for k in (2, 5) for seed in (1, 2)
+                      for d in sorted(kshot, key=lambda d: order.index(d) if d in order else len(order))]
         elif phase == "full224":
             cells += [dict(dataset=d, k=None, input_size=224, epochs_cap=None, seed=0) for d in datasets]
         elif phase == "full64":
             cells += [dict(dataset=d, k=None, input_size=64, epochs_cap=epochs, seed=s) for s in (0, 1, 2) for d in datasets
                       if s == 0 or train_sizes.get(d, 0) < SEEDS_BELOW]
         else:
-            sys.exit(f"unknown phase {phase!r}: choose from kshot128, full128, seeds128, full64, kshot224, full224")
+            sys.exit(f"unknown phase {phase!r}: choose from kshot128, full128, seeds128, full64, kshot224, seeds224, full224")
     return cells
 
 
