@@ -21,6 +21,12 @@ reaches 0), and the time spent: the chosen strategy's wall time over that of the
 strategy tied with the best. Also the forecast's out-of-sample error (|error| <= 2 points,
 80 % interval coverage) and the noise floor (seed-to-seed spread per strategy). Writes OUT.json,
 OUT.md and OUT-kshot.svg (accuracy against images per class, the four strategies).
+
+    python benchmarks/policy.py --records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl --update-docs --suites
+
+re-derives it all in one command from the records: the generated blocks of docs/decision-rules.md,
+docs/forecast_error.md and README.md, docs/suite_cpu{64,128}_cap8.md, and the shipped track record
+the forecaster learns from (advisor/reference/track_record.json, as benchmarks/track_record.py writes it).
 """
 
 from __future__ import annotations
@@ -600,6 +606,11 @@ def main() -> None:
         update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command, trade)
         update_forecast_error(ROOT / "docs" / "forecast_error.md", fsum, tsum, errors, command)
         update_readme(ROOT / "README.md", cells, summary, fsum, tsum, noise, chosen, trade, command)
+        # the shipped track record the forecaster learns from, from the same records: one command re-derives it all
+        from track_record import OUT, from_records
+
+        names = [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records]
+        OUT.write_text(json.dumps(from_records([Path(p) for p in args.records], names), indent=1) + "\n")
     if args.suites:
         for size in sorted({c["input_size"] for c in cells if not c.get("k")}):  # sizes with full-set cells
             (out.parent / f"suite_cpu{size}_cap8.md").write_text(suite_markdown(cells, rows, chosen, size, command))

@@ -51,8 +51,9 @@ def track_record(rows: list[dict], *, source: str, command: str, runs: Path | No
     }
 
 
-def from_records(paths: list[Path]) -> dict:
-    """Version 2: one entry per complete cell of benchmarks/records.py's files."""
+def from_records(paths: list[Path], names: list[str] | None = None) -> dict:
+    """Version 2: one entry per complete cell of benchmarks/records.py's files (``names``: how the
+    provenance names them, relative to the repository; default: as given)."""
     from records import probe_gap_inputs, read_cells
 
     entries = [{
@@ -67,10 +68,11 @@ def from_records(paths: list[Path]) -> dict:
         "best": c["best"], "recommended": c["recommended"], "regret_points": c["regret_points"], **probe_gap_inputs(c),
         **({"legacy": True} if c.get("legacy") else {}),
     } for c in read_cells(paths)]
+    names = names or [str(p) for p in paths]
     return {"version": 2, "provenance": {
-        "source": [str(p) for p in paths],
+        "source": names,
         "command": "python benchmarks/records.py; python benchmarks/legacy_records.py docs/suite_cpu64_cap8.json "
-                   "(2 CPU cores), then python benchmarks/track_record.py --records " + " ".join(str(p) for p in paths),
+                   "(2 CPU cores), then python benchmarks/track_record.py --records " + " ".join(names),
         "backbone": "efficientnet_lite0"}, "datasets": entries}
 
 
