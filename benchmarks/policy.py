@@ -592,8 +592,8 @@ def main() -> None:
     noise = noise_floor(cells)
     tsum = time_summary(cells)
     out = Path(args.out)
-    command = "python benchmarks/policy.py --records " + " ".join(
-        str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records)
+    names = [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records]
+    command = "python benchmarks/policy.py --records " + " ".join(names)
     chosen = winner(rows)
     summary["all cells, every size"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
     trade = tradeoff(rows)
@@ -609,7 +609,6 @@ def main() -> None:
         # the shipped track record the forecaster learns from, from the same records: one command re-derives it all
         from track_record import OUT, from_records
 
-        names = [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records]
         OUT.write_text(json.dumps(from_records([Path(p) for p in args.records], names), indent=1) + "\n")
     if args.suites:
         for size in sorted({c["input_size"] for c in cells if not c.get("k")}):  # sizes with full-set cells

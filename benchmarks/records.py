@@ -51,6 +51,14 @@ def cell_key(c: dict) -> tuple:
     return (c["dataset"], c.get("k"), c["input_size"], c["epochs_cap"], c["seed"])
 
 
+# At 224 px on the CPU, similar and different sets first, the largest validation split (the most costly cell) last.
+ORDER_224 = ["caltech20", "eurosat", "brain-mri", "dtd10", "plantvillage", "fashion-mnist", "flowers"]
+
+
+def _order224(kshot: list[str]) -> list[str]:
+    return sorted(kshot, key=lambda d: ORDER_224.index(d) if d in ORDER_224 else len(ORDER_224))
+
+
 def plan_cells(phases: list[str], datasets: list[str], kshot: list[str], ks: list[int], epochs: int,
                train_sizes: dict[str, int]) -> list[dict]:
     cells = []
@@ -65,14 +73,11 @@ def plan_cells(phases: list[str], datasets: list[str], kshot: list[str], ks: lis
                 cells += [dict(dataset=d, k=None, input_size=128, epochs_cap=epochs, seed=seed) for d in datasets
                           if train_sizes.get(d, 0) < SEEDS_BELOW]
         elif phase == "kshot224":  # the default input size on the CPU: 10, 5, 2, then 20 per class, one seed (3-10 min a cell)
-            # similar and different sets first, the largest validation split (the most costly cell) last
-            order = ["caltech20", "eurosat", "brain-mri", "dtd10", "plantvillage", "fashion-mnist", "flowers"]
             cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=0) for k in (10, 5, 2, 20)
-                      for d in sorted(kshot, key=lambda d: order.index(d) if d in order else len(order))]
+                      for d in _order224(kshot)]
         elif phase == "seeds224":  # the few-shot end at the default size, where seed noise and regret are largest
-            order = ["caltech20", "eurosat", "brain-mri", "dtd10", "plantvillage", "fashion-mnist", "flowers"]
             cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=seed) for k in (2, 5) for seed in (1, 2)
-                      for d in sorted(kshot, key=lambda d: order.index(d) if d in order else len(order))]
+                      for d in _order224(kshot)]
         elif phase == "full224":
             cells += [dict(dataset=d, k=None, input_size=224, epochs_cap=None, seed=0) for d in datasets]
         elif phase == "full64":
