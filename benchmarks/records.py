@@ -18,7 +18,7 @@ Phases, in the order they run (cheap, informative cells first):
   full128   every shared set at 128 px, seed 0
   seeds128  seeds 1 and 2 of every 128-px cell whose training split has fewer than 1,000 images
   full64    every shared set at 64 px, seed 0 (and seeds 1, 2 under 1,000 training images)
-  kshot224  10, 5, 2, then 20 images per class of each k-shot dataset at 224 px (the default size), seed 0, on the CPU
+  kshot224  10, 5, 2, 20, then 50 images per class of each k-shot dataset at 224 px (the default size), seed 0, on the CPU
   seeds224  seeds 1 and 2 of the 224-px cells at 2, then 5 images per class (the few-shot end's noise floor)
   full224   every set at 224 px with the full schedule (no epoch cap): the GPU step of benchmarks/gpu_records.sh
 The runs' local track record is kept out of the forecasts (a dedicated cache folder whose record
@@ -72,8 +72,8 @@ def plan_cells(phases: list[str], datasets: list[str], kshot: list[str], ks: lis
                 cells += [dict(dataset=d, k=k, input_size=128, epochs_cap=epochs, seed=seed) for k in ks for d in kshot]
                 cells += [dict(dataset=d, k=None, input_size=128, epochs_cap=epochs, seed=seed) for d in datasets
                           if train_sizes.get(d, 0) < SEEDS_BELOW]
-        elif phase == "kshot224":  # the default input size on the CPU: 10, 5, 2, then 20 per class, one seed (3-10 min a cell)
-            cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=0) for k in (10, 5, 2, 20)
+        elif phase == "kshot224":  # the default input size on the CPU: 10, 5, 2, 20, then 50 per class, one seed (1-15 min a cell)
+            cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=0) for k in (10, 5, 2, 20, 50)
                       for d in _order224(kshot)]
         elif phase == "seeds224":  # the few-shot end at the default size, where seed noise and regret are largest
             cells += [dict(dataset=d, k=k, input_size=224, epochs_cap=epochs, seed=seed) for k in (2, 5) for seed in (1, 2)

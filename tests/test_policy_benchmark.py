@@ -55,6 +55,8 @@ def test_a_k_shot_cell_records_every_strategy_with_its_settings(tmp_path, monkey
     assert [(c["k"], c["seed"]) for c in cells] == [(3, 0), (3, 1), (None, 1), (3, 2), (None, 2)]
     few = records.plan_cells(["seeds224"], ["colours"], ["colours"], [3], 1, {"colours": 9})
     assert [(c["k"], c["seed"], c["input_size"]) for c in few] == [(2, 1, 224), (2, 2, 224), (5, 1, 224), (5, 2, 224)]
+    default_size = records.plan_cells(["kshot224"], ["colours"], ["colours"], [3], 1, {"colours": 9})
+    assert [(c["k"], c["seed"], c["input_size"]) for c in default_size] == [(k, 0, 224) for k in (10, 5, 2, 20, 50)]
     # a legacy cell of the same setting gives way to the fresh one; a legacy cell of another setting stays
     legacy = tmp_path / "legacy.jsonl"
     legacy.write_text("".join(json.dumps({**row, "legacy": True, **extra}) + "\n" for extra in ({}, {"seed": 7})))
