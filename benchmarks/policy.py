@@ -251,6 +251,48 @@ def noise_floor(cells: list[dict]) -> dict:
     return out
 
 
+def regret_floor(cells: list[dict], rows: list[dict], chosen: str) -> dict:
+    """Per input size, what seed noise alone costs: over the settings measured with 3 or more seeds, the regret of
+    running each setting's best strategy *on average* (known from all its seeds, in sample), next to the chosen
+    policy on the same cells.
+
+    No rule that reads a dataset's size and similarity can tell one seed's draw of images from another's, so its
+    regret on these cells cannot be expected to fall below the floor's: a target under it is a target on noise.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        groups[(c["dataset"], c.get("k"), c["input_size"], c["epochs_cap"])].append(c)
+    by_row = {(r["dataset"], r["k"], r["seed"], r["input_size"]): r for r in rows}
+    floor: dict[int, list[float]] = defaultdict(list)
+    policy: dict[int, list[float]] = defaultdict(list)
+    for (dataset, k, size, _), members in groups.items():
+        if len(members) < 3:
+            continue
+        best_on_average = max(STRATEGIES, key=lambda s: statistics.fmean(c["strategies"][s]["accuracy"] for c in members))
+        for c in members:
+            row = by_row.get((dataset, k, c["seed"], size))
+            if row is None:
+                continue
+            floor[size].append(100 * (max(v["accuracy"] for v in c["strategies"].values())
+                                      - c["strategies"][best_on_average]["accuracy"]))
+            policy[size].append(row["scores"][chosen]["regret"])
+    return {size: {"cells": len(v), "floor_mean": round(statistics.fmean(v), 2), "floor_max": round(max(v), 2),
+                   "policy_mean": round(statistics.fmean(policy[size]), 2), "policy_max": round(max(policy[size]), 2)}
+            for size, v in sorted(floor.items())}
+
+
+def regret_floor_text(floor: dict, chosen: str) -> str:
+    """One sentence per input size: the regret floor of seed noise against the chosen policy on the same cells."""
+    if not floor:
+        return ""
+    return ("Regret floor of seed noise (settings measured with 3 seeds; each run with the strategy best on average over "
+            "its seeds, known in sample): " + "; ".join(
+                f"{size} px, {f['cells']} cells: mean {f['floor_mean']:.2f}, max {f['floor_max']:.2f} "
+                f"({chosen} on the same cells: {f['policy_mean']:.2f}, {f['policy_max']:.2f})" for size, f in floor.items())
+            + ". A rule that reads only a dataset's size and similarity cannot see which draw of images it got, so a "
+            "max-regret target below the floor's max is a target on noise.")
+
+
 def kshot_figure(cells: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -291,7 +333,8 @@ def kshot_figure(cells: list[dict], path: Path) -> None:
         fig.savefig(path, format="svg", metadata={"Date": None})
 
 
-def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str, tsum: dict | None = None) -> str:
+def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str, tsum: dict | None = None,
+             floor_text: str = "") -> str:
     lines = [f"Measured by `{command}`: leave one dataset out (its subsamples, seeds and sizes leave together).", ""]
     if rows and "margins" in rows[0]:
         lines += tradeoff_markdown(tradeoff(rows))
@@ -316,6 +359,8 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
                       + current_timing_text(tsum)]
     lines += ["", "### Noise floor: seed-to-seed standard deviation (points)", ""]
     lines += [f"- {s}: {v['mean_sd_points']:.2f} over {v['cells']} cells" for s, v in noise.items()] or ["- no cell has several seeds yet"]
+    if floor_text:
+        lines += ["", floor_text]
     lines += ["", "### Per cell (regret in points; * = tied with the best)", "",
               "| dataset | k | px | seed | best | " + " | ".join(POLICIES + BASELINES) + " |",
               "|" + "---|" * (5 + len(POLICIES) + len(BASELINES))]
@@ -360,7 +405,7 @@ def suite_markdown(cells: list[dict], rows: list[dict], policy_name: str, size: 
 
 
 def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str, cells: int,
-                          command: str, trade: list[dict] | None = None) -> None:
+                          command: str, trade: list[dict] | None = None, floor_text: str = "") -> None:
     """Rewrite the block between the policy-summary markers of docs/decision-rules.md from this run."""
     start, end = "<!-- policy-summary -->", "<!-- /policy-summary -->"
     text = path.read_text()
@@ -393,6 +438,8 @@ def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noi
         lines.append("Noise floor (seed-to-seed sd, points): " + ", ".join(f"{s} {v['mean_sd_points']:.2f}" for s, v in noise.items()) + ".")
     else:
         lines.append("Noise floor: no cell has been measured with several seeds yet.")
+    if floor_text:
+        lines.append(floor_text)
     lines += ["", end]
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1] if end in rest else rest
@@ -454,7 +501,7 @@ def target_check(summary: dict, chosen: str, sizes: list[int]) -> list[str]:
 
 
 def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str,
-                  trade: list[dict], command: str) -> None:
+                  trade: list[dict], command: str, floor_text: str = "") -> None:
     """Rewrite the README's block between the policy-readme markers: the record, the table, the targets, the forecast."""
     start, end = "<!-- policy-readme -->", "<!-- /policy-readme -->"
     text = path.read_text()
@@ -488,6 +535,8 @@ def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum
         sds = [v["mean_sd_points"] for v in noise.values()]
         lines += ["", f"The noise floor, seed to seed on the same setting: {min(sds):.1f}-{max(sds):.1f} points (standard "
                   f"deviation) per strategy over {max(v['cells'] for v in noise.values())} groups."]
+    if floor_text:
+        lines += ["", floor_text]
     flines = []
     for key, f in fsum.items():
         if f:
@@ -597,15 +646,17 @@ def main() -> None:
     chosen = winner(rows)
     summary["all cells, every size"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
     trade = tradeoff(rows)
+    floor = regret_floor(cells, rows, chosen)
     out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum, "tradeoff": trade,
-                                                    "noise_floor": noise, "time": tsum, "rows": rows, "forecast_errors": errors}, indent=1))
+                                                    "noise_floor": noise, "regret_floor": floor, "time": tsum, "rows": rows, "forecast_errors": errors}, indent=1))
     out.with_suffix(".md").write_text(f"The policy with the lowest mean regret over every cell: **{chosen}**.\n\n"
-                                      + markdown(summary, fsum, noise, rows, command, tsum))
+                                      + markdown(summary, fsum, noise, rows, command, tsum, regret_floor_text(floor, chosen)))
     kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
     if args.update_docs:
-        update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command, trade)
+        update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command, trade,
+                              regret_floor_text(floor, chosen))
         update_forecast_error(ROOT / "docs" / "forecast_error.md", fsum, tsum, errors, command)
-        update_readme(ROOT / "README.md", cells, summary, fsum, tsum, noise, chosen, trade, command)
+        update_readme(ROOT / "README.md", cells, summary, fsum, tsum, noise, chosen, trade, command, regret_floor_text(floor, chosen))
         # the shipped track record the forecaster learns from, from the same records: one command re-derives it all
         from track_record import OUT, from_records
 
@@ -620,6 +671,9 @@ def main() -> None:
                 print(f"  {name:22s} mean {s['mean_regret']:5.2f} max {s['max_regret']:5.2f} tied {s['tied_share']:.0%} "
                       f"time {s['time_ratio']:.2f}x")
     print(f"winner: {chosen}")
+    for size, f in floor.items():
+        print(f"  regret floor {size} px ({f['cells']} cells): mean {f['floor_mean']:.2f} max {f['floor_max']:.2f}; "
+              f"{chosen} there: mean {f['policy_mean']:.2f} max {f['policy_max']:.2f}")
     for t in trade:
         print(f"  margin {t['margin_points']:4g} points: mean {t['mean_regret']:5.2f} max {t['max_regret']:5.2f} "
               f"tied {t['tied_share']:.0%} time {t['time_ratio']:.2f}x probes {t['probe_share']:.0%}")

@@ -166,3 +166,27 @@ def test_a_cells_probe_gap_inputs_come_from_its_profile():
     older = {"train_images": 40, "profile": {"input_size": 224}}  # before the CV's size (and sizes) were kept
     assert records.probe_gap_inputs(older) == {"train_images": 40, "cv_images": 40, "image_side": None,
                                                "profile_size": 224}
+
+
+def test_the_regret_floor_is_what_running_each_settings_best_on_average_loses_to_its_seeds(policy):
+    secs = {"linear-probe": 10, "layer-probe": 20, "partial-finetune": 100, "full-finetune": 200}
+    # one setting, three seeds: the full fine-tune is best on average (0.85) but a probe wins the third draw by 4 points
+    draws = [(0.80, 0.88), (0.80, 0.86), (0.85, 0.81)]
+    cells = []
+    for seed, (lp, ff) in enumerate(draws):
+        c = _cell(policy, "a", {"linear-probe": lp, "layer-probe": 0.5, "partial-finetune": 0.5, "full-finetune": ff},
+                  secs, tied=[], k=5)
+        c["seed"] = seed
+        cells.append(c)
+    single = _cell(policy, "b", {"linear-probe": 0.9, "layer-probe": 0.5, "partial-finetune": 0.5, "full-finetune": 0.5},
+                   secs, tied=[])  # one seed only: no floor from it
+    rows = [{"dataset": c["dataset"], "k": c["k"], "seed": c["seed"], "input_size": 128,
+             "scores": {"always linear-probe": policy.score(c, "linear-probe")}} for c in cells + [single]]
+    floor = policy.regret_floor(cells + [single], rows, "always linear-probe")
+    assert list(floor) == [128]
+    f = floor[128]
+    assert f["cells"] == 3 and f["floor_mean"] == pytest.approx(4 / 3, abs=0.01) and f["floor_max"] == pytest.approx(4.0)
+    assert f["policy_mean"] == pytest.approx((8 + 6 + 0) / 3, abs=0.01) and f["policy_max"] == pytest.approx(8.0)
+    text = policy.regret_floor_text(floor, "always linear-probe")
+    assert "128 px, 3 cells: mean 1.33, max 4.00 (always linear-probe on the same cells: 4.67, 8.00)" in text
+    assert policy.regret_floor_text({}, "x") == ""
