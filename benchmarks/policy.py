@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 from collections import defaultdict
@@ -251,6 +252,36 @@ def noise_floor(cells: list[dict]) -> dict:
     return out
 
 
+def regret_difference(rows: list[dict], a: str, b: str, *, resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean regret of policy ``a`` minus that of ``b`` on the same cells, with a 95 % interval from a bootstrap over
+    datasets (a dataset's cells, subsamples, seeds and sizes are drawn together: they are not independent)."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        by[r["dataset"]].append(r["scores"][a]["regret"] - r["scores"][b]["regret"])
+    groups = list(by.values())
+    if not groups:
+        return {}
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        draw = [d for _ in groups for d in rng.choice(groups)]
+        means.append(statistics.fmean(draw))
+    means.sort()
+    return {"a": a, "b": b, "datasets": len(groups), "difference": round(statistics.fmean(d for g in groups for d in g), 2),
+            "low": round(means[int(0.025 * resamples)], 2), "high": round(means[int(0.975 * resamples) - 1], 2)}
+
+
+def regret_difference_text(diff: dict) -> str:
+    """One sentence: is the chosen policy's lead over (or lag behind) the closest fixed baseline more than chance?"""
+    if not diff:
+        return ""
+    verdict = ("ahead beyond chance" if diff["high"] < 0 else "behind beyond chance" if diff["low"] > 0
+               else "not distinguishable from it on this record")
+    return (f"{diff['a']} minus {diff['b']}, mean regret over every cell: {diff['difference']:+.2f} points "
+            f"(95 % interval {diff['low']:+.2f} to {diff['high']:+.2f}, bootstrap over the {diff['datasets']} datasets): "
+            f"{verdict}.")
+
+
 def regret_floor(cells: list[dict], rows: list[dict], chosen: str) -> dict:
     """Per input size, what seed noise alone costs: over the settings measured with 3 or more seeds, the regret of
     running each setting's best strategy *on average* (known from all its seeds, in sample), next to the chosen
@@ -334,7 +365,7 @@ def kshot_figure(cells: list[dict], path: Path) -> None:
 
 
 def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: str, tsum: dict | None = None,
-             floor_text: str = "") -> str:
+             evidence_text: str = "") -> str:
     lines = [f"Measured by `{command}`: leave one dataset out (its subsamples, seeds and sizes leave together).", ""]
     if rows and "margins" in rows[0]:
         lines += tradeoff_markdown(tradeoff(rows))
@@ -359,8 +390,8 @@ def markdown(summary: dict, fsum: dict, noise: dict, rows: list[dict], command: 
                       + current_timing_text(tsum)]
     lines += ["", "### Noise floor: seed-to-seed standard deviation (points)", ""]
     lines += [f"- {s}: {v['mean_sd_points']:.2f} over {v['cells']} cells" for s, v in noise.items()] or ["- no cell has several seeds yet"]
-    if floor_text:
-        lines += ["", floor_text]
+    if evidence_text:
+        lines += ["", evidence_text]
     lines += ["", "### Per cell (regret in points; * = tied with the best)", "",
               "| dataset | k | px | seed | best | " + " | ".join(POLICIES + BASELINES) + " |",
               "|" + "---|" * (5 + len(POLICIES) + len(BASELINES))]
@@ -405,7 +436,7 @@ def suite_markdown(cells: list[dict], rows: list[dict], policy_name: str, size: 
 
 
 def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str, cells: int,
-                          command: str, trade: list[dict] | None = None, floor_text: str = "") -> None:
+                          command: str, trade: list[dict] | None = None, evidence_text: str = "") -> None:
     """Rewrite the block between the policy-summary markers of docs/decision-rules.md from this run."""
     start, end = "<!-- policy-summary -->", "<!-- /policy-summary -->"
     text = path.read_text()
@@ -438,8 +469,8 @@ def update_decision_rules(path: Path, summary: dict, fsum: dict, tsum: dict, noi
         lines.append("Noise floor (seed-to-seed sd, points): " + ", ".join(f"{s} {v['mean_sd_points']:.2f}" for s, v in noise.items()) + ".")
     else:
         lines.append("Noise floor: no cell has been measured with several seeds yet.")
-    if floor_text:
-        lines.append(floor_text)
+    if evidence_text:
+        lines.append(evidence_text)
     lines += ["", end]
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1] if end in rest else rest
@@ -501,7 +532,7 @@ def target_check(summary: dict, chosen: str, sizes: list[int]) -> list[str]:
 
 
 def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum: dict, noise: dict, chosen: str,
-                  trade: list[dict], command: str, floor_text: str = "") -> None:
+                  trade: list[dict], command: str, evidence_text: str = "") -> None:
     """Rewrite the README's block between the policy-readme markers: the record, the table, the targets, the forecast."""
     start, end = "<!-- policy-readme -->", "<!-- /policy-readme -->"
     text = path.read_text()
@@ -535,8 +566,8 @@ def update_readme(path: Path, cells: list[dict], summary: dict, fsum: dict, tsum
         sds = [v["mean_sd_points"] for v in noise.values()]
         lines += ["", f"The noise floor, seed to seed on the same setting: {min(sds):.1f}-{max(sds):.1f} points (standard "
                   f"deviation) per strategy over {max(v['cells'] for v in noise.values())} groups."]
-    if floor_text:
-        lines += ["", floor_text]
+    if evidence_text:
+        lines += ["", evidence_text]
     flines = []
     for key, f in fsum.items():
         if f:
@@ -647,16 +678,20 @@ def main() -> None:
     summary["all cells, every size"] = {name: summarise(rows, name) for name in POLICIES + BASELINES}
     trade = tradeoff(rows)
     floor = regret_floor(cells, rows, chosen)
+    overall = summary["all cells, every size"]
+    rival = min((n for n in BASELINES if overall.get(n)), key=lambda n: overall[n]["mean_regret"])
+    diff = regret_difference(rows, chosen, rival)
+    evidence_text = " ".join(t for t in (regret_difference_text(diff), regret_floor_text(floor, chosen)) if t)
     out.with_suffix(".json").write_text(json.dumps({"winner": chosen, "summary": summary, "forecast": fsum, "tradeoff": trade,
-                                                    "noise_floor": noise, "regret_floor": floor, "time": tsum, "rows": rows, "forecast_errors": errors}, indent=1))
+                                                    "noise_floor": noise, "regret_floor": floor, "against_closest_baseline": diff, "time": tsum, "rows": rows, "forecast_errors": errors}, indent=1))
     out.with_suffix(".md").write_text(f"The policy with the lowest mean regret over every cell: **{chosen}**.\n\n"
-                                      + markdown(summary, fsum, noise, rows, command, tsum, regret_floor_text(floor, chosen)))
+                                      + markdown(summary, fsum, noise, rows, command, tsum, evidence_text))
     kshot_figure(cells, out.parent / f"{out.name}-kshot.svg")
     if args.update_docs:
         update_decision_rules(ROOT / "docs" / "decision-rules.md", summary, fsum, tsum, noise, chosen, len(cells), command, trade,
-                              regret_floor_text(floor, chosen))
+                              evidence_text)
         update_forecast_error(ROOT / "docs" / "forecast_error.md", fsum, tsum, errors, command)
-        update_readme(ROOT / "README.md", cells, summary, fsum, tsum, noise, chosen, trade, command, regret_floor_text(floor, chosen))
+        update_readme(ROOT / "README.md", cells, summary, fsum, tsum, noise, chosen, trade, command, evidence_text)
         # the shipped track record the forecaster learns from, from the same records: one command re-derives it all
         from track_record import OUT, from_records
 
@@ -671,6 +706,7 @@ def main() -> None:
                 print(f"  {name:22s} mean {s['mean_regret']:5.2f} max {s['max_regret']:5.2f} tied {s['tied_share']:.0%} "
                       f"time {s['time_ratio']:.2f}x")
     print(f"winner: {chosen}")
+    print("  " + regret_difference_text(diff))
     for size, f in floor.items():
         print(f"  regret floor {size} px ({f['cells']} cells): mean {f['floor_mean']:.2f} max {f['floor_max']:.2f}; "
               f"{chosen} there: mean {f['policy_mean']:.2f} max {f['policy_max']:.2f}")

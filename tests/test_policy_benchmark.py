@@ -190,3 +190,21 @@ def test_the_regret_floor_is_what_running_each_settings_best_on_average_loses_to
     text = policy.regret_floor_text(floor, "always linear-probe")
     assert "128 px, 3 cells: mean 1.33, max 4.00 (always linear-probe on the same cells: 4.67, 8.00)" in text
     assert policy.regret_floor_text({}, "x") == ""
+
+
+def test_the_regret_difference_is_bootstrapped_over_datasets_and_says_whether_it_is_chance(policy):
+    def row(dataset, a, b):
+        return {"dataset": dataset, "scores": {"a": {"regret": a}, "b": {"regret": b}}}
+
+    # a is behind b by 2 points on every cell of every dataset: behind beyond chance, whatever the draw
+    rows = [row(d, 3.0, 1.0) for d in "xyz" for _ in range(2)]
+    diff = policy.regret_difference(rows, "a", "b", resamples=200)
+    assert diff["difference"] == diff["low"] == diff["high"] == 2.0 and diff["datasets"] == 3
+    assert "behind beyond chance" in policy.regret_difference_text(diff)
+    # ahead on one dataset, behind on another: the interval spans 0
+    mixed = [row("x", 0.0, 4.0), row("y", 4.0, 0.0), row("z", 1.0, 1.0)]
+    diff = policy.regret_difference(mixed, "a", "b", resamples=500)
+    assert diff["difference"] == 0.0 and diff["low"] < 0 < diff["high"]
+    assert "not distinguishable" in policy.regret_difference_text(diff)
+    assert policy.regret_difference(mixed, "a", "b", resamples=500) == diff  # seeded: the same figures every run
+    assert policy.regret_difference_text({}) == ""
