@@ -221,13 +221,22 @@ def time_summary(cells: list[dict]) -> dict:
         before = [q for k, q in runs[:i] if k == kind][-5:]
         if before:
             fed.append(r / statistics.median(before))
-    now = [c["strategies"][s]["seconds"] / f["seconds"] for c in cells if c.get("time", "") >= CURRENT_TIMING_SINCE
+    now = [(time_kind(s), c["strategies"][s]["seconds"] / f["seconds"]) for c in cells if c.get("time", "") >= CURRENT_TIMING_SINCE
            for s, f in (c.get("forecast") or {}).items() if f.get("seconds") and c["strategies"].get(s, {}).get("seconds")]
+
+    def share(rs: list[float]) -> dict:
+        return {"runs": len(rs), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in rs) / len(rs), 3),
+                "median_achieved_over_forecast": round(statistics.median(rs), 2)}
+
+    current = {}
+    if now:
+        # by kind too: a probe runs for seconds, where +-30 % is a fraction of a second of process jitter
+        current = {**share([r for _, r in now]),
+                   "by_kind": {k: share([r for kk, r in now if kk == k]) for k in ("finetune", "probe") if any(kk == k for kk, _ in now)}}
     return {"runs": len(ratios), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in ratios) / len(ratios), 3),
             "median_achieved_over_forecast": round(statistics.median(ratios), 2),
             "with_feedback_within_30_percent": round(sum(0.7 <= r <= 1.3 for r in fed) / len(fed), 3) if fed else None,
-            **({"current_timing": {"runs": len(now), "within_30_percent": round(sum(0.7 <= r <= 1.3 for r in now) / len(now), 3),
-                                   "median_achieved_over_forecast": round(statistics.median(now), 2)}} if now else {})}
+            **({"current_timing": current} if current else {})}
 
 
 def current_timing_text(tsum: dict) -> str:
@@ -235,8 +244,12 @@ def current_timing_text(tsum: dict) -> str:
     cur = tsum.get("current_timing")
     if not cur:
         return ""
+    kinds = cur.get("by_kind") or {}
+    split = "; ".join(f"{'fine-tunes' if k == 'finetune' else 'probes'} {v['within_30_percent']:.0%} of {v['runs']} "
+                      f"(median {v['median_achieved_over_forecast']:.2f})" for k, v in kinds.items())
     return (f" Runs forecast by the current timing (recorded since {CURRENT_TIMING_SINCE[:10]}): {cur['within_30_percent']:.0%} "
-            f"of {cur['runs']} within +-30 % (median achieved/forecast {cur['median_achieved_over_forecast']:.2f}).")
+            f"of {cur['runs']} within +-30 % (median achieved/forecast {cur['median_achieved_over_forecast']:.2f})"
+            + (f"; {split}: a probe runs for seconds, where 30 % is a second or less" if split else "") + ".")
 
 
 def noise_floor(cells: list[dict]) -> dict:

@@ -151,8 +151,15 @@ def test_time_summary_reports_the_runs_forecast_by_the_current_timing_apart(poli
     old, new = "2026-01-01T00:00:00", policy.CURRENT_TIMING_SINCE
     tsum = policy.time_summary([cell(old, 50.0), cell(old, 55.0), cell(new, 95.0), cell(new, 139.0)])
     assert tsum["runs"] == 4 and tsum["within_30_percent"] == 0.25
-    assert tsum["current_timing"] == {"runs": 2, "within_30_percent": 0.5, "median_achieved_over_forecast": 1.17}
+    finetunes = {"runs": 2, "within_30_percent": 0.5, "median_achieved_over_forecast": 1.17}
+    assert tsum["current_timing"] == {**finetunes, "by_kind": {"finetune": finetunes}}
     assert "50% of 2 within +-30 %" in policy.current_timing_text(tsum)
+    probe = {"time": new, "strategies": {"linear-probe": {"seconds": 3.0}}, "forecast": {"linear-probe": {"seconds": 1.0}}}
+    both = policy.time_summary([cell(new, 95.0), probe])["current_timing"]
+    assert both["by_kind"] == {"finetune": {"runs": 1, "within_30_percent": 1.0, "median_achieved_over_forecast": 0.95},
+                               "probe": {"runs": 1, "within_30_percent": 0.0, "median_achieved_over_forecast": 3.0}}
+    text = policy.current_timing_text({"current_timing": both})
+    assert "fine-tunes 100% of 1 (median 0.95); probes 0% of 1 (median 3.00)" in text
     assert "current_timing" not in policy.time_summary([cell(old, 50.0)]) and policy.current_timing_text({}) == ""
 
 
