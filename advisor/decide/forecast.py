@@ -253,6 +253,15 @@ def coverage(records: Sequence[dict], *, per_class: float, input_size: int | Non
     lo, hi = min(pcs), max(pcs)
     if per_class < lo / 1.5 or per_class > hi * 1.5:
         out.append(f"{per_class:g} training images per class: the record spans {lo:g}-{hi:g}; nearest {lo if per_class < lo else hi:g}")
+    elif size in sizes:
+        # Each range may be covered on its own and not together: at 224 px the record's runs stop at a few dozen
+        # images per class, so a larger set's gain there is read off the smaller sizes' runs.
+        here = [r["train_per_class_median"] for r in records if int(r.get("input_size") or RECORD_INPUT_SIZE) == size]
+        lo_here, hi_here = min(here), max(here)
+        if per_class < lo_here / 1.5 or per_class > hi_here * 1.5:
+            out.append(f"{per_class:g} training images per class at {size} px: the record's runs at {size} px span "
+                       f"{lo_here:g}-{hi_here:g}; nearest {lo_here if per_class < lo_here else hi_here:g} (other sizes "
+                       "cover it)")
     shares = [r.get("schedule_share") or 1.0 for r in records]
     if share is not None and share < min(shares) - 0.02:
         out.append(f"the epoch cap keeps {share:.0%} of the schedule: the record's fine-tunes kept at least {min(shares):.0%}")
