@@ -78,7 +78,7 @@ def test_the_forecast_names_settings_outside_its_record_and_the_nearest_recorded
     assert any("keeps 10% of the schedule" in n for n in outside.extrapolating)
     tiny = forecast(**{**KW, "per_class": 2}, records=_records(), input_size=128, schedule_share=0.3)
     assert any("2 training images per class" in n and "nearest 20" in n for n in tiny.extrapolating)
-    # each range covered on its own, not together: the record's 224-px runs stop at 20 per class
+    # each range covered on its own, not together: the record's only 224-px run has 5 per class
     mixed = _records() + [{**_records()[0], "dataset": "d224", "input_size": 224, "train_per_class_median": 5}]
     big = forecast(**{**KW, "per_class": 400}, records=mixed, input_size=224, schedule_share=0.3)
     assert big.extrapolating == ["400 training images per class at 224 px: the record's runs at 224 px span 5-5; "

@@ -239,12 +239,16 @@ def cv_gaps(records: Sequence[dict]) -> list[float]:
             if s in (r.get("probe_cv") or {}) and s in r["accuracy"]]
 
 
+def _record_size(record: dict) -> int:
+    return int(record.get("input_size") or RECORD_INPUT_SIZE)
+
+
 def coverage(records: Sequence[dict], *, per_class: float, input_size: int | None, share: float | None) -> list[str]:
     """Where the asked-for setting lies outside the record, each with the nearest recorded setting."""
     out: list[str] = []
     if not records:
         return ["no track record: nothing to learn the fine-tune gain from"]
-    sizes = sorted({int(r.get("input_size") or RECORD_INPUT_SIZE) for r in records})
+    sizes = sorted({_record_size(r) for r in records})
     size = input_size or RECORD_INPUT_SIZE
     if size not in sizes:
         nearest = min(sizes, key=lambda s: abs(math.log2(s / size)))
@@ -256,7 +260,7 @@ def coverage(records: Sequence[dict], *, per_class: float, input_size: int | Non
     elif size in sizes:
         # Each range may be covered on its own and not together: at 224 px the record's runs stop at a few dozen
         # images per class, so a larger set's gain there is read off the smaller sizes' runs.
-        here = [r["train_per_class_median"] for r in records if int(r.get("input_size") or RECORD_INPUT_SIZE) == size]
+        here = [r["train_per_class_median"] for r in records if _record_size(r) == size]
         lo_here, hi_here = min(here), max(here)
         if per_class < lo_here / 1.5 or per_class > hi_here * 1.5:
             out.append(f"{per_class:g} training images per class at {size} px: the record's runs at {size} px span "

@@ -145,8 +145,8 @@ def time_correction(outcomes: Sequence[dict], *, device: str, last: int = 5, sin
     the step timing in use; ``kind`` (:func:`time_kind`) only the runs whose forecast rests on the
     same timing, so a probe that took twice its few seconds does not double a fine-tune's forecast
     (on the track record when this was chosen, each run corrected by the 5 before it of its own
-    kind: 65 % within +-30 % of the forecast, against 58 % corrected by any 5; 66 % of 808 runs now). Ratios outside 1/20-20 are dropped
-    as broken records.
+    kind: 65 % within +-30 % of the forecast, against 58 % corrected by any 5; benchmarks/policy.py
+    prints today's share). Ratios outside 1/20-20 are dropped as broken records.
     """
     ratios = [o["seconds"] / o["forecast_seconds"] for o in outcomes
               if o.get("device") == device and finite_number(o.get("seconds")) and finite_number(o.get("forecast_seconds"))
