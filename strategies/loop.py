@@ -25,9 +25,10 @@ from advisor.core.distributed import default_num_workers
 from advisor.core.errors import AdvisorError
 from advisor.core.machine import env_switch
 from advisor.data.loading import ImageDataset, mix_seed
-from advisor.decide.recipe import FinetuneRecipe
+from advisor.decide.recipe import FinetuneRecipe, curve_images
 from advisor.decide.rules import frozen_stages_for
 from advisor.measure.logistic import class_weights_from
+from advisor.measure.profiler import stratified_sample
 from strategies.base import RunContext, RunData, confidence_of, count_params, predictions_of
 from strategies.callbacks import (
     Callback,
@@ -79,6 +80,10 @@ class FinetuneConfig(FinetuneRecipe):
     # torch.compile the training forward/backward (CUDA: fewer, fused kernels; the first steps pay the
     # compilation). Also switched on for every run by ADVISOR_COMPILE=on. Not under DDP.
     compile: bool = False
+    # Validation images the learning curve evaluates each epoch (a stratified, seeded subset); None: the whole
+    # split unless it outweighs the training split (advisor.decide.recipe.curve_images). The reported metrics
+    # always come from the whole split, once at the end.
+    curve_images: int | None = Field(default=None, ge=1)
 
 
 class FullFinetuneConfig(FinetuneConfig):
@@ -153,6 +158,9 @@ class FinetuneLoop(LoopData):
             self.train_samples = [data.train[i] for i in keep]
             self.holdout = [data.train[i] for i in held]
         self.steps_per_epoch = steps_per_epoch(len(self.train_samples), cfg.batch_size)
+        # The learning curve's share of the validation split: the same images every epoch (and after a resume).
+        n_curve = cfg.curve_images if cfg.curve_images is not None else curve_images(len(data.val), len(self.train_samples))
+        self.curve_val = list(data.val) if n_curve >= len(data.val) else stratified_sample(list(data.val), n_curve, seed=self.seed)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.num_classes = len(data.classes)
         self.labels = torch.tensor([s.label for s in self.train_samples], dtype=torch.long)
@@ -244,7 +252,7 @@ class FinetuneLoop(LoopData):
         self._device_augment = self.device_augment()
         train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self.train_transform(), seed=self.seed,
                                                               decoded=self.decoded_train), sampler)
-        val_loader = self.eval_loader(self.data.val)
+        curve_loader = self.eval_loader(self.curve_val)
         holdout_loader = self.eval_loader(self.holdout) if self.holdout else None
         loss_weights = class_weights_from(self.labels, self.num_classes).to(self.dev) if self.weight_loss else None
         try:
@@ -255,13 +263,14 @@ class FinetuneLoop(LoopData):
                     sampler.set_epoch(self.pos.epoch, self.pos.step)
                     self._train_epoch(model, train_loader, loss_weights)
                     self._epoch_clock = (*self._epoch_clock[:2], time.perf_counter())
-                self._end_epoch(model, val_loader, holdout_loader)
+                self._end_epoch(model, curve_loader, holdout_loader)
         except KeyboardInterrupt:
             run_hooks(self.callbacks, "on_interrupt", self, model)
             ctx.event("interrupted", stage="train", epoch=self.pos.epoch, step_in_epoch=self.pos.step,
                       global_step=self.pos.global_step, checkpoint=str(self.path))
             raise
-        return self._finish(model, val_loader)
+        return self._finish(model, curve_loader if len(self.curve_val) == len(self.data.val)
+                            else self.eval_loader(self.data.val))
 
     def _build_model(self) -> TransferClassifier:
         # The head's initial weights depend on the seed only, not on the caller's RNG state.
@@ -298,6 +307,7 @@ class FinetuneLoop(LoopData):
             "reported_weights": ("best hold-out epoch" if best is not None
                                  else "EMA" if self.averaging is not None else "final"),
             "holdout_images": len(self.holdout),
+            "curve_images": len(self.curve_val),
             "steps": self.pos.global_step,
             "lr_head": cfg.lr_head,
             "lr_backbone": self.lr_backbone,
@@ -418,10 +428,10 @@ class FinetuneLoop(LoopData):
             self.first_loss = round(loss_value, 4)
         return loss_value, int(global_n)
 
-    def _end_epoch(self, model, val_loader, holdout_loader) -> None:
+    def _end_epoch(self, model, curve_loader, holdout_loader) -> None:
         pos = self.pos
         run_hooks(self.callbacks, "on_validation_start", self, model)
-        logits, y, _ = self.evaluate(model, val_loader, self.data.val)
+        logits, y, _ = self.evaluate(model, curve_loader, self.curve_val)
         accuracy = float((logits.argmax(1) == y).float().mean())
         val_loss = float(F.cross_entropy(logits, y))
         held_acc = held_loss = math.nan

@@ -263,6 +263,41 @@ def test_greyscale_images_are_flagged(tmp_path, tiny):
     assert grey == {"grey": True, "colour": False}
 
 
+def test_busy_cores_are_read_off_the_cores_own_ticks_not_the_load_average(monkeypatch):
+    from advisor.core import machine
+
+    stat = ("cpu  900 0 300 5000 100 0 0 0 0 0\n"
+            "cpu0 400 0 100 2000 50 0 0 0 0 0\n"
+            "cpu1 500 0 200 3000 50 0 0 0 0 0\n"
+            "cpu7 999 0 0 0 0 0 0 0 0 0\nintr 1 2 3\n")
+    assert machine._cpu_jiffies({0, 1}, stat) == (1200, 6300)  # idle and iowait are free time; cpu7 is not ours
+    assert machine._cpu_jiffies({5}, stat) is None
+    # 2 cores for 1 s (200 ticks at 100/s): 150 busy ticks, 0.5 s of them this process's own
+    assert machine.busy_from_samples((0, 0), (150, 200), 0.5, 2, 100.0) == pytest.approx(1.0)
+    assert machine.busy_from_samples((0, 0), (10, 200), 0.5, 2, 100.0) == 0.0  # never below 0
+    assert machine.busy_from_samples((5, 5), (5, 5), 0.0, 2, 100.0) == 0.0
+    # A command that ended seconds ago still weighs on the 1-minute load average, not on the cores
+    monkeypatch.setattr(machine, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(machine, "load_average", lambda: 1.9)
+    monkeypatch.setattr(machine, "busy_cores", lambda: 0.0)
+    assert machine.free_cores() == 2
+    monkeypatch.setattr(machine, "busy_cores", lambda: 1.1)
+    assert machine.free_cores() == 1
+    monkeypatch.setattr(machine, "busy_cores", lambda: None)  # no /proc/stat: the load average
+    assert machine.free_cores() == 1
+
+
+def test_busy_cores_watches_this_machine_when_it_can():
+    from advisor.core import machine
+
+    machine._last_busy = None
+    busy = machine.busy_cores(window=0.05)
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    assert 0.0 <= busy <= machine.cpu_cores()
+    assert machine.busy_cores() == busy  # a measurement seconds old answers again
+
+
 def test_default_workers_follow_the_free_cores_shared_among_local_ranks(monkeypatch):
     from advisor.core import distributed
     from advisor.core.distributed import MAX_WORKERS, default_num_workers

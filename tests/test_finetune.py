@@ -356,6 +356,37 @@ def test_finetune_trains(strategy, dataset, cache_dir, tmp_path):
     assert {k: v for k, v in ckpt["curves"].items() if v} == result.curves and set(ckpt["trainable"]) == {n for n, p in model.named_parameters() if p.requires_grad}
 
 
+def test_learning_curve_reads_a_stratified_subset_of_a_large_validation_split_and_the_result_all_of_it(
+        dataset, cache_dir, tmp_path, monkeypatch):
+    from strategies.loop import FinetuneLoop
+
+    seen = []
+    evaluate = FinetuneLoop.evaluate
+
+    def counting(self, model, loader, samples):
+        out = evaluate(self, model, loader, samples)
+        seen.append(sorted(out[2]))
+        return out
+
+    monkeypatch.setattr(FinetuneLoop, "evaluate", counting)
+    result, _ = fit("full-finetune", dataset, tmp_path / "run", cache_dir, epochs=2, head_warmup=False, curve_images=4)
+    every_val = sorted(str(p) for p in (dataset / "val").rglob("*.png"))
+    curve, final = seen[:2], seen[-1]
+    assert len(seen) == 3 and curve[0] == curve[1]  # the same 4 images each epoch, then the whole split once
+    assert len(curve[0]) == 4 and set(curve[0]) < set(every_val)
+    assert {Path(p).parent.name for p in curve[0]} == {"red", "blue"}  # stratified: both classes
+    assert final == every_val and result.metrics.n_val == 8 and result.selected["curve_images"] == 4
+    assert len(result.curves["val_accuracy"]) == 2
+
+
+def test_curve_images_is_the_whole_split_unless_it_outweighs_training():
+    from advisor.decide.recipe import CURVE_MIN_IMAGES, curve_images
+
+    assert curve_images(200, 800) == 200  # the usual 20 % split: every image, every epoch
+    assert curve_images(864, 10) == CURVE_MIN_IMAGES  # 2 images per class against a whole validation split
+    assert curve_images(5000, 1000) == 1000 and curve_images(0, 10) == 0
+
+
 def test_head_warmup_and_adapt_bn(dataset, cache_dir, tmp_path):
     progress = []
     result, model = fit("partial-finetune", dataset, tmp_path / "run", cache_dir, epochs=1, bn="adapt", frozen_stages=2,

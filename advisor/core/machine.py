@@ -7,6 +7,7 @@ must run before torch is first imported (``advisor/__init__.py`` calls it).
 from __future__ import annotations
 
 import os
+import time
 
 
 def cpu_cores() -> int:
@@ -25,10 +26,81 @@ def load_average() -> float | None:
         return None
 
 
+BUSY_WINDOW_SECONDS = 0.2  # how long busy_cores watches the cores
+BUSY_REUSE_SECONDS = 5.0  # a measurement this recent answers again (the CLI asks at import and at start)
+_last_busy: tuple[float, float | None] | None = None  # (monotonic time, busy cores)
+
+
+def _cpu_jiffies(cpus: set[int], stat: str) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of ``cpus`` in the text of /proc/stat; None when none of them is listed."""
+    busy = total = 0
+    found = False
+    for line in stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+        if len(ticks) < 5:
+            continue
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]  # idle and iowait are free time; steal is another guest's
+        found = True
+    return (busy, total) if found else None
+
+
+def busy_from_samples(before: tuple[int, int], after: tuple[int, int], own_seconds: float, cores: int,
+                      ticks_per_second: float) -> float:
+    """Cores other processes kept busy between two /proc/stat samples: the busy share of the cores' time,
+    less this process's own CPU time over the window, in cores."""
+    total = (after[1] - before[1]) / ticks_per_second
+    if total <= 0:
+        return 0.0
+    busy = (after[0] - before[0]) / ticks_per_second - max(0.0, own_seconds)
+    return max(0.0, min(float(cores), cores * busy / total))
+
+
+def busy_cores(window: float = BUSY_WINDOW_SECONDS) -> float | None:
+    """Cores other processes keep busy now, watched over ``window`` seconds (Linux: /proc/stat); None elsewhere.
+
+    Not the load average: it decays over a minute, so a command started within a minute of the
+    previous one counted that finished command as other work and ran on one thread with passive
+    OpenMP waits for its whole length (an 8-epoch fine-tune after a 40-second job: 1 thread on an
+    idle 2-core machine).
+    """
+    global _last_busy
+    now = time.monotonic()
+    if _last_busy is not None and now - _last_busy[0] < BUSY_REUSE_SECONDS:
+        return _last_busy[1]
+    value = None
+    try:
+        cpus = os.sched_getaffinity(0)
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def sample() -> tuple[tuple[int, int] | None, float]:
+            with open("/proc/stat") as fh:
+                text = fh.read()
+            t = os.times()
+            return _cpu_jiffies(cpus, text), t.user + t.system
+
+        first, own0 = sample()
+        time.sleep(window)
+        second, own1 = sample()
+        if first is not None and second is not None:
+            value = busy_from_samples(first, second, own1 - own0, len(cpus), tick)
+    except (AttributeError, OSError, ValueError):
+        value = None
+    _last_busy = (time.monotonic(), value)
+    return value
+
+
 def free_cores() -> int:
-    """Cores not busy with other work: the usable cores minus the 1-minute load average (at least 1)."""
+    """Cores not busy with other work: the usable cores minus those other processes keep busy now
+    (:func:`busy_cores`; the 1-minute load average where that cannot be watched), at least 1."""
     cores = cpu_cores()
-    return max(1, min(cores, round(cores - (load_average() or 0.0))))
+    busy = busy_cores()
+    if busy is None:
+        busy = load_average() or 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 def env_switch(name: str) -> bool | None:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from advisor.decide.recipe import curve_images
 from advisor.decide.records import (RECORD_INPUT_SIZE, group_of, load_track_record, local_datasets,
                                      local_outcomes, shipped_track_record)
 from advisor.decide.timing import finite_number
@@ -380,7 +381,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     without it, a third of a training step per image plus its decoding); a probe adds its
     solve (``probe_solve_seconds``, strategy -> seconds); a fine-tune epoch is its optimiser steps
     (``partial_step_seconds`` for the partial fine-tune, timed with its frozen stages) plus the
-    decoding of its images plus one evaluation pass over the validation images.
+    decoding of its images plus the learning curve's evaluation pass (``curve_images`` of the validation
+    images), and the run ends with one pass over the whole validation split.
 
     ``short_schedule``: the fine-tunes are capped below the share of their schedule the record
     measured; no gain is credited then, and the interval keeps the predicted gain's room on the
@@ -441,6 +443,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     # Batches per epoch, the last partial one counted by its share: it costs about its images' worth
     # (40 images at batch 32 cost 1.25 steps, not 2: on a small set that was 1.6x over).
     steps = train_images / batch_size if train_images else 0.0
+    # Each epoch evaluates the learning curve's share of the validation split; the end, all of it once.
+    curve_pass = curve_images(val_images, train_images) / extract_images_per_second if extract_images_per_second else 0.0
+    final_pass = val_images / extract_images_per_second * time_factor if extract_images_per_second else 0.0
     for name in FINETUNES:
         coef = fit_gain(records, name)
         if best_probe is None or coef is None:
@@ -457,9 +462,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         lo = max(0.0, acc - max(acc - blo, math.hypot(_quantile(res, 0.1), spread[0], lost)))
         hi = min(1.0, acc + max(bhi - acc, math.hypot(_quantile(res, 0.9), spread[1])))
         step = partial_step_seconds if name == "partial-finetune" and partial_step_seconds else step_seconds
-        per_epoch = (steps * step + train_images * decode
-                     + (val_images / extract_images_per_second if extract_images_per_second else 0.0)) * time_factor \
-            if step is not None else None
+        per_epoch = (steps * step + train_images * decode + curve_pass) * time_factor if step is not None else None
         rows.append(StrategyForecast(
             strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
             method=(f"the better probe {best_probe:.3f}, no gain credited: the epoch cap is shorter than the "
@@ -467,7 +470,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
                     f"the better probe {best_probe:.3f} {100 * gain:+.1f} points: gain learned on "
                     f"{len({group_of(r) for r in records})} reference sets"),
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
-            seconds=round(per_epoch * epochs + (extract or 0.0) + overhead_seconds, 1)
+            seconds=round(per_epoch * epochs + final_pass + (extract or 0.0) + overhead_seconds, 1)
             if per_epoch is not None and epochs else None,
             time_source=time_source if per_epoch is not None else None,
             gain_sd=round(max(1e-4, (_quantile(res, 0.9) - _quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))

@@ -205,8 +205,12 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> l
     out = ["<h2>Learning curves</h2>"]
     curves = plots.learning_curves(result.curves)
     if curves:
+        n_curve = result.selected.get("curve_images")
+        subset = (f" Each epoch's validation figures come from a stratified subset of {n_curve} of the {m.n_val} "
+                  "validation images (a larger pass would have cost more than training); the reported accuracy "
+                  "is on all of them." if isinstance(n_curve, int) and 0 < n_curve < m.n_val else "")
         out += _figure(curves, "Per epoch: training and validation loss, validation accuracy (recorded, never used to "
-                               "select anything) and the learning rate at the epoch's last step.")
+                               "select anything) and the learning rate at the epoch's last step." + subset)
     else:
         out.append("<p class=\"caption\">A probe is fitted in one solve: there are no epochs to plot.</p>")
     if result.sweep:
