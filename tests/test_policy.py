@@ -172,7 +172,7 @@ def test_a_step_timed_under_load_is_timed_again_and_a_broken_entry_is_ignored(tm
     plan = RunPlan(dataset="x", backbone="test/tiny-cnn", strategy="full-finetune", rule_ids=[], input_size=32)
     calls = []
     monkeypatch.setattr(advise, "finetune_step_seconds", lambda *a, **k: calls.append(1) or 0.25)
-    monkeypatch.setattr(advise, "load_average", lambda: 0.2)
+    monkeypatch.setattr(advise, "busy_elsewhere", lambda: 0.2)
     dev = __import__("torch").device("cpu")
     secs, source, _ = advise._step_seconds(bb, plan, dev, 0, tmp_path)
     assert secs == 0.25 and "timed now" in source and len(calls) == 1

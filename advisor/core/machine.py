@@ -93,14 +93,17 @@ def busy_cores(window: float = BUSY_WINDOW_SECONDS) -> float | None:
     return value
 
 
-def free_cores() -> int:
-    """Cores not busy with other work: the usable cores minus those other processes keep busy now
-    (:func:`busy_cores`; the 1-minute load average where that cannot be watched), at least 1."""
-    cores = cpu_cores()
+def busy_elsewhere() -> float | None:
+    """Cores other processes keep busy now (:func:`busy_cores`), or the 1-minute load average where that
+    cannot be watched; None where neither can."""
     busy = busy_cores()
-    if busy is None:
-        busy = load_average() or 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return busy if busy is not None else load_average()
+
+
+def free_cores() -> int:
+    """Cores not busy with other work: the usable cores minus :func:`busy_elsewhere`, at least 1."""
+    cores = cpu_cores()
+    return max(1, min(cores, round(cores - (busy_elsewhere() or 0.0))))
 
 
 def env_switch(name: str) -> bool | None:

@@ -12,7 +12,7 @@ from advisor.core.clock import StageClock
 from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.core.io import read_model, write_text_atomic
-from advisor.core.machine import load_average, machine_name
+from advisor.core.machine import busy_elsewhere, machine_name
 from advisor.decide.curves import more_data
 from advisor.decide.forecast import Forecast, forecast
 from advisor.decide.models import Recommendation, RunPlan
@@ -263,9 +263,12 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | N
 
 STEP_TIMES = "step_times.json"  # in the cache folder: timed training steps, per machine and configuration
 # How a step is timed, in the key: entries timed another way (before 2026-12: always a batch of 8,
-# scaled) are timed again rather than trusted.
-STEP_TIMING = f"full-batch-under-{FULL_BATCH_TIMING_SECONDS:g}s"
-RETIME_LOAD = 0.75  # re-time a step when the cores were this much busier (1-minute load) than now when it was timed
+# scaled; before 2026-12-07: the 1-minute load average recorded beside them) are timed again rather than trusted.
+STEP_TIMING = f"full-batch-under-{FULL_BATCH_TIMING_SECONDS:g}s-other-work"
+# Re-time a step when other processes kept this many more cores busy when it was timed than now (busy_elsewhere:
+# the cores' own ticks, less this process's; the 1-minute load average, which counts this process's own profiling
+# and the last command's, let a timing taken beside a test run stand for a whole night of records).
+RETIME_LOAD = 0.75
 RETIME_RATIO = (0.5, 2.0)  # finished runs' achieved/forecast time outside this: the timing itself is re-taken
 KIND_WORDS = {"probe": "probe", "finetune": "fine-tune"}
 
@@ -294,13 +297,13 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
         known = {}
     known = known if isinstance(known, dict) else {}
     entry = known.get(key)
-    load = load_average()
+    load = busy_elsewhere()
     if isinstance(entry, dict) and not retime:
         secs, then, stamp = entry.get("seconds"), entry.get("load"), entry.get("time")
         usable = isinstance(secs, (int, float)) and math.isfinite(secs) and 0 < secs < 3600 and isinstance(stamp, str)
         calm = not (isinstance(then, (int, float)) and load is not None and then - load > RETIME_LOAD)
         if usable and calm:
-            return float(secs), f"step timed {stamp} (load {then if then is not None else '?'})", stamp
+            return float(secs), f"step timed {stamp} (other work on {f'{then:.1f}' if isinstance(then, (int, float)) else '?'} cores)", stamp
     if forward:
         seconds = forward_seconds(backbone_model, input_size=plan.input_size, batch_size=batch, device=dev)
     else:
@@ -311,7 +314,7 @@ def _step_seconds(backbone_model, plan: RunPlan, dev, frozen: int, cache_dir, *,
         write_text_atomic(path, json.dumps({**known, key: {"seconds": seconds, "load": load, "time": stamp}}, indent=1))
     except AdvisorError:
         pass  # a full or read-only cache only costs the timing next time
-    return seconds, f"step timed now (load {load:.1f})" if load is not None else "step timed now", stamp
+    return seconds, f"step timed now (other work on {load:.1f} cores)" if load is not None else "step timed now", stamp
 
 
 def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, short_schedule: bool = False,
