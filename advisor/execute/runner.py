@@ -36,6 +36,7 @@ from advisor.core import distributed
 from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.core.io import ensure_writable_dir, read_model, write_text_atomic
+from advisor.core.machine import machine_name
 from advisor.data.scan import scan_dataset
 from advisor.decide.advise import recommend_once
 from advisor.decide.records import record_outcome
@@ -131,7 +132,9 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
                      resume=resume, progress=progress, on_event=on_event)
     state.status = "running"
     _write(run_dir, "run.json", state)
-    ctx.event("resume" if resume else "start", strategy=plan.strategy, dataset=state.dataset)
+    # The device as its times are keyed ("cpu x2": the thread count chosen for this machine's load at start).
+    ctx.event("resume" if resume else "start", strategy=plan.strategy, dataset=state.dataset,
+              machine=machine_name(ctx.device))
     try:
         result, model = strategy.fit(data, backbone, config, ctx)
         card = ModelCard(strategy=plan.strategy, backbone=backbone.name, weights_digest=backbone.weights_digest,
