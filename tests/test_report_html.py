@@ -75,6 +75,19 @@ window.addEventListener('load', () => {
 </script>"""
 
 
+def test_the_curve_caption_says_when_it_read_a_share_of_the_validation_split(finished_run):
+    from advisor.report.html import _run_sections
+
+    result, plan = finished_run.result, finished_run.plan
+    n = result.metrics.n_val
+    classes = [c.name for c in result.metrics.per_class]
+    whole = "".join(_run_sections(plan, result, classes))
+    assert result.selected["curve_images"] == n and "stratified subset" not in whole  # 4 validation images: all of them
+    share = result.model_copy(update={"selected": {**result.selected, "curve_images": n - 1}})
+    page = "".join(_run_sections(plan, share, classes))
+    assert f"a stratified subset of {n - 1} of the {n} validation images" in page and "the reported accuracy is on all" in page
+
+
 def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     browser = _browser()
     if browser is None:
