@@ -287,6 +287,25 @@ def test_busy_cores_are_read_off_the_cores_own_ticks_not_the_load_average(monkey
     assert machine.free_cores() == 1
 
 
+def test_passive_openmp_only_when_other_work_holds_cores_and_never_under_torchrun(monkeypatch):
+    from advisor.core import machine
+
+    monkeypatch.setattr(machine, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(machine, "free_cores", lambda: 1)
+    monkeypatch.delenv("ADVISOR_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the sibling ranks import at the same moment: not other work
+    machine.apply_shared_cpu_policy()
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delenv("WORLD_SIZE")
+    machine.apply_shared_cpu_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setattr(machine, "free_cores", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    machine.apply_shared_cpu_policy()
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+
 def test_busy_cores_watches_this_machine_when_it_can():
     from advisor.core import machine
 

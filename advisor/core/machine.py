@@ -128,6 +128,8 @@ def apply_shared_cpu_policy() -> None:
     # Measured (benchmarks/busy_cpu.py, 2 cores, one taken by another job): spinning OpenMP threads
     # fell to 0.34x of the lone throughput; a passive wait gave 0.56x, and one thread per free core
     # 0.62x (passive: 0.68x). Alone, passive costs 26 %, so it is applied only when cores are busy.
+    # Not under torchrun (as the thread rule): the sibling ranks, importing at the same moment, would read as
+    # other work to a watch of the cores.
     if "OMP_WAIT_POLICY" not in os.environ and os.environ.get("ADVISOR_THREADS") != "default" \
-            and free_cores() < cpu_cores():
+            and os.environ.get("WORLD_SIZE", "1") == "1" and free_cores() < cpu_cores():
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
