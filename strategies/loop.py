@@ -461,7 +461,8 @@ class FinetuneLoop(LoopData):
                        holdout_accuracy=None if math.isnan(held_acc) else held_acc, lr=lr,
                        seconds=round(time.perf_counter() - self.t0, 2), step=pos.global_step,
                        lr_groups=lr_groups,
-                       images=images, epoch_seconds=round(time.perf_counter() - t_start, 3),
+                       images=images, curve_images=len(self.curve_val), val_images=len(self.data.val),
+                       epoch_seconds=round(time.perf_counter() - t_start, 3),
                        train_seconds=round(train_seconds, 3))
         if self.stopped_early:
             stopper = self.selection.stopper

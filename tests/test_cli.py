@@ -227,3 +227,18 @@ def test_predict_names_each_file_shortened_from_the_left(tmp_path, capsys, monke
     names = sorted(p.name for p in (deep / "red").iterdir())
     for name in names:  # every file can be matched to its row: the end of the path survives
         assert sum(name in line for line in rows) == 1, name
+
+
+def test_epoch_lines_say_once_when_the_curve_reads_a_share_of_the_validation_split(capsys):
+    from advisor.cli.render import stage_bars
+
+    line = {"event": "epoch", "epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5, "lr": 1e-3,
+            "seconds": 3.0, "curve_images": 256, "val_images": 864}
+    with stage_bars() as progress:
+        progress.event(line)
+        progress.event({**line, "epoch": 2})
+    err = capsys.readouterr().err
+    assert err.count("a stratified 256 of the 864 validation images") == 1 and err.count("val acc 0.5000") == 2
+    with stage_bars() as progress:
+        progress.event({**line, "curve_images": 864})  # the whole split: nothing to say
+    assert "stratified" not in capsys.readouterr().err

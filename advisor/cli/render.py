@@ -133,6 +133,7 @@ def stage_bars():
     with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=progress_console, transient=True) as bar:
         tasks: dict[str, int] = {}
+        noted: list[bool] = []
 
         class Reporter:
             def __call__(self, stage: str, done: int, total: int) -> None:
@@ -146,6 +147,11 @@ def stage_bars():
             def event(self, record: dict) -> None:
                 if record.get("event") != "epoch":
                     return
+                share, whole = record.get("curve_images"), record.get("val_images")
+                if not noted and isinstance(share, int) and isinstance(whole, int) and 0 < share < whole:
+                    noted.append(True)  # once, above the first epoch line
+                    bar.console.print(f"val figures per epoch: a stratified {share} of the {whole} validation images "
+                                      "(the final accuracy: all of them)", highlight=False, soft_wrap=True)
                 hold = record.get("holdout_accuracy")
                 bar.console.print(
                     f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
