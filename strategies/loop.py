@@ -25,10 +25,9 @@ from advisor.core.distributed import default_num_workers
 from advisor.core.errors import AdvisorError
 from advisor.core.machine import env_switch
 from advisor.data.loading import ImageDataset, mix_seed
-from advisor.decide.recipe import FinetuneRecipe, curve_images
+from advisor.decide.recipe import FinetuneRecipe
 from advisor.decide.rules import frozen_stages_for
 from advisor.measure.logistic import class_weights_from
-from advisor.measure.profiler import stratified_sample
 from strategies.base import RunContext, RunData, confidence_of, count_params, predictions_of
 from strategies.callbacks import (
     Callback,
@@ -158,9 +157,7 @@ class FinetuneLoop(LoopData):
             self.train_samples = [data.train[i] for i in keep]
             self.holdout = [data.train[i] for i in held]
         self.steps_per_epoch = steps_per_epoch(len(self.train_samples), cfg.batch_size)
-        # The learning curve's share of the validation split: the same images every epoch (and after a resume).
-        n_curve = cfg.curve_images if cfg.curve_images is not None else curve_images(len(data.val), len(self.train_samples))
-        self.curve_val = list(data.val) if n_curve >= len(data.val) else stratified_sample(list(data.val), n_curve, seed=self.seed)
+        self.curve_val = self.curve_samples(cfg.curve_images)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.num_classes = len(data.classes)
         self.labels = torch.tensor([s.label for s in self.train_samples], dtype=torch.long)

@@ -19,6 +19,8 @@ from advisor.core.machine import env_switch
 from advisor.data.decoded import DecodedImages, estimated_bytes, eval_side, has_room, train_side
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
+from advisor.decide.recipe import curve_images
+from advisor.measure.profiler import stratified_sample
 from advisor.core.io import default_cache_dir
 from strategies.device_augment import DeviceAugment
 from strategies.transforms import EvalTransform, TrainTransform
@@ -38,6 +40,13 @@ class LoopData:
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.workers,
                                            collate_fn=collate_skip, pin_memory=self.cuda,
                                            persistent_workers=self.workers > 0)
+
+    def curve_samples(self, size: int | None) -> list[Sample]:
+        """The validation images the learning curve reads each epoch: ``size`` of them, stratified and seeded (the
+        same every epoch and after a resume); None: :func:`advisor.decide.recipe.curve_images`'s share."""
+        val = list(self.data.val)
+        n = size if size is not None else curve_images(len(val), len(self.train_samples))
+        return val if n >= len(val) else stratified_sample(val, n, seed=self.seed)
 
     def eval_loader(self, samples: list[Sample], order: list[int] | None = None, *,
                     shard: bool = True) -> torch.utils.data.DataLoader:
