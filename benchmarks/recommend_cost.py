@@ -70,7 +70,7 @@ def auto_vs_strategy(dataset: Path, extra: list[str]) -> None:
         strategy = json.loads((run_dir / "plan.json").read_text())["strategy"]
         rec = json.loads((run_dir / "recommendation.json").read_text())
         forced, forced_dir = timed_run([str(dataset), "--strategy", strategy, *extra], tmp / "cache-forced", tmp / "runs-forced")
-        # The thread count each run chose (its local track record names the device: "cpu x2"). Until 2026-12-07 the
+        # The thread count each run chose (its first event names the machine: "cpu x2"). Until 2026-12-07 the
         # second run, started right after the first, read the first's load average as other work and took one thread.
         threads = [_machine_of(d) for d in (run_dir, forced_dir)]
     ratio = auto / forced

@@ -187,6 +187,7 @@ class FinetuneLoop(LoopData):
         self.ddp: torch.nn.Module | None = None
         self.compiled: torch.nn.Module | None = None
         self.decoded_train = self.decoded_eval = None
+        self.whole_split_eval = None  # the last epoch's pass, when its curve read the whole split
         self.decoded_note = "off"
         self.t0 = time.perf_counter()
 
@@ -266,8 +267,7 @@ class FinetuneLoop(LoopData):
             ctx.event("interrupted", stage="train", epoch=self.pos.epoch, step_in_epoch=self.pos.step,
                       global_step=self.pos.global_step, checkpoint=str(self.path))
             raise
-        return self._finish(model, curve_loader if len(self.curve_val) == len(self.data.val)
-                            else self.eval_loader(self.data.val))
+        return self._finish(model)
 
     def _build_model(self) -> TransferClassifier:
         # The head's initial weights depend on the seed only, not on the caller's RNG state.
@@ -285,13 +285,15 @@ class FinetuneLoop(LoopData):
         model.to(self.dev, memory_format=torch.channels_last)
         return model
 
-    def _finish(self, model: TransferClassifier, val_loader) -> tuple[RunResult, TransferClassifier]:
+    def _finish(self, model: TransferClassifier) -> tuple[RunResult, TransferClassifier]:
         best = self.selection.best_state if self.selection is not None else None
         if best is not None:  # early stopping on the hold-out slice kept its best epoch
             model.load_state_dict(best)
         elif self.averaging is not None:
             self.averaging.load_into(model)
-        logits, y, paths = self.evaluate(model, val_loader, self.data.val)
+        # No best epoch: the last epoch's pass evaluated the reported weights; over the whole split it is the result.
+        done = self.whole_split_eval if best is None else None
+        logits, y, paths = done or self.evaluate(model, self.eval_loader(self.data.val), self.data.val)
         metrics = classification_metrics(logits, y, self.data.classes)
         trainable, total = count_params(model)
         seconds = self.seconds_before + time.perf_counter() - self.t0
@@ -428,7 +430,8 @@ class FinetuneLoop(LoopData):
     def _end_epoch(self, model, curve_loader, holdout_loader) -> None:
         pos = self.pos
         run_hooks(self.callbacks, "on_validation_start", self, model)
-        logits, y, _ = self.evaluate(model, curve_loader, self.curve_val)
+        logits, y, paths = self.evaluate(model, curve_loader, self.curve_val)
+        self.whole_split_eval = (logits, y, paths) if len(self.curve_val) == len(self.data.val) else None
         accuracy = float((logits.argmax(1) == y).float().mean())
         val_loss = float(F.cross_entropy(logits, y))
         held_acc = held_loss = math.nan
@@ -464,7 +467,6 @@ class FinetuneLoop(LoopData):
         if self.stopped_early:
             stopper = self.selection.stopper
             self.ctx.event("early_stop", epoch=epoch, best_epoch=stopper.best_epoch, patience=stopper.patience)
-
 
     # ------------------------------------------------------------------ resume
 

@@ -377,6 +377,11 @@ def test_learning_curve_reads_a_stratified_subset_of_a_large_validation_split_an
     assert {Path(p).parent.name for p in curve[0]} == {"red", "blue"}  # stratified: both classes
     assert final == every_val and result.metrics.n_val == 8 and result.selected["curve_images"] == 4
     assert len(result.curves["val_accuracy"]) == 2
+    # The curve reading the whole split: the last epoch's pass (the EMA weights, as reported) is the result
+    seen.clear()
+    whole, _ = fit("full-finetune", dataset, tmp_path / "whole", cache_dir, epochs=2, head_warmup=False)
+    assert len(seen) == 2 and seen[-1] == every_val and whole.selected["curve_images"] == 8
+    assert whole.metrics.val_accuracy == whole.curves["val_accuracy"][-1]
 
 
 def test_curve_images_is_the_whole_split_unless_it_outweighs_training():

@@ -382,7 +382,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     solve (``probe_solve_seconds``, strategy -> seconds); a fine-tune epoch is its optimiser steps
     (``partial_step_seconds`` for the partial fine-tune, timed with its frozen stages) plus the
     decoding of its images plus the learning curve's evaluation pass (``curve_images`` of the validation
-    images), and the run ends with one pass over the whole validation split.
+    images); when that is a share, the run ends with one pass over the whole validation split.
 
     ``short_schedule``: the fine-tunes are capped below the share of their schedule the record
     measured; no gain is credited then, and the interval keeps the predicted gain's room on the
@@ -443,9 +443,11 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     # Batches per epoch, the last partial one counted by its share: it costs about its images' worth
     # (40 images at batch 32 cost 1.25 steps, not 2: on a small set that was 1.6x over).
     steps = train_images / batch_size if train_images else 0.0
-    # Each epoch evaluates the learning curve's share of the validation split; the end, all of it once.
-    curve_pass = curve_images(val_images, train_images) / extract_images_per_second if extract_images_per_second else 0.0
-    final_pass = val_images / extract_images_per_second * time_factor if extract_images_per_second else 0.0
+    # Each epoch evaluates the learning curve's share of the validation split; the end all of it, once, unless
+    # the curve already read all of it (the last epoch's pass is then the result).
+    curve = curve_images(val_images, train_images)
+    curve_pass = curve / extract_images_per_second if extract_images_per_second else 0.0
+    final_pass = val_images / extract_images_per_second * time_factor if extract_images_per_second and curve < val_images else 0.0
     for name in FINETUNES:
         coef = fit_gain(records, name)
         if best_probe is None or coef is None:
