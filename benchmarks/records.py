@@ -108,7 +108,8 @@ def probe_gap_inputs(c: dict) -> dict:
     p = c["profile"]
     side = SizeSummary.model_validate(p["sizes"]).median_side if p.get("sizes") else None
     return {"train_images": c["train_images"], "cv_images": p.get("probe_cv_images") or min(c["train_images"], 300),
-            "image_side": side, "profile_size": p.get("input_size")}
+            "image_side": side, "profile_size": p.get("input_size"), "probe_holdout": p.get("probe_holdout") or None,
+            "holdout_images": p.get("probe_holdout_images")}
 
 
 def read_cells(paths: list[Path]) -> list[dict]:
@@ -129,7 +130,30 @@ def read_cells(paths: list[Path]) -> list[dict]:
             if isinstance(c, dict) and set(STRATEGIES) <= set(c.get("strategies", {})):
                 cells.append(c)
     fresh = {cell_key(c) for c in cells if not c.get("legacy")}
-    return [c for c in cells if not (c.get("legacy") and cell_key(c) in fresh)]
+    cells = [c for c in cells if not (c.get("legacy") and cell_key(c) in fresh)]
+    add_holdouts(cells, [Path(p).with_name(HOLDOUT_FILE) for p in paths])
+    return cells
+
+
+HOLDOUT_FILE = "profile_holdout.jsonl"  # benchmarks/profile_holdout.py: the holdout probe of cells profiled before it
+
+
+def add_holdouts(cells: list[dict], files: list[Path]) -> None:
+    """Give each cell whose profile predates the holdout probe the one profile_holdout.py measured for its
+    (dataset, k, seed): the same sample, the same seed, today's profiler."""
+    found = {}
+    for f in dict.fromkeys(files):
+        if f.exists():
+            for line in f.read_text().splitlines():
+                try:
+                    h = json.loads(line)
+                    found[(h["dataset"], h.get("k"), h.get("seed", 0))] = h
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+    for c in cells:
+        h = found.get((c["dataset"], c.get("k"), c.get("seed", 0)))
+        if h and not c["profile"].get("probe_holdout"):
+            c["profile"] = {**c["profile"], "probe_holdout": h["probe_holdout"], "probe_holdout_images": h["probe_holdout_images"]}
 
 
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,

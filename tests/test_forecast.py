@@ -314,3 +314,27 @@ def test_timing_and_extraction_give_the_backbone_back_in_its_own_memory_layout(t
     bb.to(memory_format=torch.channels_last)
     forward_seconds(bb, input_size=32, batch_size=4, device="cpu")
     assert memory_format_of(bb) == torch.channels_last
+
+
+def test_a_few_shot_probe_starts_from_the_profiles_holdout_not_its_cv_and_shifts_by_the_records_holdout_gap():
+    # references whose probes scored 2 points below their holdout, whatever their (noisy) CV said
+    refs = []
+    for i, cv in enumerate([0.3, 0.9, 0.5, 0.7, 0.2, 0.6]):
+        refs.append({"dataset": f"d{i}", "input_size": 224, "image_side": 256, "profile_size": 224, "train_images": 20,
+                     "cv_images": 20, "train_per_class_median": 2, "similarity": 0.5,
+                     "accuracy": {"linear-probe": 0.70, "layer-probe": 0.60, "partial-finetune": 0.65, "full-finetune": 0.66},
+                     "sample_cv": {"pre_logits": cv, "stage4": cv + 0.05}, "probe_holdout": {"pre_logits": 0.72, "stage4": 0.62},
+                     "holdout_images": 280})
+    common = dict(probe_cv={"pre_logits": 0.25, "stage4": 0.35}, val_images=500, train_images=20, per_class=2,
+                  similarity=0.5, epochs=None, step_seconds=None, batch_size=32, records=refs, input_size=224,
+                  cv_images=20, image_side=256, profile_size=224)
+    held = {f.strategy: f for f in forecast(**common, probe_holdout={"pre_logits": 0.50, "stage4": 0.55},
+                                            holdout_images=280).strategies}
+    assert held["linear-probe"].accuracy == pytest.approx(0.48, abs=0.002)  # 0.50 - 2 points
+    assert held["layer-probe"].accuracy == pytest.approx(0.53, abs=0.002)  # the tap the CV ranks first (stage4)
+    assert "scored on 280 validation images" in held["linear-probe"].method and held["linear-probe"].cv == 0.25
+    # 280 holdout images: the interval is at least their binomial spread
+    assert held["linear-probe"].high - held["linear-probe"].accuracy >= 1.2816 * (0.5 * 0.5 / 280) ** 0.5 - 1e-3
+    # without a holdout the CV route stands (its shift learned from the same references)
+    plain = {f.strategy: f for f in forecast(**common).strategies}
+    assert "CV on pre_logits" in plain["linear-probe"].method and plain["linear-probe"].accuracy != held["linear-probe"].accuracy

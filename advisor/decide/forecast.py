@@ -8,6 +8,8 @@
   the run's extra images per class over a CV fold's should lift it along a learning curve
   (fold^-1/2 - run^-1/2: 1 to 2 images per class lifts far more than 40 to 50). A 224-px CV on
   a sample says little about a 64-px run on the whole split without both.
+  Few-shot sets: a probe fitted on every training image and scored on the sample's validation
+  images stands in for the CV (advisor/decide/probe_gap.py, where both shifts live).
 * **Fine-tunes** are the better probe's forecast plus a gain learned from the track record
   (``advisor/reference/track_record.json``: every strategy at several sizes, k-shot subsamples
   included): the gain each recorded run measured, regressed on log images per class,
@@ -33,19 +35,18 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, Field
 
+from advisor.decide.probe_gap import (PROBE_TAP, PROBES, _probe_rows, _xp, cv_gaps, cv_size_ratio, fit_holdout_gap,
+                                      fit_probe_gap, holdout_gap_residuals, learning_curve_term, probe_gap_residuals,
+                                      probe_holdout_value, resolution_lost, ridge)
 from advisor.decide.recipe import curve_images
 from advisor.decide.records import (RECORD_INPUT_SIZE, group_of, load_track_record, local_datasets,
                                      local_outcomes, shipped_track_record)
 from advisor.decide.timing import finite_number
 
 FINETUNES = ("partial-finetune", "full-finetune")
-PROBES = ("linear-probe", "layer-probe")
 Z80 = 1.2816  # two-sided 80 % normal quantile
-RIDGE = 1.0
-PROBE_TAP = "pre_logits"
 
 
 class StrategyForecast(BaseModel):
@@ -97,14 +98,6 @@ def _xr(r: dict) -> list[float]:
     return _x(r["train_per_class_median"], r.get("similarity"), r.get("input_size"), r.get("schedule_share"))
 
 
-def _ridge(X: list[list[float]], y: list[float]) -> list[float]:
-    Xt = torch.tensor(X, dtype=torch.float64)
-    yt = torch.tensor(y, dtype=torch.float64)
-    penalty = RIDGE * torch.eye(Xt.shape[1], dtype=torch.float64)
-    penalty[0, 0] = 0.0  # the intercept is not shrunk
-    return torch.linalg.solve(Xt.T @ Xt + penalty, Xt.T @ yt).tolist()
-
-
 def _best_probe(acc: dict) -> float:
     return max(acc.get(s, 0.0) for s in PROBES)
 
@@ -114,7 +107,7 @@ def fit_gain(records: Sequence[dict], strategy: str) -> list[float] | None:
     rows = [r for r in records if strategy in r["accuracy"] and all(s in r["accuracy"] for s in PROBES)]
     if len({group_of(r) for r in rows}) < 3:
         return None
-    return _ridge([_xr(r) for r in rows], [r["accuracy"][strategy] - _best_probe(r["accuracy"]) for r in rows])
+    return ridge([_xr(r) for r in rows], [r["accuracy"][strategy] - _best_probe(r["accuracy"]) for r in rows])
 
 
 def predict_gain(coef: Sequence[float], per_class: float, similarity: float | None, input_size: float | None = None,
@@ -135,109 +128,6 @@ def gain_residuals(records: Sequence[dict], strategy: str) -> list[float]:
                 achieved = r["accuracy"][strategy] - _best_probe(r["accuracy"])
                 out.append(achieved - sum(c * v for c, v in zip(coef, _xr(r), strict=True)))
     return out
-
-
-def _probe_sample_cv(sample_cv: dict[str, float], strategy: str) -> float | None:
-    if strategy == "linear-probe":
-        return sample_cv.get(PROBE_TAP)
-    return max(sample_cv.values()) if sample_cv else None
-
-
-PROFILE_INPUT_SIZE = 224  # the size a profile's probe CV is measured at, where a record does not say
-
-
-def resolution_lost(image_side: float | None, input_size: float | None, profile_size: float | None = None) -> float:
-    """Octaves of detail the run's input size discards that the profile's probe CV saw.
-
-    A network sees an image at min(its own size, the input size): a 64-px run loses nothing on
-    28-px digits that a 224-px profile saw, and about 1.8 octaves on 256-px photos.
-    ``image_side``: the images' median shorter side (None: larger than either size).
-    """
-    side = image_side if image_side and image_side > 0 else math.inf
-    return math.log2(min(side, profile_size or PROFILE_INPUT_SIZE) / min(side, input_size or RECORD_INPUT_SIZE))
-
-
-def _fold_and_run_per_class(per_class: float, train_images: int | None, cv_images: int | None) -> tuple[float, float]:
-    """(images per class a fold of the profile's CV trained on, images per class the run trains on).
-
-    The CV runs on a sample (``cv_images``) in min(5, images per class in the sample) folds: with
-    2 images per class each fold trains on 1, the run on 2; on a 300-image sample of 3,000 the
-    run sees ten times what a fold did. Unknown sizes: the CV is taken to have seen the whole
-    training split.
-    """
-    pc = max(per_class, 1.0)
-    classes = max(1.0, train_images / pc) if train_images else None
-    sample_pc = min(pc, cv_images / classes) if cv_images and classes else pc
-    folds = max(2, min(5, int(sample_pc)))
-    return max(sample_pc * (folds - 1) / folds, 0.5), pc
-
-
-def cv_size_ratio(per_class: float, train_images: int | None, cv_images: int | None) -> float:
-    """Octaves more training images per class the run fits on than each fold of the profile's CV did."""
-    fold, run = _fold_and_run_per_class(per_class, train_images, cv_images)
-    return math.log2(run / fold)
-
-
-LEARNING_CURVE_EXPONENT = 0.5  # error ~ n^-1/2: the textbook rate, fixed before it was measured here
-
-
-def learning_curve_term(per_class: float, train_images: int | None, cv_images: int | None) -> float:
-    """How much the extra images should lift a probe above its CV: fold^-1/2 - run^-1/2 (images per class).
-
-    A learning curve flattens: one more image per class lifts a 1-shot probe far more than a
-    40-shot one, so the lift is linear in n^-1/2, not in log n. On the track record this term
-    replaced the octave ratio (:func:`cv_size_ratio`): the 2-per-class cells had been under-forecast
-    by 6-12 points and the 5-per-class ones over-forecast by 2-5 (docs/forecast_error.md).
-    """
-    fold, run = _fold_and_run_per_class(per_class, train_images, cv_images)
-    return fold ** -LEARNING_CURVE_EXPONENT - run ** -LEARNING_CURVE_EXPONENT
-
-
-def _xp(lost: float, curve: float) -> list[float]:
-    """Probe-gap features: intercept, resolution lost, learning-curve term (see the functions above)."""
-    return [1.0, lost, curve]
-
-
-def _xpr(r: dict) -> list[float]:
-    return _xp(resolution_lost(r.get("image_side"), r.get("input_size"), r.get("profile_size")),
-               learning_curve_term(r["train_per_class_median"], r.get("train_images"), r.get("cv_images")))
-
-
-def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
-    """(record, probe, validation accuracy - sample CV) for every record that measured both."""
-    out = []
-    for r in records:
-        for s in PROBES:
-            cv = _probe_sample_cv(r.get("sample_cv") or {}, s)
-            if cv is not None and s in r["accuracy"]:
-                out.append((r, s, r["accuracy"][s] - cv))
-    return out
-
-
-def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
-    """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on the resolution the run's
-    input size loses against the profile's and the learning-curve lift of the run's images per class over a CV fold's."""
-    rows = _probe_rows(records)
-    if len({group_of(r) for r, _, _ in rows}) < 3:
-        return None
-    return _ridge([_xpr(r) for r, _, _ in rows], [g for _, _, g in rows])
-
-
-def probe_gap_residuals(records: Sequence[dict]) -> list[float]:
-    out = []
-    for g in sorted({group_of(r) for r in records}):
-        coef = fit_probe_gap([q for q in records if group_of(q) != g])
-        if coef is None:
-            continue
-        for r, _, gap in _probe_rows([q for q in records if group_of(q) == g]):
-            out.append(gap - sum(c * v for c, v in zip(coef, _xpr(r), strict=True)))
-    return out
-
-
-def cv_gaps(records: Sequence[dict]) -> list[float]:
-    """Validation accuracy minus training-split CV accuracy, per (reference dataset, probe) that measured both."""
-    return [r["accuracy"][s] - r["probe_cv"][s] for r in records for s in PROBES
-            if s in (r.get("probe_cv") or {}) and s in r["accuracy"]]
 
 
 def _record_size(record: dict) -> int:
@@ -359,7 +249,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0,
              overhead_seconds: float = 0.0, image_side: float | None = None,
              profile_size: int | None = None, probe_time_factor: float | None = None,
-             probe_time_source: str | None = None) -> Forecast:
+             probe_time_source: str | None = None, probe_holdout: dict[str, float] | None = None,
+             holdout_images: int | None = None) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
@@ -376,6 +267,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     ``image_side`` (the images' median shorter side) and ``profile_size`` (the size the profile's
     CV ran at): the probe CV's shift to the run's accuracy depends on the detail the run's input
     size loses (:func:`resolution_lost`) and on how many more images it trains on (:func:`cv_size_ratio`).
+    ``probe_holdout`` (tap -> accuracy) and ``holdout_images``: the profile's probe fitted on every training
+    image and scored on that many validation images (few-shot sets); where given, the probes start from it
+    instead of the CV (advisor/decide/probe_gap.py).
 
     Time: one image's extraction costs ``1 / extract_images_per_second`` (timed by the caller;
     without it, a third of a training step per image plus its decoding); a probe adds its
@@ -421,25 +315,46 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         how_shift = f"{100 * shift:+.1f} points: the median validation-vs-CV gap of {len(gaps)} reference probes" if gaps else ""
     linear = probe_cv.get(PROBE_TAP)
     layer_tap = max(probe_cv, key=probe_cv.get) if probe_cv else None
+    hold_coef = fit_holdout_gap(records) if probe_holdout and holdout_images else None
+    probe_spread: dict[str, tuple[float, float]] = {}  # each probe's residual spread: a fine-tune built on it adds its own
+    if hold_coef is not None:
+        lost_here = resolution_lost(image_side, input_size, profile_size)
+        hold_shift = hold_coef[0] + hold_coef[1] * lost_here
+        hold_res = holdout_gap_residuals(records)
+        hold_spread = (_quantile(hold_res, 0.1), _quantile(hold_res, 0.9)) if len(hold_res) >= 4 else (0.0, 0.0)
+        hold_sets = len({group_of(r) for r in records if r.get("probe_holdout")})
     for name, cv, how in (("linear-probe", linear, f"CV on {PROBE_TAP} (profiling sample)"),
                           ("layer-probe", probe_cv.get(layer_tap) if layer_tap else None, f"CV on {layer_tap}, the best tap")):
         if cv is None:
             continue
-        acc = min(1.0, max(0.0, cv + shift))
+        held = probe_holdout_value(probe_holdout, probe_cv, name) if hold_coef is not None else None
+        if held is not None:  # measured on what the run trains on: only the input size's shift remains
+            acc = min(1.0, max(0.0, held + hold_shift))
+            part_spread, half = hold_spread, Z80 * math.sqrt(max(held * (1 - held), 1e-6) / holdout_images)
+            how = (f"a probe on all {train_images} training images, scored on {holdout_images} validation images of the "
+                   f"profiling sample ({'pre_logits' if name == 'linear-probe' else 'the tap its CV ranks first'}) {held:.3f}, "
+                   f"{100 * hold_shift:+.1f} points: validation vs that holdout on {hold_sets} reference sets "
+                   f"({abs(lost_here):.1f} octaves of detail lost at {input_size or RECORD_INPUT_SIZE} px)")
+        else:
+            acc = min(1.0, max(0.0, cv + shift))
+            part_spread = spread
+            half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
+            if how_shift:
+                how += f" {cv:.3f}, {how_shift}"
         blo, bhi = binomial_interval(acc, val_images)
         # The record's residuals were measured on validation splits, so they already hold the
         # binomial noise: the wider of the two, not their sum.
-        cv_half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
-        lo = max(0.0, acc - max(acc - blo, -spread[0], cv_half))
-        hi = min(1.0, acc + max(bhi - acc, spread[1], cv_half))
-        if how_shift:
-            how += f" {cv:.3f}, {how_shift}"
+        lo = max(0.0, acc - max(acc - blo, -part_spread[0], half))
+        hi = min(1.0, acc + max(bhi - acc, part_spread[1], half))
+        probe_spread[name] = part_spread
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
                                      method=how, cv=round(cv, 4),
                                      seconds=round(probe_extract + solve.get(name, 0.0) * probe_factor + overhead_seconds, 1)
                                      if probe_extract is not None else None,
                                      time_source=probe_source if probe_extract is not None else None))
     best_probe = max((r.accuracy for r in rows), default=None)
+    if rows:
+        spread = probe_spread[max(rows, key=lambda r: r.accuracy).strategy]
     # Batches per epoch, the last partial one counted by its share: it costs about its images' worth
     # (40 images at batch 32 cost 1.25 steps, not 2: on a small set that was 1.6x over).
     steps = train_images / batch_size if train_images else 0.0

@@ -1,0 +1,109 @@
+"""Add the profile's validation holdout probe to recorded cells, resumably, without re-running them.
+
+    python benchmarks/profile_holdout.py [--records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl]
+        [--out docs/records/profile_holdout.jsonl] [--data ../shared/data] [--hours H]
+
+Since 2026-12-07 a profile whose training split is smaller than its sample (a few-shot set)
+fits a probe on every training image and scores it on the sample's validation images
+(``DatasetProfile.probe_holdout``). The records' cells were profiled before that: this script
+rebuilds each such cell's profiling sample (the same k-shot draw, the same seed), extracts its
+features through one shared feature cache (the validation split is the same for every k and
+seed of a dataset, so it is extracted once), runs the probe CV and the holdout exactly as the
+profiler does, and writes one line per (dataset, k, seed). The probe CV is recomputed too and
+printed beside the recorded one: they agree when the profile's code has not changed since.
+Cells whose training split fills the sample get no line (the profile has no holdout there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from records import SHARED, read_cells
+from sweeps import subsample
+
+from advisor.backbones import create_backbone
+from advisor.data.scan import scan_dataset
+from advisor.measure.features import extract_features
+from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, _probe_cv, _probe_holdout, profiling_sample
+from advisor.measure.transferability import per_tap_evidence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def key(c: dict) -> tuple:
+    return (c["dataset"], c.get("k"), c.get("seed", 0))
+
+
+def holdout_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None:
+    scan = scan_dataset(str(path))
+    sample = profiling_sample(scan.samples, DEFAULT_SAMPLE_SIZE, seed=seed)
+    fs = extract_features(sample, backbone, bn_moments=False, device="cpu", cache_dir=cache)
+    used = [sample[i] for i in fs.index]
+    train_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "train"], dtype=torch.long)
+    val_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "val"], dtype=torch.long)
+    classes = len(scan.classes)
+    if len(val_rows) < classes or len(train_rows) < 2 * classes:
+        return None
+    train_feats = {t.name: fs.features[t.name][train_rows] for t in backbone.taps}
+    evidence = per_tap_evidence(train_feats, fs.labels[train_rows], taps=[t.name for t in backbone.taps], seed=seed)
+    cv, l2s, _ = _probe_cv(train_feats, fs.labels[train_rows], evidence, num_classes=classes, seed=seed)
+    held = _probe_holdout(fs.features, fs.labels, train_rows, val_rows, l2s, num_classes=classes)
+    return {"probe_cv": cv, "probe_holdout": held, "probe_holdout_images": len(val_rows), "train_rows": len(train_rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", nargs="+", default=[str(ROOT / "docs/records/cpu.jsonl"), str(ROOT / "docs/records/cpu64_legacy.jsonl")])
+    ap.add_argument("--out", default=str(ROOT / "docs/records/profile_holdout.jsonl"))
+    ap.add_argument("--data", default=str(SHARED))
+    ap.add_argument("--cache", default=None, help="feature cache folder (default: a scratch folder kept for this run)")
+    ap.add_argument("--hours", type=float, default=None)
+    args = ap.parse_args()
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            try:
+                done.add(key(json.loads(line)))
+            except (json.JSONDecodeError, KeyError):
+                continue
+    cells = {}
+    for c in read_cells([Path(p) for p in args.records]):
+        if c["train_images"] < DEFAULT_SAMPLE_SIZE:
+            cells.setdefault(key(c), c)
+    todo = [c for k, c in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])) if k not in done]
+    print(f"{len(cells)} (dataset, k, seed) with a training split under the sample; {len(todo)} to do", flush=True)
+    backbone = create_backbone("efficientnet_lite0")
+    t0 = time.time()
+    work = Path(tempfile.mkdtemp(prefix="holdout-"))
+    cache = Path(args.cache) if args.cache else work / "cache"
+    for c in todo:
+        if args.hours is not None and time.time() - t0 > args.hours * 3600:
+            print("time is up: stopping before the next cell", flush=True)
+            break
+        path = Path(args.data) / c["dataset"]
+        if c.get("k") is not None:
+            path = subsample(str(path), c["k"], work / f"data-{c['dataset']}-k{c['k']}-s{c['seed']}", seed=c["seed"])
+        t = time.time()
+        line = holdout_line(path, backbone, seed=c["seed"], cache=cache)
+        if line is None:
+            print(f"{key(c)}: no validation images in the sample", flush=True)
+            continue
+        line = {"dataset": c["dataset"], "k": c.get("k"), "seed": c["seed"], **line,
+                "recorded_probe_cv": c["profile"].get("probe_cv"), "seconds": round(time.time() - t, 1),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(f"{key(c)}: holdout {line['probe_holdout']} on {line['probe_holdout_images']} val images; CV {line['probe_cv']} "
+              f"(recorded {line['recorded_probe_cv']}) {line['seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
