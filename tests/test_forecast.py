@@ -332,7 +332,7 @@ def test_a_few_shot_probe_starts_from_the_profiles_holdout_not_its_cv_and_shifts
                                             holdout_images=280).strategies}
     assert held["linear-probe"].accuracy == pytest.approx(0.48, abs=0.002)  # 0.50 - 2 points
     assert held["layer-probe"].accuracy == pytest.approx(0.53, abs=0.002)  # the tap the CV ranks first (stage4)
-    assert "scored on 280 validation images" in held["linear-probe"].method and held["linear-probe"].cv == 0.25
+    assert "holdout on pre_logits 0.500 (20 training images -> 280 validation images" in held["linear-probe"].method and held["linear-probe"].cv == 0.25
     # 280 holdout images: the interval is at least their binomial spread
     assert held["linear-probe"].high - held["linear-probe"].accuracy >= 1.2816 * (0.5 * 0.5 / 280) ** 0.5 - 1e-3
     # without a holdout the CV route stands (its shift learned from the same references)

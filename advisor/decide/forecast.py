@@ -331,10 +331,10 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         if held is not None:  # measured on what the run trains on: only the input size's shift remains
             acc = min(1.0, max(0.0, held + hold_shift))
             part_spread, half = hold_spread, Z80 * math.sqrt(max(held * (1 - held), 1e-6) / holdout_images)
-            how = (f"a probe on all {train_images} training images, scored on {holdout_images} validation images of the "
-                   f"profiling sample ({'pre_logits' if name == 'linear-probe' else 'the tap its CV ranks first'}) {held:.3f}, "
-                   f"{100 * hold_shift:+.1f} points: validation vs that holdout on {hold_sets} reference sets "
-                   f"({abs(lost_here):.1f} octaves of detail lost at {input_size or RECORD_INPUT_SIZE} px)")
+            tap = PROBE_TAP if name == "linear-probe" else layer_tap
+            detail = f"; {lost_here:.1f} octaves of detail lost at {input_size} px" if abs(lost_here) >= 0.05 else ""
+            how = (f"holdout on {tap} {held:.3f} ({train_images} training images -> {holdout_images} validation images "
+                   f"of the sample), {100 * hold_shift:+.1f} points: validation vs holdout on {hold_sets} reference sets{detail}")
         else:
             acc = min(1.0, max(0.0, cv + shift))
             part_spread = spread
