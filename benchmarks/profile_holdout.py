@@ -1,17 +1,18 @@
-"""Add the profile's validation holdout probe to recorded cells, resumably, without re-running them.
+"""Measure the profile's probes again for recorded cells, resumably, without re-running the cells.
 
     python benchmarks/profile_holdout.py [--records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl]
         [--out docs/records/profile_holdout.jsonl] [--data ../shared/data] [--hours H]
 
 Since 2026-12-07 a profile whose training split is smaller than its sample (a few-shot set)
 fits a probe on every training image and scores it on the sample's validation images
-(``DatasetProfile.probe_holdout``). The records' cells were profiled before that: this script
-rebuilds each such cell's profiling sample (the same k-shot draw, the same seed), extracts its
-features through one shared feature cache (the validation split is the same for every k and
-seed of a dataset, so it is extracted once), runs the probe CV and the holdout exactly as the
-profiler does, and writes one line per (dataset, k, seed). The probe CV is recomputed too and
-printed beside the recorded one: they agree when the profile's code has not changed since.
-Cells whose training split fills the sample get no line (the profile has no holdout there).
+(``DatasetProfile.probe_holdout``), and the probes scale each tap's features by one shared
+deviation (``fit_standardizer``), which changes the profile's probe CV too. The records' cells
+were profiled before both: this script rebuilds each cell's profiling sample (the same k-shot
+draw, the same seed), extracts its features through one shared feature cache (the validation
+split is the same for every k and seed of a dataset, so it is extracted once), runs the probe CV
+and, where the sample holds validation images, the holdout, exactly as today's profiler does,
+and writes one line per (dataset, k, seed); ``records.read_cells`` puts them into the cells'
+profiles (the recorded CV stays beside it as ``recorded_probe_cv``).
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ def holdout_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None
     train_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "train"], dtype=torch.long)
     val_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "val"], dtype=torch.long)
     classes = len(scan.classes)
-    if len(val_rows) < classes or len(train_rows) < 2 * classes:
+    if len(train_rows) < 2 * classes:
         return None
     train_feats = {t.name: fs.features[t.name][train_rows] for t in backbone.taps}
     evidence = per_tap_evidence(train_feats, fs.labels[train_rows], taps=[t.name for t in backbone.taps], seed=seed)
     cv, l2s, _ = _probe_cv(train_feats, fs.labels[train_rows], evidence, num_classes=classes, seed=seed)
+    if len(val_rows) < classes:  # the training split fills the sample: no holdout, as in the profiler
+        return {"probe_cv": cv, "probe_holdout": None, "probe_holdout_images": None, "train_rows": len(train_rows)}
     held = _probe_holdout(fs.features, fs.labels, train_rows, val_rows, l2s, num_classes=classes)
     return {"probe_cv": cv, "probe_holdout": held, "probe_holdout_images": len(val_rows), "train_rows": len(train_rows)}
 
@@ -76,10 +79,11 @@ def main() -> None:
                 continue
     cells = {}
     for c in read_cells([Path(p) for p in args.records]):
-        if c["train_images"] < DEFAULT_SAMPLE_SIZE:
-            cells.setdefault(key(c), c)
-    todo = [c for k, c in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])) if k not in done]
-    print(f"{len(cells)} (dataset, k, seed) with a training split under the sample; {len(todo)} to do", flush=True)
+        cells.setdefault(key(c), c)
+    # few-shot cells (a holdout) first, then those whose training split fills the sample (the CV only)
+    todo = [c for k, c in sorted(cells.items(), key=lambda kv: (kv[1]["train_images"] >= DEFAULT_SAMPLE_SIZE, kv[0][0],
+                                                                kv[0][1] or 0, kv[0][2])) if k not in done]
+    print(f"{len(cells)} (dataset, k, seed); {len(todo)} to do", flush=True)
     backbone = create_backbone("efficientnet_lite0")
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="holdout-"))
@@ -94,10 +98,11 @@ def main() -> None:
         t = time.time()
         line = holdout_line(path, backbone, seed=c["seed"], cache=cache)
         if line is None:
-            print(f"{key(c)}: no validation images in the sample", flush=True)
+            print(f"{key(c)}: fewer than 2 training images per class in the sample", flush=True)
             continue
         line = {"dataset": c["dataset"], "k": c.get("k"), "seed": c["seed"], **line,
-                "recorded_probe_cv": c["profile"].get("probe_cv"), "seconds": round(time.time() - t, 1),
+                "recorded_probe_cv": c["profile"].get("recorded_probe_cv") or c["profile"].get("probe_cv"),
+                "seconds": round(time.time() - t, 1),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -36,7 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from advisor.core.machine import load_average
+from advisor.core.stats import paired_bootstrap
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +136,7 @@ def read_cells(paths: list[Path]) -> list[dict]:
     fresh = {cell_key(c) for c in cells if not c.get("legacy")}
     cells = [c for c in cells if not (c.get("legacy") and cell_key(c) in fresh)]
     add_holdouts(cells, [Path(p).with_name(HOLDOUT_FILE) for p in paths])
+    add_remeasured_probes(cells, [Path(p).with_name(PROBES_FILE) for p in paths])
     return cells
 
 
@@ -139,8 +144,9 @@ HOLDOUT_FILE = "profile_holdout.jsonl"  # benchmarks/profile_holdout.py: the hol
 
 
 def add_holdouts(cells: list[dict], files: list[Path]) -> None:
-    """Give each cell whose profile predates the holdout probe the one profile_holdout.py measured for its
-    (dataset, k, seed): the same sample, the same seed, today's profiler."""
+    """Give each cell the profile probes profile_holdout.py measured for its (dataset, k, seed) with today's
+    profiler (the same sample, the same seed): the probe CV (the recorded one kept as ``recorded_probe_cv``)
+    and, on a few-shot set, the holdout probe."""
     found = {}
     for f in dict.fromkeys(files):
         if f.exists():
@@ -152,8 +158,9 @@ def add_holdouts(cells: list[dict], files: list[Path]) -> None:
                     continue
     for c in cells:
         h = found.get((c["dataset"], c.get("k"), c.get("seed", 0)))
-        if h and not c["profile"].get("probe_holdout"):
-            c["profile"] = {**c["profile"], "probe_holdout": h["probe_holdout"], "probe_holdout_images": h["probe_holdout_images"]}
+        if h and "probe_holdout" not in c["profile"]:  # profiled before the holdout: not by today's profiler
+            c["profile"] = {**c["profile"], "probe_cv": h["probe_cv"], "recorded_probe_cv": c["profile"].get("probe_cv"),
+                            "probe_holdout": h.get("probe_holdout") or {}, "probe_holdout_images": h.get("probe_holdout_images")}
 
 
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,
@@ -261,3 +268,83 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+PROBES_FILE = "probes_remeasured.jsonl"  # benchmarks/remeasure_probes.py: the probes with today's recipe
+COST_ORDER = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")  # ties go to the cheaper, as compare does
+
+
+def _half_width(p: float, q: float, n: int) -> float:
+    """95 % half-width of the difference of two accuracies on the same n images, were they independent."""
+    return 1.96 * math.sqrt(max(p * (1 - p) + q * (1 - q), 1e-12) / max(n, 1))
+
+
+def paired_ratio(cells: list[dict]) -> float:
+    """Median of (the record's paired 95 % half-width) / (the independent one) over every recorded pair:
+    how much narrower pairing made the intervals, applied where a pair can no longer be formed."""
+    ratios = []
+    for c in cells:
+        s = c["strategies"]
+        best = s[c["best"]]["accuracy"]
+        for v in s.values():
+            lo, hi = v.get("behind_best_ci") or (0.0, 0.0)
+            free = _half_width(best, v["accuracy"], c["n_val"])
+            if hi > lo and free > 0:
+                ratios.append((hi - lo) / 200 / free)
+    ratios.sort()
+    return ratios[len(ratios) // 2] if ratios else 1.0
+
+
+def add_remeasured_probes(cells: list[dict], files: list[Path]) -> None:
+    """Replace each cell's probe accuracies by those remeasure_probes.py measured with today's recipe, and
+    work out again which strategy is best and which are tied with it.
+
+    Ties as compare decides them (the paired 95 % interval behind the best reaches 0): between the two
+    probes, paired on their per-image hits; a fine-tune against the fine-tune the record found best, as
+    recorded; any other pair (the fine-tunes' per-image hits were not kept), the independent interval
+    narrowed by the record's median paired/independent ratio. The recorded values stay under
+    ``recorded_probes``; the probes' seconds are the recorded ones (the recipe did not change their cost).
+    A fine-tune's recorded interval is reused only against the fine-tune the record found best: against a
+    probe whose accuracy changed it is stale.
+    """
+    found = {}
+    for f in dict.fromkeys(files):
+        if f.exists():
+            for line in f.read_text().splitlines():
+                try:
+                    h = json.loads(line)
+                    found[tuple(h["key"])] = h
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+    if not found:
+        return
+    ratio = paired_ratio(cells)
+    for c in cells:
+        h = found.get(tuple(cell_key(c)))
+        if not h or c.get("recorded_probes"):
+            continue
+        old = {n: dict(c["strategies"][n]) for n in COST_ORDER}
+        new = {n: dict(v) for n, v in c["strategies"].items()}
+        for n in COST_ORDER[:2]:
+            new[n].update(accuracy=h[n]["accuracy"], cv=h[n]["cv"])
+        best = max(COST_ORDER, key=lambda n: (new[n]["accuracy"], -COST_ORDER.index(n)))
+        for n in COST_ORDER:
+            new[n]["winner"] = n == best
+            diff = new[best]["accuracy"] - new[n]["accuracy"]
+            if n == best:
+                new[n].update(tied_with_best=False, behind_best=0.0, behind_best_ci=[0.0, 0.0])
+                continue
+            if n in COST_ORDER[:2] and best in COST_ORDER[:2]:
+                a = torch.tensor([int(ch) for ch in h[best]["correct"]])
+                b = torch.tensor([int(ch) for ch in h[n]["correct"]])
+                _, lo, hi = paired_bootstrap(a, b, seed=c.get("seed", 0))
+            elif n in COST_ORDER[2:] and best in COST_ORDER[2:] and best == c["best"]:  # both as recorded
+                lo, hi = (v / 100 for v in old[n]["behind_best_ci"])
+            else:
+                half = ratio * _half_width(new[best]["accuracy"], new[n]["accuracy"], c["n_val"])
+                lo, hi = diff - half, diff + half
+            new[n].update(tied_with_best=lo <= 0, behind_best=round(100 * diff, 3),
+                          behind_best_ci=[round(100 * lo, 3), round(100 * hi, 3)])
+        c["recorded_probes"] = {n: {k: old[n][k] for k in ("accuracy", "cv") if k in old[n]} for n in COST_ORDER[:2]}
+        c["recorded_best"] = c["best"]
+        c["strategies"], c["best"] = new, best

@@ -32,7 +32,7 @@ from advisor.core import distributed
 from advisor.core.errors import AdvisorError
 from advisor.data.loading import mix_seed
 from advisor.measure.features import extract_features
-from advisor.measure.logistic import Standardizer, class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
+from advisor.measure.logistic import class_weights_from, cv_select_l2, fit_logistic, fit_standardizer
 from strategies.resume import get_rng_state, load_checkpoint, save_checkpoint
 from strategies.training import EarlyStopping, WeightEMA, reestimate_bn, trainable_bn_layers, trainable_names
 
@@ -153,12 +153,10 @@ class WarmStart(Callback):
                 raise AdvisorError("no training image could be decoded")
             features = (feature_set.features[PRE_LOGITS], feature_set.labels)
         x, y = features
-        # One scale shared by all features (their RMS deviation), not one per feature: per-feature
-        # scaling blows near-constant features up to unit variance, the probe puts weight on them,
-        # and once fine-tuning moves them a little the logits explode. A shared scale keeps the
-        # geometry of the features, so the probe's L2 penalty is isotropic in the backbone's space.
-        per_feature = fit_standardizer(x)
-        std = Standardizer(per_feature.mean, torch.full_like(per_feature.std, float(per_feature.std.pow(2).mean().sqrt())))
+        # One scale shared by all features (fit_standardizer): per-feature scaling blows near-constant
+        # features up to unit variance, the head puts weight on them, and once fine-tuning moves them
+        # a little the logits explode.
+        std = fit_standardizer(x)
         # The probe sees the natural class mix (no sampler), so imbalance is corrected in its loss.
         weights = class_weights_from(y, loop.num_classes) if cfg.class_weighting or cfg.balanced_sampler else None
         xs = std.apply(x)

@@ -83,11 +83,16 @@ def _concat(features: dict[str, Tensor], taps: Sequence[str], *, rows: int | Non
     return torch.cat([p.float() for p in parts], dim=1)
 
 
+def _blocks(features: dict[str, Tensor], taps: Sequence[str]) -> list[int]:
+    """Each tap's width in a concatenation: the standardiser scales each tap's features on its own."""
+    return [features[t].shape[1] for t in taps]
+
+
 def _refit(
     x: Tensor, y: Tensor, taps: Sequence[str], cv: CVResult, *, num_classes: int,
-    class_weights: Tensor | None, device: str | torch.device, max_iter: int,
+    class_weights: Tensor | None, device: str | torch.device, max_iter: int, blocks: Sequence[int],
 ) -> ProbeFit:
-    std = fit_standardizer(x)
+    std = fit_standardizer(x, blocks=blocks)
     W, b = fit_logistic(std.apply(x), y, num_classes=num_classes, l2=cv.l2, class_weights=class_weights,
                         max_iter=max_iter, device=device)
     acc = dict(cv.table).get(cv.l2, math.nan)
@@ -110,10 +115,11 @@ def fit_probe(
 ) -> ProbeFit:
     """Concatenate ``features[t]`` for ``t`` in ``taps``, CV-select ``l2``, refit on all training rows."""
     x = _concat(features, taps, rows=y_train.shape[0] if isinstance(y_train, Tensor) else None)
+    blocks = _blocks(features, taps)
     cv = cross_validate(x, y_train, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
-             class_weights=class_weights, device=device, max_iter=max_iter)
+             class_weights=class_weights, device=device, max_iter=max_iter, blocks=blocks)
     return _refit(x, y_train, taps, cv, num_classes=num_classes, class_weights=class_weights,
-                  device=device, max_iter=max_iter)
+                  device=device, max_iter=max_iter, blocks=blocks)
 
 
 def layer_probe_sweep(
@@ -144,13 +150,13 @@ def layer_probe_sweep(
     for cand in sweep_candidates(taps, concat_top=concat_top):
         x = _concat(features, cand, rows=y_train.shape[0] if isinstance(y_train, Tensor) else None)
         cv = cross_validate(x, y_train, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
-                 class_weights=class_weights, device=device, max_iter=max_iter)
+                 class_weights=class_weights, device=device, max_iter=max_iter, blocks=_blocks(features, cand))
         acc = dict(cv.table).get(cv.l2, math.nan)
         rows.append(SweepRow(taps=cand, dim=x.shape[1], cv_accuracy=acc, l2=cv.l2))
         results.append((cand, x, cv, acc))
     cand, x, cv, note = _one_standard_error(results)
     fit = _refit(x, y_train, cand, cv, num_classes=num_classes, class_weights=class_weights,
-                 device=device, max_iter=max_iter)
+                 device=device, max_iter=max_iter, blocks=_blocks(features, cand))
     if note:
         fit.notes.append(note)
     return fit, rows

@@ -182,14 +182,15 @@ def test_cells_profiled_before_the_holdout_probe_take_the_one_measured_for_their
              {"dataset": "b", "k": None, "seed": 0, "profile": {"probe_holdout": {"pre_logits": 0.9}, "probe_holdout_images": 9}}]
     found = tmp_path / "profile_holdout.jsonl"
     found.write_text(json.dumps({"dataset": "a", "k": 2, "seed": 1, "probe_holdout": {"pre_logits": 0.7},
-                                 "probe_holdout_images": 280}) + "\n" + "not json\n"
+                                 "probe_holdout_images": 280, "probe_cv": {"pre_logits": 0.4}}) + "\n" + "not json\n"
                      + json.dumps({"dataset": "b", "k": None, "seed": 0, "probe_holdout": {"pre_logits": 0.1},
-                                   "probe_holdout_images": 5}) + "\n")
+                                   "probe_holdout_images": 5, "probe_cv": {"pre_logits": 0.2}}) + "\n")
     records.add_holdouts(cells, [found, tmp_path / "missing.jsonl"])
     assert records.probe_gap_inputs({"train_images": 20, **cells[0]})["probe_holdout"] == {"pre_logits": 0.7}
-    assert cells[0]["profile"]["probe_holdout_images"] == 280 and cells[0]["profile"]["probe_cv"] == {"pre_logits": 0.3}
+    assert cells[0]["profile"]["probe_holdout_images"] == 280 and cells[0]["profile"]["recorded_probe_cv"] == {"pre_logits": 0.3}
     assert "probe_holdout" not in cells[1]["profile"]  # another seed: another draw, nothing measured for it
-    assert cells[2]["profile"]["probe_holdout"] == {"pre_logits": 0.9}  # a cell's own profile is kept
+    assert cells[2]["profile"]["probe_holdout"] == {"pre_logits": 0.9}  # profiled by today's profiler: kept
+    assert cells[0]["profile"]["probe_cv"] == {"pre_logits": 0.4}  # today's CV replaces the recorded one
 
 
 def test_the_regret_floor_is_what_running_each_settings_best_on_average_loses_to_its_seeds(policy):
@@ -232,3 +233,38 @@ def test_the_regret_difference_is_bootstrapped_over_datasets_and_says_whether_it
     assert "not distinguishable" in policy.regret_difference_text(diff)
     assert policy.regret_difference(mixed, "a", "b", resamples=500) == diff  # seeded: the same figures every run
     assert policy.regret_difference_text({}) == ""
+
+
+def test_remeasured_probes_replace_the_recorded_ones_and_the_ties_are_worked_out_again(tmp_path):
+    records = _load("records")
+
+    def strat(acc, best, ci, tied):
+        return {"accuracy": acc, "cv": 0.5, "seconds": 1.0, "winner": best, "tied_with_best": tied, "behind_best_ci": ci}
+
+    def cell(seed):
+        return {"dataset": "a", "k": 2, "input_size": 128, "epochs_cap": 8, "seed": seed, "n_val": 100, "best": "full-finetune",
+                "strategies": {"linear-probe": strat(0.60, False, [10.0, 30.0], False),
+                               "layer-probe": strat(0.62, False, [8.0, 28.0], False),
+                               "partial-finetune": strat(0.78, False, [-1.0, 5.0], True),
+                               "full-finetune": strat(0.80, True, [0.0, 0.0], False)}}
+
+    hits = lambda n: "1" * n + "0" * (100 - n)  # noqa: E731
+    lines = [{"key": ["a", 2, 128, 8, 0], "linear-probe": {"accuracy": 0.95, "cv": 0.9, "correct": hits(95)},
+              "layer-probe": {"accuracy": 0.70, "cv": 0.6, "correct": hits(70)}},
+             {"key": ["a", 2, 128, 8, 1], "linear-probe": {"accuracy": 0.70, "cv": 0.7, "correct": hits(70)},
+              "layer-probe": {"accuracy": 0.71, "cv": 0.7, "correct": hits(71)}}]
+    found = tmp_path / "probes_remeasured.jsonl"
+    found.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cells = [cell(0), cell(1), cell(2)]
+    records.add_remeasured_probes(cells, [found])
+    now, same, untouched = cells
+    assert now["best"] == "linear-probe" and now["recorded_best"] == "full-finetune"
+    assert now["strategies"]["linear-probe"]["winner"] and not now["strategies"]["full-finetune"]["winner"]
+    assert now["recorded_probes"]["linear-probe"] == {"accuracy": 0.60, "cv": 0.5}
+    assert not now["strategies"]["layer-probe"]["tied_with_best"]  # 25 points behind, paired on the same images
+    assert not now["strategies"]["partial-finetune"]["tied_with_best"]  # 17 points behind on 100 images
+    # the fine-tune stays best: the partial fine-tune's recorded interval against it still holds
+    assert same["best"] == "full-finetune" and same["strategies"]["partial-finetune"]["behind_best_ci"] == [-1.0, 5.0]
+    assert same["strategies"]["partial-finetune"]["tied_with_best"] and same["strategies"]["linear-probe"]["accuracy"] == 0.70
+    assert untouched == cell(2)  # nothing re-measured for seed 2
+    assert 0 < records.paired_ratio([cell(0)]) < 1.5

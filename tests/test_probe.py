@@ -264,12 +264,42 @@ def test_constant_features_standardise_without_nan():
     x, y = blobs([20, 20], dim=3, sep=4.0)
     x = torch.cat([x, torch.full((40, 1), 7.0), torch.zeros(40, 1)], dim=1)
     st = fit_standardizer(x)
-    assert float(st.std.min()) == pytest.approx(MIN_STD)
+    assert torch.all(st.std == st.std[0]) and float(st.std[0]) > MIN_STD  # one scale for the block
     z = st.apply(x)
     assert torch.isfinite(z).all() and torch.all(z[:, 3:] == 0)
+    flat = fit_standardizer(torch.full((5, 2), 3.0))  # a block that never moves: the floor, no NaN
+    assert float(flat.std.max()) == pytest.approx(MIN_STD) and torch.all(flat.apply(torch.full((5, 2), 3.0)) == 0)
     fit = fit_probe({"f": x}, y, taps=["f"], num_classes=2)
     logits = predict_logits(fit, {"f": x})
     assert torch.isfinite(fit.W).all() and torch.isfinite(logits).all() and accuracy(logits, y) > 0.95
+
+
+def test_each_tap_of_a_concatenation_gets_its_own_scale_and_bad_blocks_are_refused():
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.randn(30, 4, generator=g), 100 * torch.randn(30, 6, generator=g)
+    st = fit_standardizer(torch.cat([small, large], dim=1), blocks=[4, 6])
+    one = fit_standardizer(small)
+    assert torch.allclose(st.std[:4], one.std) and torch.allclose(st.std[4:], fit_standardizer(large).std)
+    assert float(st.std[4] / st.std[0]) > 50  # the large tap does not set the small one's scale
+    with pytest.raises(AdvisorError, match="blocks must be positive widths adding up to the 10 columns"):
+        fit_standardizer(torch.cat([small, large], dim=1), blocks=[4, 5])
+
+
+def test_a_few_shot_probe_is_not_thrown_by_columns_that_happen_to_stand_still_on_its_training_rows():
+    # 2 images per class: the class signal lives in 4 columns; 200 other columns vary as much as it on new
+    # images, but happened to barely move on the 4 training rows. Scaled per column, those become as loud
+    # as the signal and the probe fits them; one shared scale leaves them quiet.
+    g = torch.Generator().manual_seed(0)
+    signal = torch.tensor([[3.0, 3.0, 0.0, 0.0], [0.0, 0.0, 3.0, 3.0]])
+    y_train, y_test = torch.tensor([0, 0, 1, 1]), torch.arange(2).repeat(100)
+    x_train = torch.cat([signal[y_train] + 0.3 * torch.randn(4, 4, generator=g), 0.01 * torch.randn(4, 200, generator=g)], 1)
+    x_test = torch.cat([signal[y_test] + 0.3 * torch.randn(200, 4, generator=g), 1.0 * torch.randn(200, 200, generator=g)], 1)
+    fit = fit_probe({"f": x_train}, y_train, taps=["f"], num_classes=2)
+    assert accuracy(predict_logits(fit, {"f": x_test}), y_test) > 0.9
+    per_column = (x_train - x_train.mean(0)) / x_train.std(0, correction=0)
+    W, b = fit_logistic(per_column, y_train, num_classes=2, l2=fit.l2)
+    scaled = (x_test - x_train.mean(0)) / x_train.std(0, correction=0)
+    assert accuracy(scaled @ W.T + b, y_test) < 0.75  # what the per-column scale did
 
 
 def test_probe_is_deterministic():
@@ -331,7 +361,7 @@ def test_masked_probes_solve_exactly_in_the_span_of_their_rows():
     train = torch.stack([torch.arange(40) % 4 != f for f in range(4)])
     got = masked_logits(x, y, train, num_classes=3, l2=0.5, max_iter=500)
     assert got.shape == (40, 4, 3)
-    z = fit_standardizer(x).apply(x)
+    z = fit_standardizer(x, per_column=True).apply(x)  # masked_logits scales per column (all rows)
     for p in range(4):
         W, b = fit_logistic(z[train[p]], y[train[p]], num_classes=3, l2=0.5, max_iter=500)
         assert torch.allclose(got[:, p], z @ W.T + b, atol=1e-2), p  # float32 L-BFGS tolerance, not the basis

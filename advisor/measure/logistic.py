@@ -34,21 +34,37 @@ _DTYPE = torch.float32
 
 
 class Standardizer(NamedTuple):
-    """Per-feature affine map fitted on training rows: ``(x - mean) / std``."""
+    """Affine map fitted on training rows: ``(x - mean) / std``, one mean per column, one scale per block."""
 
     mean: Tensor  # [D]
-    std: Tensor  # [D], clamped >= MIN_STD
+    std: Tensor  # [D], clamped >= MIN_STD; equal within a block of columns (a tap's features)
 
     def apply(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x)) / self.std.to(x)
 
 
-def fit_standardizer(x: Tensor) -> Standardizer:
-    """Mean and (population) std of each column of ``x`` [N, D]."""
+def fit_standardizer(x: Tensor, *, blocks: Sequence[int] | None = None, per_column: bool = False) -> Standardizer:
+    """Each column's mean, and one scale per block of columns: the block's RMS (population) deviation.
+
+    One scale per block, not per column: on a handful of rows a column that barely moves is blown up
+    to unit variance and the probe leans on it: re-measured on the track record, a shared scale lifts the
+    linear probe by 10 points on average at 2 images per class, 5 at 5, nothing on full sets
+    (docs/forecast_error.md).
+    A shared scale keeps the backbone's geometry: the L2 penalty is isotropic in its feature space.
+    ``blocks``: the widths of consecutive column blocks, one per tap of a concatenation (default: one
+    block), so a tap with larger activations does not set the scale of another. ``per_column``: each
+    column's own deviation instead (the recipe before 2026-12-07).
+    """
     _check_matrix(x, "x")
+    widths = [x.shape[1]] if blocks is None else [int(w) for w in blocks]
+    if sum(widths) != x.shape[1] or any(w < 1 for w in widths):
+        raise AdvisorError(f"blocks must be positive widths adding up to the {x.shape[1]} columns, got {list(widths)}")
     mean = x.mean(dim=0)
-    std = x.std(dim=0, correction=0).clamp_min(MIN_STD)
-    return Standardizer(mean, std)
+    var = x.var(dim=0, correction=0)
+    if per_column:
+        return Standardizer(mean, var.sqrt().clamp_min(MIN_STD))
+    std = torch.cat([part.mean().sqrt().expand(part.shape[0]) for part in var.split(widths)])
+    return Standardizer(mean, std.clamp_min(MIN_STD))
 
 
 # --------------------------------------------------------------------------- validation
@@ -262,6 +278,7 @@ class CVResult(NamedTuple):
 def cross_validate(
     x: Tensor, y: Tensor, *, num_classes: int, grid: Sequence[float], folds: int, seed: int,
     class_weights: Tensor | None, device: str | torch.device, max_iter: int, standardize: bool = True,
+    blocks: Sequence[int] | None = None,
 ) -> CVResult:
     """Stratified ``folds``-fold cross-validation of ``fit_logistic`` over the ``l2`` grid (see ``cv_select_l2``)."""
     _check_matrix(x, "x")
@@ -295,7 +312,7 @@ def cross_validate(
     # the choice of l2 should not reward ignoring it. Without weights this is plain accuracy.
     sample_w = torch.ones_like(yd, dtype=_DTYPE) if cw is None else cw[yd]
     if standardize:
-        stds = [fit_standardizer(xd[train[f]]) for f in range(k)]
+        stds = [fit_standardizer(xd[train[f]], blocks=blocks) for f in range(k)]
         means, scales = torch.stack([s.mean for s in stds]), torch.stack([s.std for s in stds])
     else:  # the caller's features are already on the scale the final fit uses
         means = torch.zeros(k, xd.shape[1], dtype=xd.dtype, device=dev)
@@ -369,7 +386,9 @@ def masked_logits(
     _check_class_weights(class_weights, num_classes, y)
     if train.dim() != 2 or train.shape[1] != x.shape[0] or not bool(train.any(dim=1).all()):
         raise AdvisorError(f"train must be a [P, {x.shape[0]}] mask with rows in every probe, got {tuple(train.shape)}")
-    z = fit_standardizer(x.float()).apply(x.float()).to(_DTYPE)
+    # Standardised once with all N rows (a whole sample, not a handful), per column: the label check's
+    # figures (docs/insight.md) were measured so.
+    z = fit_standardizer(x.float(), per_column=True).apply(x.float()).to(_DTYPE)
     if z.shape[0] < z.shape[1]:
         # z = U S V^T: the rows' coordinates in the basis V are U S, and W = W_z V^T has the same penalty.
         u, sv, _ = torch.linalg.svd(z, full_matrices=False)
