@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from records import SHARED, read_cells
+from records import SHARED, keyed_lines, read_cells
 from sweeps import subsample
 
 from advisor.backbones import create_backbone
@@ -70,13 +70,7 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=None)
     args = ap.parse_args()
     out = Path(args.out)
-    done = set()
-    if out.exists():
-        for line in out.read_text().splitlines():
-            try:
-                done.add(key(json.loads(line)))
-            except (json.JSONDecodeError, KeyError):
-                continue
+    done = set(keyed_lines([out], key))
     cells = {}
     for c in read_cells([Path(p) for p in args.records]):
         cells.setdefault(key(c), c)

@@ -140,6 +140,21 @@ def read_cells(paths: list[Path]) -> list[dict]:
     return cells
 
 
+def keyed_lines(files: list[Path], key) -> dict:
+    """Every JSON line of the files that exist, by ``key(line)`` (a later line of the same key wins); damaged
+    lines are skipped."""
+    found = {}
+    for f in dict.fromkeys(files):
+        if f.exists():
+            for line in f.read_text().splitlines():
+                try:
+                    h = json.loads(line)
+                    found[key(h)] = h
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    continue
+    return found
+
+
 HOLDOUT_FILE = "profile_holdout.jsonl"  # benchmarks/profile_holdout.py: the holdout probe of cells profiled before it
 
 
@@ -147,15 +162,7 @@ def add_holdouts(cells: list[dict], files: list[Path]) -> None:
     """Give each cell the profile probes profile_holdout.py measured for its (dataset, k, seed) with today's
     profiler (the same sample, the same seed): the probe CV (the recorded one kept as ``recorded_probe_cv``)
     and, on a few-shot set, the holdout probe."""
-    found = {}
-    for f in dict.fromkeys(files):
-        if f.exists():
-            for line in f.read_text().splitlines():
-                try:
-                    h = json.loads(line)
-                    found[(h["dataset"], h.get("k"), h.get("seed", 0))] = h
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+    found = keyed_lines(files, lambda h: (h["dataset"], h.get("k"), h.get("seed", 0)))
     for c in cells:
         h = found.get((c["dataset"], c.get("k"), c.get("seed", 0)))
         if h and "probe_holdout" not in c["profile"]:  # profiled before the holdout: not by today's profiler
@@ -307,15 +314,7 @@ def add_remeasured_probes(cells: list[dict], files: list[Path]) -> None:
     A fine-tune's recorded interval is reused only against the fine-tune the record found best: against a
     probe whose accuracy changed it is stale.
     """
-    found = {}
-    for f in dict.fromkeys(files):
-        if f.exists():
-            for line in f.read_text().splitlines():
-                try:
-                    h = json.loads(line)
-                    found[tuple(h["key"])] = h
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+    found = keyed_lines(files, lambda h: tuple(h["key"]))
     if not found:
         return
     ratio = paired_ratio(cells)

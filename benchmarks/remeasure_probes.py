@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from records import SHARED, cell_key, read_cells
+from records import SHARED, cell_key, keyed_lines, read_cells
 from sweeps import subsample
 
 import advisor.measure.logistic as logistic
@@ -97,14 +97,7 @@ def remeasure(c: dict, backbone, *, data: Path, work: Path, cache: Path) -> dict
 
 
 def done_keys(out: Path) -> set:
-    done = set()
-    if out.exists():
-        for line in out.read_text().splitlines():
-            try:
-                done.add(tuple(json.loads(line)["key"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
+    return set(keyed_lines([out], lambda h: tuple(h["key"])))
 
 
 def main() -> None:

@@ -114,24 +114,33 @@ def _probe_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
     return out
 
 
+def _fit_gap(rows: list[tuple[dict, str, float]], features) -> list[float] | None:
+    """Ridge coefficients of the gaps on ``features(record)``; None with fewer than 3 reference sets."""
+    if len({group_of(r) for r, _, _ in rows}) < 3:
+        return None
+    return ridge([features(r) for r, _, _ in rows], [g for _, _, g in rows])
+
+
+def _gap_residuals(records: Sequence[dict], rows_of, features) -> list[float]:
+    """Leave-one-dataset-out residuals (measured gap - predicted) of a gap model (a dataset's subsamples leave together)."""
+    out = []
+    for g in sorted({group_of(r) for r in records}):
+        coef = _fit_gap(rows_of([q for q in records if group_of(q) != g]), features)
+        if coef is None:
+            continue
+        for r, _, gap in rows_of([q for q in records if group_of(q) == g]):
+            out.append(gap - sum(c * v for c, v in zip(coef, features(r), strict=True)))
+    return out
+
+
 def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
     """Ridge coefficients of (probe validation accuracy - its profiling-sample CV) on the resolution the run's
     input size loses against the profile's and the learning-curve lift of the run's images per class over a CV fold's."""
-    rows = _probe_rows(records)
-    if len({group_of(r) for r, _, _ in rows}) < 3:
-        return None
-    return ridge([_xpr(r) for r, _, _ in rows], [g for _, _, g in rows])
+    return _fit_gap(_probe_rows(records), _xpr)
 
 
 def probe_gap_residuals(records: Sequence[dict]) -> list[float]:
-    out = []
-    for g in sorted({group_of(r) for r in records}):
-        coef = fit_probe_gap([q for q in records if group_of(q) != g])
-        if coef is None:
-            continue
-        for r, _, gap in _probe_rows([q for q in records if group_of(q) == g]):
-            out.append(gap - sum(c * v for c, v in zip(coef, _xpr(r), strict=True)))
-    return out
+    return _gap_residuals(records, _probe_rows, _xpr)
 
 
 def cv_gaps(records: Sequence[dict]) -> list[float]:
@@ -169,18 +178,8 @@ def _holdout_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
 
 def fit_holdout_gap(records: Sequence[dict]) -> list[float] | None:
     """Ridge coefficients of (probe validation accuracy - the profile's holdout accuracy) on the resolution lost."""
-    rows = _holdout_rows(records)
-    if len({group_of(r) for r, _, _ in rows}) < 3:
-        return None
-    return ridge([_xh(r) for r, _, _ in rows], [g for _, _, g in rows])
+    return _fit_gap(_holdout_rows(records), _xh)
 
 
 def holdout_gap_residuals(records: Sequence[dict]) -> list[float]:
-    out = []
-    for g in sorted({group_of(r) for r in records}):
-        coef = fit_holdout_gap([q for q in records if group_of(q) != g])
-        if coef is None:
-            continue
-        for r, _, gap in _holdout_rows([q for q in records if group_of(q) == g]):
-            out.append(gap - sum(c * v for c, v in zip(coef, _xh(r), strict=True)))
-    return out
+    return _gap_residuals(records, _holdout_rows, _xh)
