@@ -251,3 +251,18 @@ def test_a_fine_tune_is_separated_from_a_probe_by_its_gains_error_alone():
                   fc=[probe, finetune.model_copy(update={"gain_sd": None})])[0] == "linear-probe"
     fc = forecast(**KW, records=_records(), input_size=128, schedule_share=0.3)
     assert all((f.gain_sd is not None) == (f.strategy.endswith("finetune")) for f in fc.strategies)
+
+
+def test_the_per_setting_policy_breaks_ties_toward_the_cheaper_strategy_only_below_20_images_per_class():
+    from advisor.decide.rules.policy import PER_SETTING_BOUNDARY, StrategyView, resolve
+
+    fc = [StrategyView(strategy="linear-probe", accuracy=0.80, sd=0.03, seconds=5.0),
+          StrategyView(strategy="full-finetune", accuracy=0.81, sd=0.03, seconds=300.0, gain_sd=0.03)]
+    assert PER_SETTING_BOUNDARY == 20
+    assert resolve("per-setting", 5) == "forecast" and resolve("per-setting", 20) == "best-forecast"
+    assert resolve("per-setting", None) == "best-forecast" and resolve("table", 5) == "table"
+    few = choose("per-setting", table="full-finetune", column="similar", fc=fc, per_class=5)[0]
+    many = choose("per-setting", table="linear-probe", column="similar", fc=fc, per_class=50)[0]
+    assert few == "linear-probe" and many == "full-finetune"  # within one standard error; the better forecast
+    d = decide("per-setting", table="full-finetune", table_rule="R4", column="similar", forecast=None, per_class=5)
+    assert d.policy == "per-setting" and d.chosen == "full-finetune"  # no forecast: the table decides

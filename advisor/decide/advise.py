@@ -153,7 +153,7 @@ def recommend_dataset(
             rec.forecast.notes.append(warning)
     if force_strategy is None:
         rec.decision = decide(policy, table=table_strategy, table_rule=table_rule, column=rec.similarity_class,
-                              forecast=rec.forecast)
+                              forecast=rec.forecast, per_class=profile.train_per_class_median)
         if rec.decision.chosen != rec.strategy:
             _switch(rec, rec.decision.chosen, rule_id="forecast", taps=backbone_model.taps, input_size=input_size)
         if budget_seconds is not None:
