@@ -325,9 +325,9 @@ def _probe_holdout(features: dict[str, torch.Tensor], labels: torch.Tensor, trai
                    val_rows: torch.Tensor, l2s: dict[str, float], *, num_classes: int) -> dict[str, float]:
     """Per tap: accuracy on ``val_rows`` of a logistic probe fitted on ``train_rows`` at the L2 its CV chose.
 
-    Fitted as a run's probe fits (strategies/probe.py: standardised with the training rows' statistics), so it
-    measures that probe: on 2 images per class, standardising with every row's statistics instead scores up to
-    20 points higher than the run then does.
+    Fitted as a run's probe fits (strategies/probe.py: ``fit_standardizer`` on the training rows), so it measures
+    that probe. It reads validation labels: the forecast that uses it chooses the strategy on part of the split
+    the run then reports on (docs/forecast_error.md says so and what that flatters).
     """
     out = {}
     for tap, l2 in l2s.items():
