@@ -3,16 +3,18 @@
     python benchmarks/profile_holdout.py [--records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl]
         [--out docs/records/profile_holdout.jsonl] [--data ../shared/data] [--hours H]
 
-Since 2026-12-07 a profile whose training split is smaller than its sample (a few-shot set)
-fits a probe on every training image and scores it on the sample's validation images
-(``DatasetProfile.probe_holdout``), and the probes scale each tap's features by one shared
-deviation (``fit_standardizer``), which changes the profile's probe CV too. The records' cells
-were profiled before both: this script rebuilds each cell's profiling sample (the same k-shot
-draw, the same seed), extracts its features through one shared feature cache (the validation
-split is the same for every k and seed of a dataset, so it is extracted once), runs the probe CV
-and, where the sample holds validation images, the holdout, exactly as today's profiler does,
-and writes one line per (dataset, k, seed); ``records.read_cells`` puts them into the cells'
-profiles (the recorded CV stays beside it as ``recorded_probe_cv``).
+Since 2026-12-07 the probes scale each tap's features by one shared deviation
+(``fit_standardizer``), which changes the profile's probe CV. The records' cells were profiled
+before: this script rebuilds each cell's profiling sample (the same k-shot draw, the same seed),
+extracts its features through one shared feature cache (the validation split is the same for
+every k and seed of a dataset, so it is extracted once), runs the probe CV exactly as today's
+profiler does, and writes one line per (dataset, k, seed); ``records.read_cells`` puts it into the
+cells' profiles (the recorded CV stays beside it as ``recorded_probe_cv``).
+
+Each line also holds a study the product no longer uses (hence the file's name): where the sample
+holds validation images (a few-shot set), a probe fitted on every training image and scored on
+them (``probe_holdout``). It forecast the run's probe closer than the CV, but it reads labels of
+the split the run reports on, so the profiler dropped it (docs/forecast_error.md).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from sweeps import subsample
 from advisor.backbones import create_backbone
 from advisor.data.scan import scan_dataset
 from advisor.measure.features import extract_features
-from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, _probe_cv, _probe_holdout, profiling_sample
+from advisor.measure.logistic import fit_logistic, fit_standardizer
+from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, _probe_cv, profiling_sample
 from advisor.measure.transferability import per_tap_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +43,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def key(c: dict) -> tuple:
     return (c["dataset"], c.get("k"), c.get("seed", 0))
+
+
+def holdout_probe(features: dict[str, torch.Tensor], labels: torch.Tensor, train_rows: torch.Tensor,
+                  val_rows: torch.Tensor, l2s: dict[str, float], *, num_classes: int) -> dict[str, float]:
+    """The study: per tap, accuracy on ``val_rows`` of a probe fitted as a run's probe is on ``train_rows``."""
+    out = {}
+    for tap, l2 in l2s.items():
+        x = features[tap].float()
+        std = fit_standardizer(x[train_rows])
+        W, b = fit_logistic(std.apply(x[train_rows]), labels[train_rows], num_classes=num_classes, l2=l2)
+        predicted = (std.apply(x[val_rows]) @ W.T + b).argmax(dim=-1)
+        out[tap] = round((predicted == labels[val_rows]).float().mean().item(), 4)
+    return out
 
 
 def holdout_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None:
@@ -57,7 +73,7 @@ def holdout_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None
     cv, l2s, _ = _probe_cv(train_feats, fs.labels[train_rows], evidence, num_classes=classes, seed=seed)
     if len(val_rows) < classes:  # the training split fills the sample: no holdout, as in the profiler
         return {"probe_cv": cv, "probe_holdout": None, "probe_holdout_images": None, "train_rows": len(train_rows)}
-    held = _probe_holdout(fs.features, fs.labels, train_rows, val_rows, l2s, num_classes=classes)
+    held = holdout_probe(fs.features, fs.labels, train_rows, val_rows, l2s, num_classes=classes)
     return {"probe_cv": cv, "probe_holdout": held, "probe_holdout_images": len(val_rows), "train_rows": len(train_rows)}
 
 

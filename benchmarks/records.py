@@ -112,8 +112,7 @@ def probe_gap_inputs(c: dict) -> dict:
     p = c["profile"]
     side = SizeSummary.model_validate(p["sizes"]).median_side if p.get("sizes") else None
     return {"train_images": c["train_images"], "cv_images": p.get("probe_cv_images") or min(c["train_images"], 300),
-            "image_side": side, "profile_size": p.get("input_size"), "probe_holdout": p.get("probe_holdout") or None,
-            "holdout_images": p.get("probe_holdout_images")}
+            "image_side": side, "profile_size": p.get("input_size")}
 
 
 def read_cells(paths: list[Path]) -> list[dict]:
@@ -135,7 +134,7 @@ def read_cells(paths: list[Path]) -> list[dict]:
                 cells.append(c)
     fresh = {cell_key(c) for c in cells if not c.get("legacy")}
     cells = [c for c in cells if not (c.get("legacy") and cell_key(c) in fresh)]
-    add_holdouts(cells, [Path(p).with_name(HOLDOUT_FILE) for p in paths])
+    add_profile_cv(cells, [Path(p).with_name(PROFILE_CV_FILE) for p in paths])
     add_remeasured_probes(cells, [Path(p).with_name(PROBES_FILE) for p in paths])
     return cells
 
@@ -155,19 +154,20 @@ def keyed_lines(files: list[Path], key) -> dict:
     return found
 
 
-HOLDOUT_FILE = "profile_holdout.jsonl"  # benchmarks/profile_holdout.py: the holdout probe of cells profiled before it
+# benchmarks/profile_holdout.py: the profile's probe CV of recorded cells, measured again by today's profiler
+PROFILE_CV_FILE = "profile_holdout.jsonl"
 
 
-def add_holdouts(cells: list[dict], files: list[Path]) -> None:
-    """Give each cell the profile probes profile_holdout.py measured for its (dataset, k, seed) with today's
-    profiler (the same sample, the same seed): the probe CV (the recorded one kept as ``recorded_probe_cv``)
-    and, on a few-shot set, the holdout probe."""
+def add_profile_cv(cells: list[dict], files: list[Path]) -> None:
+    """Give each cell the profile's probe CV profile_holdout.py measured for its (dataset, k, seed) with today's
+    profiler (the same sample, the same seed); the recorded one is kept as ``recorded_probe_cv``. The lines'
+    holdout probes (a study that read validation labels) are not read."""
     found = keyed_lines(files, lambda h: (h["dataset"], h.get("k"), h.get("seed", 0)))
     for c in cells:
         h = found.get((c["dataset"], c.get("k"), c.get("seed", 0)))
-        if h and "probe_holdout" not in c["profile"]:  # profiled before the holdout: not by today's profiler
-            c["profile"] = {**c["profile"], "probe_cv": h["probe_cv"], "recorded_probe_cv": c["profile"].get("probe_cv"),
-                            "probe_holdout": h.get("probe_holdout") or {}, "probe_holdout_images": h.get("probe_holdout_images")}
+        # a cell of today's profiler has the same CV (same draw, seed and code); one overlay only
+        if h and "recorded_probe_cv" not in c["profile"]:
+            c["profile"] = {**c["profile"], "probe_cv": h["probe_cv"], "recorded_probe_cv": c["profile"].get("probe_cv")}
 
 
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,

@@ -316,8 +316,9 @@ def test_timing_and_extraction_give_the_backbone_back_in_its_own_memory_layout(t
     assert memory_format_of(bb) == torch.channels_last
 
 
-def test_a_few_shot_probe_starts_from_the_profiles_holdout_not_its_cv_and_shifts_by_the_records_holdout_gap():
-    # references whose probes scored 2 points below their holdout, whatever their (noisy) CV said
+def test_a_few_shot_probe_starts_from_its_cv_whatever_a_reference_records_of_a_holdout():
+    # references that also carry an (old) holdout probe: the forecast reads the CV route only, and the
+    # forecaster accepts no validation-derived input
     refs = []
     for i, cv in enumerate([0.3, 0.9, 0.5, 0.7, 0.2, 0.6]):
         refs.append({"dataset": f"d{i}", "input_size": 224, "image_side": 256, "profile_size": 224, "train_images": 20,
@@ -326,15 +327,11 @@ def test_a_few_shot_probe_starts_from_the_profiles_holdout_not_its_cv_and_shifts
                      "sample_cv": {"pre_logits": cv, "stage4": cv + 0.05}, "probe_holdout": {"pre_logits": 0.72, "stage4": 0.62},
                      "holdout_images": 280})
     common = dict(probe_cv={"pre_logits": 0.25, "stage4": 0.35}, val_images=500, train_images=20, per_class=2,
-                  similarity=0.5, epochs=None, step_seconds=None, batch_size=32, records=refs, input_size=224,
+                  similarity=0.5, epochs=None, step_seconds=None, batch_size=32, input_size=224,
                   cv_images=20, image_side=256, profile_size=224)
-    held = {f.strategy: f for f in forecast(**common, probe_holdout={"pre_logits": 0.50, "stage4": 0.55},
-                                            holdout_images=280).strategies}
-    assert held["linear-probe"].accuracy == pytest.approx(0.48, abs=0.002)  # 0.50 - 2 points
-    assert held["layer-probe"].accuracy == pytest.approx(0.53, abs=0.002)  # the tap the CV ranks first (stage4)
-    assert "holdout on pre_logits 0.500 (20 training images -> 280 validation images" in held["linear-probe"].method and held["linear-probe"].cv == 0.25
-    # 280 holdout images: the interval is at least their binomial spread
-    assert held["linear-probe"].high - held["linear-probe"].accuracy >= 1.2816 * (0.5 * 0.5 / 280) ** 0.5 - 1e-3
-    # without a holdout the CV route stands (its shift learned from the same references)
-    plain = {f.strategy: f for f in forecast(**common).strategies}
-    assert "CV on pre_logits" in plain["linear-probe"].method and plain["linear-probe"].accuracy != held["linear-probe"].accuracy
+    fc = {f.strategy: f for f in forecast(**common, records=refs).strategies}
+    assert "CV on pre_logits (profiling sample) 0.250" in fc["linear-probe"].method and "holdout" not in fc["linear-probe"].method
+    plain = [{k: v for k, v in r.items() if k not in ("probe_holdout", "holdout_images")} for r in refs]
+    assert fc["linear-probe"].accuracy == {f.strategy: f for f in forecast(**common, records=plain).strategies}["linear-probe"].accuracy
+    with pytest.raises(TypeError):
+        forecast(**common, records=refs, probe_holdout={"pre_logits": 0.5}, holdout_images=280)

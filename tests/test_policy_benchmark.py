@@ -169,28 +169,26 @@ def test_a_cells_probe_gap_inputs_come_from_its_profile():
              "max_width": 500, "max_height": 400, "smaller_than": {"224": 1}}
     cell = {"train_images": 500, "profile": {"sizes": sizes, "probe_cv_images": 300, "input_size": 224}}
     assert records.probe_gap_inputs(cell) == {"train_images": 500, "cv_images": 300, "image_side": 256.0,
-                                              "profile_size": 224, "probe_holdout": None, "holdout_images": None}
+                                              "profile_size": 224}
     older = {"train_images": 40, "profile": {"input_size": 224}}  # before the CV's size (and sizes) were kept
     assert records.probe_gap_inputs(older) == {"train_images": 40, "cv_images": 40, "image_side": None,
-                                               "profile_size": 224, "probe_holdout": None, "holdout_images": None}
+                                               "profile_size": 224}
 
 
-def test_cells_profiled_before_the_holdout_probe_take_the_one_measured_for_their_dataset_k_and_seed(tmp_path):
+def test_recorded_cells_take_todays_profile_cv_for_their_dataset_k_and_seed_and_no_holdout(tmp_path):
     records = _load("records")
     cells = [{"dataset": "a", "k": 2, "seed": 1, "profile": {"probe_cv": {"pre_logits": 0.3}}},
              {"dataset": "a", "k": 2, "seed": 0, "profile": {}},
-             {"dataset": "b", "k": None, "seed": 0, "profile": {"probe_holdout": {"pre_logits": 0.9}, "probe_holdout_images": 9}}]
+             {"dataset": "b", "k": None, "seed": 0, "profile": {"probe_cv": {"pre_logits": 0.5}, "recorded_probe_cv": {}}}]
     found = tmp_path / "profile_holdout.jsonl"
     found.write_text(json.dumps({"dataset": "a", "k": 2, "seed": 1, "probe_holdout": {"pre_logits": 0.7},
                                  "probe_holdout_images": 280, "probe_cv": {"pre_logits": 0.4}}) + "\n" + "not json\n"
-                     + json.dumps({"dataset": "b", "k": None, "seed": 0, "probe_holdout": {"pre_logits": 0.1},
-                                   "probe_holdout_images": 5, "probe_cv": {"pre_logits": 0.2}}) + "\n")
-    records.add_holdouts(cells, [found, tmp_path / "missing.jsonl"])
-    assert records.probe_gap_inputs({"train_images": 20, **cells[0]})["probe_holdout"] == {"pre_logits": 0.7}
-    assert cells[0]["profile"]["probe_holdout_images"] == 280 and cells[0]["profile"]["recorded_probe_cv"] == {"pre_logits": 0.3}
-    assert "probe_holdout" not in cells[1]["profile"]  # another seed: another draw, nothing measured for it
-    assert cells[2]["profile"]["probe_holdout"] == {"pre_logits": 0.9}  # profiled by today's profiler: kept
-    assert cells[0]["profile"]["probe_cv"] == {"pre_logits": 0.4}  # today's CV replaces the recorded one
+                     + json.dumps({"dataset": "b", "k": None, "seed": 0, "probe_cv": {"pre_logits": 0.2}}) + "\n")
+    records.add_profile_cv(cells, [found, tmp_path / "missing.jsonl"])
+    assert cells[0]["profile"] == {"probe_cv": {"pre_logits": 0.4}, "recorded_probe_cv": {"pre_logits": 0.3}}
+    assert "probe_holdout" not in records.probe_gap_inputs({"train_images": 20, **cells[0]})  # the study is not read
+    assert cells[1]["profile"] == {}  # another seed: another draw, nothing measured for it
+    assert cells[2]["profile"]["probe_cv"] == {"pre_logits": 0.5}  # overlaid once already: kept
 
 
 def test_the_regret_floor_is_what_running_each_settings_best_on_average_loses_to_its_seeds(policy):

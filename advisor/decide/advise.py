@@ -380,8 +380,7 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                   schedule_share=round(min(1.0, epochs / schedule), 4), dataset=dataset, time_factor=factors["finetune"],
                   time_source=sources["finetune"], probe_time_factor=factors["probe"], probe_time_source=sources["probe"],
                   cv_images=p.probe_cv_images, cached_share=cached, overhead_seconds=overhead,
-                  image_side=p.sizes.median_side, profile_size=p.input_size,
-                  probe_holdout=dict(p.probe_holdout) or None, holdout_images=p.probe_holdout_images)
+                  image_side=p.sizes.median_side, profile_size=p.input_size)
     with clock("forecast"):
         return forecast(**kwargs), kwargs
 

@@ -98,8 +98,7 @@ def forecast_at(profile, base: dict, run_forecast: Callable[..., object], factor
         return None
     g, g_lo, g_hi = gain
     train = train_images if train_images is not None else int(profile.train_images * factor)
-    lift = (lambda taps: {t: min(1.0, v + g) for t, v in taps.items()} if taps else taps)  # the holdout rises with the CV
-    fc = run_forecast(**{**base, "probe_cv": lift(base["probe_cv"]), "probe_holdout": lift(base.get("probe_holdout")),
+    fc = run_forecast(**{**base, "probe_cv": {t: min(1.0, v + g) for t, v in base["probe_cv"].items()},
                          "per_class": per_class if per_class is not None else now * factor, "train_images": train,
                          "epochs": epochs, "cv_images": (base.get("cv_images") or 0) * factor or None})
     spread_lo, spread_hi = g - g_lo, g_hi - g  # the curve's own uncertainty widens every strategy's interval

@@ -37,9 +37,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from advisor.decide.probe_gap import (PROBE_TAP, PROBES, _probe_rows, _xp, cv_gaps, cv_size_ratio, fit_holdout_gap,
-                                      fit_probe_gap, holdout_gap_residuals, learning_curve_term, probe_gap_residuals,
-                                      probe_holdout_value, resolution_lost, ridge)
+from advisor.decide.probe_gap import (PROBE_TAP, PROBES, _probe_rows, _xp, cv_gaps, cv_size_ratio, fit_probe_gap,
+                                      learning_curve_term, probe_gap_residuals, resolution_lost, ridge)
 from advisor.decide.recipe import curve_images
 from advisor.decide.records import (RECORD_INPUT_SIZE, group_of, load_track_record, local_datasets,
                                      local_outcomes, shipped_track_record)
@@ -249,8 +248,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
              time_source: str | None = None, cv_images: int | None = None, cached_share: float = 0.0,
              overhead_seconds: float = 0.0, image_side: float | None = None,
              profile_size: int | None = None, probe_time_factor: float | None = None,
-             probe_time_source: str | None = None, probe_holdout: dict[str, float] | None = None,
-             holdout_images: int | None = None) -> Forecast:
+             probe_time_source: str | None = None) -> Forecast:
     """Every strategy's forecast from the measured probe CV accuracies (tap -> accuracy) and the track record.
 
     ``input_size`` and ``schedule_share`` (the share of the fine-tune schedule the epoch cap
@@ -267,9 +265,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     ``image_side`` (the images' median shorter side) and ``profile_size`` (the size the profile's
     CV ran at): the probe CV's shift to the run's accuracy depends on the detail the run's input
     size loses (:func:`resolution_lost`) and on how many more images it trains on (:func:`cv_size_ratio`).
-    ``probe_holdout`` (tap -> accuracy) and ``holdout_images``: the profile's probe fitted on every training
-    image and scored on that many validation images (few-shot sets); where given, the probes start from it
-    instead of the CV (advisor/decide/probe_gap.py).
+    The probes start from the CV alone: nothing the forecast reads has seen a validation label, so the
+    choice it informs is not made on the images the run reports (docs/forecast_error.md).
 
     Time: one image's extraction costs ``1 / extract_images_per_second`` (timed by the caller;
     without it, a third of a training step per image plus its decoding); a probe adds its
@@ -315,46 +312,25 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         how_shift = f"{100 * shift:+.1f} points: the median validation-vs-CV gap of {len(gaps)} reference probes" if gaps else ""
     linear = probe_cv.get(PROBE_TAP)
     layer_tap = max(probe_cv, key=probe_cv.get) if probe_cv else None
-    hold_coef = fit_holdout_gap(records) if probe_holdout and holdout_images else None
-    probe_spread: dict[str, tuple[float, float]] = {}  # each probe's residual spread: a fine-tune built on it adds its own
-    if hold_coef is not None:
-        lost_here = resolution_lost(image_side, input_size, profile_size)
-        hold_shift = hold_coef[0] + hold_coef[1] * lost_here
-        hold_res = holdout_gap_residuals(records)
-        hold_spread = (_quantile(hold_res, 0.1), _quantile(hold_res, 0.9)) if len(hold_res) >= 4 else (0.0, 0.0)
-        hold_sets = len({group_of(r) for r in records if r.get("probe_holdout")})
     for name, cv, how in (("linear-probe", linear, f"CV on {PROBE_TAP} (profiling sample)"),
                           ("layer-probe", probe_cv.get(layer_tap) if layer_tap else None, f"CV on {layer_tap}, the best tap")):
         if cv is None:
             continue
-        held = probe_holdout_value(probe_holdout, probe_cv, name) if hold_coef is not None else None
-        if held is not None:  # measured on what the run trains on: only the input size's shift remains
-            acc = min(1.0, max(0.0, held + hold_shift))
-            part_spread, half = hold_spread, Z80 * math.sqrt(max(held * (1 - held), 1e-6) / holdout_images)
-            tap = PROBE_TAP if name == "linear-probe" else layer_tap
-            detail = f"; {lost_here:.1f} octaves of detail lost at {input_size} px" if abs(lost_here) >= 0.05 else ""
-            how = (f"holdout on {tap} {held:.3f} ({train_images} training images -> {holdout_images} validation images "
-                   f"of the sample), {100 * hold_shift:+.1f} points: validation vs holdout on {hold_sets} reference sets{detail}")
-        else:
-            acc = min(1.0, max(0.0, cv + shift))
-            part_spread = spread
-            half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
-            if how_shift:
-                how += f" {cv:.3f}, {how_shift}"
+        acc = min(1.0, max(0.0, cv + shift))
+        half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
+        if how_shift:
+            how += f" {cv:.3f}, {how_shift}"
         blo, bhi = binomial_interval(acc, val_images)
         # The record's residuals were measured on validation splits, so they already hold the
         # binomial noise: the wider of the two, not their sum.
-        lo = max(0.0, acc - max(acc - blo, -part_spread[0], half))
-        hi = min(1.0, acc + max(bhi - acc, part_spread[1], half))
-        probe_spread[name] = part_spread
+        lo = max(0.0, acc - max(acc - blo, -spread[0], half))
+        hi = min(1.0, acc + max(bhi - acc, spread[1], half))
         rows.append(StrategyForecast(strategy=name, accuracy=round(acc, 4), low=round(lo, 4), high=round(hi, 4),
                                      method=how, cv=round(cv, 4),
                                      seconds=round(probe_extract + solve.get(name, 0.0) * probe_factor + overhead_seconds, 1)
                                      if probe_extract is not None else None,
                                      time_source=probe_source if probe_extract is not None else None))
     best_probe = max((r.accuracy for r in rows), default=None)
-    if rows:
-        spread = probe_spread[max(rows, key=lambda r: r.accuracy).strategy]
     # Batches per epoch, the last partial one counted by its share: it costs about its images' worth
     # (40 images at batch 32 cost 1.25 steps, not 2: on a small set that was 1.6x over).
     steps = train_images / batch_size if train_images else 0.0

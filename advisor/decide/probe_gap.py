@@ -1,17 +1,15 @@
-"""How a probe's profiling-sample measurement maps to what the run's probe scores on the validation split.
+"""How a probe's profiling-sample CV maps to what the run's probe scores on the validation split.
 
-Two measurements of the same probe, before anything is trained, each with its shift learned from
-the track record (validation accuracy minus the measurement, ridge, leave one dataset out for the
-intervals):
+The CV runs on the sample's training images only, before anything is trained; its shift to the run's
+validation accuracy is learned from the track record (ridge; leave one dataset out for the
+intervals) on the detail the run's input size loses against the profile's (:func:`resolution_lost`)
+and on how much the run's extra images per class over a CV fold's lift it along a learning curve
+(:func:`learning_curve_term`).
 
-* **CV on the sample's training images**, shifted by the detail the run's input size loses against
-  the profile's (:func:`resolution_lost`) and by how much the run's extra images per class over a
-  CV fold's lift it along a learning curve (:func:`learning_curve_term`).
-* **The holdout** (few-shot sets): where the training split is smaller than the profile's sample,
-  the sample holds validation images too, and a probe fitted on every training image is scored on
-  them. It trains on what the run trains on, so only the resolution term remains. A CV on 2 images
-  per class trains each fold on 1 and is scored on a handful: on the track record it missed the
-  run's probe by 10-12 points at 2 per class, the holdout by a few (docs/forecast_error.md).
+Nothing here reads a validation label. A holdout probe scored on the sample's validation images
+(few-shot sets) forecast closer, but those images are part of the split each run reports on, so the
+choice it informed was made on the reported images, and its error figures were flattered by them;
+it was removed (docs/forecast_error.md).
 """
 
 from __future__ import annotations
@@ -147,39 +145,3 @@ def cv_gaps(records: Sequence[dict]) -> list[float]:
     """Validation accuracy minus training-split CV accuracy, per (reference dataset, probe) that measured both."""
     return [r["accuracy"][s] - r["probe_cv"][s] for r in records for s in PROBES
             if s in (r.get("probe_cv") or {}) and s in r["accuracy"]]
-
-
-def probe_holdout_value(holdout: dict[str, float] | None, sample_cv: dict[str, float] | None, strategy: str) -> float | None:
-    """The holdout accuracy standing for ``strategy``: pre_logits for the linear probe; for the layer probe the
-    tap its CV ranked first (the run chooses its tap by CV too)."""
-    if not holdout:
-        return None
-    if strategy == "linear-probe":
-        return holdout.get(PROBE_TAP)
-    tap = max(sample_cv, key=sample_cv.get) if sample_cv else None
-    return holdout.get(tap) if tap in holdout else max(holdout.values())
-
-
-def _xh(r: dict) -> list[float]:
-    """Holdout-gap features: intercept, resolution lost (the holdout trained on every training image)."""
-    return [1.0, resolution_lost(r.get("image_side"), r.get("input_size"), r.get("profile_size"))]
-
-
-def _holdout_rows(records: Sequence[dict]) -> list[tuple[dict, str, float]]:
-    """(record, probe, validation accuracy - the profile's holdout accuracy) for every record that measured both."""
-    out = []
-    for r in records:
-        for s in PROBES:
-            h = probe_holdout_value(r.get("probe_holdout"), r.get("sample_cv"), s)
-            if h is not None and s in r["accuracy"]:
-                out.append((r, s, r["accuracy"][s] - h))
-    return out
-
-
-def fit_holdout_gap(records: Sequence[dict]) -> list[float] | None:
-    """Ridge coefficients of (probe validation accuracy - the profile's holdout accuracy) on the resolution lost."""
-    return _fit_gap(_holdout_rows(records), _xh)
-
-
-def holdout_gap_residuals(records: Sequence[dict]) -> list[float]:
-    return _gap_residuals(records, _holdout_rows, _xh)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -70,9 +70,6 @@ class LocalOutcome(BaseModel):
     train_images: int | None = Field(None, ge=1, le=10**8)
     image_side: float | None = Field(None, gt=0, le=1e6)
     profile_size: int | None = Field(None, ge=16, le=4096)
-    # the profile's holdout probe (few-shot sets: advisor/decide/probe_gap.py) and its validation images
-    probe_holdout: dict[str, Annotated[float, Field(ge=0, le=1)]] | None = None
-    holdout_images: int | None = Field(None, ge=1, le=10**8)
     device: str | None = Field(None, max_length=200)
     time: str | None = Field(None, max_length=40)
 
@@ -116,7 +113,7 @@ def local_datasets(outcomes: Sequence[dict]) -> list[dict]:
             "dataset": f"{Path(o['dataset']).name} (local)", "path": o["dataset"], "accuracy": {},
             "train_per_class_median": o["train_per_class_median"], "similarity": o.get("similarity"),
             "input_size": size, "schedule_share": o.get("schedule_share"),
-            **{k: o[k] for k in ("cv_images", "train_images", "image_side", "profile_size", "probe_holdout", "holdout_images")
+            **{k: o[k] for k in ("cv_images", "train_images", "image_side", "profile_size")
                if o.get(k) is not None}})
         entry["accuracy"][o["strategy"]] = o["achieved"]
         if o.get("cv") is not None:
@@ -155,8 +152,7 @@ def record_outcome(rec, strategy: str, achieved: float, seconds: float, path: Pa
            **({"fit_seconds": round(fit_seconds, 2)} if fit_seconds is not None else {}), "input_size": rec.plan.input_size,
            "schedule_share": rec.forecast.schedule_share, "sample_cv": dict(p.probe_cv) or None,
            "cv_images": p.probe_cv_images, "train_images": p.train_images or None, "image_side": p.sizes.median_side,
-           "profile_size": p.input_size, "probe_holdout": dict(p.probe_holdout) or None,
-           "holdout_images": p.probe_holdout_images,
+           "profile_size": p.input_size,
            "device": machine_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = local_record_path() if path is None else path
     append_text(path, json.dumps(row) + "\n")  # one line per run; parallel runs' lines do not interleave

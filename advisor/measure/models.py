@@ -144,10 +144,6 @@ class DatasetProfile(BaseModel):
     # Seconds that CV took per training row per feature column: what the forecast scales a probe's solve by.
     probe_cv_seconds_per_unit: float | None = None
     probe_cv_images: int | None = None  # training images of the sample the probe CV held out (its own noise)
-    # tap -> accuracy on the sample's validation images of a probe fitted on all its training images: measured
-    # where the training split is smaller than the sample (a few-shot set), empty otherwise
-    probe_holdout: dict[str, float] = Field(default_factory=dict)
-    probe_holdout_images: int | None = None  # validation images it was scored on
     probe_curve: list[CurvePoint] = Field(default_factory=list)  # the probe's learning curve on the sample
     labels: LabelReport | None = None  # images of the sample whose label the data contradicts
     split_source: str

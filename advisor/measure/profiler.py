@@ -180,8 +180,6 @@ def build_profile(
     grey = measured = flips = None
     evidence = []
     probe_cv: dict[str, float] = {}
-    holdout: dict[str, float] = {}
-    holdout_images = 0
     curve: list = []
     labels_found = None
     best_l2 = None
@@ -221,15 +219,6 @@ def build_profile(
                 probe_cv, l2s, best_acc = _probe_cv(train_feats, train_labels, evidence,
                                                     num_classes=len(scan.classes), seed=seed)
                 best_l2 = l2s.get(PRE_LOGITS)
-            # A training split smaller than the sample leaves room for validation images (profiling_sample): a
-            # probe fitted on every training image and scored on them measures what the run's probe will score,
-            # where a CV on 2 images per class trains on 1 and is scored on a handful.
-            val_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "val"], dtype=torch.long)
-            if l2s and len(val_rows) >= len(scan.classes):
-                with clock("probe holdout"):
-                    holdout = _probe_holdout(feature_set.features, feature_set.labels, train_rows, val_rows, l2s,
-                                             num_classes=len(scan.classes))
-                holdout_images = len(val_rows)
             units = sum(train_feats[t].shape[0] * train_feats[t].shape[1] for t in probe_cv)
             cv_unit = clock.seconds["probe CV"] / units if units else None
             if best_l2 is not None:
@@ -292,8 +281,6 @@ def build_profile(
         probe_cv=probe_cv,
         probe_cv_seconds_per_unit=cv_unit,
         probe_cv_images=len(used_train) if probe_cv else None,
-        probe_holdout=holdout,
-        probe_holdout_images=holdout_images or None,
         probe_curve=curve,
         labels=labels_found,
         split_source=scan.split_source,
@@ -319,24 +306,6 @@ def _probe_cv(features: dict[str, torch.Tensor], labels: torch.Tensor, evidence,
             if tap == PRE_LOGITS:
                 best_acc = dict(table).get(l2)
     return out, l2s, best_acc
-
-
-def _probe_holdout(features: dict[str, torch.Tensor], labels: torch.Tensor, train_rows: torch.Tensor,
-                   val_rows: torch.Tensor, l2s: dict[str, float], *, num_classes: int) -> dict[str, float]:
-    """Per tap: accuracy on ``val_rows`` of a logistic probe fitted on ``train_rows`` at the L2 its CV chose.
-
-    Fitted as a run's probe fits (strategies/probe.py: ``fit_standardizer`` on the training rows), so it measures
-    that probe. It reads validation labels: the forecast that uses it chooses the strategy on part of the split
-    the run then reports on (docs/forecast_error.md says so and what that flatters).
-    """
-    out = {}
-    for tap, l2 in l2s.items():
-        x = features[tap].float()
-        std = fit_standardizer(x[train_rows])
-        W, b = fit_logistic(std.apply(x[train_rows]), labels[train_rows], num_classes=num_classes, l2=l2)
-        predicted = (std.apply(x[val_rows]) @ W.T + b).argmax(dim=-1)
-        out[tap] = round((predicted == labels[val_rows]).float().mean().item(), 4)
-    return out
 
 
 def profile_dataset(

@@ -180,8 +180,11 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
         why = (f"the forecast decides: {chosen} is the cheapest strategy within one standard error "
                f"({100 * best.sd:.1f} points) of the best forecast")
     if named == "per-setting" and per_class is not None:
-        why += (f" (below {PER_SETTING_BOUNDARY} training images per class the cheapest within one standard error "
-                f"decides, from {PER_SETTING_BOUNDARY} up the best forecast: here {per_class:g})")
+        b = PER_SETTING_BOUNDARY
+        why += (f" (below {b} training images per class, here {per_class:g}; from {b} up, the best forecast decides)"
+                if per_class < b else
+                f" (from {b} training images per class, here {per_class:g}; below, the cheapest within one standard "
+                f"error decides)")
     parts.append(f"chosen: {chosen}, because {why}")
     return Decision(policy=named, table=table, table_rule=table_rule, forecast_best=own, chosen=chosen, agree=False,
                     sentence="; ".join(parts) + ".")
