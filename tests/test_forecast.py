@@ -335,3 +335,21 @@ def test_a_few_shot_probe_starts_from_its_cv_whatever_a_reference_records_of_a_h
     assert fc["linear-probe"].accuracy == {f.strategy: f for f in forecast(**common, records=plain).strategies}["linear-probe"].accuracy
     with pytest.raises(TypeError):
         forecast(**common, records=refs, probe_holdout={"pre_logits": 0.5}, holdout_images=280)
+
+
+def test_the_probe_interval_widens_where_references_of_as_many_images_per_class_missed_more_never_narrows():
+    from advisor.decide.probe_gap import probe_gap_spread
+
+    refs = []
+    # 6 few-shot references whose CV missed by +-15 points, 30 large ones by +-1 (the pooled 80 % spans the latter)
+    for i, (pc, miss) in enumerate([(2, 0.15)] * 6 + [(200, 0.01)] * 30):
+        sign = 1 if i % 2 else -1
+        refs.append({"dataset": f"d{i}", "train_per_class_median": pc, "input_size": 224, "image_side": 256,
+                     "profile_size": 224, "train_images": 10 * pc, "cv_images": min(10 * pc, 300),
+                     "accuracy": {"linear-probe": 0.6 + sign * miss, "layer-probe": 0.6 - sign * miss},
+                     "sample_cv": {"pre_logits": 0.6, "stage4": 0.6}})
+    pooled = probe_gap_spread(refs)
+    few, many = probe_gap_spread(refs, 2), probe_gap_spread(refs, 200)
+    assert few[0] < pooled[0] - 0.02 and few[1] > pooled[1] + 0.02  # the few-shot neighbours' misses widen it
+    assert many == pooled  # the large sets' small misses do not narrow it
+    assert probe_gap_spread(refs[:3]) == (0.0, 0.0)  # too few references: no residual spread

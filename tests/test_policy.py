@@ -253,16 +253,22 @@ def test_a_fine_tune_is_separated_from_a_probe_by_its_gains_error_alone():
     assert all((f.gain_sd is not None) == (f.strategy.endswith("finetune")) for f in fc.strategies)
 
 
-def test_the_per_setting_policy_breaks_ties_toward_the_cheaper_strategy_only_below_20_images_per_class():
+def test_the_per_setting_policy_asks_the_forecast_only_probe_or_finetune_below_20_images_per_class():
     from advisor.decide.rules.policy import PER_SETTING_BOUNDARY, StrategyView, resolve
 
     fc = [StrategyView(strategy="linear-probe", accuracy=0.80, sd=0.03, seconds=5.0),
-          StrategyView(strategy="full-finetune", accuracy=0.81, sd=0.03, seconds=300.0, gain_sd=0.03)]
+          StrategyView(strategy="layer-probe", accuracy=0.79, sd=0.03, seconds=6.0),
+          StrategyView(strategy="partial-finetune", accuracy=0.805, sd=0.03, seconds=200.0, gain_sd=0.03),
+          StrategyView(strategy="full-finetune", accuracy=0.83, sd=0.03, seconds=300.0, gain_sd=0.03)]
     assert PER_SETTING_BOUNDARY == 20
-    assert resolve("per-setting", 5) == "forecast" and resolve("per-setting", 20) == "best-forecast"
+    assert resolve("per-setting", 5) == "hybrid" and resolve("per-setting", 20) == "best-forecast"
     assert resolve("per-setting", None) == "best-forecast" and resolve("table", 5) == "table"
+    # below 20: the column's probe unless its fine-tune is more than one standard error ahead (not here)
     few = choose("per-setting", table="full-finetune", column="similar", fc=fc, per_class=5)[0]
+    # from 20 up: the best forecast, whatever the column
     many = choose("per-setting", table="linear-probe", column="similar", fc=fc, per_class=50)[0]
-    assert few == "linear-probe" and many == "full-finetune"  # within one standard error; the better forecast
+    assert few == "linear-probe" and many == "full-finetune"
+    ahead = [v.model_copy(update={"accuracy": 0.95}) if v.strategy == "partial-finetune" else v for v in fc]
+    assert choose("per-setting", table="linear-probe", column="similar", fc=ahead, per_class=5)[0] == "partial-finetune"
     d = decide("per-setting", table="full-finetune", table_rule="R4", column="similar", forecast=None, per_class=5)
     assert d.policy == "per-setting" and d.chosen == "full-finetune"  # no forecast: the table decides

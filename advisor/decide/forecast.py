@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from advisor.decide.probe_gap import (PROBE_TAP, PROBES, _probe_rows, _xp, cv_gaps, cv_size_ratio, fit_probe_gap,
-                                      learning_curve_term, probe_gap_residuals, resolution_lost, ridge)
+                                      learning_curve_term, probe_gap_spread, resolution_lost, ridge)
 from advisor.decide.recipe import curve_images
 from advisor.decide.records import (RECORD_INPUT_SIZE, group_of, load_track_record, local_datasets,
                                      local_outcomes, shipped_track_record)
@@ -299,8 +299,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         ratio = cv_size_ratio(per_class, train_images, cv_images)
         curve = learning_curve_term(per_class, train_images, cv_images)
         shift = sum(c * v for c, v in zip(gap_coef, _xp(lost, curve), strict=True))
-        res = probe_gap_residuals(records)
-        spread = (_quantile(res, 0.1), _quantile(res, 0.9)) if len(res) >= 4 else (0.0, 0.0)
+        spread = probe_gap_spread(records, per_class)
         detail = (f"{lost:.1f} octaves of detail lost at {input_size or RECORD_INPUT_SIZE} px" if abs(lost) >= 0.05
                   else f"no detail lost at {input_size or RECORD_INPUT_SIZE} px")
         how_shift = (f"{100 * shift:+.1f} points: validation vs sample CV on {len({group_of(r) for r, _, _ in _probe_rows(records)})} "

@@ -10,13 +10,15 @@ on the track record; :data:`DEFAULT_POLICY` is the one that comparison chose.
 * ``hybrid``: the forecast decides the row (probe or fine-tune, one-standard-error rule toward
   the probe), the table's similarity column decides which probe or which fine-tune.
 * ``best-forecast``: the highest forecast, no tie-break (what the forecast alone would say).
-* ``per-setting``: ``forecast`` below :data:`PER_SETTING_BOUNDARY` training images per class (median),
-  ``best-forecast`` from there up. Since the probes scale each tap by one deviation (2026-12-07) they
-  win or tie most few-shot cells, where the tie-break's cheaper choice is also the more accurate one,
-  while on larger sets it gives away the fine-tunes' points. The boundary and the two policies were
-  chosen leave one dataset out, nested (benchmarks/policy_regimes.py: for each held-out dataset the
-  choice is made on the other ten and scored on it): mean regret 1.36 against best-forecast's 1.43,
-  max 12.4 against 27.0; eight of eleven folds chose the tie-break below 20, six exactly this rule.
+* ``per-setting``: ``hybrid`` below :data:`PER_SETTING_BOUNDARY` training images per class (median),
+  ``best-forecast`` from there up. Below 20 per class the forecast rests on a probe CV of a handful
+  of images, too noisy to rank four strategies by their best forecast (one wrong pick cost up to 27
+  points); asking it only probe or fine-tune, with a one-standard-error margin toward the probe, and
+  letting the similarity column pick which, halves the worst case. From 20 up the forecast is close
+  enough to rank them. The boundary and the two policies are what benchmarks/policy.py picks on the
+  track record (lowest total regret); chosen nested, leave one dataset out (for each held-out dataset
+  on the other ten alone), the procedure scores mean regret 1.42 and max 12.4 against best-forecast's
+  1.48 and 27.0; six of eleven folds pick exactly this rule, two more differ above 20 only.
 
 Whatever decides, :attr:`Decision.sentence` says what the table said, what the forecast said,
 which one chose and why, with the numbers.
@@ -35,8 +37,8 @@ from advisor.decide.models import Decision
 PolicyName = Literal["table", "forecast", "hybrid", "best-forecast", "per-setting"]
 POLICIES: tuple[str, ...] = ("table", "forecast", "hybrid", "best-forecast", "per-setting")
 DEFAULT_POLICY: PolicyName = "per-setting"
-PER_SETTING_BOUNDARY = 20  # training images per class (median): below it the tie-break, from it up best-forecast
-PER_SETTING = ("forecast", "best-forecast")
+PER_SETTING_BOUNDARY = 20  # training images per class (median): below it hybrid, from it up best-forecast
+PER_SETTING = ("hybrid", "best-forecast")
 COST_ORDER = ("linear-probe", "layer-probe", "partial-finetune", "full-finetune")
 PROBES = COST_ORDER[:2]
 # the table's column -> (its probe, its fine-tune)
@@ -183,8 +185,8 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
         b = PER_SETTING_BOUNDARY
         why += (f" (below {b} training images per class, here {per_class:g}; from {b} up, the best forecast decides)"
                 if per_class < b else
-                f" (from {b} training images per class, here {per_class:g}; below, the cheapest within one standard "
-                f"error decides)")
+                f" (from {b} training images per class, here {per_class:g}; below, the table's column and the forecast "
+                f"decide)")
     parts.append(f"chosen: {chosen}, because {why}")
     return Decision(policy=named, table=table, table_rule=table_rule, forecast_best=own, chosen=chosen, agree=False,
                     sentence="; ".join(parts) + ".")
