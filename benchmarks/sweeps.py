@@ -71,8 +71,9 @@ def depth_sweep(rec, dataset, runs: Path, *, input_size, epochs, backbone, **kw)
     return rows
 
 
-def subsample(dataset: str, per_class: int, dest: Path, *, seed: int = 0) -> Path:
+def subsample(dataset: str, per_class: int, dest: str | Path, *, seed: int = 0) -> Path:
     """A symlinked copy of ``dataset`` with at most ``per_class`` training images per class and the same val split."""
+    dest = Path(dest)
     scan = scan_dataset(dataset)
     rng = random.Random(seed)
     by_class: dict[int, list] = {}

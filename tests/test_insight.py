@@ -66,6 +66,24 @@ def test_a_clean_set_has_few_issues_and_duplicates_with_other_labels_are_listed(
     assert any(i.reason == "duplicate" and i.path == "img0.png" and i.suggested == "b" for i in rep.issues)
 
 
+def test_a_weak_checking_probe_says_its_list_is_mostly_hard_images_not_wrong_labels():
+    from advisor.measure.labels import RELIABLE_ACCURACY
+    from advisor.report.html import _label_section
+
+    x, y = _clusters(seed=3)
+    paths = [f"img{i}.png" for i in range(len(y))]
+    strong = label_report(x, y, paths, ["train"] * len(y), ["a", "b", "c"])
+    assert strong.probe_accuracy >= RELIABLE_ACCURACY and strong.caution() is None
+    # overlapping classes: the probe is right on about half, and every image it gets wrong is "flagged"
+    g = torch.Generator().manual_seed(5)
+    blurred = x * 0.05 + torch.randn(x.shape, generator=g)
+    weak = label_report(blurred, y, paths, ["train"] * len(y), ["a", "b", "c"])
+    assert weak.probe_accuracy < RELIABLE_ACCURACY and len(weak.issues) > 5
+    assert f"right on {weak.probe_accuracy:.0%}" in weak.caution() and "hard images" in weak.caution()
+    html = "".join(_label_section(type("P", (), {"labels": weak})()))
+    assert "hard images" in html and "hard images" not in "".join(_label_section(type("P", (), {"labels": strong})()))
+
+
 def test_recommend_shows_more_data_and_a_run_writes_label_issues(tmp_path):
     from conftest import write_class_images
 

@@ -180,8 +180,13 @@ def _render_label_issues(profile) -> None:
     if not rep.issues:
         out.print(f"labels: none of the {rep.checked} sampled images looks mislabelled")
         return
-    out.print(f"[yellow]labels:[/yellow] {len(rep.issues)} of {rep.checked} sampled images look mislabelled; "
-              "the worst (all in --json, the report and label_issues.csv):")
+    if rep.caution():  # a weak probe: say what the count is, not "mislabelled"
+        out.print(f"[yellow]labels:[/yellow] {len(rep.issues)} of {rep.checked} sampled images disagree with a probe right "
+                  f"on only {rep.probe_accuracy:.0%} of them (too weak to tell wrong labels from hard images); the "
+                  "strongest (all in --json, the report and label_issues.csv):")
+    else:
+        out.print(f"[yellow]labels:[/yellow] {len(rep.issues)} of {rep.checked} sampled images look mislabelled; "
+                  "the worst (all in --json, the report and label_issues.csv):")
     for issue in rep.issues[:3]:
         conf = f" ({issue.suggested_probability:.2f})" if issue.suggested_probability is not None else " (duplicate)"
         out.print(f"  {shown(shorten_left(display_path(issue.path), 44))}: {shown(issue.given)} -> "

@@ -157,6 +157,7 @@ def _label_section(profile) -> list[str]:
     return [f"<h2>Labels that look wrong</h2><p class=\"caption\">{len(rep.issues)} of the {rep.checked} sampled images: "
             f"{esc(rep.method)}, each class against its own confidence threshold (and identical images that carry "
             "different labels). Nothing was changed; label_issues.csv lists every path.</p>",
+            *([f"<p class=\"warn\">{esc(rep.caution())}.</p>"] if rep.caution() else []),
             "<div class=\"gallery\">" + "".join(cells) + "</div>"]
 
 
