@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from advisor.decide.probe_gap import (PROBE_TAP, PROBES, _probe_rows, _xp, cv_gaps, cv_size_ratio, fit_probe_gap,
-                                      learning_curve_term, probe_gap_spread, resolution_lost, ridge)
+                                      learning_curve_term, probe_gap_spread, quantile, resolution_lost, ridge)
 from advisor.decide.recipe import curve_images
 from advisor.decide.records import (RECORD_INPUT_SIZE, group_of, load_track_record, local_datasets,
                                      local_outcomes, shipped_track_record)
@@ -222,16 +222,7 @@ def calibrate_forecaster(path: Path | None = None) -> CalibrationReport:
 
 
 def _median_points(values: Sequence[float]) -> float | None:
-    return round(100 * _quantile(values, 0.5), 2) if values else None
-
-
-def _quantile(values: Sequence[float], q: float) -> float:
-    v = sorted(values)
-    if not v:
-        return 0.0
-    pos = q * (len(v) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    return round(100 * quantile(values, 0.5), 2) if values else None
 
 
 def binomial_interval(p: float, n: int) -> tuple[float, float]:
@@ -306,8 +297,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
                      f"reference sets ({detail}; {2 ** ratio:.1f}x a CV fold's data)")
     else:  # an old record without profiling-sample CVs: the median validation-vs-run CV gap
         gaps = cv_gaps(records)
-        shift = _quantile(gaps, 0.5) if gaps else 0.0
-        spread = (_quantile(gaps, 0.1) - shift, _quantile(gaps, 0.9) - shift) if len(gaps) >= 4 else (0.0, 0.0)
+        shift = quantile(gaps, 0.5) if gaps else 0.0
+        spread = (quantile(gaps, 0.1) - shift, quantile(gaps, 0.9) - shift) if len(gaps) >= 4 else (0.0, 0.0)
         how_shift = f"{100 * shift:+.1f} points: the median validation-vs-CV gap of {len(gaps)} reference probes" if gaps else ""
     linear = probe_cv.get(PROBE_TAP)
     layer_tap = max(probe_cv, key=probe_cv.get) if probe_cv else None
@@ -351,8 +342,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
         blo, bhi = binomial_interval(acc, val_images)
         # The probe's error and the gain's error add (independent, in quadrature); both were measured
         # on validation splits, so the binomial spread is a floor rather than a third term.
-        lo = max(0.0, acc - max(acc - blo, math.hypot(_quantile(res, 0.1), spread[0], lost)))
-        hi = min(1.0, acc + max(bhi - acc, math.hypot(_quantile(res, 0.9), spread[1])))
+        lo = max(0.0, acc - max(acc - blo, math.hypot(quantile(res, 0.1), spread[0], lost)))
+        hi = min(1.0, acc + max(bhi - acc, math.hypot(quantile(res, 0.9), spread[1])))
         step = partial_step_seconds if name == "partial-finetune" and partial_step_seconds else step_seconds
         per_epoch = (steps * step + train_images * decode + curve_pass) * time_factor if step is not None else None
         rows.append(StrategyForecast(
@@ -365,7 +356,7 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             seconds=round(per_epoch * epochs + final_pass + (extract or 0.0) + overhead_seconds, 1)
             if per_epoch is not None and epochs else None,
             time_source=time_source if per_epoch is not None else None,
-            gain_sd=round(max(1e-4, (_quantile(res, 0.9) - _quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))
+            gain_sd=round(max(1e-4, (quantile(res, 0.9) - quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))
     if records:
         local = {group_of(r) for r in records if r["dataset"].endswith("(local)")}
         shipped = {group_of(r) for r in records if not r["dataset"].endswith("(local)")}

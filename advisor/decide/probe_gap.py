@@ -147,8 +147,11 @@ def fit_probe_gap(records: Sequence[dict]) -> list[float] | None:
     return _fit_gap(_probe_rows(records), _xpr)
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile, linear between order statistics (0.0 for no values)."""
     v = sorted(values)
+    if not v:
+        return 0.0
     pos = q * (len(v) - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
@@ -161,12 +164,12 @@ def probe_gap_spread(records: Sequence[dict], per_class: float | None = None, *,
     if len(pairs) < 4:
         return 0.0, 0.0
     every = [e for _, e in pairs]
-    lo, hi = _quantile(every, q), _quantile(every, 1 - q)
+    lo, hi = quantile(every, q), quantile(every, 1 - q)
     if per_class is not None:
         near = [e for r, e in pairs
                 if abs(math.log2(max(float(r["train_per_class_median"]), 1.0) / max(per_class, 1.0))) <= NEAR_OCTAVES]
         if len(near) >= MIN_NEAR:
-            lo, hi = min(lo, _quantile(near, q)), max(hi, _quantile(near, 1 - q))
+            lo, hi = min(lo, quantile(near, q)), max(hi, quantile(near, 1 - q))
     return lo, hi
 
 
