@@ -154,12 +154,12 @@ def keyed_lines(files: list[Path], key) -> dict:
     return found
 
 
-# benchmarks/profile_holdout.py: the profile's probe CV of recorded cells, measured again by today's profiler
+# benchmarks/profile_cv.py: the profile's probe CV of recorded cells, measured again by today's profiler
 PROFILE_CV_FILE = "profile_holdout.jsonl"
 
 
 def add_profile_cv(cells: list[dict], files: list[Path]) -> None:
-    """Give each cell the profile's probe CV profile_holdout.py measured for its (dataset, k, seed) with today's
+    """Give each cell the profile's probe CV profile_cv.py measured for its (dataset, k, seed) with today's
     profiler (the same sample, the same seed); the recorded one is kept as ``recorded_probe_cv``. The lines'
     holdout probes (a study that read validation labels) are not read."""
     found = keyed_lines(files, lambda h: (h["dataset"], h.get("k"), h.get("seed", 0)))

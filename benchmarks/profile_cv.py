@@ -1,6 +1,6 @@
 """Measure the profile's probes again for recorded cells, resumably, without re-running the cells.
 
-    python benchmarks/profile_holdout.py [--records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl]
+    python benchmarks/profile_cv.py [--records docs/records/cpu.jsonl docs/records/cpu64_legacy.jsonl]
         [--out docs/records/profile_holdout.jsonl] [--data ../shared/data] [--hours H]
 
 Since 2026-12-07 the probes scale each tap's features by one shared deviation
@@ -11,10 +11,10 @@ every k and seed of a dataset, so it is extracted once), runs the probe CV exact
 profiler does, and writes one line per (dataset, k, seed); ``records.read_cells`` puts it into the
 cells' profiles (the recorded CV stays beside it as ``recorded_probe_cv``).
 
-Each line also holds a study the product no longer uses (hence the file's name): where the sample
-holds validation images (a few-shot set), a probe fitted on every training image and scored on
-them (``probe_holdout``). It forecast the run's probe closer than the CV, but it reads labels of
-the split the run reports on, so the profiler dropped it (docs/forecast_error.md).
+The file keeps its first name (profile_holdout.jsonl): the lines written on 2026-12-07 also hold a
+withdrawn study, a probe scored on the sample's validation images (``probe_holdout``), which read
+labels of the split runs report on; nothing reads it, and this script no longer writes it
+(docs/forecast_error.md).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from sweeps import subsample
 from advisor.backbones import create_backbone
 from advisor.data.scan import scan_dataset
 from advisor.measure.features import extract_features
-from advisor.measure.logistic import fit_logistic, fit_standardizer
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, _probe_cv, profiling_sample
 from advisor.measure.transferability import per_tap_evidence
 
@@ -45,36 +44,19 @@ def key(c: dict) -> tuple:
     return (c["dataset"], c.get("k"), c.get("seed", 0))
 
 
-def holdout_probe(features: dict[str, torch.Tensor], labels: torch.Tensor, train_rows: torch.Tensor,
-                  val_rows: torch.Tensor, l2s: dict[str, float], *, num_classes: int) -> dict[str, float]:
-    """The study: per tap, accuracy on ``val_rows`` of a probe fitted as a run's probe is on ``train_rows``."""
-    out = {}
-    for tap, l2 in l2s.items():
-        x = features[tap].float()
-        std = fit_standardizer(x[train_rows])
-        W, b = fit_logistic(std.apply(x[train_rows]), labels[train_rows], num_classes=num_classes, l2=l2)
-        predicted = (std.apply(x[val_rows]) @ W.T + b).argmax(dim=-1)
-        out[tap] = round((predicted == labels[val_rows]).float().mean().item(), 4)
-    return out
-
-
-def holdout_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None:
+def profile_cv_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None:
     scan = scan_dataset(str(path))
     sample = profiling_sample(scan.samples, DEFAULT_SAMPLE_SIZE, seed=seed)
     fs = extract_features(sample, backbone, bn_moments=False, device="cpu", cache_dir=cache)
     used = [sample[i] for i in fs.index]
     train_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "train"], dtype=torch.long)
-    val_rows = torch.tensor([i for i, s in enumerate(used) if s.split == "val"], dtype=torch.long)
     classes = len(scan.classes)
     if len(train_rows) < 2 * classes:
         return None
     train_feats = {t.name: fs.features[t.name][train_rows] for t in backbone.taps}
     evidence = per_tap_evidence(train_feats, fs.labels[train_rows], taps=[t.name for t in backbone.taps], seed=seed)
-    cv, l2s, _ = _probe_cv(train_feats, fs.labels[train_rows], evidence, num_classes=classes, seed=seed)
-    if len(val_rows) < classes:  # the training split fills the sample: no holdout, as in the profiler
-        return {"probe_cv": cv, "probe_holdout": None, "probe_holdout_images": None, "train_rows": len(train_rows)}
-    held = holdout_probe(fs.features, fs.labels, train_rows, val_rows, l2s, num_classes=classes)
-    return {"probe_cv": cv, "probe_holdout": held, "probe_holdout_images": len(val_rows), "train_rows": len(train_rows)}
+    cv, _, _ = _probe_cv(train_feats, fs.labels[train_rows], evidence, num_classes=classes, seed=seed)
+    return {"probe_cv": cv, "train_rows": len(train_rows)}
 
 
 def main() -> None:
@@ -90,13 +72,13 @@ def main() -> None:
     cells = {}
     for c in read_cells([Path(p) for p in args.records]):
         cells.setdefault(key(c), c)
-    # few-shot cells (a holdout) first, then those whose training split fills the sample (the CV only)
+    # few-shot cells first (the cheaper ones), then those whose training split fills the sample
     todo = [c for k, c in sorted(cells.items(), key=lambda kv: (kv[1]["train_images"] >= DEFAULT_SAMPLE_SIZE, kv[0][0],
                                                                 kv[0][1] or 0, kv[0][2])) if k not in done]
     print(f"{len(cells)} (dataset, k, seed); {len(todo)} to do", flush=True)
     backbone = create_backbone("efficientnet_lite0")
     t0 = time.time()
-    work = Path(tempfile.mkdtemp(prefix="holdout-"))
+    work = Path(tempfile.mkdtemp(prefix="profile-cv-"))
     cache = Path(args.cache) if args.cache else work / "cache"
     for c in todo:
         if args.hours is not None and time.time() - t0 > args.hours * 3600:
@@ -106,7 +88,7 @@ def main() -> None:
         if c.get("k") is not None:
             path = subsample(str(path), c["k"], work / f"data-{c['dataset']}-k{c['k']}-s{c['seed']}", seed=c["seed"])
         t = time.time()
-        line = holdout_line(path, backbone, seed=c["seed"], cache=cache)
+        line = profile_cv_line(path, backbone, seed=c["seed"], cache=cache)
         if line is None:
             print(f"{key(c)}: fewer than 2 training images per class in the sample", flush=True)
             continue
@@ -116,7 +98,7 @@ def main() -> None:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")
-        print(f"{key(c)}: holdout {line['probe_holdout']} on {line['probe_holdout_images']} val images; CV {line['probe_cv']} "
+        print(f"{key(c)}: CV {line['probe_cv']} "
               f"(recorded {line['recorded_probe_cv']}) {line['seconds']} s", flush=True)
 
 
