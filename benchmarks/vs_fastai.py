@@ -31,7 +31,7 @@ import torch
 
 from advisor.backbones import create_backbone
 from advisor.data.scan import scan_dataset
-from strategies.results import wilson_interval
+from advisor.core.stats import wilson_interval
 
 
 def input_size_for(dataset: str, cap: int) -> int:

@@ -3,12 +3,12 @@ result (:class:`RunResult`) and strategies side by side (:class:`Comparison`, wh
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from pydantic import BaseModel
 
+from advisor.core.stats import wilson_interval
 from advisor.decide.models import Recommendation
 
 
@@ -29,16 +29,6 @@ class Metrics(BaseModel):
     n_val: int
     per_class: list[ClassMetrics]
     confusion: list[list[int]]  # rows: true class, columns: predicted
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Metrics:

@@ -379,7 +379,7 @@ def test_rule_ids_unique_strategies_known_and_order_grouped():
     ids = [r.id for r in RULES]
     # IDs are stable: rules added later take new numbers and sit in their kind's group.
     assert ids == ["R1", "R2", "R3", "R4", "R5", "R18", "R6", "R7", "R15", "R16", "R8", "R9", "R10", "R17",
-                   *(f"R{i}" for i in range(11, 15))]
+                   *(f"R{i}" for i in range(11, 15)), "R19"]
     order = ["quadrant", "override", "modifier", "warning"]
     kinds = [order.index(r.kind) for r in RULES]
     assert kinds == sorted(kinds)
@@ -523,3 +523,27 @@ def test_docs_list_every_rule_and_threshold():
     assert rules_markdown() in doc, hint
     assert thresholds_markdown() in doc, hint
     assert "## Calibration on ../shared/data" in doc
+
+
+def test_r19_warns_when_the_validation_split_cannot_resolve_strategies():
+    # 10 classes x 2 validation images at a CV of 0.8: the Wilson 95 % half-width is ~16 points.
+    small_val = make_profile().model_copy(update={"images_per_split": {"train": 500, "val": 20},
+                                                  "probe_cv": {"pre_logits": 0.8}})
+    ctx = build_context(small_val, taps=TAPS)
+    assert ctx.val_images == 20 and ctx.val_half_width == pytest.approx(0.16, abs=0.01)
+    rec = recommend(small_val, taps=TAPS)
+    assert "R19" in [h.id for h in rec.hits]
+    text = next(w for w in rec.warnings if "validation images" in w)
+    assert "20 validation images (about 2 per class)" in text and "+-16." in text and "over +-5" in text
+    # Everything but the training split scores runs (a test split too); 2,000 images resolve a 0.8 to +-1.8 points.
+    big_val = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 1000, "test": 1000}})
+    assert build_context(big_val, taps=TAPS).val_images == 2000
+    assert "R19" not in [h.id for h in recommend(big_val, taps=TAPS).hits]
+    # A perfect CV on 60 images: the interval is one-sided and narrow (Wilson, not +-0): no warning at 0.05.
+    sure = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 80}, "probe_cv": {"pre_logits": 1.0}})
+    assert build_context(sure, taps=TAPS).val_half_width < 0.05
+    # Without a probe CV the level is unknown: no claim is made.
+    assert not build_context(make_profile(), taps=TAPS).val_too_small
+    # The threshold is the user's to move, like every other.
+    loose = Thresholds(val_resolution=0.2)
+    assert "R19" not in [h.id for h in recommend(small_val, taps=TAPS, thresholds=loose).hits]

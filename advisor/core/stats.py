@@ -1,4 +1,4 @@
-"""Distribution distances, in torch so they run on the GPU when there is one.
+"""Distribution distances, in torch so they run on the GPU when there is one; the binomial interval of an accuracy.
 
 All functions take ``[n, d]`` feature matrices (or moments) and compute in float64: Fréchet
 distances and MMD estimates lose their meaning to float32 round-off at d ~ 1000.
@@ -6,6 +6,7 @@ distances and MMD estimates lose their meaning to float32 round-off at d ~ 1000.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -61,3 +62,14 @@ def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, *, rounds: int = 2000, le
     means = d[idx].mean(1)
     lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
     return float(d.mean()), lo, hi
+
+
+def wilson_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of an accuracy of ``correct`` out of ``n``; (0, 1) for n = 0."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -308,7 +308,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
             continue
         acc = min(1.0, max(0.0, cv + shift))
         half = Z80 * math.sqrt(max(cv * (1 - cv), 1e-6) / cv_images) if cv_images else 0.0
-        if how_shift:
+        if name == "layer-probe" and layer_tap == PROBE_TAP:
+            how = f"as the linear probe: {PROBE_TAP} is the best tap"  # the same CV and shift, said once
+        elif how_shift:
             how += f" {cv:.3f}, {how_shift}"
         blo, bhi = binomial_interval(acc, val_images)
         # The record's residuals were measured on validation splits, so they already hold the

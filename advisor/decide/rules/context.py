@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from advisor.backbones import TapInfo
+from advisor.core.stats import wilson_interval
 from advisor.decide.recipe import finetune_schedule
 from advisor.decide.rules.thresholds import SimilarityClass, SizeClass, Thresholds, frozen_stages_for, probe_sweep_taps
 from advisor.measure.models import DatasetProfile
@@ -57,6 +58,32 @@ class RuleContext:
         """R17: the profiler's flip check lost at least ``flip_drop`` accuracy, beyond twice its standard error."""
         fc = self.profile.flip_check
         return fc is not None and fc.drop >= self.thresholds.flip_drop and fc.drop > 2 * fc.drop_se
+
+    @property
+    def val_images(self) -> int:
+        """Images every run is scored on: all but the training split (as the forecast counts them)."""
+        return sum(n for split, n in self.profile.images_per_split.items() if split != "train")
+
+    @property
+    def val_accuracy_level(self) -> float | None:
+        """The accuracy a run is expected near: the profile's best probe CV (training images only); None unmeasured."""
+        cv = self.profile.probe_cv
+        return max(cv.values()) if cv else None
+
+    @property
+    def val_half_width(self) -> float | None:
+        """Half the Wilson 95 % interval of an accuracy at :attr:`val_accuracy_level` on :attr:`val_images` images."""
+        p, n = self.val_accuracy_level, self.val_images
+        if p is None or n < 1:
+            return None
+        lo, hi = wilson_interval(p * n, n)
+        return (hi - lo) / 2
+
+    @property
+    def val_too_small(self) -> bool:
+        """R19: the validation split cannot resolve differences of ``val_resolution`` between strategies."""
+        half = self.val_half_width
+        return half is not None and half > self.thresholds.val_resolution
 
     @property
     def straddles(self) -> bool:
@@ -139,6 +166,11 @@ class RuleContext:
             "flip_drop_se_pct": 100 * p.flip_check.drop_se if p.flip_check else nan,
             "flip_images": p.flip_check.images if p.flip_check else 0,
             "schedule_share_pct": 100 * self.epochs_cap / epochs if self.epochs_cap is not None and epochs else nan,
+            "val_images": self.val_images,
+            "val_per_class": self.val_images / max(1, p.num_classes),
+            "val_level_pct": nan if self.val_accuracy_level is None else 100 * self.val_accuracy_level,
+            "val_half_width_pct": nan if self.val_half_width is None else 100 * self.val_half_width,
+            "val_resolution_pct": 100 * t.val_resolution,
         }
 
 

@@ -177,7 +177,7 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
                f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) "
                f"ahead of {chosen}, the cheaper row")
     elif policy == "best-forecast":
-        why = f"the forecast decides: {chosen} has the best forecast"
+        why = "it has the best forecast"
     else:
         why = (f"the forecast decides: {chosen} is the cheapest strategy within one standard error "
                f"({100 * best.sd:.1f} points) of the best forecast")
@@ -185,8 +185,7 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
         b = PER_SETTING_BOUNDARY
         why += (f" (below {b} training images per class, here {per_class:g}; from {b} up, the best forecast decides)"
                 if per_class < b else
-                f" (from {b} training images per class, here {per_class:g}; below, the table's column and the forecast "
-                f"decide)")
+                f", which decides from {b} training images per class (here {per_class:g})")
     parts.append(f"chosen: {chosen}, because {why}")
     return Decision(policy=named, table=table, table_rule=table_rule, forecast_best=own, chosen=chosen, agree=False,
                     sentence="; ".join(parts) + ".")

@@ -340,4 +340,16 @@ RULES: tuple[Rule, ...] = (
         "similar; {similarity_flip_effect}.",
         when="the profile has no similarity report",
     ),
+    Rule(
+        id="R19",
+        title="validation split too small to tell strategies apart",
+        kind="warning",
+        strategy=None,
+        condition=lambda ctx: ctx.val_too_small,
+        plan=None,
+        rationale="{val_images} validation images (about {val_per_class:.0f} per class) pin an accuracy near "
+        "{val_level_pct:.0f}% to +-{val_half_width_pct:.1f} points (95 %), over +-{val_resolution_pct:.0f}: too few "
+        "to tell strategies apart; add some.",
+        when="the 95 % Wilson half-width of the probe CV's accuracy on the validation split's size > val_resolution",
+    ),
 )

@@ -71,6 +71,12 @@ class Thresholds(BaseModel):
         0.26, gt=0, le=1,
         description="a fine-tune capped below this share of its schedule's epochs is outside the measured evidence: the advice warns (R15, R16 retired)",
     )
+    val_resolution: float = Field(
+        0.05, gt=0, le=1,
+        description="95 % interval half-width of an accuracy measured on the validation split above which the advice "
+        "warns that the split cannot tell strategies apart (R19): the gaps that decide between them measured "
+        "2-8 points (fine-tune over probe) and 0.5-3.5 (partial against full fine-tune)",
+    )
     probe_stages: int = Field(
         2, ge=1,
         description="the layer probe sweeps this many of the deepest stage taps, plus pre_logits (R2, R7)",
