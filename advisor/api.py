@@ -13,6 +13,7 @@ from pathlib import Path
 
 from advisor.backbones import DEFAULT_BACKBONE
 from advisor.core.errors import AdvisorError
+from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT, Recommendation, RunPlan
 from advisor.decide.recipe import EPOCHS_LIMIT
 from advisor.measure.models import DatasetProfile
@@ -35,6 +36,11 @@ def _check_range(name: str, value: int | None, low: int, high: int) -> None:
         raise AdvisorError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
 
 
+def _check_fraction(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise AdvisorError(f"val_fraction must be strictly between 0 and 1, got {value!r}", hint="e.g. 0.2, or 0.4 to measure more precisely")
+
+
 def _device(device: str | None) -> str | None:
     return None if device in (None, "auto") else device
 
@@ -47,7 +53,8 @@ def _seconds(budget: float | str | None) -> float | None:
 
 def profile(dataset: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
             sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, device: str | None = None,
-            cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> DatasetProfile:
+            cache_dir: str | os.PathLike | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
+            progress: Progress | None = None) -> DatasetProfile:
     """Measure a dataset: size, balance, image sizes, duplicates and leakage, similarity to ImageNet.
 
     Parameters
@@ -62,6 +69,10 @@ def profile(dataset: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE, wei
         Images read for the similarity estimate (stratified by class), 4 to 100,000.
     seed : int, default 0
         Seed of the sample, the bootstrap and the validation split.
+    val_fraction : float, default 0.2
+        The validation share carved (stratified, seeded) when the dataset has no validation split of
+        its own, strictly between 0 and 1; a dataset with its own split keeps it. Runs report their
+        accuracy on it: a larger share measures more precisely (R19 warns when it cannot tell strategies apart).
     device : str, optional
         "auto" (default), "cpu", "cuda" or "cuda:N".
     cache_dir : path, optional
@@ -90,8 +101,9 @@ def profile(dataset: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE, wei
 
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
+    _check_fraction(val_fraction)
     prof, _, _ = profile_dataset(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                                 device=_device(device), cache_dir=cache_dir, progress=progress)
+                                 device=_device(device), cache_dir=cache_dir, val_fraction=val_fraction, progress=progress)
     return prof
 
 
@@ -99,7 +111,8 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
               input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, device: str | None = None,
               cache_dir: str | os.PathLike | None = None, save_plan: str | os.PathLike | None = None,
-              backbones: Sequence[str] | None = None, progress: Progress | None = None) -> Recommendation:
+              backbones: Sequence[str] | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
+              progress: Progress | None = None) -> Recommendation:
     """Profile a dataset, place it in the 2x2 table, forecast every strategy, and decide which to run.
 
     Parameters
@@ -113,8 +126,8 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
         The fine-tune epoch cap you will run with (1-1000); a short cap lets the forecast choose.
     input_size : int, optional
         The input resolution you will train at (32-1024 px); the forecast conditions on it.
-    backbone, weights, sample_size, seed, device, cache_dir, progress
-        As for :func:`profile`.
+    backbone, weights, sample_size, seed, device, cache_dir, val_fraction, progress
+        As for :func:`profile` (the plan records a carved split's share, so runs of it use the same split).
     save_plan : path, optional
         Also write the executable plan there (JSON) and its report next to it (``.html``).
     backbones : list of str, optional
@@ -144,8 +157,9 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
     _check_range("input_size", input_size, MIN_INPUT, MAX_INPUT)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
+    _check_fraction(val_fraction)
     kwargs = dict(sample_size=sample_size, seed=seed, device=_device(device), cache_dir=cache_dir, progress=progress,
-                  epochs_cap=epochs, budget_seconds=_seconds(budget), input_size=input_size)
+                  epochs_cap=epochs, budget_seconds=_seconds(budget), input_size=input_size, val_fraction=val_fraction)
     rec = recommend_dataset(dataset, backbone=backbone, weights=weights, **kwargs)
     if backbones:
         from advisor.decide.backbones import rank_backbones
@@ -166,7 +180,8 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
         runs_dir: str | os.PathLike = "runs", device: str | None = None, cache_dir: str | os.PathLike | None = None,
         workers: int | None = None, keep_checkpoint: bool = False, loggers: Sequence[str] = (),
-        progress: Progress | None = None, on_recommendation: Callable[[Recommendation], None] | None = None):
+        val_fraction: float = DEFAULT_VAL_FRACTION, progress: Progress | None = None,
+        on_recommendation: Callable[[Recommendation], None] | None = None):
     """Train a classifier on a dataset: follow the advice (``strategy="auto"``), force a strategy, or run a plan.
 
     Parameters
@@ -195,8 +210,8 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         (``RUN_DIR/mlruns``, a local file store); each needs its package installed.
     on_recommendation : callable, optional
         Called with the :class:`Recommendation` before training starts ("auto" only).
-    backbone, sample_size, seed, device, cache_dir, progress
-        As for :func:`profile`.
+    backbone, sample_size, seed, device, cache_dir, val_fraction, progress
+        As for :func:`profile` (a ``plan`` keeps the split it records).
 
     Returns
     -------
@@ -225,6 +240,7 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
     _check_range("workers", workers, 0, 64)
+    _check_fraction(val_fraction)
     forced = None if strategy == "auto" else strategy
     if forced is not None and forced not in strategy_names():
         raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose auto or one of {', '.join(strategy_names())}")
@@ -239,7 +255,8 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
     return runner.auto_run(dataset, strategy=forced, backbone=backbone, sample_size=sample_size, seed=seed,
                            runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir, num_workers=workers,
                            epochs=epochs, input_size=input_size, progress=progress, on_recommendation=on_recommendation,
-                           keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget), loggers=list(loggers))
+                           keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget), loggers=list(loggers),
+                           val_fraction=val_fraction)
 
 
 def resume(run_dir: str | os.PathLike, *, device: str | None = None, progress: Progress | None = None):
@@ -256,15 +273,15 @@ def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = No
             input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE,
             seed: int = 0, runs_dir: str | os.PathLike = "runs", device: str | None = None,
             cache_dir: str | os.PathLike | None = None, workers: int | None = None,
-            progress: Progress | None = None) -> Comparison:
+            val_fraction: float = DEFAULT_VAL_FRACTION, progress: Progress | None = None) -> Comparison:
     """Run several strategies on the same split, backbone, input size and epoch cap, and rank them.
 
     Parameters
     ----------
     strategies : list of str, optional
         A subset of the four strategies [default: all four].
-    epochs, input_size, backbone, sample_size, seed, runs_dir, device, cache_dir, workers, progress
-        As for :func:`run`.
+    epochs, input_size, backbone, sample_size, seed, runs_dir, device, cache_dir, workers, val_fraction, progress
+        As for :func:`run`; every strategy runs on the same split.
 
     Returns
     -------
@@ -285,10 +302,11 @@ def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = No
     _check_range("workers", workers, 0, 64)
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
+    _check_fraction(val_fraction)
     names = check_strategies(list(strategies) if strategies is not None else None)
     return compare_strategies(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
                               epochs=epochs, sample_size=sample_size, seed=seed, device=_device(device),
-                              cache_dir=cache_dir, num_workers=workers, progress=progress)
+                              cache_dir=cache_dir, num_workers=workers, progress=progress, val_fraction=val_fraction)
 
 
 class Classifier:

@@ -242,3 +242,26 @@ def test_epoch_lines_say_once_when_the_curve_reads_a_share_of_the_validation_spl
     with stage_bars() as progress:
         progress.event({**line, "curve_images": 864})  # the whole split: nothing to say
     assert "stratified" not in capsys.readouterr().err
+
+
+def test_val_fraction_carves_the_split_that_advice_and_runs_share(tmp_path, capsys):
+    # A folder without a split: --val-fraction sets the share carved for validation, the plan records it and
+    # the run scores on that split; R19 says when the split is too small to tell strategies apart.
+    from conftest import write_class_images
+
+    from advisor.decide.models import Recommendation
+
+    data = write_class_images(tmp_path / "flat", {"red": 10, "blue": 10})
+    code, out, err = run_main(["recommend", str(data), "--json", "--val-fraction", "0.5", "--input-size", "64"], capsys)
+    assert code == 0, err
+    rec = Recommendation.model_validate_json(out)
+    assert rec.profile.images_per_split == {"train": 10, "val": 10} and rec.plan.val_fraction == 0.5
+    assert "R19" in rec.plan.rule_ids and any("10 validation images" in w for w in rec.warnings)
+    for fraction, n_val in (("0.5", 10), ("0.2", 4)):
+        code, out, err = run_main(["run", str(data), "--strategy", "linear-probe", "--val-fraction", fraction,
+                                   "--input-size", "64", "--runs-dir", str(tmp_path / f"runs{fraction}"), "--json"], capsys)
+        assert code == 0, err
+        outcome = json.loads(out)
+        assert outcome["result"]["metrics"]["n_val"] == n_val and outcome["plan"]["val_fraction"] == float(fraction)
+    code, out, err = run_main(["compare", str(data), "--val-fraction", "0"], capsys)
+    assert code == 2 and "--val-fraction" in err and "between 0 and 1" in err

@@ -528,13 +528,16 @@ def test_docs_list_every_rule_and_threshold():
 def test_r19_warns_when_the_validation_split_cannot_resolve_strategies():
     # 10 classes x 2 validation images at a CV of 0.8: the Wilson 95 % half-width is ~16 points.
     small_val = make_profile().model_copy(update={"images_per_split": {"train": 500, "val": 20},
-                                                  "probe_cv": {"pre_logits": 0.8}})
+                                                  "probe_cv": {"pre_logits": 0.8}, "split_source": "folders"})
     ctx = build_context(small_val, taps=TAPS)
     assert ctx.val_images == 20 and ctx.val_half_width == pytest.approx(0.16, abs=0.01)
     rec = recommend(small_val, taps=TAPS)
     assert "R19" in [h.id for h in rec.hits]
     text = next(w for w in rec.warnings if "validation images" in w)
-    assert "20 validation images (about 2 per class)" in text and "+-16." in text and "over +-5" in text
+    assert "20 validation images pin an accuracy near 80% to +-16." in text and "over +-5" in text
+    assert text.endswith("move more images into it.")  # the split of the user's folders
+    carved = recommend(small_val.model_copy(update={"split_source": "stratified"}), taps=TAPS)
+    assert next(w for w in carved.warnings if "validation images" in w).endswith("raise --val-fraction.")
     # Everything but the training split scores runs (a test split too); 2,000 images resolve a 0.8 to +-1.8 points.
     big_val = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 1000, "test": 1000}})
     assert build_context(big_val, taps=TAPS).val_images == 2000

@@ -31,11 +31,11 @@ from advisor.cli.options import (
     JsonOpt,
     SampleOpt,
     SeedOpt,
+    ValFractionOpt,
     VerboseOpt,
     WeightsOpt,
     WorkersOpt,
     folder,
-    fraction,
 )
 from advisor.cli.render import (
     err_console,
@@ -109,8 +109,7 @@ def backbones_cmd(json_out: bool = JsonOpt) -> None:
 def inspect_cmd(
     dataset: Path = DatasetArg,
     json_out: bool = JsonOpt,
-    val_fraction: float = typer.Option(0.2, "--val-fraction", callback=fraction,
-                                       help="Validation share when the dataset has no val split, between 0 and 1."),
+    val_fraction: float = ValFractionOpt,
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the stratified split (recorded in the result)."),
 ) -> None:
     """Scan a dataset: classes, counts per split, skipped and ignored files, sizes, colour modes."""
@@ -174,12 +173,13 @@ def profile_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
+    val_fraction: float = ValFractionOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Measure the dataset: size, balance, sizes, duplicates and leakage, similarity to ImageNet."""
     with stage_bars() as cb:
         prof = api.profile(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
-                           device=device, cache_dir=cache_dir, progress=cb)
+                           device=device, cache_dir=cache_dir, val_fraction=val_fraction, progress=cb)
     if json_out:
         print_json(prof)
         return
@@ -204,6 +204,7 @@ def recommend_cmd(
     input_size: Optional[int] = InputSizeOpt,
     backbones: Optional[str] = typer.Option(None, "--backbones", help="Comma-separated backbones to rank as well "
                                             "(e.g. efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
+    val_fraction: float = ValFractionOpt,
     verbose: bool = VerboseOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -215,7 +216,7 @@ def recommend_cmd(
     with stage_bars() as cb:
         rec = api.recommend(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                             device=device, cache_dir=cache_dir, progress=cb, epochs=epochs, budget=budget,
-                            input_size=input_size, save_plan=save_plan,
+                            input_size=input_size, save_plan=save_plan, val_fraction=val_fraction,
                             backbones=[b.strip() for b in backbones.split(",") if b.strip()] if backbones else None)
     saved = (save_plan, Path(save_plan).with_suffix(".html")) if save_plan is not None else None
     if json_out:
@@ -249,6 +250,7 @@ def run_cmd(
     devices: Optional[int] = DevicesOpt,
     logger: Optional[list[str]] = typer.Option(None, "--logger", help="Also log to tensorboard (RUN_DIR/tensorboard) or "
                                                "mlflow (RUN_DIR/mlruns, a local file store); repeatable. metrics.csv is always written."),
+    val_fraction: float = ValFractionOpt,
     verbose: bool = VerboseOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -281,7 +283,7 @@ def run_cmd(
                                   sample_size=sample_size, seed=seed, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
                                   workers=workers, epochs=epochs, input_size=input_size, progress=cb,
                                   on_recommendation=show, keep_checkpoint=keep_checkpoint, budget=budget,
-                                  loggers=logger or ())
+                                  loggers=logger or (), val_fraction=val_fraction)
     except RunInterrupted as stop:
         err_console.print(f"[yellow]interrupted[/yellow]: checkpoint saved; resume with: advisor run --resume {shown(stop.run_dir)}",
                           soft_wrap=True)
@@ -323,6 +325,7 @@ def compare_cmd(
     cache_dir: Optional[Path] = CacheOpt,
     workers: Optional[int] = WorkersOpt,
     devices: Optional[int] = DevicesOpt,
+    val_fraction: float = ValFractionOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every strategy on the same split and backbone; show accuracy, time, parameters and the advice's regret."""
@@ -334,7 +337,7 @@ def compare_cmd(
     with stage_bars() as cb:
         res = api.compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
                           epochs=epochs, sample_size=sample_size, seed=seed, device=device, cache_dir=cache_dir,
-                          workers=workers, progress=cb)
+                          workers=workers, progress=cb, val_fraction=val_fraction)
     if json_out:
         print_json(res, exclude={"recommendation"})
         return

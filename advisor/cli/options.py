@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT  # noqa: F401  (MAX_SEED: --seed's limit)
 from advisor.decide.recipe import EPOCHS_LIMIT  # noqa: F401  (the --epochs options' limit)
 
@@ -40,6 +41,9 @@ def fraction(value: float) -> float:
     return value
 
 
+ValFractionOpt = typer.Option(DEFAULT_VAL_FRACTION, "--val-fraction", callback=fraction,
+                              help="Validation share carved (stratified, seeded) when the dataset has no val split, "
+                                   "between 0 and 1; runs report their accuracy on it (R19 warns when it is too small).")
 SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
                          help="Images read for the similarity estimate (stratified by class), at least 4.")
 SeedOpt = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the sample, the bootstrap and the split.")

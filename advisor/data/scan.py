@@ -211,6 +211,9 @@ def _check_trainable(
     return carve
 
 
+DEFAULT_VAL_FRACTION = 0.2  # the validation share carved from a dataset without a split of its own
+
+
 def _carve_val(usable: list[Candidate], val_fraction: float, seed: int) -> dict[str, Split]:
     """Split of every usable path, moving a stratified share of train into val."""
     split_of: dict[str, Split] = {c.path: c.split or "train" for c in usable}
@@ -232,7 +235,7 @@ def _carve_val(usable: list[Candidate], val_fraction: float, seed: int) -> dict[
 def scan_dataset(
     root: str | os.PathLike[str],
     *,
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DatasetScan:

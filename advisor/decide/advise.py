@@ -13,6 +13,7 @@ from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.core.io import read_model, write_text_atomic
 from advisor.core.machine import busy_elsewhere, machine_name
+from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.curves import more_data
 from advisor.decide.forecast import Forecast, forecast
 from advisor.decide.models import Recommendation, RunPlan
@@ -97,7 +98,7 @@ def recommend_dataset(
     rounds: int = 200,
     device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     num_workers: int | None = None,
     thresholds: Thresholds | None = None,
     progress: StageProgress | None = None,

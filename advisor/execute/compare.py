@@ -16,6 +16,7 @@ from advisor.core import distributed
 from advisor.core.errors import AdvisorError
 from advisor.core.io import write_text_atomic
 from advisor.core.stats import paired_bootstrap
+from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.advise import recommend_once
 from advisor.decide.models import STRATEGIES
 from advisor.decide.rules import plan_for_strategy
@@ -46,6 +47,7 @@ def compare(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
     progress=None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
 ) -> Comparison:
     """Recommend, then run each strategy (same split, backbone, input size and epoch cap) and rank them.
 
@@ -58,7 +60,7 @@ def compare(
     t0 = time.perf_counter()
     rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                          cache_dir=cache_dir, num_workers=num_workers, progress=progress, epochs_cap=epochs,
-                         input_size=input_size)
+                         input_size=input_size, val_fraction=val_fraction)
     recommend_seconds = time.perf_counter() - t0
     if rec.strategy not in names:
         names.append(rec.strategy)  # regret needs the recommended strategy's own result

@@ -37,7 +37,7 @@ from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.core.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.core.machine import machine_name
-from advisor.data.scan import scan_dataset
+from advisor.data.scan import DEFAULT_VAL_FRACTION, scan_dataset
 from advisor.decide.advise import recommend_once
 from advisor.decide.records import record_outcome
 from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
@@ -115,7 +115,7 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
     started = time.perf_counter()  # the run's wall time, fixed costs included, is what its forecast forecasts
     strategy = get_strategy(plan.strategy)
     config = strategy.config_from_plan(plan)
-    scan = scan_dataset(state.dataset, val_fraction=plan.val_fraction or 0.2, seed=plan.seed)
+    scan = scan_dataset(state.dataset, val_fraction=plan.val_fraction or DEFAULT_VAL_FRACTION, seed=plan.seed)
     data = RunData.from_scan(scan)
     backbone = create_backbone(plan.backbone)
     loggers = make_loggers(run_dir, state.loggers) if distributed.is_main() else []
@@ -274,7 +274,7 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
              cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
              input_size: int | None = None, progress=None, on_recommendation=None,
              keep_checkpoint: bool = False, budget_seconds: float | None = None,
-             loggers: list[str] | None = None) -> RunOutcome:
+             loggers: list[str] | None = None, val_fraction: float = DEFAULT_VAL_FRACTION) -> RunOutcome:
     """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan.
 
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
@@ -283,7 +283,8 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     check_loggers(loggers)  # before any work: a missing package fails in a second, not after profiling
     rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                          cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
-                         force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds, input_size=input_size)
+                         force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds, input_size=input_size,
+                         val_fraction=val_fraction)
     plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None and distributed.is_main():

@@ -22,7 +22,7 @@ from advisor.backbones import PRE_LOGITS, Backbone, create_backbone
 from advisor.core.clock import StageClock
 from advisor.core.distributed import resolve_device
 from advisor.data.imagefile import file_digest, load_image
-from advisor.data.scan import DatasetScan, Sample, scan_dataset
+from advisor.data.scan import DEFAULT_VAL_FRACTION, DatasetScan, Sample, scan_dataset
 from advisor.measure.features import extract_features
 from advisor.measure.curve import probe_curve
 from advisor.measure.labels import label_report
@@ -318,7 +318,7 @@ def profile_dataset(
     rounds: int = 200,
     device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     num_workers: int | None = None,
     progress: StageProgress | None = None,
     similarity: bool = True,

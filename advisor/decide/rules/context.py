@@ -168,6 +168,8 @@ class RuleContext:
             "schedule_share_pct": 100 * self.epochs_cap / epochs if self.epochs_cap is not None and epochs else nan,
             "val_images": self.val_images,
             "val_per_class": self.val_images / max(1, p.num_classes),
+            # a split the scan carved grows with --val-fraction; a split of the user's folders or manifest, by hand
+            "val_action": "raise --val-fraction" if p.split_source == "stratified" else "move more images into it",
             "val_level_pct": nan if self.val_accuracy_level is None else 100 * self.val_accuracy_level,
             "val_half_width_pct": nan if self.val_half_width is None else 100 * self.val_half_width,
             "val_resolution_pct": 100 * t.val_resolution,

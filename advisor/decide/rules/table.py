@@ -347,9 +347,9 @@ RULES: tuple[Rule, ...] = (
         strategy=None,
         condition=lambda ctx: ctx.val_too_small,
         plan=None,
-        rationale="{val_images} validation images (about {val_per_class:.0f} per class) pin an accuracy near "
-        "{val_level_pct:.0f}% to +-{val_half_width_pct:.1f} points (95 %), over +-{val_resolution_pct:.0f}: too few "
-        "to tell strategies apart; add some.",
+        rationale="{val_images} validation images pin an accuracy near {val_level_pct:.0f}% to "
+        "+-{val_half_width_pct:.1f} points (95 %), over +-{val_resolution_pct:.0f}: too few to tell strategies apart; "
+        "{val_action}.",
         when="the 95 % Wilson half-width of the probe CV's accuracy on the validation split's size > val_resolution",
     ),
 )
