@@ -1,6 +1,6 @@
 """Feature-extraction throughput: bare forward vs cold extraction vs warm (cached) extraction.
 
-    python benchmarks/extract_throughput.py [DATASET] [--backbone NAME] [--batch-size N] [--repeat R]
+    python benchmarks/extract_throughput.py [DATASET] [--backbone NAME] [--batch-size N] [--repeat R] [--input-size N]
 
 (a) bare forward: the backbone's ``forward_taps`` on tensors decoded and preloaded in memory
     (on the device: no copy in the timing), in the extraction's own precision and layout;
@@ -68,12 +68,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--input-size", type=int, default=None, help="extract at this size (the run's --input-size)")
     args = ap.parse_args()
 
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
     batch = args.batch_size or (256 if cuda else 32)
     bb = create_backbone(args.backbone)
+    if args.input_size:
+        bb = bb.with_input_size(args.input_size)
     samples = scan_dataset(args.dataset).samples
     items = samples * args.repeat
     n = len(items)
