@@ -44,15 +44,16 @@ def test_forecast_covers_every_strategy_with_ordered_intervals_and_times():
     assert by["partial-finetune"].accuracy == pytest.approx(0.85 + 0.05, abs=0.005)
     assert all(f.low <= f.accuracy <= f.high for f in fc.strategies)
     # 25 steps of 0.5 s and 200 validation images at 50 img/s per epoch, 10 epochs (the last epoch's pass over
-    # the whole split is the result), plus one extraction pass
+    # the whole split is the result), plus one extraction pass over the 800 training images (the head's warm-up
+    # probe, LP-FT: the validation images are not extracted, the epochs' passes score them)
     assert by["full-finetune"].seconds_per_epoch == pytest.approx(25 * 0.5 + 4.0)
-    assert by["full-finetune"].seconds == pytest.approx(10 * 16.5 + 1000 / 50)
+    assert by["full-finetune"].seconds == pytest.approx(10 * 16.5 + 800 / 50)
     # 10 training images against 864 validation images: the learning curve reads 256 of them per epoch
     few = {f.strategy: f for f in forecast(probe_cv={"pre_logits": 0.82}, val_images=864, train_images=10, per_class=2,
                                            similarity=0.5, epochs=10, step_seconds=0.5, batch_size=32,
                                            extract_images_per_second=50.0, records=records).strategies}
     assert few["full-finetune"].seconds_per_epoch == pytest.approx(10 / 32 * 0.5 + 256 / 50, abs=0.05)
-    assert few["full-finetune"].seconds == pytest.approx(10 * (10 / 32 * 0.5 + 256 / 50) + 864 / 50 + 874 / 50, abs=0.05)
+    assert few["full-finetune"].seconds == pytest.approx(10 * (10 / 32 * 0.5 + 256 / 50) + 864 / 50 + 10 / 50, abs=0.05)
     assert fc.records == [r["dataset"] for r in records]
     # without a track record the fine-tunes are not guessed
     assert {f.strategy for f in forecast(probe_cv={"pre_logits": 0.8}, val_images=100, train_images=400, per_class=40,
@@ -353,3 +354,13 @@ def test_the_probe_interval_widens_where_references_of_as_many_images_per_class_
     assert few[0] < pooled[0] - 0.02 and few[1] > pooled[1] + 0.02  # the few-shot neighbours' misses widen it
     assert many == pooled  # the large sets' small misses do not narrow it
     assert probe_gap_spread(refs[:3]) == (0.0, 0.0)  # too few references: no residual spread
+
+
+def test_cold_extraction_adds_decoding_on_the_cpu_and_overlaps_it_on_a_gpu():
+    from advisor.decide.advise import extraction_seconds_per_image
+
+    # On the CPU the loader's worker shares the cores the forward uses: the two add up.
+    assert extraction_seconds_per_image(0.0072, 0.0027, "cpu") == pytest.approx(0.0099)
+    # On a GPU the CPU workers decode while the device computes: the slower sets the pace.
+    assert extraction_seconds_per_image(0.0004, 0.0027, "cuda") == pytest.approx(0.0027)
+    assert extraction_seconds_per_image(0.0040, 0.0027, torch.device("cuda", 0)) == pytest.approx(0.0040)

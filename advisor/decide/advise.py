@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from advisor.backbones import PRE_LOGITS
 from advisor.core.clock import StageClock
 from advisor.core.distributed import resolve_device
@@ -353,9 +355,7 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     with clock("forecast"):
         decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
-        # Decoding runs in loader workers beside the forward pass: the slower of the two sets the pace
-        # (benchmarks/extract_throughput.py: cold extraction at 0.94 of the bare forward on 2 CPU cores).
-        extract_rate = 1.0 / max(extract_batch / extraction_batch_size(dev), decode)
+        extract_rate = 1.0 / extraction_seconds_per_image(extract_batch / extraction_batch_size(dev), decode, dev)
         cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
     if cached:
         source += f"; {cached:.0%} of the images' features already cached at {plan.input_size} px"
@@ -384,6 +384,18 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                   image_side=p.sizes.median_side, profile_size=p.input_size)
     with clock("forecast"):
         return forecast(**kwargs), kwargs
+
+
+def extraction_seconds_per_image(forward: float, decode: float, device) -> float:
+    """Wall seconds of one image's cold extraction from its timed forward share and its decoding.
+
+    On a GPU the loader workers decode on the CPU while the device runs the forward: the slower of
+    the two sets the pace. On the CPU the workers share the cores the forward's threads use, so the
+    two add (benchmarks/extract_throughput.py on 2 cores, hymenoptera: at 128 px forward 7.2 ms and
+    decoding 2.5-2.9 ms an image, cold extraction 10.2 ms; at 224 px decoding is 1.2 ms, a few
+    per cent of the forward, where either reading fits).
+    """
+    return max(forward, decode) if torch.device(device).type == "cuda" else forward + decode
 
 
 def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: int = 64, seed: int = 0) -> float:

@@ -282,7 +282,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     raw_extract = total_images * (1.0 - cached_share) / extract_images_per_second if extract_images_per_second else None
     probe_factor = time_factor if probe_time_factor is None else probe_time_factor
     probe_source = time_source if probe_time_source is None else probe_time_source
-    extract = raw_extract * time_factor if raw_extract is not None else None
+    # A fine-tune extracts its training images only (the head's warm-up probe, LP-FT); its validation
+    # passes are counted below (curve_pass, final_pass). Charging every image over-counted the fine-tunes.
+    extract = raw_extract * train_images / max(1, total_images) * time_factor if raw_extract is not None else None
     probe_extract = raw_extract * probe_factor if raw_extract is not None else None
     gap_coef = fit_probe_gap(records)
     if gap_coef is not None:
