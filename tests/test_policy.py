@@ -272,3 +272,16 @@ def test_the_per_setting_policy_asks_the_forecast_only_probe_or_finetune_below_2
     assert choose("per-setting", table="linear-probe", column="similar", fc=ahead, per_class=5)[0] == "partial-finetune"
     d = decide("per-setting", table="full-finetune", table_rule="R4", column="similar", forecast=None, per_class=5)
     assert d.policy == "per-setting" and d.chosen == "full-finetune"  # no forecast: the table decides
+
+
+def test_hybrid_runs_the_linear_probe_where_the_layer_probe_is_forecast_no_better():
+    # The profile's tap CV put no earlier tap ahead of pre_logits: both probes forecast 0.80, the linear one cheaper.
+    level = {"linear-probe": 0.80, "layer-probe": 0.80, "partial-finetune": 0.805, "full-finetune": 0.81}
+    assert choose("hybrid", table="layer-probe", column="different", fc=views(_fc(level)))[0] == "linear-probe"
+    d = decide("hybrid", table="layer-probe", table_rule="R2", column="different", forecast=_fc(level))
+    assert d.chosen == "linear-probe" and not d.agree
+    assert "level with the layer probe" in d.sentence and d.sentence.startswith("the table says layer-probe (R2)")
+    # An earlier tap ahead in the CV keeps the layer probe; a similar column never involved it.
+    ahead = {**level, "layer-probe": 0.83}
+    assert choose("hybrid", table="layer-probe", column="different", fc=views(_fc(ahead)))[0] == "layer-probe"
+    assert choose("hybrid", table="linear-probe", column="similar", fc=views(_fc(level)))[0] == "linear-probe"

@@ -99,7 +99,12 @@ def hybrid_choice(fc: Sequence[StrategyView], column: str) -> StrategyView | Non
     if probe is None or finetune is None:
         return probe or finetune
     # Within one standard error the probe, the cheaper row, wins.
-    return finetune if finetune.accuracy > probe.accuracy + finetune.se_against(probe) else probe
+    if finetune.accuracy > probe.accuracy + finetune.se_against(probe):
+        return finetune
+    # The layer probe sweeps earlier taps; where the profile's CV put none ahead of pre_logits its forecast is the
+    # linear probe's, and the linear probe costs less for the same forecast.
+    linear = by.get("linear-probe")
+    return linear if probe.strategy == "layer-probe" and linear is not None and linear.accuracy >= probe.accuracy else probe
 
 
 def resolve(policy: str, per_class: float | None) -> str:
@@ -176,6 +181,10 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
                f"the column's probe" if chosen not in PROBES else
                f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) "
                f"ahead of {chosen}, the cheaper row")
+        if chosen == "linear-probe" and COLUMN[column][0] == "layer-probe":
+            why = (f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) "
+                   f"ahead of the probes, and the linear probe is forecast level with the layer probe (no earlier tap "
+                   f"ahead of pre_logits in the profile's CV) for less time")
     elif policy == "best-forecast":
         why = "it has the best forecast"
     else:
