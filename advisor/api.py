@@ -180,7 +180,7 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
         runs_dir: str | os.PathLike = "runs", device: str | None = None, cache_dir: str | os.PathLike | None = None,
         workers: int | None = None, keep_checkpoint: bool = False, loggers: Sequence[str] = (),
-        val_fraction: float = DEFAULT_VAL_FRACTION, progress: Progress | None = None,
+        val_fraction: float | None = None, progress: Progress | None = None,
         on_recommendation: Callable[[Recommendation], None] | None = None):
     """Train a classifier on a dataset: follow the advice (``strategy="auto"``), force a strategy, or run a plan.
 
@@ -210,8 +210,10 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         (``RUN_DIR/mlruns``, a local file store); each needs its package installed.
     on_recommendation : callable, optional
         Called with the :class:`Recommendation` before training starts ("auto" only).
-    backbone, sample_size, seed, device, cache_dir, val_fraction, progress
-        As for :func:`profile` (a ``plan`` keeps the split it records).
+    backbone, sample_size, seed, device, cache_dir, progress
+        As for :func:`profile`.
+    val_fraction : float, optional
+        As for :func:`profile` [default 0.2]; not with ``plan``, which keeps the split it records.
 
     Returns
     -------
@@ -240,7 +242,11 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
     _check_range("workers", workers, 0, 64)
-    _check_fraction(val_fraction)
+    if val_fraction is not None:
+        _check_fraction(val_fraction)
+        if plan is not None:
+            raise AdvisorError("val_fraction does not apply to a plan: it keeps the split it records",
+                               hint="run the plan as it is, or recommend again with the new val_fraction")
     forced = None if strategy == "auto" else strategy
     if forced is not None and forced not in strategy_names():
         raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose auto or one of {', '.join(strategy_names())}")
@@ -256,7 +262,7 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
                            runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir, num_workers=workers,
                            epochs=epochs, input_size=input_size, progress=progress, on_recommendation=on_recommendation,
                            keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget), loggers=list(loggers),
-                           val_fraction=val_fraction)
+                           val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
 
 
 def resume(run_dir: str | os.PathLike, *, device: str | None = None, progress: Progress | None = None):

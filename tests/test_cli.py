@@ -265,3 +265,12 @@ def test_val_fraction_carves_the_split_that_advice_and_runs_share(tmp_path, caps
         assert outcome["result"]["metrics"]["n_val"] == n_val and outcome["plan"]["val_fraction"] == float(fraction)
     code, out, err = run_main(["compare", str(data), "--val-fraction", "0"], capsys)
     assert code == 2 and "--val-fraction" in err and "between 0 and 1" in err
+    # A plan (or a resumed run) keeps the split it records: a new share there is refused, not silently ignored.
+    plan = tmp_path / "plan.json"
+    plan.write_text(rec.plan.model_dump_json())
+    code, out, err = run_main(["run", "--plan", str(plan), "--val-fraction", "0.3"], capsys)
+    assert code == 2 and "does not apply to --plan or --resume" in err and len(err.strip().splitlines()) == 1
+    import advisor
+
+    with pytest.raises(advisor.AdvisorError, match="does not apply to a plan"):
+        advisor.run(plan=rec.plan, val_fraction=0.3)

@@ -29,6 +29,7 @@ from advisor.cli.options import (
     DevicesOpt,
     InputSizeOpt,
     JsonOpt,
+    RunValFractionOpt,
     SampleOpt,
     SeedOpt,
     ValFractionOpt,
@@ -250,7 +251,7 @@ def run_cmd(
     devices: Optional[int] = DevicesOpt,
     logger: Optional[list[str]] = typer.Option(None, "--logger", help="Also log to tensorboard (RUN_DIR/tensorboard) or "
                                                "mlflow (RUN_DIR/mlruns, a local file store); repeatable. metrics.csv is always written."),
-    val_fraction: float = ValFractionOpt,
+    val_fraction: Optional[float] = RunValFractionOpt,
     verbose: bool = VerboseOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -264,6 +265,9 @@ def run_cmd(
     if modes != 1:
         raise AdvisorError("choose exactly one of --auto, --strategy NAME, --plan FILE or --resume RUN_DIR",
                            hint="e.g. advisor run --auto DATASET")
+    if val_fraction is not None and (resume is not None or plan_file is not None):
+        raise AdvisorError("--val-fraction does not apply to --plan or --resume: they keep the split they record",
+                           hint="drop --val-fraction, or recommend again with it and run the new plan")
     if resume is None and plan_file is None and dataset is None:
         raise AdvisorError("a DATASET is needed", hint="advisor run --auto DATASET")
     if strategy is not None:

@@ -35,8 +35,8 @@ DevicesOpt = typer.Option(None, "--devices", min=1, max=1024,
                                "this command under torchrun with DistributedDataParallel.")
 
 
-def fraction(value: float) -> float:
-    if not 0.0 < value < 1.0:
+def fraction(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:
         raise typer.BadParameter(f"{value} is not strictly between 0 and 1 (e.g. 0.2)")
     return value
 
@@ -44,6 +44,10 @@ def fraction(value: float) -> float:
 ValFractionOpt = typer.Option(DEFAULT_VAL_FRACTION, "--val-fraction", callback=fraction,
                               help="Validation share carved (stratified, seeded) when the dataset has no val split, "
                                    "between 0 and 1; runs report their accuracy on it (R19 warns when it is too small).")
+# run: no default, so that a --val-fraction given with --plan or --resume (whose split is fixed) is an error
+RunValFractionOpt = typer.Option(None, "--val-fraction", callback=fraction,
+                                 help="With --auto or --strategy: the validation share carved when the dataset has no "
+                                      "val split [default: 0.2]; a plan or a resumed run keeps its own split.")
 SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
                          help="Images read for the similarity estimate (stratified by class), at least 4.")
 SeedOpt = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the sample, the bootstrap and the split.")
