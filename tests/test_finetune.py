@@ -271,13 +271,19 @@ def test_augmentation_depends_on_seed_epoch_index_not_on_workers(dataset):
 
 
 def test_ctrl_c_waits_for_the_end_of_a_deferred_block():
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with defer_sigint():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("after the signal")
-    assert done == ["after the signal"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: Ctrl-C is this test's subject, so it sets Python's own for its span.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with defer_sigint():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("after the signal")
+        assert done == ["after the signal"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):
@@ -492,8 +498,11 @@ def run_killed(signal_name: str, at_step: int, root: Path, run_dir: Path, cache:
     args = {"signal": signal_name, "at_step": at_step, "root": str(root), "run_dir": str(run_dir),
             "cache": str(cache), "config": config}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT's default disposition in the child, whatever this process inherited (a background job of a
+    # non-interactive shell starts with it ignored, and Python then installs no KeyboardInterrupt handler).
     return subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def assert_same_run(a, b):
