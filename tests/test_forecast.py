@@ -357,7 +357,7 @@ def test_the_probe_interval_widens_where_references_of_as_many_images_per_class_
 
 
 def test_cold_extraction_adds_decoding_on_the_cpu_and_overlaps_it_on_a_gpu():
-    from advisor.decide.advise import extraction_seconds_per_image
+    from advisor.decide.timing import extraction_seconds_per_image
 
     # On the CPU the loader's worker shares the cores the forward uses: the two add up.
     assert extraction_seconds_per_image(0.0072, 0.0027, "cpu") == pytest.approx(0.0099)

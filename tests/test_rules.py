@@ -530,7 +530,7 @@ def test_r19_warns_when_the_validation_split_cannot_resolve_strategies():
     small_val = make_profile().model_copy(update={"images_per_split": {"train": 500, "val": 20},
                                                   "probe_cv": {"pre_logits": 0.8}, "split_source": "folders"})
     ctx = build_context(small_val, taps=TAPS)
-    assert ctx.val_images == 20 and ctx.val_half_width == pytest.approx(0.16, abs=0.01)
+    assert small_val.val_images == 20 and ctx.val_half_width == pytest.approx(0.16, abs=0.01)
     rec = recommend(small_val, taps=TAPS)
     assert "R19" in [h.id for h in rec.hits]
     text = next(w for w in rec.warnings if "validation images" in w)
@@ -540,7 +540,7 @@ def test_r19_warns_when_the_validation_split_cannot_resolve_strategies():
     assert next(w for w in carved.warnings if "validation images" in w).endswith("raise --val-fraction.")
     # Everything but the training split scores runs (a test split too); 2,000 images resolve a 0.8 to +-1.8 points.
     big_val = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 1000, "test": 1000}})
-    assert build_context(big_val, taps=TAPS).val_images == 2000
+    assert big_val.val_images == 2000
     assert "R19" not in [h.id for h in recommend(big_val, taps=TAPS).hits]
     # A perfect CV on 60 images: the interval is one-sided and narrow (Wilson, not +-0): no warning at 0.05.
     sure = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 80}, "probe_cv": {"pre_logits": 1.0}})

@@ -7,8 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from advisor.backbones import PRE_LOGITS
 from advisor.core.clock import StageClock
 from advisor.core.distributed import resolve_device
@@ -22,8 +20,8 @@ from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import default_recipe
 from advisor.decide.rules import Thresholds, finetune_schedule, plan_for_strategy, recommend
 from advisor.decide.rules.policy import DEFAULT_POLICY, decide
-from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, TIME_KINDS, decode_seconds, finetune_step_seconds,
-                                   forward_seconds, run_overhead, time_correction)
+from advisor.decide.timing import (FULL_BATCH_TIMING_SECONDS, TIME_KINDS, decode_seconds, extraction_seconds_per_image,
+                                   finetune_step_seconds, forward_seconds, run_overhead, time_correction)
 from advisor.measure.features import extraction_batch_size
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE, StageProgress, profile_dataset
 
@@ -351,7 +349,7 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         partial = (_step_seconds(backbone_model, plan, dev, frozen, cache_dir, retime="finetune" in off)[0]
                    if frozen else None)
         extract_batch = _step_seconds(backbone_model, plan, dev, 0, cache_dir, retime="probe" in off, forward=True)[0]
-    val_images = sum(n for split, n in p.images_per_split.items() if split != "train") or max(1, p.images_total // 5)
+    val_images = p.val_images or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     with clock("forecast"):
         decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
@@ -384,18 +382,6 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
                   image_side=p.sizes.median_side, profile_size=p.input_size)
     with clock("forecast"):
         return forecast(**kwargs), kwargs
-
-
-def extraction_seconds_per_image(forward: float, decode: float, device) -> float:
-    """Wall seconds of one image's cold extraction from its timed forward share and its decoding.
-
-    On a GPU the loader workers decode on the CPU while the device runs the forward: the slower of
-    the two sets the pace. On the CPU the workers share the cores the forward's threads use, so the
-    two add (benchmarks/extract_throughput.py on 2 cores, hymenoptera: at 128 px forward 7.2 ms and
-    decoding 2.5-2.9 ms an image, cold extraction 10.2 ms; at 224 px decoding is 1.2 ms, a few
-    per cent of the forward, where either reading fits).
-    """
-    return max(forward, decode) if torch.device(device).type == "cuda" else forward + decode
 
 
 def _cached_share(backbone_model, input_size: int, scan, cache_dir, *, probe: int = 64, seed: int = 0) -> float:

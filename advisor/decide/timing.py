@@ -128,6 +128,18 @@ def forward_seconds(backbone, *, input_size: int, batch_size: int, device: torch
     return seconds
 
 
+def extraction_seconds_per_image(forward: float, decode: float, device) -> float:
+    """Wall seconds of one image's cold extraction from its timed forward share and its decoding.
+
+    On a GPU the loader workers decode on the CPU while the device runs the forward: the slower of
+    the two sets the pace. On the CPU the workers share the cores the forward's threads use, so the
+    two add (benchmarks/extract_throughput.py on 2 cores, hymenoptera: at 128 px forward 7.2 ms and
+    decoding 2.5-2.9 ms an image, cold extraction 10.2 ms; at 224 px decoding is 1.2 ms, a few
+    per cent of the forward, where either reading fits).
+    """
+    return max(forward, decode) if torch.device(device).type == "cuda" else forward + decode
+
+
 TIME_KINDS = ("probe", "finetune")
 
 

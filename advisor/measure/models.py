@@ -150,3 +150,8 @@ class DatasetProfile(BaseModel):
     split_seed: int | None = None
     # Wall seconds of each profiling stage (scan, backbone, features, similarity, probe CV, ...): where recommend's time went.
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def val_images(self) -> int:
+        """Images every run is scored on: all but the training split (a test split counts)."""
+        return sum(n for split, n in self.images_per_split.items() if split != "train")

@@ -60,11 +60,6 @@ class RuleContext:
         return fc is not None and fc.drop >= self.thresholds.flip_drop and fc.drop > 2 * fc.drop_se
 
     @property
-    def val_images(self) -> int:
-        """Images every run is scored on: all but the training split (as the forecast counts them)."""
-        return sum(n for split, n in self.profile.images_per_split.items() if split != "train")
-
-    @property
     def val_accuracy_level(self) -> float | None:
         """The accuracy a run is expected near: the profile's best probe CV (training images only); None unmeasured."""
         cv = self.profile.probe_cv
@@ -73,7 +68,7 @@ class RuleContext:
     @property
     def val_half_width(self) -> float | None:
         """Half the Wilson 95 % interval of an accuracy at :attr:`val_accuracy_level` on :attr:`val_images` images."""
-        p, n = self.val_accuracy_level, self.val_images
+        p, n = self.val_accuracy_level, self.profile.val_images
         if p is None or n < 1:
             return None
         lo, hi = wilson_interval(p * n, n)
@@ -166,8 +161,8 @@ class RuleContext:
             "flip_drop_se_pct": 100 * p.flip_check.drop_se if p.flip_check else nan,
             "flip_images": p.flip_check.images if p.flip_check else 0,
             "schedule_share_pct": 100 * self.epochs_cap / epochs if self.epochs_cap is not None and epochs else nan,
-            "val_images": self.val_images,
-            "val_per_class": self.val_images / max(1, p.num_classes),
+            "val_images": p.val_images,
+            "val_per_class": p.val_images / max(1, p.num_classes),
             # a split the scan carved grows with --val-fraction; a split of the user's folders or manifest, by hand
             "val_action": "raise --val-fraction" if p.split_source == "stratified" else "move more images into it",
             "val_level_pct": nan if self.val_accuracy_level is None else 100 * self.val_accuracy_level,

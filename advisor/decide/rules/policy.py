@@ -177,14 +177,14 @@ def decide(policy: str, *, table: str, table_rule: str, column: str, forecast=No
         probe_view = by.get(COLUMN[column][0])
         finetune_view = by.get(COLUMN[column][1])
         se = finetune_view.se_against(probe_view) if finetune_view and probe_view else best.sd
-        why = (f"the forecast puts {chosen} more than one standard error of its gain ({100 * se:.1f} points) ahead of "
-               f"the column's probe" if chosen not in PROBES else
-               f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) "
-               f"ahead of {chosen}, the cheaper row")
-        if chosen == "linear-probe" and COLUMN[column][0] == "layer-probe":
-            why = (f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) "
-                   f"ahead of the probes, and the linear probe is forecast level with the layer probe (no earlier tap "
-                   f"ahead of pre_logits in the profile's CV) for less time")
+        if chosen not in PROBES:
+            why = (f"the forecast puts {chosen} more than one standard error of its gain ({100 * se:.1f} points) "
+                   f"ahead of the column's probe")
+        else:
+            why = f"the fine-tune is not forecast more than one standard error of its gain ({100 * se:.1f} points) ahead of "
+            why += (f"{chosen}, the cheaper row" if chosen == COLUMN[column][0] else
+                    "the probes, and the linear probe is forecast level with the layer probe (no earlier tap ahead of "
+                    "pre_logits in the profile's CV) for less time")
     elif policy == "best-forecast":
         why = "it has the best forecast"
     else:
