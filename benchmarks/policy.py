@@ -40,6 +40,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -715,11 +716,24 @@ def main() -> None:
     ap.add_argument("--forecast-on", nargs="*", default=None, help="score the shipped forecaster on these cells and stop")
     ap.add_argument("--update-docs", action="store_true", help="rewrite the generated blocks of docs/decision-rules.md, docs/forecast_error.md and README.md")
     ap.add_argument("--suites", action="store_true", help="also write OUT's folder/suite_cpu{size}_cap8.md for the full sets")
+    ap.add_argument("--cv-at-size", default=None, metavar="FILE",
+                    help="a study: the profile's probe CV at each cell's own input size from FILE (profile_cv.py "
+                         "--at-input-size) in place of the 224-px one; prints the evaluation, writes nothing")
     args = ap.parse_args()
     if args.forecast_on:
         forecast_on([Path(p) for p in args.forecast_on])
         return
-    cells = load_cells([Path(p) for p in args.records])
+    if args.cv_at_size:
+        if args.update_docs or args.suites:
+            sys.exit("--cv-at-size is a study: it writes nothing, so drop --update-docs and --suites")
+        from records import add_profile_cv_at_size
+
+        cells = read_cells([Path(p) for p in args.records])
+        print(f"{add_profile_cv_at_size(cells, Path(args.cv_at_size))} cells below 224 px take the CV at their own size")
+        for c in cells:
+            c["profile_model"] = DatasetProfile.model_validate(c["profile"])
+    else:
+        cells = load_cells([Path(p) for p in args.records])
     if len({c["dataset"] for c in cells}) < 4:
         sys.exit(f"{len(cells)} complete cells from {len({c['dataset'] for c in cells})} datasets: at least 4 datasets needed")
     _, errors, rows = evaluate(cells)
@@ -740,7 +754,7 @@ def main() -> None:
             fsum[f"{s} px, 20+ per class"] = forecast_summary([e for e in errors if e["input_size"] == s and e not in few])
     noise = noise_floor(cells)
     tsum = time_summary(cells)
-    out = Path(args.out)
+    out = Path(tempfile.mkdtemp(prefix="policy-study-")) / "policy" if args.cv_at_size else Path(args.out)
     names = [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else p for p in args.records]
     command = "python benchmarks/policy.py --records " + " ".join(names)
     chosen = winner(rows)

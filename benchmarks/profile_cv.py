@@ -15,6 +15,10 @@ The file keeps its first name (profile_holdout.jsonl): the lines written on 2026
 withdrawn study, a probe scored on the sample's validation images (``probe_holdout``), which read
 labels of the split runs report on; nothing reads it, and this script no longer writes it
 (docs/forecast_error.md).
+
+``--at-input-size`` measures the same CV on features extracted at each cell's own input size (the
+size its runs trained at) instead of the backbone's native 224 px, one line per (dataset, k, seed,
+input size) in docs/records/profile_cv_at_size.jsonl: the study of a profile taken at the run's size.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def key(c: dict) -> tuple:
     return (c["dataset"], c.get("k"), c.get("seed", 0))
 
 
+def key_at_size(c: dict) -> tuple:
+    return (c["dataset"], c.get("k"), c.get("seed", 0), c["input_size"])
+
+
 def profile_cv_line(path: Path, backbone, *, seed: int, cache: Path) -> dict | None:
     scan = scan_dataset(str(path))
     sample = profiling_sample(scan.samples, DEFAULT_SAMPLE_SIZE, seed=seed)
@@ -66,12 +74,19 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED))
     ap.add_argument("--cache", default=None, help="feature cache folder (default: a scratch folder kept for this run)")
     ap.add_argument("--hours", type=float, default=None)
+    ap.add_argument("--at-input-size", action="store_true",
+                    help="features at each cell's own input size (cells below 224 px), into profile_cv_at_size.jsonl")
     args = ap.parse_args()
+    at_size = args.at_input_size
+    if at_size and args.out == ap.get_default("out"):
+        args.out = str(ROOT / "docs/records/profile_cv_at_size.jsonl")
     out = Path(args.out)
-    done = set(keyed_lines([out], key))
+    keyof = key_at_size if at_size else key
+    done = set(keyed_lines([out], keyof))
     cells = {}
     for c in read_cells([Path(p) for p in args.records]):
-        cells.setdefault(key(c), c)
+        if not at_size or c["input_size"] != 224:
+            cells.setdefault(keyof(c), c)
     # few-shot cells first (the cheaper ones), then those whose training split fills the sample
     todo = [c for k, c in sorted(cells.items(), key=lambda kv: (kv[1]["train_images"] >= DEFAULT_SAMPLE_SIZE, kv[0][0],
                                                                 kv[0][1] or 0, kv[0][2])) if k not in done]
@@ -88,17 +103,19 @@ def main() -> None:
         if c.get("k") is not None:
             path = subsample(str(path), c["k"], work / f"data-{c['dataset']}-k{c['k']}-s{c['seed']}", seed=c["seed"])
         t = time.time()
-        line = profile_cv_line(path, backbone, seed=c["seed"], cache=cache)
+        bb = backbone.with_input_size(c["input_size"]) if at_size else backbone
+        line = profile_cv_line(path, bb, seed=c["seed"], cache=cache)
         if line is None:
             print(f"{key(c)}: fewer than 2 training images per class in the sample", flush=True)
             continue
         line = {"dataset": c["dataset"], "k": c.get("k"), "seed": c["seed"], **line,
+                **({"input_size": c["input_size"]} if at_size else {}),
                 "recorded_probe_cv": c["profile"].get("recorded_probe_cv") or c["profile"].get("probe_cv"),
                 "seconds": round(time.time() - t, 1),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")
-        print(f"{key(c)}: CV {line['probe_cv']} "
+        print(f"{keyof(c)}: CV {line['probe_cv']} "
               f"(recorded {line['recorded_probe_cv']}) {line['seconds']} s", flush=True)
 
 

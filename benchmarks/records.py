@@ -170,6 +170,24 @@ def add_profile_cv(cells: list[dict], files: list[Path]) -> None:
             c["profile"] = {**c["profile"], "probe_cv": h["probe_cv"], "recorded_probe_cv": c["profile"].get("probe_cv")}
 
 
+def add_profile_cv_at_size(cells: list[dict], file: Path) -> int:
+    """A study (docs/forecast_error.md): give each cell below 224 px the probe CV ``profile_cv.py --at-input-size``
+    measured on features at the cell's own input size, and say its profile ran at that size (the probe-gap
+    model's "resolution lost" then reads 0). Cells without such a line are dropped; returns how many got one."""
+    found = keyed_lines([file], lambda h: (h["dataset"], h.get("k"), h.get("seed", 0), h["input_size"]))
+    kept, n = [], 0
+    for c in cells:
+        if c["input_size"] != 224:
+            h = found.get((c["dataset"], c.get("k"), c.get("seed", 0), c["input_size"]))
+            if h is None:
+                continue
+            c["profile"] = {**c["profile"], "probe_cv": h["probe_cv"], "input_size": c["input_size"]}
+            n += 1
+        kept.append(c)
+    cells[:] = kept
+    return n
+
+
 def run_cell(cell: dict, *, work: Path, cache: Path, sample_size: int, data: Path = SHARED, device: str | None = None,
              backbone: str = "efficientnet_lite0") -> dict:
     from sweeps import subsample
