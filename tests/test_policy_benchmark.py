@@ -266,3 +266,15 @@ def test_remeasured_probes_replace_the_recorded_ones_and_the_ties_are_worked_out
     assert same["strategies"]["partial-finetune"]["tied_with_best"] and same["strategies"]["linear-probe"]["accuracy"] == 0.70
     assert untouched == cell(2)  # nothing re-measured for seed 2
     assert 0 < records.paired_ratio([cell(0)]) < 1.5
+
+
+def test_the_cv_at_size_study_overlays_cells_below_224_px_and_drops_the_unmeasured(tmp_path):
+    records = _load("records")
+    line = {"dataset": "a", "k": 2, "seed": 1, "input_size": 128, "probe_cv": {"pre_logits": 0.7}}
+    (tmp_path / "at.jsonl").write_text(json.dumps(line) + "\nnot json\n")
+    cells = [{"dataset": "a", "k": 2, "seed": 1, "input_size": 128, "profile": {"probe_cv": {"pre_logits": 0.5}, "input_size": 224}},
+             {"dataset": "a", "k": 2, "seed": 1, "input_size": 224, "profile": {"probe_cv": {"pre_logits": 0.6}, "input_size": 224}},
+             {"dataset": "b", "k": None, "seed": 0, "input_size": 64, "profile": {"probe_cv": {"pre_logits": 0.9}, "input_size": 224}}]
+    assert records.add_profile_cv_at_size(cells, tmp_path / "at.jsonl") == 1
+    assert [(c["input_size"], c["profile"]["probe_cv"]["pre_logits"], c["profile"]["input_size"]) for c in cells] == [
+        (128, 0.7, 128), (224, 0.6, 224)]
