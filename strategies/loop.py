@@ -24,7 +24,7 @@ from advisor.core import distributed
 from advisor.core.distributed import default_num_workers
 from advisor.core.errors import AdvisorError
 from advisor.core.machine import env_switch
-from advisor.data.loading import ImageDataset, mix_seed
+from advisor.data.loading import mix_seed
 from advisor.decide.recipe import FinetuneRecipe
 from advisor.decide.rules import frozen_stages_for
 from advisor.measure.logistic import class_weights_from
@@ -248,8 +248,7 @@ class FinetuneLoop(LoopData):
                                     weights=self._balanced_weights() if cfg.balanced_sampler else None,
                                     rank=self.rank.rank if self.rank else 0, world=self.rank.world if self.rank else 1)
         self._device_augment = self.device_augment()
-        train_loader = self._loader(ImageDataset.from_samples(self.train_samples, self.train_transform(), seed=self.seed,
-                                                              decoded=self.decoded_train), sampler)
+        train_loader = self._loader(self.train_dataset(), sampler)
         curve_loader = self.eval_loader(self.curve_val)
         holdout_loader = self.eval_loader(self.holdout) if self.holdout else None
         loss_weights = class_weights_from(self.labels, self.num_classes).to(self.dev) if self.weight_loss else None

@@ -57,7 +57,14 @@ class LoopData:
             keys = keys[self.rank.rank::self.rank.world]
         batches = [keys[i:i + self.cfg.batch_size] for i in range(0, len(keys), self.cfg.batch_size)]
         return self._loader(ImageDataset.from_samples(samples, EvalTransform(self.backbone.transform_config), seed=self.seed,
-                                                      decoded=self.decoded_eval), batches)
+                                                      decoded=self.decoded_eval, min_side=self.decode_sides()[1]), batches)
+
+    def decode_sides(self) -> tuple[int, int]:
+        """(training, evaluation) shorter side an image is decoded to at least (and the decoded stores keep): the
+        smallest random crop is not upsampled more than from the original; evaluation's resize size."""
+        cfg, tc = self.cfg, self.backbone.transform_config
+        e_side = eval_side(tc.resize_size)
+        return (train_side(cfg.input_size, cfg.crop_scale) if cfg.augment != "none" else e_side), e_side
 
     def _decoded_stores(self) -> tuple[DecodedImages | None, DecodedImages | None, str]:
         """(training store, evaluation store, why) for decoding each image once (``advisor.data.decoded``).
@@ -66,6 +73,7 @@ class LoopData:
         the images would take more than a quarter of the free disk.
         """
         cfg, tc = self.cfg, self.backbone.transform_config
+        t_side, e_side = self.decode_sides()
         if not cfg.decoded_cache:
             return None, None, "off (decoded_cache=False)"
         if env_switch(DECODED_CACHE_ENV) is False:
@@ -73,8 +81,6 @@ class LoopData:
         if cfg.epochs < 2:
             return None, None, "off (one epoch: each training image is read once)"
         root = self.ctx.cache_dir or default_cache_dir()
-        t_side = train_side(cfg.input_size, cfg.crop_scale) if cfg.augment != "none" else eval_side(tc.resize_size)
-        e_side = eval_side(tc.resize_size)
         n = len(self.data.train) + len(self.data.val)
         needed = estimated_bytes(len(self.data.train), t_side) + estimated_bytes(n, e_side)
         if not has_room(root, needed):
@@ -126,6 +132,11 @@ class LoopData:
         if self.augment_site() != "device":
             return None
         return DeviceAugment(seed=self.seed, flip=cfg.hflip, trivial=cfg.augment == "trivial")
+
+    def train_dataset(self) -> ImageDataset:
+        """The training images, augmented per (epoch, image) with the run's seed."""
+        return ImageDataset.from_samples(self.train_samples, self.train_transform(), seed=self.seed,
+                                         decoded=self.decoded_train, min_side=self.decode_sides()[0])
 
     def train_transform(self):
         """The workers' per-image transform: the crop always, flips and TrivialAugment unless the device does them."""

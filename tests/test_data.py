@@ -580,3 +580,47 @@ def test_many_files_scan_in_order_with_threads(tmp_path):
     assert [s.path for s in scan.samples] == sorted(s.path for s in scan.samples)
     assert [s.path for s in scan.skipped] == [str(tmp_path / "b" / "b_junk.png")]
     assert scan.model_dump() == scan_dataset(tmp_path).model_dump()
+
+
+# --------------------------------------------------------------------------- reduced-scale JPEG decoding
+
+
+@pytest.mark.parametrize("size", [(1001, 751), (4032, 3024), (300, 200), (292, 400), (291, 400), (97, 3000)])
+@pytest.mark.parametrize("min_side", [None, 16, 73, 146, 256])
+def test_a_large_jpeg_decodes_at_the_smallest_scale_that_keeps_min_side(tmp_path, size, min_side):
+    from advisor.data.imagefile import reduced_jpeg_scale
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", size, (40, 90, 160)).save(path, quality=90)
+    got = load_image(path, min_side=min_side).size
+    scale = reduced_jpeg_scale(*size, min_side)
+    assert got == (-(-size[0] // scale), -(-size[1] // scale))  # libjpeg rounds each side up
+    if min_side is None:
+        assert got == size
+    else:
+        assert min(got) >= min(min_side, min(size))  # never below what the resize keeps
+        assert scale == 8 or min(size) < 2 * scale * min_side  # and no larger than it needs to be
+
+
+def test_reduced_decoding_leaves_other_formats_whole_and_keeps_the_gpu_path_to_plain_small_jpegs(tmp_path):
+    from advisor.data.imagefile import plain_jpeg_bytes
+
+    png, small, large = tmp_path / "a.png", tmp_path / "small.jpg", tmp_path / "large.jpg"
+    Image.new("RGB", (800, 600), (1, 2, 3)).save(png)
+    Image.new("RGB", (200, 140), (1, 2, 3)).save(small)  # 140 < 2 x 73: decoded whole either way
+    Image.new("RGB", (800, 600), (1, 2, 3)).save(large)
+    assert load_image(png, min_side=73).size == (800, 600)
+    assert plain_jpeg_bytes(small, min_side=73) == small.read_bytes()
+    # decoded whole on a GPU but at an eighth on the CPU: sent to the CPU, so both paths give the same pixels
+    assert plain_jpeg_bytes(large, min_side=73) is None and plain_jpeg_bytes(large) == large.read_bytes()
+    assert load_image(large, min_side=73).size == (100, 75)
+
+
+def test_the_transform_digest_keys_the_decode_rule(monkeypatch):
+    import advisor.backbones.backbone as backbone_mod
+    from advisor.backbones import create_backbone
+
+    tc = create_backbone("efficientnet_lite0").transform_config
+    before = tc.digest()
+    monkeypatch.setattr(backbone_mod, "DECODE_RULE", "another rule")
+    assert tc.digest() != before  # caches filled under another decode rule are not read as this one's

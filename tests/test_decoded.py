@@ -45,13 +45,27 @@ def test_eval_crop_from_the_store_equals_the_eval_transform_to_the_bit(images, t
     tc = create_backbone("efficientnet_lite0").transform_config.with_input_size(64)
     store = DecodedImages(tmp_path / "cache", side=eval_side(tc.resize_size), interpolation=tc.interpolation)
     tf = EvalTransform(tc)
+    # at 64 px (resize 73) the 383x256 JPEG decodes at half scale; the other images whole
+    assert load_image(images[0], min_side=tc.resize_size).size == (192, 128)
     for path in images:
-        reference = tc.eval_transform()(load_image(path))  # the float transform, decoded from the file
+        # the float transform on the file decoded as every evaluation path decodes it
+        reference = tc.eval_transform()(load_image(path, min_side=tc.resize_size))
         stored = tf(store.get(file_digest(path), str(path)))
         assert stored.dtype == torch.uint8 and stored.shape == (3, 64, 64)
         again = tf(store.get(file_digest(path), str(path)))  # second read: from disk
         for got in (stored, again):
             assert torch.equal(tc.normalize(got[None])[0], reference), path.name
+
+
+def test_without_the_store_the_loader_decodes_as_the_store_does(images, tmp_path):
+    tc = create_backbone("efficientnet_lite0").transform_config.with_input_size(64)
+    side = eval_side(tc.resize_size)
+    store = DecodedImages(tmp_path / "cache", side=side, interpolation=tc.interpolation)
+    paths = [str(p) for p in images]
+    plain = ImageDataset(paths, tc.eval_transform(uint8=True), min_side=side)
+    stored = ImageDataset(paths, EvalTransform(tc), decoded=store)
+    for i in range(len(paths)):
+        assert torch.equal(plain[i][1], stored[i][1]), paths[i]
 
 
 def test_each_image_is_decoded_once_and_a_torn_entry_is_decoded_again(images, tmp_path, monkeypatch):

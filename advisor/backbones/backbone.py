@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from advisor.core.errors import BackboneError
+from advisor.data.imagefile import DECODE_RULE
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 PRE_LOGITS = "pre_logits"
@@ -92,8 +93,8 @@ class TransformConfig(BaseModel):
         return TransformConfig(**{**self.model_dump(), "input_size": size})
 
     def digest(self) -> str:
-        """Short stable hash of the config, for cache keys."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Short stable hash of the config and of how files are decoded (``DECODE_RULE``), for cache keys."""
+        return hashlib.sha256((self.model_dump_json() + DECODE_RULE).encode()).hexdigest()[:16]
 
 
 class BNLayerInfo(BaseModel):

@@ -39,7 +39,9 @@ import torch
 
 from advisor.data.imagefile import DEFAULT_MAX_PIXELS, MAX_ASPECT_RATIO, load_image
 
-FORMAT = "v2"  # v2: each entry ends in a blake2b-128 of its key and bytes (v1 entries are not read)
+# v2: each entry ends in a blake2b-128 of its key and bytes (v1 entries are not read); v3: large JPEGs decoded at a
+# reduced scale (advisor.data.imagefile.DECODE_RULE), so v2 entries of the same image hold other pixels
+FORMAT = "v3"
 _DIGEST = 16
 
 
@@ -115,7 +117,7 @@ class DecodedImages:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
-        img = load_image(path, max_pixels=self.max_pixels)
+        img = load_image(path, max_pixels=self.max_pixels, min_side=self.side)
         if self.upscale or min(img.size) > self.side:
             img = TF.resize(img, self.side, interpolation=InterpolationMode(self.interpolation))
         arr = np.array(img, dtype=np.uint8)  # H x W x 3 (load_image gives RGB); a writable copy

@@ -42,27 +42,32 @@ class ImageDataset(torch.utils.data.Dataset):
 
     With ``decoded`` (a :class:`~advisor.data.decoded.DecodedImages`), images come from that store as
     ``[3, H, W]`` uint8 tensors (decoded and stored on first use) and the transform must take
-    tensors; it then returns uint8 too, and the consumer normalises (on its device).
+    tensors; it then returns uint8 too, and the consumer normalises (on its device). Without it,
+    ``min_side`` is the shorter side the transform's first resize keeps: a JPEG at least twice that is
+    decoded at a reduced scale (:func:`~advisor.data.imagefile.reduce_on_decode`), as the store does.
     """
 
     def __init__(self, paths: Sequence[str], transform: Callable[..., torch.Tensor], *,
                  labels: Sequence[int] | None = None, seed: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, decoded: DecodedImages | None = None) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decoded: DecodedImages | None = None,
+                 min_side: int | None = None) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"labels must match paths; got {len(labels)} labels for {len(paths)} paths")
         self.paths, self.transform, self.labels = list(paths), transform, labels
         self.seed, self.max_pixels, self.decoded = seed, max_pixels, decoded
+        self.min_side = min_side
         self._keys: dict[int, str] = {}  # content digests, computed once per process (workers persist)
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample], transform: Callable[..., torch.Tensor], *,
-                     seed: int = 0, decoded: DecodedImages | None = None) -> ImageDataset:
+                     seed: int = 0, decoded: DecodedImages | None = None, min_side: int | None = None) -> ImageDataset:
         """Labelled samples with seeded per-(epoch, image) augmentation."""
-        return cls([s.path for s in samples], transform, labels=[s.label for s in samples], seed=seed, decoded=decoded)
+        return cls([s.path for s in samples], transform, labels=[s.label for s in samples], seed=seed, decoded=decoded,
+                   min_side=min_side)
 
     def _image(self, i: int):
         if self.decoded is None:
-            return load_image(self.paths[i], max_pixels=self.max_pixels)
+            return load_image(self.paths[i], max_pixels=self.max_pixels, min_side=self.min_side)
         key = self._keys.get(i)
         if key is None:
             try:

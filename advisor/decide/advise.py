@@ -352,7 +352,8 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
     val_images = p.val_images or max(1, p.images_total // 5)
     sample = [s.path for s in scan.samples[:: max(1, len(scan.samples) // 16)][:16]]
     with clock("forecast"):
-        decode = decode_seconds(sample, backbone_model.transform_config.with_input_size(plan.input_size).eval_transform())
+        tc = backbone_model.transform_config.with_input_size(plan.input_size)
+        decode = decode_seconds(sample, tc.eval_transform(), min_side=tc.resize_size)
         extract_rate = 1.0 / extraction_seconds_per_image(extract_batch / extraction_batch_size(dev), decode, dev)
         cached = _cached_share(backbone_model, plan.input_size, scan, cache_dir)
     if cached:

@@ -189,13 +189,14 @@ def run_overhead(outcomes: Sequence[dict], *, device: str, last: int = 5) -> tup
     return (statistics.median(extra), len(extra)) if extra else (DEFAULT_RUN_OVERHEAD_SECONDS, 0)
 
 
-def decode_seconds(paths: Sequence[str], transform) -> float:
-    """Seconds to decode and transform one image, timed on ``paths``."""
+def decode_seconds(paths: Sequence[str], transform, *, min_side: int | None = None) -> float:
+    """Seconds to decode and transform one image, timed on ``paths`` (``min_side``: as the extraction decodes,
+    :func:`advisor.data.imagefile.load_image`)."""
     from advisor.data.imagefile import load_image
 
     t0 = time.perf_counter()
     for p in paths:
-        transform(load_image(p))
+        transform(load_image(p, min_side=min_side))
     return (time.perf_counter() - t0) / max(1, len(paths))
 
 

@@ -91,7 +91,11 @@ def sidecar(fmt: str, file: str, card, *, input_name: str | None = None, output_
             "output": {"name": output_name, "meaning": "logits (softmax gives the probabilities)"},
             "preprocessing": {"resize_shorter_side_to": tf.resize_size, "interpolation": tf.interpolation,
                               "center_crop": tf.input_size, "scale": "pixels / 255", "mean": list(tf.mean),
-                              "std": list(tf.std), "channels": "RGB"},
+                              "std": list(tf.std), "channels": "RGB",
+                              # how advisor decoded (reduce_on_decode); a full decode differs by rounding only
+                              "jpeg_decode": f"a JPEG whose shorter side is at least twice {tf.resize_size} px is decoded "
+                                             "at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, PIL Image.draft), the largest "
+                                             f"that keeps it at least {tf.resize_size} px, before the resize"},
             "transform": tf.model_dump(mode="json"),  # advisor's own TransformConfig, for tools that read it
             "strategy": card.strategy, "source_backbone": card.backbone, "weights_digest": card.weights_digest,
             **(extra or {})}

@@ -82,7 +82,8 @@ def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.devi
         for n, item in enumerate(items[start : start + batch_size], start=start):
             name = f"<image {n}>" if isinstance(item, Image.Image) else str(item)
             try:
-                image = to_rgb(item) if isinstance(item, Image.Image) else load_image(item, max_pixels=max_pixels)
+                image = (to_rgb(item) if isinstance(item, Image.Image)
+                         else load_image(item, max_pixels=max_pixels, min_side=model.backbone.transform_config.resize_size))
                 batch.append(tf(image))
                 names.append(name)
             except ImageLoadError as err:

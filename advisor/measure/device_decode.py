@@ -53,6 +53,7 @@ class EncodedImages(torch.utils.data.Dataset):
     def __init__(self, paths: Sequence[str], transform: TransformConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.paths, self.max_pixels = list(paths), max_pixels
         self.transform = transform.eval_transform(uint8=True)
+        self.min_side = transform.resize_size  # a JPEG twice this decodes at a reduced scale, on the CPU
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -60,10 +61,10 @@ class EncodedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path = self.paths[i]
         try:
-            data = plain_jpeg_bytes(path, max_pixels=self.max_pixels)
+            data = plain_jpeg_bytes(path, max_pixels=self.max_pixels, min_side=self.min_side)
             if data is not None:
                 return i, ("jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)), None
-            return i, ("pixels", self.transform(load_image(path, max_pixels=self.max_pixels))), None
+            return i, ("pixels", self.transform(load_image(path, max_pixels=self.max_pixels, min_side=self.min_side))), None
         except ImageLoadError as err:
             return i, None, err.reason
         except Exception as err:  # a transform failing on one odd image must not end the run

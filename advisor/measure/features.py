@@ -101,7 +101,7 @@ def _cpu_batches(paths: list[str], todo: list[int], transform, dev: torch.device
     """(positions, CPU tensor or None, bad) per batch: decoded and transformed by the DataLoader workers."""
     loader = torch.utils.data.DataLoader(
         # 8-bit crops: the workers skip the float conversion and send a quarter of the bytes.
-        ImageDataset(paths, transform.eval_transform(uint8=True), max_pixels=max_pixels),
+        ImageDataset(paths, transform.eval_transform(uint8=True), max_pixels=max_pixels, min_side=transform.resize_size),
         batch_size=batch_size,
         sampler=todo,  # the uncached positions, in order
         num_workers=workers,
@@ -135,7 +135,7 @@ def _device_batches(paths: list[str], todo: list[int], transform, dev: torch.dev
                 images.append(img)
                 continue
             try:  # the device decoder refused a stream the header check passed: the CPU path decides
-                cpu_x.append(cpu_transform(load_image(paths[i], max_pixels=max_pixels))[None])
+                cpu_x.append(cpu_transform(load_image(paths[i], max_pixels=max_pixels, min_side=transform.resize_size))[None])
                 cpu_index.append(i)
             except ImageLoadError as err:
                 bad.append((i, err.reason))

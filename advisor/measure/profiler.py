@@ -348,7 +348,7 @@ def thumbnails(samples: list[Sample], size: int = FLIP_THUMBNAIL) -> tuple[torch
 
     rows, mirrored = [], []
     for s in samples:
-        img = load_image(s.path).convert("RGB").resize((size, size), Image.BILINEAR)
+        img = load_image(s.path, min_side=size).convert("RGB").resize((size, size), Image.BILINEAR)
         for out, im in ((rows, img), (mirrored, ImageOps.mirror(img))):
             out.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float() / 255)
     return torch.stack(rows), torch.stack(mirrored)

@@ -166,7 +166,7 @@ def _thumbnail(path: str) -> tuple[str, int, int] | None:
     from advisor.data.imagefile import load_image
 
     try:
-        img = load_image(path)
+        img = load_image(path, min_side=THUMB_PX)
         img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="JPEG", quality=80)
