@@ -624,3 +624,22 @@ def test_the_transform_digest_keys_the_decode_rule(monkeypatch):
     before = tc.digest()
     monkeypatch.setattr(backbone_mod, "DECODE_RULE", "another rule")
     assert tc.digest() != before  # caches filled under another decode rule are not read as this one's
+
+
+@pytest.mark.parametrize("kind", ["progressive", "cmyk", "greyscale", "exif-rotated"])
+def test_reduced_decoding_keeps_mode_conversion_and_orientation(tmp_path, kind):
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8))
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "progressive":
+        base.save(path, progressive=True)
+    elif kind == "cmyk":
+        base.convert("CMYK").save(path)
+    elif kind == "greyscale":
+        base.convert("L").save(path)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees on display
+        base.save(path, exif=exif.tobytes())
+    whole, reduced = load_image(path), load_image(path, min_side=73)
+    assert whole.mode == reduced.mode == "RGB"
+    assert reduced.size == (whole.size[0] // 8, whole.size[1] // 8)  # the same orientation, an eighth of each side
