@@ -15,8 +15,7 @@ import torch
 from advisor.backbones.classifier import TransferClassifier
 from advisor.core import distributed
 from advisor.core.errors import AdvisorError
-from advisor.core.machine import env_switch
-from advisor.data.decoded import DecodedImages, estimated_bytes, eval_side, has_room, train_side
+from advisor.data.decoded import DecodedImages, estimated_bytes, eval_side, has_room, store_off_reason, train_side
 from advisor.data.loading import ImageDataset, collate_skip
 from advisor.data.scan import Sample
 from advisor.decide.recipe import curve_images
@@ -25,7 +24,6 @@ from advisor.core.io import default_cache_dir
 from strategies.device_augment import DeviceAugment
 from strategies.transforms import EvalTransform, TrainTransform
 
-DECODED_CACHE_ENV = "ADVISOR_DECODED_CACHE"  # "off": decode every file every time (a machine-wide switch)
 AUGMENT_ON_ENV = "ADVISOR_AUGMENT_ON"  # "workers" or "device": overrides cfg.augment_on for every run (benchmarks)
 
 
@@ -74,12 +72,9 @@ class LoopData:
         """
         cfg, tc = self.cfg, self.backbone.transform_config
         t_side, e_side = self.decode_sides()
-        if not cfg.decoded_cache:
-            return None, None, "off (decoded_cache=False)"
-        if env_switch(DECODED_CACHE_ENV) is False:
-            return None, None, f"off ({DECODED_CACHE_ENV}={os.environ[DECODED_CACHE_ENV]})"
-        if cfg.epochs < 2:
-            return None, None, "off (one epoch: each training image is read once)"
+        why = store_off_reason(cfg.epochs, enabled=cfg.decoded_cache)
+        if why:
+            return None, None, why
         root = self.ctx.cache_dir or default_cache_dir()
         n = len(self.data.train) + len(self.data.val)
         needed = estimated_bytes(len(self.data.train), t_side) + estimated_bytes(n, e_side)

@@ -364,3 +364,22 @@ def test_cold_extraction_adds_decoding_on_the_cpu_and_overlaps_it_on_a_gpu():
     # On a GPU the CPU workers decode while the device computes: the slower sets the pace.
     assert extraction_seconds_per_image(0.0004, 0.0027, "cuda") == pytest.approx(0.0027)
     assert extraction_seconds_per_image(0.0040, 0.0027, torch.device("cuda", 0)) == pytest.approx(0.0040)
+
+
+def test_a_fine_tune_with_the_decoded_store_is_charged_decoding_once_not_every_epoch(monkeypatch):
+    records = _records(lambda pc, sim: 0.05)
+
+    def full(epochs: int):
+        fc = forecast(probe_cv={"pre_logits": 0.82}, val_images=200, train_images=800, per_class=80, similarity=0.5,
+                      epochs=epochs, step_seconds=0.5, batch_size=32, extract_images_per_second=50.0,
+                      decode_seconds_per_image=0.01, records=records)
+        return {f.strategy: f for f in fc.strategies}["full-finetune"]
+
+    # 10 epochs keep decoded images (advisor.data.decoded): 8 s of decoding in all, not 8 s an epoch
+    ten = full(10)
+    assert ten.seconds_per_epoch == pytest.approx(25 * 0.5 + 4.0)
+    assert ten.seconds == pytest.approx(10 * 16.5 + 800 * 0.01 + 800 / 50)
+    one = full(1)  # one epoch reads each image once, without the store: the epoch pays it
+    assert one.seconds_per_epoch == pytest.approx(25 * 0.5 + 800 * 0.01 + 4.0)
+    monkeypatch.setenv("ADVISOR_DECODED_CACHE", "off")  # the store switched off: every epoch decodes again
+    assert full(10).seconds_per_epoch == pytest.approx(25 * 0.5 + 800 * 0.01 + 4.0)

@@ -37,7 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advisor.core.machine import env_switch
 from advisor.data.imagefile import DEFAULT_MAX_PIXELS, MAX_ASPECT_RATIO, load_image
+
+DECODED_CACHE_ENV = "ADVISOR_DECODED_CACHE"  # "off": decode every file every time (a machine-wide switch)
 
 # v2: each entry ends in a blake2b-128 of its key and bytes (v1 entries are not read); v3: large JPEGs decoded at a
 # reduced scale (advisor.data.imagefile.DECODE_RULE), so v2 entries of the same image hold other pixels
@@ -47,6 +50,18 @@ _DIGEST = 16
 
 def _checksum(key: str, payload: bytes) -> bytes:
     return hashlib.blake2b(key.encode() + b"\0" + payload, digest_size=_DIGEST).digest()
+
+
+def store_off_reason(epochs: int, *, enabled: bool = True) -> str | None:
+    """Why a run of ``epochs`` epochs decodes every file every time instead of once into the store, or None when
+    it keeps decoded images (the disk-room check aside): what the loop decides and the time forecast counts."""
+    if not enabled:
+        return "off (decoded_cache=False)"
+    if env_switch(DECODED_CACHE_ENV) is False:
+        return f"off ({DECODED_CACHE_ENV}={os.environ[DECODED_CACHE_ENV]})"
+    if epochs < 2:
+        return "off (one epoch: each training image is read once)"
+    return None
 
 
 def eval_side(resize_size: int) -> int:
