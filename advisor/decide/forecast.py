@@ -329,13 +329,13 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     # Batches per epoch, the last partial one counted by its share: it costs about its images' worth
     # (40 images at batch 32 cost 1.25 steps, not 2: on a small set that was 1.6x over).
     steps = train_images / batch_size if train_images else 0.0
-    # Each epoch evaluates the learning curve's share of the validation split; the end all of it, once, unless
-    # the curve already read all of it (the last epoch's pass is then the result).
     # With the decoded-image store (advisor.data.decoded: every run of two epochs or more) each training image is
     # decoded once, in the first epoch, not every epoch: on 3024-px photos at 128 px a per-epoch charge forecast
     # 9.9 s an epoch where the run took 13.5 s for the first and ~5 s for each later one.
     once = epochs is not None and store_off_reason(epochs) is None
     decode_epoch, decode_once = (0.0, train_images * decode) if once else (train_images * decode, 0.0)
+    # Each epoch evaluates the learning curve's share of the validation split; the end all of it, once, unless
+    # the curve already read all of it (the last epoch's pass is then the result).
     curve = curve_images(val_images, train_images)
     curve_pass = curve / extract_images_per_second if extract_images_per_second else 0.0
     final_pass = val_images / extract_images_per_second * time_factor if extract_images_per_second and curve < val_images else 0.0
