@@ -2,8 +2,9 @@
 # One GPU session, prepared to run once (the device tool lends ~15 minutes), at most ~9 minutes, in
 # order of what the GPU issue needs most: the bare model under every setting (bare_speed.py), the
 # stage profile of a training step (stage_profile.py), extraction cold/warm, the fine-tune end to
-# end, accuracy at the fastest batch against 32 (batch_check.py), the CUDA tests, torch.compile, and
-# the whole suite with what time is left. Run from the repo root with the datasets under gpu/data
+# end, accuracy at the fastest batch against 32 (batch_check.py), the CUDA tests, camera-size JPEGs
+# on nvJPEG against the CPU workers' reduced decode (decode_scale.py), torch.compile, and the whole
+# suite with what time is left. Run from the repo root with the datasets under gpu/data
 # (caltech20, hymenoptera) and, where the machine lacks them, the wheels under .whl. Everything
 # lands in $OUT (a log file per step, and gpu_throughput_<gpu>.txt: the lot, for docs/) and on stdout.
 # STEPS picks steps (a rerun skips none: each step is short and writes only its own file).
@@ -22,11 +23,13 @@ PY=${PY:-python3}
 export ADVISOR_CACHE_DIR=/tmp/advisor-cache
 DATA=${DATA:-gpu/data/caltech20}
 REPEAT=${REPEAT:-16}; COPIES=8; EPOCHS=2; BARE=${BARE:-10}
-STEPS=${STEPS:-"bare profile extract train batch tests compile suite"}  # a later, shorter session can run fewer
+STEPS=${STEPS:-"bare profile extract train batch tests photos compile suite"}  # a later, shorter session can run fewer
 BATCHES=${BATCHES:-32,128,256}; SIZE=224; PSTEPS=12; BSETS=${BSETS:-"gpu/data/hymenoptera gpu/data/caltech20"}; BIG=${BIG:-128}
+PHOTOS=${PHOTOS:-gpu/data/hymenoptera}; SIDES="3024 1024"; PLIMIT=128; PREPEAT=4; PBATCH=64
 has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
 if [ -n "${GPU_CHECK_SMALL:-}" ]; then
   REPEAT=1; COPIES=1; EPOCHS=1; BARE=2; BATCHES=4; SIZE=32; PSTEPS=1; BSETS=$DATA; BIG=8
+  PHOTOS=$DATA; SIDES=64; PLIMIT=8; PREPEAT=1; PBATCH=4
 fi
 BUDGET=${BUDGET:-560}  # seconds for the whole script: each step gets at most what is left
 cap() { local left=$((BUDGET - SECONDS)); [ "$left" -lt "$1" ] && echo $((left > 5 ? left : 5)) || echo "$1"; }
@@ -69,6 +72,10 @@ fi
 has batch && step "accuracy at batch $BIG against 32 (full fine-tune)" && timeout $(cap 150) $PY benchmarks/batch_check.py $BSETS \
   --batch $BIG --input-size $SIZE $([ -n "${GPU_CHECK_SMALL:-}" ] && echo "--epochs 1") 2>&1 | grep -v Warning | tee "$OUT/batch.txt"
 
+has photos && step "camera-size JPEGs: CPU workers' reduced decode against nvJPEG decoding every pixel" && for side in $SIDES; do
+  timeout $(cap 45) $PY benchmarks/decode_scale.py $PHOTOS --upscale-to $side --limit $PLIMIT --throughput \
+    --batch-size $PBATCH --repeat $PREPEAT --input-size $SIZE 2>&1 | grep -v Warning; done | tee "$OUT/photos.txt"
+
 has compile && timeout $(cap 100) $PY benchmarks/train_throughput.py /tmp/caltech-big --input-size 224 --epochs $EPOCHS --bare-seconds 3 \
   --variants warm,compile 2>&1 | grep -v Warning | tee "$OUT/train_compile.txt"
 
@@ -81,7 +88,7 @@ step summary
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -oiE "h100|h200|a100|l4|[a-z]+[0-9]+" | head -1 | tr A-Z a-z)
 DOC="$OUT/gpu_throughput_${GPU:-cpu}.txt"
 { echo "# benchmarks/gpu_check.sh, $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  for f in env bare profile extract train batch cuda_tests train_compile suite; do
+  for f in env bare profile extract train batch cuda_tests photos train_compile suite; do
     [ -s "$OUT/$f.txt" ] && { echo "### $f"; grep -v "^$" "$OUT/$f.txt"; }
   done; } > "$DOC"
 cat "$DOC"

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run_prints_the_bare_settings_and_the_stage_profile(tmp_path):
     data = write_class_images(tmp_path / "tiny", {"a": 6, "b": 6}, size=40)
     out = tmp_path / "out"
-    env = {**os.environ, "GPU_CHECK_SMALL": "1", "STEPS": "bare profile", "DATA": str(data), "OUT": str(out),
+    env = {**os.environ, "GPU_CHECK_SMALL": "1", "STEPS": "bare profile photos", "DATA": str(data), "OUT": str(out),
            "PY": sys.executable}
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=400)
@@ -31,4 +31,6 @@ def test_gpu_check_dry_run_prints_the_bare_settings_and_the_stage_profile(tmp_pa
         assert {"read", "decode", "crop", "forward", "backward", "step", "overhead"} <= set(r["stages"])
     assert "augment (device)" in sites["device"]["stages"] and "augment (workers)" in sites["workers"]["stages"]
     summary = (out / "gpu_throughput_cpu.txt").read_text()
-    assert "### bare" in summary and "### profile" in summary
+    assert "### bare" in summary and "### profile" in summary and "### photos" in summary
+    # the photo step times both decoders and compares their features
+    assert "device / CPU workers:" in summary and "pre_logits cosine, (a) vs (b)" in summary
