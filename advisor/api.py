@@ -15,7 +15,7 @@ from advisor.backbones import DEFAULT_BACKBONE
 from advisor.core.errors import AdvisorError
 from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT, Recommendation, RunPlan
-from advisor.decide.recipe import EPOCHS_LIMIT
+from advisor.decide.recipe import EPOCHS_LIMIT, MAX_BATCH, MIN_BATCH
 from advisor.measure.models import DatasetProfile
 from advisor.measure.profiler import DEFAULT_SAMPLE_SIZE
 from strategies.results import Comparison
@@ -108,11 +108,11 @@ def profile(dataset: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE, wei
 
 
 def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, epochs: int | None = None,
-              input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
-              sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, device: str | None = None,
-              cache_dir: str | os.PathLike | None = None, save_plan: str | os.PathLike | None = None,
-              backbones: Sequence[str] | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
-              progress: Progress | None = None) -> Recommendation:
+              input_size: int | None = None, batch_size: int | None = None, backbone: str = DEFAULT_BACKBONE,
+              weights: str | os.PathLike | None = None, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
+              device: str | None = None, cache_dir: str | os.PathLike | None = None,
+              save_plan: str | os.PathLike | None = None, backbones: Sequence[str] | None = None,
+              val_fraction: float = DEFAULT_VAL_FRACTION, progress: Progress | None = None) -> Recommendation:
     """Profile a dataset, place it in the 2x2 table, forecast every strategy, and decide which to run.
 
     Parameters
@@ -126,6 +126,9 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
         The fine-tune epoch cap you will run with (1-1000); a short cap lets the forecast choose.
     input_size : int, optional
         The input resolution you will train at (32-1024 px); the forecast conditions on it.
+    batch_size : int, optional
+        The fine-tune's training batch (2-4096) [default: 32]; its learning rates scale by the
+        square root of batch / 32. Lower it when the GPU runs out of memory.
     backbone, weights, sample_size, seed, device, cache_dir, val_fraction, progress
         As for :func:`profile` (the plan records a carved split's share, so runs of it use the same split).
     save_plan : path, optional
@@ -158,8 +161,10 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
     _check_fraction(val_fraction)
+    _check_range("batch_size", batch_size, MIN_BATCH, MAX_BATCH)
     kwargs = dict(sample_size=sample_size, seed=seed, device=_device(device), cache_dir=cache_dir, progress=progress,
-                  epochs_cap=epochs, budget_seconds=_seconds(budget), input_size=input_size, val_fraction=val_fraction)
+                  epochs_cap=epochs, budget_seconds=_seconds(budget), input_size=input_size, batch_size=batch_size,
+                  val_fraction=val_fraction)
     rec = recommend_dataset(dataset, backbone=backbone, weights=weights, **kwargs)
     if backbones:
         from advisor.decide.backbones import rank_backbones
@@ -176,8 +181,8 @@ def recommend(dataset: str | os.PathLike, *, budget: float | str | None = None, 
 
 
 def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", plan: RunPlan | str | os.PathLike | None = None,
-        epochs: int | None = None, input_size: int | None = None, budget: float | str | None = None,
-        backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
+        epochs: int | None = None, input_size: int | None = None, batch_size: int | None = None,
+        budget: float | str | None = None, backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
         runs_dir: str | os.PathLike = "runs", device: str | None = None, cache_dir: str | os.PathLike | None = None,
         workers: int | None = None, keep_checkpoint: bool = False, loggers: Sequence[str] = (),
         val_fraction: float | None = None, progress: Progress | None = None,
@@ -197,6 +202,9 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         Override the fine-tune's epochs (1-1000).
     input_size : int, optional
         Train at this resolution (32-1024 px).
+    batch_size : int, optional
+        The fine-tune's training batch (2-4096) [default: 32]; its learning rates scale by the
+        square root of batch / 32. Lower it when the GPU runs out of memory.
     budget : float or str, optional
         With "auto": the wall-time budget the chosen strategy must fit.
     runs_dir : path, default "runs"
@@ -242,6 +250,7 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
     _check_range("workers", workers, 0, 64)
+    _check_range("batch_size", batch_size, MIN_BATCH, MAX_BATCH)
     if val_fraction is not None:
         _check_fraction(val_fraction)
         if plan is not None:
@@ -252,7 +261,8 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         raise AdvisorError(f"unknown strategy {strategy!r}", hint=f"choose auto or one of {', '.join(strategy_names())}")
     if plan is not None:
         the_plan = plan if isinstance(plan, RunPlan) else load_plan(plan)
-        the_plan = runner.apply_overrides(the_plan, epochs=epochs, input_size=input_size, strategy=forced)
+        the_plan = runner.apply_overrides(the_plan, epochs=epochs, input_size=input_size, batch_size=batch_size,
+                                          strategy=forced)
         return runner.run_plan(the_plan, dataset=dataset, runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir,
                                num_workers=workers, progress=progress, keep_checkpoint=keep_checkpoint,
                                loggers=list(loggers))
@@ -260,7 +270,8 @@ def run(dataset: str | os.PathLike | None = None, *, strategy: str = "auto", pla
         raise AdvisorError("a dataset is needed", hint="advisor.run('path/to/images') or advisor.run(plan=...)")
     return runner.auto_run(dataset, strategy=forced, backbone=backbone, sample_size=sample_size, seed=seed,
                            runs_dir=runs_dir, device=_device(device), cache_dir=cache_dir, num_workers=workers,
-                           epochs=epochs, input_size=input_size, progress=progress, on_recommendation=on_recommendation,
+                           epochs=epochs, input_size=input_size, batch_size=batch_size, progress=progress,
+                           on_recommendation=on_recommendation,
                            keep_checkpoint=keep_checkpoint, budget_seconds=_seconds(budget), loggers=list(loggers),
                            val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
 
@@ -276,8 +287,8 @@ def resume(run_dir: str | os.PathLike, *, device: str | None = None, progress: P
 
 
 def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = None, epochs: int | None = None,
-            input_size: int | None = None, backbone: str = DEFAULT_BACKBONE, sample_size: int = DEFAULT_SAMPLE_SIZE,
-            seed: int = 0, runs_dir: str | os.PathLike = "runs", device: str | None = None,
+            input_size: int | None = None, batch_size: int | None = None, backbone: str = DEFAULT_BACKBONE,
+            sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, runs_dir: str | os.PathLike = "runs", device: str | None = None,
             cache_dir: str | os.PathLike | None = None, workers: int | None = None,
             val_fraction: float = DEFAULT_VAL_FRACTION, progress: Progress | None = None) -> Comparison:
     """Run several strategies on the same split, backbone, input size and epoch cap, and rank them.
@@ -286,7 +297,7 @@ def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = No
     ----------
     strategies : list of str, optional
         A subset of the four strategies [default: all four].
-    epochs, input_size, backbone, sample_size, seed, runs_dir, device, cache_dir, workers, val_fraction, progress
+    epochs, input_size, batch_size, backbone, sample_size, seed, runs_dir, device, cache_dir, workers, val_fraction, progress
         As for :func:`run`; every strategy runs on the same split.
 
     Returns
@@ -309,10 +320,12 @@ def compare(dataset: str | os.PathLike, *, strategies: Sequence[str] | None = No
     _check_range("sample_size", sample_size, MIN_SAMPLE, MAX_SAMPLE)
     _check_range("seed", seed, 0, MAX_SEED)
     _check_fraction(val_fraction)
+    _check_range("batch_size", batch_size, MIN_BATCH, MAX_BATCH)
     names = check_strategies(list(strategies) if strategies is not None else None)
     return compare_strategies(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
                               epochs=epochs, sample_size=sample_size, seed=seed, device=_device(device),
-                              cache_dir=cache_dir, num_workers=workers, progress=progress, val_fraction=val_fraction)
+                              cache_dir=cache_dir, num_workers=workers, progress=progress, val_fraction=val_fraction,
+                              batch_size=batch_size)
 
 
 class Classifier:

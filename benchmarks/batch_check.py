@@ -42,9 +42,7 @@ def main() -> None:
         base = recommend_once(ds, device=args.device, similarity=False, force_strategy="full-finetune",
                               epochs_cap=args.epochs, input_size=args.input_size).plan
         scale = math.sqrt(args.batch / base.batch_size)
-        recipe = base.recipe.model_copy(update={"lr_head": base.recipe.lr_head * scale,
-                                                "lr_backbone": base.recipe.backbone_lr * scale})
-        big = base.model_copy(update={"batch_size": args.batch, "recipe": recipe})
+        big = base.with_batch_size(args.batch)  # the same rule as `advisor run --batch-size`
         out = {}
         for label, plan in (("32", base), (str(args.batch), big)):
             with tempfile.TemporaryDirectory() as runs:

@@ -155,6 +155,21 @@ def test_recommend_rejects_a_tiny_sample(capsys):
     assert code == 2 and "sample-size" in err
 
 
+def test_running_out_of_memory_is_one_line_with_what_to_lower_not_an_internal_error(capsys, monkeypatch):
+    import torch
+
+    from advisor import api
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 7.7 GiB")
+
+    monkeypatch.setattr(api, "profile", out_of_memory)
+    code, _, err = run_main(["profile", str(EXAMPLE)], capsys)
+    assert code == 2 and "internal error" not in err and "Traceback" not in err
+    (line,) = [row for row in err.splitlines() if "out of memory" in row]  # one line, after any progress output
+    assert line.startswith("error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB") and "--batch-size" in line
+
+
 def _rows(text: str, width: int) -> int:
     from rich.cells import cell_len
 

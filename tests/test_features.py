@@ -16,7 +16,7 @@ import torch
 import advisor.measure.cache as feature_cache
 import advisor.measure.features as F
 from advisor.backbones import create_backbone
-from advisor.core.errors import AdvisorError
+from advisor.core.errors import AdvisorError, DeviceMemoryError
 from advisor.data.scan import scan_dataset
 from advisor.measure.cache import FeatureCache
 from advisor.measure.features import extract_features
@@ -247,6 +247,46 @@ def test_bn_moments_come_from_the_same_pass_and_are_cached(tiny_dataset, tiny, t
     _extract(scan.samples, tiny, tmp_path / "c", bn_moments=True)
     _extract(scan.samples, tiny, tmp_path / "c")
     assert calls == []
+
+
+def _memory_for(monkeypatch, backbone, fits: int) -> list[int]:
+    """forward_taps raises torch's out-of-memory error above ``fits`` images, as a small GPU would."""
+    calls: list[int] = []
+    original = backbone.forward_taps
+
+    def small_memory(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        if x.shape[0] > fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(backbone, "forward_taps", small_memory)
+    return calls
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_and_the_features_do_not_change(tiny_dataset, tiny, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    whole = extract_features(scan.samples, tiny, use_cache=False, num_workers=0, batch_size=4)
+    calls = _memory_for(monkeypatch, tiny, fits=2)
+    split = extract_features(scan.samples, tiny, use_cache=False, num_workers=0, batch_size=4, bn_moments=True)
+    assert calls[0] == 4 and calls[1:] == [2] * 6  # halved once, and the halved size kept for later batches
+    for tap, x in whole.features.items():
+        torch.testing.assert_close(split.features[tap], x)
+    assert split.summary.computed == len(scan.samples)
+
+
+def test_running_out_of_memory_on_one_image_is_a_clear_error_and_other_errors_pass_through(tiny_dataset, tiny, monkeypatch):
+    scan = scan_dataset(tiny_dataset)
+    _memory_for(monkeypatch, tiny, fits=0)
+    with pytest.raises(DeviceMemoryError, match=r"ran out of memory extracting the features of a single image.*--input-size"):
+        extract_features(scan.samples, tiny, use_cache=False, num_workers=0, batch_size=4)
+
+    def broken(x, *args, **kwargs):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(tiny, "forward_taps", broken)
+    with pytest.raises(RuntimeError, match="a bug, not memory"):
+        extract_features(scan.samples, tiny, use_cache=False, num_workers=0, batch_size=4)
 
 
 def test_greyscale_images_are_flagged(tmp_path, tiny):

@@ -219,8 +219,11 @@ def test_recommend_says_who_decided_caps_the_plan_it_shows_and_never_mentions_an
     assert table.decision.sentence.startswith(f"the table ({table.decision.table_rule}) and the forecast agree"
                                               if table.decision.agree else f"the table says {table.decision.table}")
     # a forced fine-tune under a cap: the plan shown carries the cap (the plan that runs)
-    forced = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, force_strategy="partial-finetune", epochs_cap=3)
+    # and the batch the user asked for, its learning rates scaled (sqrt(16 / 32)) before the step is timed at it
+    forced = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, force_strategy="partial-finetune", epochs_cap=3,
+                               batch_size=16)
     assert forced.plan.strategy == "partial-finetune" and forced.plan.recipe.epochs == 3 and forced.decision is None
+    assert forced.plan.batch_size == 16 and forced.plan.recipe.lr_head == pytest.approx(1e-3 * 0.5 ** 0.5)
     # a budget, when given, is named
     budget = recommend_dataset(EXAMPLE, cache_dir=tmp_path, num_workers=0, budget_seconds=1e6)
     assert any("budget" in w for w in budget.warnings)

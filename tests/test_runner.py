@@ -165,6 +165,35 @@ def test_overrides_record_a_forced_strategy():
     assert one.recipe.epochs == 1 and one.recipe.warmup_epochs == 0
 
 
+def test_a_smaller_batch_scales_a_finetunes_learning_rates_once():
+    plan = apply_overrides(RunPlan(dataset="d", backbone="b", strategy="full-finetune", rule_ids=["R1"]))
+    half = apply_overrides(plan, batch_size=16)
+    assert half.batch_size == 16 and plan.batch_size == 32
+    assert half.recipe.lr_head == pytest.approx(1e-3 * 0.5 ** 0.5) and half.recipe.backbone_lr == pytest.approx(1e-4 * 0.5 ** 0.5)
+    assert apply_overrides(half, batch_size=16) == half  # the same batch again: no second scaling
+    # a probe's plan at batch 16 forced to a fine-tune: the default recipe (set for 32) is scaled to 16
+    forced = apply_overrides(RunPlan(dataset="d", backbone="b", strategy="linear-probe", rule_ids=["R1"], batch_size=16),
+                             strategy="partial-finetune")
+    assert forced.batch_size == 16 and forced.recipe.lr_head == pytest.approx(1e-3 * 0.5 ** 0.5)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        plan.with_batch_size(1)
+
+
+def test_running_out_of_memory_while_training_says_which_batch_to_try(colours, tmp_path, monkeypatch):
+    from advisor.core.errors import DeviceMemoryError
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(type(get_strategy("full-finetune")), "fit", out_of_memory)
+    with pytest.raises(DeviceMemoryError, match=r"cpu ran out of memory training full-finetune at 32 px, batch 32 "
+                                                r"\(test/tiny-cnn\) \(run it again with --batch-size 16"):
+        run_plan(_plan(colours, "full-finetune"), runs_dir=tmp_path / "runs", num_workers=0)
+    (rd,) = (tmp_path / "runs").iterdir()
+    state = json.loads((rd / "run.json").read_text())
+    assert state["status"] == "failed" and state["error"].startswith("OutOfMemoryError: CUDA out of memory")
+
+
 def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
     from test_cli import run_main
 
@@ -194,6 +223,8 @@ def test_cli_run_auto_then_predict_on_the_shipped_example(tmp_path, capsys):
     (["run", "--strategy", "nope", str(EXAMPLE)], "unknown strategy"),
     (["run", "--plan", "/no/such/plan.json"], "plan.json is missing"),
     (["predict", "/tmp", str(EXAMPLE)], "no saved model"),
+    (["run", "--resume", "/tmp", "--epochs", "2"], "do not apply to --resume"),
+    (["run", "--strategy", "full-finetune", str(EXAMPLE), "--batch-size", "1"], "allowed range 2 <= --batch-size <= 4096"),
 ])
 def test_cli_run_errors_are_one_line(args, message, capsys):
     from test_cli import run_main

@@ -28,6 +28,7 @@ from advisor.cli.options import (
     DeviceOpt,
     DevicesOpt,
     InputSizeOpt,
+    TrainBatchOpt,
     JsonOpt,
     RunValFractionOpt,
     SampleOpt,
@@ -52,7 +53,7 @@ from advisor.cli.render import (
     shown,
     stage_bars,
 )
-from advisor.core.errors import AdvisorError
+from advisor.core.errors import AdvisorError, is_out_of_memory, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -203,6 +204,7 @@ def recommend_cmd(
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-time budget (15m, 90s, 1h): the strategy with the "
                                          "best forecast that fits it, and what more time would buy."),
     input_size: Optional[int] = InputSizeOpt,
+    batch_size: Optional[int] = TrainBatchOpt,
     backbones: Optional[str] = typer.Option(None, "--backbones", help="Comma-separated backbones to rank as well "
                                             "(e.g. efficientnet_lite0,efficientnet_lite1,efficientnet_lite2)."),
     val_fraction: float = ValFractionOpt,
@@ -217,7 +219,7 @@ def recommend_cmd(
     with stage_bars() as cb:
         rec = api.recommend(dataset, backbone=backbone, weights=weights, sample_size=sample_size, seed=seed,
                             device=device, cache_dir=cache_dir, progress=cb, epochs=epochs, budget=budget,
-                            input_size=input_size, save_plan=save_plan, val_fraction=val_fraction,
+                            input_size=input_size, batch_size=batch_size, save_plan=save_plan, val_fraction=val_fraction,
                             backbones=[b.strip() for b in backbones.split(",") if b.strip()] if backbones else None)
     saved = (save_plan, Path(save_plan).with_suffix(".html")) if save_plan is not None else None
     if json_out:
@@ -241,6 +243,7 @@ def run_cmd(
     seed: int = SeedOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=EPOCHS_LIMIT, help="Override the plan's epochs (fine-tunes)."),
     input_size: Optional[int] = InputSizeOpt,
+    batch_size: Optional[int] = TrainBatchOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
     workers: Optional[int] = WorkersOpt,
@@ -268,6 +271,9 @@ def run_cmd(
     if val_fraction is not None and (resume is not None or plan_file is not None):
         raise AdvisorError("--val-fraction does not apply to --plan or --resume: they keep the split they record",
                            hint="drop --val-fraction, or recommend again with it and run the new plan")
+    if resume is not None and (epochs, input_size, batch_size) != (None, None, None):
+        raise AdvisorError("--epochs, --input-size and --batch-size do not apply to --resume: the run continues "
+                           "with the plan it recorded", hint="drop them, or start a new run with them")
     if resume is None and plan_file is None and dataset is None:
         raise AdvisorError("a DATASET is needed", hint="advisor run --auto DATASET")
     if strategy is not None:
@@ -285,7 +291,7 @@ def run_cmd(
             else:
                 outcome = api.run(dataset, strategy=strategy or "auto", plan=plan_file, backbone=backbone,
                                   sample_size=sample_size, seed=seed, runs_dir=runs_dir, device=dev, cache_dir=cache_dir,
-                                  workers=workers, epochs=epochs, input_size=input_size, progress=cb,
+                                  workers=workers, epochs=epochs, input_size=input_size, batch_size=batch_size, progress=cb,
                                   on_recommendation=show, keep_checkpoint=keep_checkpoint, budget=budget,
                                   loggers=logger or (), val_fraction=val_fraction)
     except RunInterrupted as stop:
@@ -322,6 +328,7 @@ def compare_cmd(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", callback=folder,
                                   help="Where the comparison's runs and compare.json go."),
     input_size: Optional[int] = InputSizeOpt,
+    batch_size: Optional[int] = TrainBatchOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=EPOCHS_LIMIT, help="Epoch cap for the fine-tunes (one budget for all)."),
     sample_size: int = SampleOpt,
     seed: int = SeedOpt,
@@ -341,7 +348,7 @@ def compare_cmd(
     with stage_bars() as cb:
         res = api.compare(dataset, strategies=names, backbone=backbone, runs_dir=runs_dir, input_size=input_size,
                           epochs=epochs, sample_size=sample_size, seed=seed, device=device, cache_dir=cache_dir,
-                          workers=workers, progress=cb, val_fraction=val_fraction)
+                          workers=workers, progress=cb, val_fraction=val_fraction, batch_size=batch_size)
     if json_out:
         print_json(res, exclude={"recommendation"})
         return
@@ -451,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/bold red] {shown(_usage_message(err))} (see {shown(command)} --help)",
                           soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/yellow]")
         sys.exit(130)
     except AdvisorError as err:
@@ -464,9 +471,6 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/bold red] invalid {shown(where)}: {shown(first.get('msg', err))} "
                           f"(got {shown(repr(first.get('input'))[:80])})", soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
     except OSError as err:
         # The environment, not a bug: a vanished file, a full disk, a permission.
         where = f" {err.filename}" if err.filename else ""
@@ -474,6 +478,11 @@ def main(argv: list[str] | None = None) -> None:
                           soft_wrap=True)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        if is_out_of_memory(err):  # not a bug: the work as sized does not fit (a fine-tune's says more, in runner.py)
+            err_console.print(f"[bold red]error:[/bold red] out of memory ({shown(one_line(err, 120))}): lower --batch-size "
+                              "or --input-size, or use a smaller backbone; nvidia-smi lists what else holds GPU memory",
+                              soft_wrap=True)
+            sys.exit(2)
         if os.environ.get("ADVISOR_DEBUG"):
             raise
         err_console.print(f"[bold red]internal error:[/bold red] {type(err).__name__}: {shown(err)} "

@@ -10,7 +10,7 @@ import typer
 
 from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT  # noqa: F401  (MAX_SEED: --seed's limit)
-from advisor.decide.recipe import EPOCHS_LIMIT  # noqa: F401  (the --epochs options' limit)
+from advisor.decide.recipe import BATCH_SIZE, EPOCHS_LIMIT, MAX_BATCH, MIN_BATCH  # noqa: F401  (EPOCHS_LIMIT: --epochs' limit)
 
 DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
 BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")
@@ -29,6 +29,9 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader worker processes [default: cores - 1].")
 InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
                             help=f"Input resolution in pixels, {MIN_INPUT}-{MAX_INPUT} (e.g. 128 for quick CPU runs).")
+TrainBatchOpt = typer.Option(None, "--batch-size", min=MIN_BATCH, max=MAX_BATCH,
+                             help=f"A fine-tune's training batch [default: {BATCH_SIZE}]; its learning rates scale by "
+                                  f"sqrt(batch / {BATCH_SIZE}). Lower it when the GPU runs out of memory.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
 DevicesOpt = typer.Option(None, "--devices", min=1, max=1024,
                           help="Processes on this machine (one per GPU, or CPU processes with gloo): relaunches "

@@ -40,3 +40,18 @@ class ImageLoadError(AdvisorError):
 
 class BackboneError(AdvisorError):
     """A backbone name is unknown or its weights cannot be found offline."""
+
+
+class DeviceMemoryError(AdvisorError):
+    """The GPU (or the host) ran out of memory for the work as sized; the hint names the setting to lower."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is torch running out of memory: CUDA's ``OutOfMemoryError``, or the allocator
+    messages of the other devices (MPS, XPU, the CPU)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -107,13 +107,15 @@ def recommend_dataset(
     epochs_cap: int | None = None,
     budget_seconds: float | None = None,
     input_size: int | None = None,
+    batch_size: int | None = None,
     policy: str = DEFAULT_POLICY,
 ) -> Recommendation:
     """Measure ``dataset`` and apply the rule table: the placement, the rationale and the plan.
 
     ``similarity=False`` measures only what needs no forward pass (R14 then says so);
     ``epochs_cap`` shortens a fine-tune's schedule (the advice warns when it is shorter than the
-    track record measured); ``budget_seconds`` picks the best forecast that fits the time.
+    track record measured); ``budget_seconds`` picks the best forecast that fits the time;
+    ``input_size`` and ``batch_size`` go into the plan before its time is forecast.
     """
     if sample_size < 4:
         raise AdvisorError(f"--sample-size must be at least 4, got {sample_size}")
@@ -136,7 +138,8 @@ def recommend_dataset(
     table_rule = "+".join(h.id for h in rec.hits if h.kind in ("quadrant", "override")) or rec.quadrant_rule
     if force_strategy is not None:
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
-    _apply_settings(rec, input_size=input_size)
+    settings = {"input_size": input_size, "batch_size": batch_size}
+    _apply_settings(rec, **settings)
     short, warning = _short_cap(rec)
     if warning:
         rec.warnings.append(warning)
@@ -156,9 +159,9 @@ def recommend_dataset(
         rec.decision = decide(policy, table=table_strategy, table_rule=table_rule, column=rec.similarity_class,
                               forecast=rec.forecast, per_class=profile.train_per_class_median)
         if rec.decision.chosen != rec.strategy:
-            _switch(rec, rec.decision.chosen, rule_id="forecast", taps=backbone_model.taps, input_size=input_size)
+            _switch(rec, rec.decision.chosen, rule_id="forecast", taps=backbone_model.taps, **settings)
         if budget_seconds is not None:
-            _fit_budget(rec, budget_seconds, taps=backbone_model.taps, input_size=input_size)
+            _fit_budget(rec, budget_seconds, taps=backbone_model.taps, **settings)
     rec.seconds = round(time.perf_counter() - t0, 2)
     rec.stage_seconds = clock.rounded()
     return rec
@@ -212,8 +215,10 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _apply_settings(rec: Recommendation, *, input_size: int | None) -> None:
-    """The plan shown is the plan that runs: the user's input size and epoch cap go into it."""
+def _apply_settings(rec: Recommendation, *, input_size: int | None, batch_size: int | None = None) -> None:
+    """The plan shown is the plan that runs: the user's input size, batch and epoch cap go into it."""
+    if batch_size is not None:
+        rec.plan = rec.plan.with_batch_size(batch_size)
     update: dict = {}
     if input_size is not None:
         update["input_size"] = input_size
@@ -224,16 +229,18 @@ def _apply_settings(rec: Recommendation, *, input_size: int | None) -> None:
         rec.plan = rec.plan.model_copy(update=update)
 
 
-def _switch(rec: Recommendation, strategy: str, *, rule_id: str, taps, input_size: int | None) -> None:
+def _switch(rec: Recommendation, strategy: str, *, rule_id: str, taps, input_size: int | None,
+            batch_size: int | None = None) -> None:
     """Run ``strategy`` instead of the table's: its own plan fields, the same modifiers, ``rule_id`` recorded."""
     rec.plan = plan_for_strategy(rec, strategy, taps=taps)
     rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n]
     rec.plan.rule_ids = [r for r in rec.plan.rule_ids if r != "user"] + [rule_id]
     rec.strategy = strategy
-    _apply_settings(rec, input_size=input_size)
+    _apply_settings(rec, input_size=input_size, batch_size=batch_size)
 
 
-def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | None = None) -> None:
+def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | None = None,
+                batch_size: int | None = None) -> None:
     """Replace the advice by the most accurate forecast that fits ``budget`` seconds, and say what more time buys."""
     if rec.forecast is None:
         rec.warnings.append("no forecast could be made (similarity not measured), so the budget was not applied")
@@ -253,7 +260,7 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | N
         note += (f"; {top.strategy} is forecast {100 * (top.accuracy - best.accuracy):+.1f} points but needs about "
                  f"{top.seconds:.0f} s")
     if best.strategy != rec.strategy:
-        _switch(rec, best.strategy, rule_id="budget", taps=taps, input_size=input_size)
+        _switch(rec, best.strategy, rule_id="budget", taps=taps, input_size=input_size, batch_size=batch_size)
         if rec.decision is not None:
             rec.decision = rec.decision.model_copy(update={
                 "chosen": best.strategy, "agree": False,

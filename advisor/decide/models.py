@@ -6,13 +6,14 @@ so field names are part of the interface.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.decide.backbones import BackboneRanking
 from advisor.decide.forecast import Forecast
-from advisor.decide.recipe import FinetuneRecipe
+from advisor.decide.recipe import BATCH_SIZE, MAX_BATCH, MIN_BATCH, FinetuneRecipe
 from advisor.measure.models import CurvePoint, DatasetProfile
 
 MIN_INPUT, MAX_INPUT = 32, 1024  # pixels; below 32 a stride-32 network sees a single pixel
@@ -60,7 +61,7 @@ class RunPlan(BaseModel):
     frozen_stages: int | None = Field(None, ge=0, le=64)  # fine-tunes: how many stages stay frozen (from the input side)
     trainable_stages: int | None = Field(None, ge=0, le=64)
     recipe: FinetuneRecipe | None = None  # fine-tunes only
-    batch_size: int = Field(32, ge=2, le=4096)
+    batch_size: int = Field(BATCH_SIZE, ge=MIN_BATCH, le=MAX_BATCH)
     input_size: int = Field(224, ge=MIN_INPUT, le=MAX_INPUT)
     class_weighting: bool = False
     balanced_sampler: bool = False
@@ -90,6 +91,24 @@ class RunPlan(BaseModel):
         if self.strategy.endswith("finetune") and self.recipe is None:
             self.recipe = FinetuneRecipe()
         return self
+
+    def with_batch_size(self, batch_size: int) -> RunPlan:
+        """This plan at another training batch: a fine-tune's learning rates scale by sqrt(new / old).
+
+        The square-root rule for Adam-type optimisers keeps the noise of an update about the same; the
+        epochs stay, so a smaller batch takes more steps. Used where the user lowers the batch to fit
+        the GPU's memory (``--batch-size``) and by benchmarks/batch_check.py; applying it twice with
+        the same batch changes nothing.
+        """
+        if batch_size == self.batch_size:
+            return self
+        fields = self.model_dump()
+        fields["batch_size"] = batch_size
+        if self.recipe is not None:
+            scale = math.sqrt(batch_size / self.batch_size)
+            fields["recipe"] = {**fields["recipe"], "lr_head": self.recipe.lr_head * scale,
+                                "lr_backbone": self.recipe.backbone_lr * scale}
+        return RunPlan(**fields)  # validated: the batch's own limits
 
 
 class Decision(BaseModel):

@@ -55,6 +55,7 @@ class EarlyStopping(BaseModel):
 
 
 EPOCHS_LIMIT = 1000  # the command line's --epochs limit, and a plan file's
+MIN_BATCH, MAX_BATCH = 2, 4096  # --batch-size's limits, and a plan file's (BatchNorm needs two images)
 
 
 class FinetuneRecipe(BaseModel):

@@ -48,6 +48,7 @@ def compare(
     num_workers: int | None = None,
     progress=None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    batch_size: int | None = None,
 ) -> Comparison:
     """Recommend, then run each strategy (same split, backbone, input size and epoch cap) and rank them.
 
@@ -60,7 +61,7 @@ def compare(
     t0 = time.perf_counter()
     rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                          cache_dir=cache_dir, num_workers=num_workers, progress=progress, epochs_cap=epochs,
-                         input_size=input_size, val_fraction=val_fraction)
+                         input_size=input_size, batch_size=batch_size, val_fraction=val_fraction)
     recommend_seconds = time.perf_counter() - t0
     if rec.strategy not in names:
         names.append(rec.strategy)  # regret needs the recommended strategy's own result
@@ -73,7 +74,7 @@ def compare(
     for name in names:
         plan = plan_for_strategy(rec, name, taps=taps)
         cap = min(epochs, plan.recipe.epochs) if epochs and plan.recipe is not None else None
-        plan = apply_overrides(plan, input_size=input_size, epochs=cap)
+        plan = apply_overrides(plan, input_size=input_size, epochs=cap, batch_size=batch_size)
         ts = time.perf_counter()
         out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,
                        num_workers=num_workers, progress=progress, recommendation=rec)

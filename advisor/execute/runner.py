@@ -34,7 +34,7 @@ from advisor.backbones import create_backbone
 from advisor.backbones.classifier import ModelCard, save_classifier
 from advisor.core import distributed
 from advisor.core.distributed import resolve_device
-from advisor.core.errors import AdvisorError
+from advisor.core.errors import AdvisorError, DeviceMemoryError, is_out_of_memory
 from advisor.core.io import ensure_writable_dir, read_model, write_text_atomic
 from advisor.core.machine import machine_name
 from advisor.data.scan import DEFAULT_VAL_FRACTION, scan_dataset
@@ -42,6 +42,7 @@ from advisor.decide.advise import recommend_once
 from advisor.decide.records import record_outcome
 from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
 from advisor.decide.models import Recommendation, RunPlan
+from advisor.decide.recipe import BATCH_SIZE
 from advisor.measure.models import DatasetProfile
 from advisor.report import LABEL_ISSUES_CSV, label_issues_csv, run_report_md
 from advisor.report.html import write_report_html
@@ -172,6 +173,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
             ctx.event("failed", error=state.error)
         except (OSError, AdvisorError):
             pass
+        if is_out_of_memory(err):
+            raise _out_of_memory(plan, ctx.device) from err
         raise
     state.status, state.finished = "finished", _now()
     _write(run_dir, "run.json", state)
@@ -249,20 +252,36 @@ def resume_run(run_dir: str | os.PathLike, *, device: str | None = None, progres
     return execute(rd, plan, state, resume=True, progress=progress, recommendation=rec)
 
 
+def _out_of_memory(plan: RunPlan, device) -> DeviceMemoryError:
+    """What ran out of memory, and the setting to lower: the batch for a fine-tune, else the input size."""
+    doing = f"training {plan.strategy} at {plan.input_size} px, batch {plan.batch_size} ({plan.backbone})"
+    where = "see what else holds its memory with nvidia-smi" if device.type == "cuda" else "close other programs"
+    if plan.strategy.endswith("finetune") and plan.batch_size > 2:
+        hint = (f"run it again with --batch-size {max(2, plan.batch_size // 2)} (the learning rates follow the "
+                f"batch's square root) or a smaller --input-size, or {where}")
+    else:
+        hint = f"run it again with a smaller --input-size or backbone, or {where}"
+    return DeviceMemoryError(f"{device} ran out of memory {doing}", hint=hint)
+
+
 def apply_overrides(plan: RunPlan, *, epochs: int | None = None, input_size: int | None = None,
                     batch_size: int | None = None, strategy: str | None = None) -> RunPlan:
-    """A copy of ``plan`` with the user's explicit choices on top (``epochs`` caps a fine-tune's recipe).
+    """A copy of ``plan`` with the user's explicit choices on top (``epochs`` caps a fine-tune's recipe;
+    ``batch_size`` scales its learning rates, :meth:`RunPlan.with_batch_size`).
 
     A saved plan carries no profile, so a strategy forced onto it drops the old strategy's own
     fields (taps, stage split, recipe) and the new one uses its defaults.
     """
     fields = plan.model_dump()
-    fields.update({k: v for k, v in {"input_size": input_size, "batch_size": batch_size}.items() if v is not None})
+    batch = batch_size if batch_size is not None else plan.batch_size
+    if input_size is not None:
+        fields["input_size"] = input_size
     if strategy and strategy != plan.strategy:
+        # the default recipe is set for the default batch: scaled to the plan's batch below
         fields.update(strategy=strategy, rule_ids=[*plan.rule_ids, "user"], taps=[], frozen_stages=None,
-                      trainable_stages=None, recipe=None,
+                      trainable_stages=None, recipe=None, batch_size=BATCH_SIZE,
                       notes=[*plan.notes, f"strategy forced to {strategy} by the user (the plan said {plan.strategy})"])
-    plan = RunPlan(**fields)  # a fine-tune without a recipe gets the default one here
+    plan = RunPlan(**fields).with_batch_size(batch)  # a fine-tune without a recipe gets the default one here
     if epochs is not None and plan.recipe is not None:
         warmup = min(plan.recipe.warmup_epochs, max(0, epochs - 1))
         plan.recipe = plan.recipe.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})
@@ -274,7 +293,8 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
              cache_dir: str | os.PathLike | None = None, num_workers: int | None = None, epochs: int | None = None,
              input_size: int | None = None, progress=None, on_recommendation=None,
              keep_checkpoint: bool = False, budget_seconds: float | None = None,
-             loggers: list[str] | None = None, val_fraction: float = DEFAULT_VAL_FRACTION) -> RunOutcome:
+             loggers: list[str] | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
+             batch_size: int | None = None) -> RunOutcome:
     """profile -> recommend -> (report through ``on_recommendation``) -> execute the plan.
 
     A forced ``strategy`` skips the similarity measurement: its only use would be to choose
@@ -284,8 +304,8 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
     rec = recommend_once(dataset, backbone=backbone, sample_size=sample_size, seed=seed, device=device,
                          cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
                          force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds, input_size=input_size,
-                         val_fraction=val_fraction)
-    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)
+                         batch_size=batch_size, val_fraction=val_fraction)
+    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size, batch_size=batch_size)
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None and distributed.is_main():
         on_recommendation(rec)

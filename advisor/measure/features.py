@@ -20,7 +20,7 @@ from advisor.backbones import Backbone
 from advisor.backbones.backbone import memory_format_of
 from advisor.core import distributed
 from advisor.core.distributed import default_num_workers, resolve_device
-from advisor.core.errors import AdvisorError, ImageLoadError
+from advisor.core.errors import AdvisorError, DeviceMemoryError, ImageLoadError, is_out_of_memory
 from advisor.core.io import ensure_writable_dir
 from advisor.data.imagefile import DEFAULT_MAX_PIXELS, SkippedFile, load_image
 from advisor.data.loading import ImageDataset, collate_skip
@@ -143,6 +143,45 @@ def _device_batches(paths: list[str], todo: list[int], transform, dev: torch.dev
         yield torch.tensor(index + cpu_index, dtype=torch.long), (torch.cat(parts) if parts else None), bad
 
 
+class _MemoryFit:
+    """The extraction's forward pass, split into smaller chunks once the device runs out of memory.
+
+    Each image's features do not depend on its batch (eval mode), so a batch that does not fit is
+    run in halves, and the halved size stays for the rest of the pass: the default batch of 256
+    then also works on a small GPU or with a large backbone or input size, as the user expects,
+    instead of failing after the scan.
+    """
+
+    def __init__(self, model, taps: list[str], dev: torch.device, *, bn_moments: bool, input_size: int) -> None:
+        self.model, self.taps, self.dev, self.bn_moments, self.input_size = model, taps, dev, bn_moments, input_size
+        self.chunk: int | None = None  # None: the whole batch
+
+    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dev.type == "cuda"):
+            out = self.model.forward_taps(x, self.taps, bn_moments=self.bn_moments)
+        return {t: v.float().cpu() for t, v in out.items()}
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        while True:
+            step = self.chunk or len(batch)
+            try:
+                parts = [self._run(batch[i : i + step]) for i in range(0, len(batch), step)]
+                return {t: torch.cat([part[t] for part in parts]) for t in parts[0]}
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                if step == 1:
+                    raise DeviceMemoryError(
+                        f"the {self.dev.type.upper()} device ran out of memory extracting the features of a single "
+                        f"image at {self.input_size} px",
+                        hint="use a smaller --input-size or backbone, or free the device's memory "
+                             "(nvidia-smi lists the processes that hold it)") from None
+            # (out of the except block: the error's traceback, which holds the failed pass's tensors, is gone)
+            self.chunk = max(1, step // 2)
+            if self.dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def extraction_batch_size(device: torch.device | str) -> int:
     """The extraction's default batch: 256 on a GPU (small batches leave it idle), 32 on the CPU."""
     return 256 if torch.device(device).type == "cuda" else 32
@@ -253,6 +292,7 @@ def extract_features(
         else:
             batches = _cpu_batches(paths, todo, transform, dev, batch_size=batch_size, workers=workers,
                                    max_pixels=max_pixels)
+        fitting = _MemoryFit(model, list(known), dev, bn_moments=bn_moments, input_size=transform.input_size)
         pending_keys: list[str] = []
         pending: dict[str, list[torch.Tensor]] = {t: [] for t in stored}
 
@@ -275,13 +315,7 @@ def extract_features(
                         if batch.dtype == torch.uint8:
                             batch = transform.normalize(batch)
                         grey = _greyness(batch, mean, std).cpu()
-                        batch = batch.contiguous(memory_format=torch.channels_last)
-                        if dev.type == "cuda":
-                            with torch.autocast("cuda", dtype=torch.bfloat16):
-                                out = model.forward_taps(batch, list(known), bn_moments=bn_moments)
-                        else:
-                            out = model.forward_taps(batch, list(known), bn_moments=bn_moments)
-                        out = {t: v.float().cpu() for t, v in out.items()}
+                        out = fitting.forward(batch.contiguous(memory_format=torch.channels_last))
                         out[GREY] = grey
                         forward_seconds += time.perf_counter() - tf
                         for row, p in enumerate(pos):
