@@ -183,6 +183,9 @@ def test_near_duplicates_group_transitively():
     samples = [Sample(path=f"/d/c/{i:02d}.png", label=0, split="train") for i in range(9)]
     groups = near_duplicates(feats, samples, ["c"])
     assert [[Path(p).stem for p in g.paths] for g in groups] == [["00", "06", "07"], ["03", "08"]]
+    # row blocks of any height find the same groups (a block boundary between a pair's two rows included)
+    for chunk in (1, 2, 4, 7):
+        assert near_duplicates(feats, samples, ["c"], chunk=chunk) == groups
 
 
 # --------------------------------------------------------------------------- the profile
