@@ -342,17 +342,21 @@ class Classifier:
     def classes(self) -> list[str]:
         return list(self.card.classes)
 
-    def predict(self, images, *, top_k: int = 5, batch_size: int = 32):
+    def predict(self, images, *, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
+                progress: Progress | None = None):
         """Top-k classes with probabilities for image files, folders or PIL images (one or a list).
 
-        Returns a ``PredictionReport``: ``.predictions`` (path or ``<image N>``, and its top-k), ``.skipped``
+        Files are decoded by ``workers`` DataLoader processes [default: by free cores] while the model runs;
+        ``progress("predict", done, total)`` follows the images. Returns a ``PredictionReport``: ``.predictions`` (path or ``<image N>``, and its top-k), ``.skipped``
         (unreadable files, with the reason), ``.ignored``. Raises AdvisorError when nothing could be classified.
         """
         from advisor.execute.predict import predict_with
 
+        _check_range("workers", workers, 0, 64)
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         return predict_with(self.model, self.card, items, run_dir=self.run_dir, top_k=top_k, device=self.device,
-                            batch_size=batch_size)
+                            batch_size=batch_size, workers=workers,
+                            progress=(lambda done, total: progress("predict", done, total)) if progress else None)
 
     def export(self, out_dir: str | os.PathLike | None = None):
         """Write timm safetensors, TorchScript and ONNX (where installed), each checked against this classifier.

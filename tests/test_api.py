@@ -57,6 +57,20 @@ def test_load_predict_and_export_of_a_tiny_run(tiny_dataset, tmp_path, capsys):
     in_memory = clf.predict(Image.open(files[0])).predictions[0]
     assert in_memory.path == "<image 0>" and in_memory.top[0].label == by_path.label
     assert abs(in_memory.top[0].probability - by_path.probability) < 1e-6
+    # files decoded by worker processes or in this one, PIL images mixed in, a bad file among them: the same
+    # predictions in input order, the skip reported, progress to the total, the model's layout as it was
+    from advisor.backbones.backbone import memory_format_of
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    layout = memory_format_of(clf.model)
+    seen = []
+    items = [str(f) for f in files[:5]] + [str(bad)] + [str(f) for f in files[5:]] + [Image.open(files[0])]
+    one = clf.predict(items, top_k=2, batch_size=3, workers=0)
+    two = clf.predict(items, top_k=2, batch_size=3, workers=2, progress=lambda *a: seen.append(a))
+    assert one == two and [q.path for q in one.predictions] == [str(f) for f in files] + [f"<image {len(files) + 1}>"]
+    assert [Path(s.path).name for s in one.skipped] == ["bad.jpg"]
+    assert seen[-1] == ("predict", len(items), len(items)) and memory_format_of(clf.model) == layout
     exported = clf.export(tmp_path / "exp")
     assert "torchscript" in exported.files
     assert capsys.readouterr() == ("", "")  # nothing printed by the library

@@ -310,10 +310,12 @@ def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, max=1000, help="Classes per image."),
     device: str = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Classify images with a trained run: top-k classes with probabilities."""
-    rep = api.load(run_dir, device=device).predict(images, top_k=top_k)
+    with stage_bars() as cb:
+        rep = api.load(run_dir, device=device).predict(images, top_k=top_k, workers=workers, progress=cb)
     if json_out:
         print_json(rep)
         return

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 from pydantic import BaseModel
 
+from advisor.backbones.backbone import memory_format_of
 from advisor.backbones.classifier import load_classifier
-from advisor.core.distributed import resolve_device
-from advisor.core.errors import AdvisorError, ImageLoadError
-from advisor.data.imagefile import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SkippedFile, load_image, to_rgb
+from advisor.core.distributed import default_num_workers, resolve_device
+from advisor.core.errors import AdvisorError
+from advisor.data.imagefile import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SkippedFile, to_rgb
+from advisor.data.loading import ImageDataset, collate_skip
 
 
 class ClassProbability(BaseModel):
@@ -64,45 +66,82 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> tuple[list[str], list[Skip
     return list(dict.fromkeys(files)), skipped, ignored
 
 
+def _file_batches(files: list[str], tf, *, batch_size: int, workers: int, max_pixels: int, min_side: int, pin: bool):
+    """(positions in ``files``, CPU tensor or None, [(position, reason)]) per batch, decoded by DataLoader workers."""
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(files, tf, max_pixels=max_pixels, min_side=min_side), batch_size=batch_size,
+        num_workers=workers if len(files) > batch_size else 0,  # one batch: starting workers costs more than it saves
+        collate_fn=collate_skip, pin_memory=pin)
+    for batch in loader:
+        yield batch.index.tolist(), batch.x, batch.bad
+
+
+def _image_batches(images: list, tf, *, batch_size: int):
+    """The same for PIL images already in memory, transformed here."""
+    for start in range(0, len(images), batch_size):
+        pos, xs, bad = [], [], []
+        for n, image in enumerate(images[start : start + batch_size], start=start):
+            try:
+                xs.append(tf(to_rgb(image)))
+                pos.append(n)
+            except (MemoryError, OverflowError, ValueError, RuntimeError) as err:  # the transform, on an odd image
+                bad.append((n, f"cannot transform ({type(err).__name__})"))
+        yield pos, torch.stack(xs) if xs else None, bad
+
+
 def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.device | str = "cpu", batch_size: int = 32,
-             max_pixels: int = DEFAULT_MAX_PIXELS, skipped: list[SkippedFile] | None = None) -> list[Prediction]:
+             max_pixels: int = DEFAULT_MAX_PIXELS, skipped: list[SkippedFile] | None = None, workers: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
     """Top-k predictions of ``model`` for image files (paths) or images already in memory (PIL), in input order.
 
-    A file that cannot be read is appended to ``skipped`` with its reason; an in-memory image is
-    named ``<image N>`` (its position in ``items``).
+    Files are decoded by ``workers`` DataLoader processes (default: by free cores) while the model
+    runs; the forward runs channels_last, as extraction does (1.8x on the CPU), and the model's
+    layout is restored afterwards. A file that cannot be read is appended to ``skipped`` with its
+    reason; an in-memory image is named ``<image N>`` (its position in ``items``). ``progress(done,
+    total)`` follows the images.
     """
     if top_k < 1:
         raise AdvisorError(f"top_k must be at least 1, got {top_k}")
     skipped = skipped if skipped is not None else []
-    tf = model.backbone.transform_config.eval_transform()
+    dev = torch.device(device)
+    tc = model.backbone.transform_config
+    tf = tc.eval_transform()
     k = min(top_k, len(card.classes))
-    predictions: list[Prediction] = []
-    for start in range(0, len(items), batch_size):
-        batch, names = [], []
-        for n, item in enumerate(items[start : start + batch_size], start=start):
-            name = f"<image {n}>" if isinstance(item, Image.Image) else str(item)
-            try:
-                image = (to_rgb(item) if isinstance(item, Image.Image)
-                         else load_image(item, max_pixels=max_pixels, min_side=model.backbone.transform_config.resize_size))
-                batch.append(tf(image))
-                names.append(name)
-            except ImageLoadError as err:
-                skipped.append(SkippedFile(path=name, reason=err.reason))
-            except (MemoryError, OverflowError, ValueError, RuntimeError) as err:  # the transform, on an odd image
-                skipped.append(SkippedFile(path=name, reason=f"cannot transform ({type(err).__name__})"))
-        if not batch:
-            continue
-        with torch.inference_mode():
-            probs = model(torch.stack(batch).to(device)).float().softmax(1).cpu()
-        values, idx = probs.topk(k, dim=1)
-        for name, v, i in zip(names, values.tolist(), idx.tolist()):
-            predictions.append(Prediction(path=name, top=[ClassProbability(label=card.classes[j], probability=round(p, 6))
-                                                          for p, j in zip(v, i)]))
-    return predictions
+    names = [f"<image {n}>" if isinstance(item, Image.Image) else str(item) for n, item in enumerate(items)]
+    file_at = [n for n, item in enumerate(items) if not isinstance(item, Image.Image)]
+    image_at = [n for n, item in enumerate(items) if isinstance(item, Image.Image)]
+    sources = [
+        (file_at, _file_batches([str(items[n]) for n in file_at], tf, batch_size=batch_size, max_pixels=max_pixels,
+                                workers=default_num_workers() if workers is None else workers,
+                                min_side=tc.resize_size, pin=dev.type == "cuda")),
+        (image_at, _image_batches([items[n] for n in image_at], tf, batch_size=batch_size)),
+    ]
+    found: dict[int, Prediction] = {}
+    done = 0
+    layout = memory_format_of(model)
+    model.to(memory_format=torch.channels_last)
+    try:
+        for at, batches in sources:
+            for pos, x, bad in batches:
+                skipped += [SkippedFile(path=names[at[i]], reason=reason) for i, reason in bad]
+                done += len(pos) + len(bad)
+                if x is not None:
+                    with torch.inference_mode():
+                        x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                        values, idx = model(x).float().softmax(1).topk(k, dim=1)
+                    for i, v, j in zip(pos, values.tolist(), idx.tolist()):
+                        found[at[i]] = Prediction(path=names[at[i]], top=[
+                            ClassProbability(label=card.classes[c], probability=round(prob, 6)) for prob, c in zip(v, j)])
+                if progress:
+                    progress(done, len(items))
+    finally:
+        model.to(memory_format=layout)
+    return [found[n] for n in sorted(found)]
 
 
 def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top_k: int = 5, device: str | None = None,
-            batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> PredictionReport:
+            batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> PredictionReport:
     """Classify every image in ``inputs`` (files and folders); unreadable images are skipped and reported.
 
     Raises AdvisorError when nothing could be classified (every input missing or unreadable),
@@ -113,12 +152,12 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top_
     dev = resolve_device(device)
     model, card = load_classifier(run_dir, device=dev)
     return predict_with(model, card, inputs, run_dir=run_dir, top_k=top_k, device=dev, batch_size=batch_size,
-                        max_pixels=max_pixels)
+                        max_pixels=max_pixels, workers=workers, progress=progress)
 
 
 def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, top_k: int = 5,
-                 device: torch.device | str = "cpu", batch_size: int = 32,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> PredictionReport:
+                 device: torch.device | str = "cpu", batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> PredictionReport:
     """``predict`` for a classifier already loaded; ``inputs`` may mix files, folders and PIL images
     (predictions: the files, folders expanded, in order, then the in-memory images)."""
     paths = [i for i in inputs if not isinstance(i, Image.Image)]
@@ -128,7 +167,7 @@ def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, t
         raise AdvisorError(f"no images to predict ({ignored} non-image or hidden file(s) ignored)",
                            hint=f"pass image files or folders that contain images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     predictions = classify(model, card, [*files, *images], top_k=top_k, device=device, batch_size=batch_size,
-                           max_pixels=max_pixels, skipped=skipped)
+                           max_pixels=max_pixels, skipped=skipped, workers=workers, progress=progress)
     if not predictions:
         first = skipped[0]
         raise AdvisorError(f"no image could be classified: {len(skipped)} input(s) skipped, e.g. {first.path}: {first.reason}",
