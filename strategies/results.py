@@ -51,6 +51,28 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, classes: list[
                    n_val=n, per_class=per, confusion=conf.tolist())
 
 
+class SplitScore(BaseModel):
+    """A trained classifier scored once on labelled images nothing was chosen on: a run's test split after
+    training, or a set given to ``advisor evaluate``."""
+
+    split: str  # "test", "val", "train" or "all"
+    dataset: str = ""
+    accuracy: float
+    accuracy_ci: tuple[float, float]  # Wilson 95 % interval
+    loss: float
+    n: int
+    skipped: int = 0  # images that could not be read
+    per_class: list[ClassMetrics]
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+
+
+def split_score(logits: torch.Tensor, y: torch.Tensor, classes: list[str], *, split: str, dataset: str = "",
+                skipped: int = 0) -> SplitScore:
+    m = classification_metrics(logits, y, classes)
+    return SplitScore(split=split, dataset=dataset, accuracy=m.val_accuracy, accuracy_ci=m.val_accuracy_ci, loss=m.val_loss,
+                      n=m.n_val, skipped=skipped, per_class=m.per_class, confusion=m.confusion)
+
+
 class RunResult(BaseModel):
     """What a strategy's ``fit`` returns."""
 
@@ -70,6 +92,8 @@ class RunResult(BaseModel):
     # between strategies (compare) need the per-image outcomes, not only the accuracy.
     predictions: list[tuple[str, int, int]] = []
     confidence: list[float] = []  # per prediction: the probability of the predicted class (report galleries)
+    # The dataset's test split, scored once by the saved classifier after training (None: it has none).
+    test: SplitScore | None = None
 
 
 class CompareRow(BaseModel):

@@ -196,6 +196,18 @@ def test_a_short_schedule_credits_no_fine_tune_gain_and_the_cap_then_picks_the_p
     assert "no gain credited" in short["full-finetune"].method
 
 
+def test_every_strategy_ends_with_one_pass_over_the_test_split():
+    records = _records(lambda pc, sim: 0.05)
+    kw = dict(probe_cv={"pre_logits": 0.82, "stage5": 0.85}, val_images=200, train_images=800, per_class=80,
+              similarity=0.5, epochs=2, step_seconds=0.5, batch_size=32, extract_images_per_second=50.0, records=records)
+    without = {f.strategy: f for f in forecast(**kw).strategies}
+    with_test = {f.strategy: f for f in forecast(**kw, test_images=500).strategies}
+    assert set(without) == set(with_test) == {"linear-probe", "layer-probe", "partial-finetune", "full-finetune"}
+    for name, f in with_test.items():
+        assert f.seconds == pytest.approx(without[name].seconds + 500 / 50.0, abs=0.11), name
+        assert (f.accuracy, f.low, f.high) == (without[name].accuracy, without[name].low, without[name].high)
+
+
 def test_probe_solves_add_to_their_time_and_a_partial_step_is_timed_with_its_frozen_stages():
     from advisor.backbones import create_backbone
 

@@ -538,10 +538,13 @@ def test_r19_warns_when_the_validation_split_cannot_resolve_strategies():
     assert text.endswith("move more images into it.")  # the split of the user's folders
     carved = recommend(small_val.model_copy(update={"split_source": "stratified"}), taps=TAPS)
     assert next(w for w in carved.warnings if "validation images" in w).endswith("raise --val-fraction.")
-    # Everything but the training split scores runs (a test split too); 2,000 images resolve a 0.8 to +-1.8 points.
-    big_val = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 1000, "test": 1000}})
-    assert big_val.val_images == 2000
+    # 2,000 validation images resolve a 0.8 to +-1.8 points. A test split does not help: strategies are compared on
+    # the validation split (the test split is scored once, at the end of the run).
+    big_val = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 2000, "test": 1000}})
+    assert big_val.val_images == 2000 and big_val.test_images == 1000
     assert "R19" not in [h.id for h in recommend(big_val, taps=TAPS).hits]
+    big_test = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 20, "test": 2000}})
+    assert big_test.val_images == 20 and "R19" in [h.id for h in recommend(big_test, taps=TAPS).hits]
     # A perfect CV on 60 images: the interval is one-sided and narrow (Wilson, not +-0): no warning at 0.05.
     sure = small_val.model_copy(update={"images_per_split": {"train": 500, "val": 80}, "probe_cv": {"pre_logits": 1.0}})
     assert build_context(sure, taps=TAPS).val_half_width < 0.05

@@ -37,7 +37,9 @@ from advisor.cli.options import (
     VerboseOpt,
     WeightsOpt,
     WorkersOpt,
+    click_exceptions,
     folder,
+    usage_message,
 )
 from advisor.cli.render import (
     err_console,
@@ -49,6 +51,7 @@ from advisor.cli.render import (
     render_predictions,
     render_profile,
     render_result,
+    render_score,
     render_scan,
     shown,
     stage_bars,
@@ -322,6 +325,24 @@ def predict_cmd(
     render_predictions(rep, top_k=top_k)
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
+    dataset: Path = typer.Argument(..., help="Labelled images: class folders (all of it), split folders or a CSV manifest."),
+    split: str = typer.Option("test", "--split", help="test, val, train or all (class folders without splits: test)."),
+    device: str = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Score a trained run on labelled images: accuracy with its interval, per class, confusion."""
+    with stage_bars() as cb:
+        score = api.load(run_dir, device=device).evaluate(dataset, split=split, workers=workers, progress=cb)
+    if json_out:
+        print_json(score)
+        return
+    render_score(score)
+
+
 @app.command("compare")
 def compare_cmd(
     dataset: Path = DatasetArg,
@@ -415,37 +436,11 @@ def report_cmd(
     out.print(f"report written to [bold]{shown(write_report_html(path))}[/bold]", soft_wrap=True)
 
 
-def _click_exceptions():
-    """click's exception classes as this typer raises them (recent typer vendors its own click)."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # older typer: the click package itself
-        from click import exceptions
-    return exceptions
-
-
-def _usage_message(err) -> str:
-    """click's message on one line, naming the option as typed and its allowed range."""
-    text = " ".join(err.format_message().split())
-    param = getattr(err, "param", None)
-    if param is None or type(err).__name__ == "MissingParameter":
-        return text
-    name = max(getattr(param, "opts", None) or [param.name or "value"], key=len)
-    ptype = getattr(param, "type", None)  # click keeps ranges on the type, typer on the parameter
-    low = getattr(param, "min", None) if getattr(param, "min", None) is not None else getattr(ptype, "min", None)
-    high = getattr(param, "max", None) if getattr(param, "max", None) is not None else getattr(ptype, "max", None)
-    allowed = ""
-    if low is not None or high is not None:
-        allowed = "; allowed range " + ("" if low is None else f"{low} <= ") + name + ("" if high is None else f" <= {high}")
-    detail = text.split(":", 1)[1].strip() if text.startswith("Invalid value") and ":" in text else text
-    return f"invalid value for {name}: {detail}{allowed}"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one red line and exit code 2; a bug exits 1."""
     from pydantic import ValidationError
 
-    click_exc = _click_exceptions()
+    click_exc = click_exceptions()
     ARGV[:] = list(argv) if argv is not None else sys.argv[1:]
     try:
         # Not standalone: usage errors come back here and get the same one-line form as the rest.
@@ -457,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except click_exc.UsageError as err:
         command = f"advisor {err.ctx.info_name}" if err.ctx and err.ctx.parent else "advisor"
-        err_console.print(f"[bold red]error:[/bold red] {shown(_usage_message(err))} (see {shown(command)} --help)",
+        err_console.print(f"[bold red]error:[/bold red] {shown(usage_message(err))} (see {shown(command)} --help)",
                           soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):

@@ -56,3 +56,29 @@ SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
 SeedOpt = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the sample, the bootstrap and the split.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Everything: the whole profile, every rule and boundary, "
                           "the forecast's sources, per-class scores (the default fits an 80-column screen).")
+
+
+def click_exceptions():
+    """click's exception classes as this typer raises them (recent typer vendors its own click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer: the click package itself
+        from click import exceptions
+    return exceptions
+
+
+def usage_message(err) -> str:
+    """click's message on one line, naming the option as typed and its allowed range."""
+    text = " ".join(err.format_message().split())
+    param = getattr(err, "param", None)
+    if param is None or type(err).__name__ == "MissingParameter":
+        return text
+    name = max(getattr(param, "opts", None) or [param.name or "value"], key=len)
+    ptype = getattr(param, "type", None)  # click keeps ranges on the type, typer on the parameter
+    low = getattr(param, "min", None) if getattr(param, "min", None) is not None else getattr(ptype, "min", None)
+    high = getattr(param, "max", None) if getattr(param, "max", None) is not None else getattr(ptype, "max", None)
+    allowed = ""
+    if low is not None or high is not None:
+        allowed = "; allowed range " + ("" if low is None else f"{low} <= ") + name + ("" if high is None else f" <= {high}")
+    detail = text.split(":", 1)[1].strip() if text.startswith("Invalid value") and ":" in text else text
+    return f"invalid value for {name}: {detail}{allowed}"

@@ -225,12 +225,15 @@ def render_profile(p) -> None:
 
 def render_result(outcome, *, verbose: bool = False) -> None:
     """A finished run: the accuracy, where the report is; ``verbose`` adds what the strategy chose and per-class scores."""
-    from advisor.report import accuracy_phrase, selected_items
+    from advisor.report import TEST_NOTE, accuracy_phrase, score_phrase, selected_items
 
     r = outcome.result
     m = r.metrics
     out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
               + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
+    if r.test is not None:
+        out.print("test accuracy " + score_phrase(r.test, emphasis=lambda s: f"[bold]{s}[/bold]") + f" ({TEST_NOTE})",
+                  soft_wrap=True)
     out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
     invalid = int(r.selected.get("cache_invalid") or 0) + int(r.selected.get("decoded_cache_invalid") or 0)
     if invalid:
@@ -255,16 +258,31 @@ def render_result(outcome, *, verbose: bool = False) -> None:
         for row in r.sweep:
             t.add_row(", ".join(row["taps"]), str(row["dim"]), f"{row['cv_accuracy']:.4f}", f"{row['l2']:g}")
         out.print(t)
-    t = Table(title="Validation per class", title_justify="left")
-    for c in ("class", "precision", "recall", "f1", "support"):
-        t.add_column(c)
-    for c in m.per_class:
-        t.add_row(shown(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
-    out.print(t)
+    out.print(_per_class_table("Validation per class", m.per_class))
     out.print(f"artifacts in [bold]{shown(outcome.run_dir)}[/bold]: model.safetensors + model.json, metrics.json, report.md, events.jsonl",
               soft_wrap=True)
     out.print(f"report: [bold]{shown(Path(outcome.run_dir) / 'report.html')}[/bold] (open it in a browser)", soft_wrap=True)
     out.print(f"predict with: advisor predict {shown(outcome.run_dir)} IMAGE_OR_FOLDER", soft_wrap=True)
+
+
+def _per_class_table(title: str, per_class) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(c)
+    for c in per_class:
+        t.add_row(shown(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
+    return t
+
+
+def render_score(score) -> None:
+    """``advisor evaluate``: the accuracy with its interval, then per class (the classes present)."""
+    from advisor.report import score_phrase
+
+    out.print(f"{score.split} accuracy " + score_phrase(score, emphasis=lambda s: f"[bold]{s}[/bold]")
+              + f" on {shown(display_path(score.dataset))}", soft_wrap=True)
+    out.print(_per_class_table(f"{score.split.capitalize()} per class", [c for c in score.per_class if c.support]))
+    if score.skipped:
+        out.print(f"[yellow]{score.skipped} image(s) could not be read and were not scored[/yellow]")
 
 
 def display_path(path: str | os.PathLike) -> str:

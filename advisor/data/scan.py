@@ -238,11 +238,14 @@ def scan_dataset(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    training: bool = True,
 ) -> DatasetScan:
     """List and cheaply check every image of a dataset; carve a val split if it has none.
 
     Bad files are skipped with a reason, never raised; a dataset that cannot train a
     classifier (no images, one class, a class with under 2 images) raises DatasetError.
+    ``training=False`` lists a set to score a trained classifier on: any number of classes, no
+    split carved, an image outside split folders in the ``test`` split.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
@@ -267,8 +270,13 @@ def scan_dataset(
             infos.append(result)
     skipped.sort(key=lambda s: s.path)
 
-    carve = _check_trainable(root_str, listing, usable, len(skipped), skipped_per_class)
-    split_of = _carve_val(usable, val_fraction, seed) if carve else {c.path: c.split or "train" for c in usable}
+    if training:
+        carve = _check_trainable(root_str, listing, usable, len(skipped), skipped_per_class)
+        split_of = _carve_val(usable, val_fraction, seed) if carve else {c.path: c.split or "train" for c in usable}
+    else:
+        if not usable:
+            raise DatasetError(f"no usable images in {root_str}: {len(skipped)} skipped as unreadable", hint=LAYOUT_HINT)
+        carve, split_of = False, {c.path: c.split or "test" for c in usable}
     classes = sorted(listing.classes)
     index = {name: i for i, name in enumerate(classes)}
     samples = [Sample(path=c.path, label=index[c.label], split=split_of[c.path]) for c in usable]

@@ -378,7 +378,7 @@ def _forecast(rec: Recommendation, backbone_model, scan, *, device: str | None, 
         else:
             factors[k], corrected = 1.0, ""
         sources[k] = source + corrected + fixed
-    kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, train_images=p.train_images,
+    kwargs = dict(probe_cv=p.probe_cv, val_images=val_images, test_images=p.test_images, train_images=p.train_images,
                   per_class=p.train_per_class_median, similarity=p.similarity.score.value if p.similarity else None,
                   epochs=epochs, step_seconds=step, partial_step_seconds=partial, batch_size=plan.batch_size,
                   decode_seconds_per_image=decode, extract_images_per_second=extract_rate,

@@ -231,7 +231,7 @@ def binomial_interval(p: float, n: int) -> tuple[float, float]:
     return max(0.0, p - half), min(1.0, p + half)
 
 
-def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, per_class: float,
+def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, per_class: float, test_images: int = 0,
              similarity: float | None, epochs: int | None, step_seconds: float | None, batch_size: int,
              decode_seconds_per_image: float | None = None, extract_images_per_second: float | None = None,
              partial_step_seconds: float | None = None, probe_solve_seconds: dict[str, float] | None = None,
@@ -265,7 +265,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     solve (``probe_solve_seconds``, strategy -> seconds); a fine-tune epoch is its optimiser steps
     (``partial_step_seconds`` for the partial fine-tune, timed with its frozen stages) plus the
     decoding of its images plus the learning curve's evaluation pass (``curve_images`` of the validation
-    images); when that is a share, the run ends with one pass over the whole validation split.
+    images); when that is a share, the run ends with one pass over the whole validation split. Every run
+    ends with one pass over the ``test_images`` (the saved classifier scores the test split).
 
     ``short_schedule``: the fine-tunes are capped below the share of their schedule the record
     measured; no gain is credited then, and the interval keeps the predicted gain's room on the
@@ -286,7 +287,9 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
     # A fine-tune extracts its training images only (the head's warm-up probe, LP-FT); its validation
     # passes are counted below (curve_pass, final_pass). Charging every image over-counted the fine-tunes.
     extract = raw_extract * train_images / max(1, total_images) * time_factor if raw_extract is not None else None
-    probe_extract = raw_extract * probe_factor if raw_extract is not None else None
+    # the saved classifier's pass over the test split, at the end of every run
+    test_pass = test_images / extract_images_per_second if extract_images_per_second else 0.0
+    probe_extract = raw_extract * probe_factor + test_pass * probe_factor if raw_extract is not None else None
     gap_coef = fit_probe_gap(records)
     if gap_coef is not None:
         lost = resolution_lost(image_side, input_size, profile_size)
@@ -363,7 +366,8 @@ def forecast(*, probe_cv: dict[str, float], val_images: int, train_images: int, 
                     f"the better probe {best_probe:.3f} {100 * gain:+.1f} points: gain learned on "
                     f"{len({group_of(r) for r in records})} reference sets"),
             seconds_per_epoch=round(per_epoch, 1) if per_epoch is not None else None, epochs=epochs,
-            seconds=round(per_epoch * epochs + decode_once * time_factor + final_pass + (extract or 0.0) + overhead_seconds, 1)
+            seconds=round(per_epoch * epochs + decode_once * time_factor + final_pass + test_pass * time_factor
+                          + (extract or 0.0) + overhead_seconds, 1)
             if per_epoch is not None and epochs else None,
             time_source=time_source if per_epoch is not None else None,
             gain_sd=round(max(1e-4, (quantile(res, 0.9) - quantile(res, 0.1) + lost) / (2 * Z80)), 4) if res else None))

@@ -89,25 +89,19 @@ def _image_batches(images: list, tf, *, batch_size: int):
         yield pos, torch.stack(xs) if xs else None, bad
 
 
-def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.device | str = "cpu", batch_size: int = 32,
-             max_pixels: int = DEFAULT_MAX_PIXELS, skipped: list[SkippedFile] | None = None, workers: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
-    """Top-k predictions of ``model`` for image files (paths) or images already in memory (PIL), in input order.
+def forward_batches(model, items: Sequence, *, device: torch.device | str = "cpu", batch_size: int = 32,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
+                    progress: Callable[[int, int], None] | None = None):
+    """``(positions in items, logits as float on the CPU, [(position, reason)])`` per batch of image files
+    (paths) or PIL images: the one inference pass that predict and evaluate share.
 
     Files are decoded by ``workers`` DataLoader processes (default: by free cores) while the model
     runs; the forward runs channels_last, as extraction does (1.8x on the CPU), and the model's
-    layout is restored afterwards. A file that cannot be read is appended to ``skipped`` with its
-    reason; an in-memory image is named ``<image N>`` (its position in ``items``). ``progress(done,
-    total)`` follows the images.
+    layout and mode are restored afterwards. ``progress(done, total)`` follows the images.
     """
-    if top_k < 1:
-        raise AdvisorError(f"top_k must be at least 1, got {top_k}")
-    skipped = skipped if skipped is not None else []
     dev = torch.device(device)
     tc = model.backbone.transform_config
     tf = tc.eval_transform()
-    k = min(top_k, len(card.classes))
-    names = [f"<image {n}>" if isinstance(item, Image.Image) else str(item) for n, item in enumerate(items)]
     file_at = [n for n, item in enumerate(items) if not isinstance(item, Image.Image)]
     image_at = [n for n, item in enumerate(items) if isinstance(item, Image.Image)]
     sources = [
@@ -116,26 +110,47 @@ def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.devi
                                 min_side=tc.resize_size, pin=dev.type == "cuda")),
         (image_at, _image_batches([items[n] for n in image_at], tf, batch_size=batch_size)),
     ]
-    found: dict[int, Prediction] = {}
     done = 0
-    layout = memory_format_of(model)
-    model.to(memory_format=torch.channels_last)
+    layout, training = memory_format_of(model), model.training
+    model.eval().to(memory_format=torch.channels_last)
     try:
         for at, batches in sources:
             for pos, x, bad in batches:
-                skipped += [SkippedFile(path=names[at[i]], reason=reason) for i, reason in bad]
-                done += len(pos) + len(bad)
+                logits = None
                 if x is not None:
                     with torch.inference_mode():
-                        x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                        values, idx = model(x).float().softmax(1).topk(k, dim=1)
-                    for i, v, j in zip(pos, values.tolist(), idx.tolist()):
-                        found[at[i]] = Prediction(path=names[at[i]], top=[
-                            ClassProbability(label=card.classes[c], probability=round(prob, 6)) for prob, c in zip(v, j)])
+                        logits = model(x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)).float().cpu()
+                done += len(pos) + len(bad)
+                yield [at[i] for i in pos], logits, [(at[i], reason) for i, reason in bad]
                 if progress:
                     progress(done, len(items))
     finally:
-        model.to(memory_format=layout)
+        model.train(training).to(memory_format=layout)
+
+
+def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.device | str = "cpu", batch_size: int = 32,
+             max_pixels: int = DEFAULT_MAX_PIXELS, skipped: list[SkippedFile] | None = None, workers: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
+    """Top-k predictions of ``model`` for image files (paths) or images already in memory (PIL), in input order.
+
+    A file that cannot be read is appended to ``skipped`` with its reason; an in-memory image is
+    named ``<image N>`` (its position in ``items``). The pass: :func:`forward_batches`.
+    """
+    if top_k < 1:
+        raise AdvisorError(f"top_k must be at least 1, got {top_k}")
+    skipped = skipped if skipped is not None else []
+    k = min(top_k, len(card.classes))
+    names = [f"<image {n}>" if isinstance(item, Image.Image) else str(item) for n, item in enumerate(items)]
+    found: dict[int, Prediction] = {}
+    for pos, logits, bad in forward_batches(model, items, device=device, batch_size=batch_size, max_pixels=max_pixels,
+                                            workers=workers, progress=progress):
+        skipped += [SkippedFile(path=names[n], reason=reason) for n, reason in bad]
+        if logits is None:
+            continue
+        values, idx = logits.softmax(1).topk(k, dim=1)
+        for n, v, j in zip(pos, values.tolist(), idx.tolist()):
+            found[n] = Prediction(path=names[n], top=[ClassProbability(label=card.classes[c], probability=round(prob, 6))
+                                                      for prob, c in zip(v, j)])
     return [found[n] for n in sorted(found)]
 
 

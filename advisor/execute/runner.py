@@ -40,6 +40,7 @@ from advisor.core.machine import machine_name
 from advisor.data.scan import DEFAULT_VAL_FRACTION, scan_dataset
 from advisor.decide.advise import recommend_once
 from advisor.decide.records import record_outcome
+from advisor.execute.evaluate import score_samples
 from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
 from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import BATCH_SIZE
@@ -145,14 +146,19 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         if not distributed.is_main():  # the other ranks trained the same model; rank 0 writes it
             return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report="", recommendation=recommendation)
         model_path, card_path = save_classifier(model, run_dir, card)
+        if test := data.scan.split("test"):  # scored once, by the saved classifier: nothing above chose on it
+            result.test = score_samples(model, test, data.classes, split="test", dataset=state.dataset, device=ctx.device,
+                                        workers=ctx.num_workers, progress=lambda d, t: ctx.report("test", d, t))
+            ctx.event("test", accuracy=result.test.accuracy, n=result.test.n, skipped=result.test.skipped)
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
                                  "metrics_csv": str(run_dir / METRICS_CSV),
                                  "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
                                  "events": str(run_dir / "events.jsonl")})
         if not state.keep_checkpoint:
             result.artifacts.pop("checkpoint", None)  # removed once the run has finished
-        write_text_atomic(run_dir / "metrics.json",
-                          json.dumps({**result.metrics.model_dump(), "curves": result.curves}, indent=2))
+        write_text_atomic(run_dir / "metrics.json", json.dumps(
+            {**result.metrics.model_dump(), "curves": result.curves,
+             **({"test": result.test.model_dump()} if result.test else {})}, indent=2))
         _write(run_dir, "result.json", result)
         for logger in loggers:
             logger.finish(plan, result, run_dir)

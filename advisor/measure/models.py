@@ -153,5 +153,10 @@ class DatasetProfile(BaseModel):
 
     @property
     def val_images(self) -> int:
-        """Images every run is scored on: all but the training split (a test split counts)."""
-        return sum(n for split, n in self.images_per_split.items() if split != "train")
+        """Images every run is scored on and strategies are compared on: the validation split."""
+        return self.images_per_split.get("val", 0)
+
+    @property
+    def test_images(self) -> int:
+        """The test split's images: scored once by the saved classifier at the end of a run, never compared on."""
+        return self.images_per_split.get("test", 0)

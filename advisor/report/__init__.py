@@ -11,13 +11,23 @@ from pathlib import Path
 
 from advisor.core.names import markdown, printable
 from advisor.decide.models import Recommendation, RunPlan
-from strategies.results import Metrics, RunResult
+from strategies.results import Metrics, RunResult, SplitScore
 
 
 def accuracy_phrase(m: Metrics, *, emphasis: Callable[[str], str] = str) -> str:
     """'0.9000 (95 % CI 0.815-0.948, 80 images), loss 0.3120', the accuracy through ``emphasis``."""
     lo, hi = m.val_accuracy_ci
     return f"{emphasis(f'{m.val_accuracy:.4f}')} (95 % CI {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}"
+
+
+def score_phrase(t: SplitScore, *, emphasis: Callable[[str], str] = str) -> str:
+    """'0.9100 (95 % CI 0.850-0.948, 200 images, 1 unreadable), loss 0.2811' for a split scored once."""
+    lo, hi = t.accuracy_ci
+    unread = f", {t.skipped} unreadable" if t.skipped else ""
+    return f"{emphasis(f'{t.accuracy:.4f}')} (95 % CI {lo:.3f}-{hi:.3f}, {t.n} images{unread}), loss {t.loss:.4f}"
+
+
+TEST_NOTE = "scored once by the saved classifier after training; nothing was chosen on it"
 
 
 def readable(value: object) -> str:
@@ -45,6 +55,8 @@ def run_report_md(plan: RunPlan, result: RunResult, *, dataset: str, run_dir: Pa
     lines = [f"# {md(Path(dataset).name)}: {plan.strategy}", "",
              f"- dataset: {md(dataset)}", f"- backbone: {md(plan.backbone)}, input {plan.input_size} px",
              f"- validation accuracy: {accuracy_phrase(m, emphasis=lambda s: f'**{s}**')}",
+             *([f"- test accuracy: {score_phrase(result.test, emphasis=lambda s: f'**{s}**')} ({TEST_NOTE})"]
+               if result.test else []),
              f"- parameters trained: {result.trainable_params:,} of {result.total_params:,}",
              f"- wall time: {result.seconds:.1f} s on {result.device}", ""]
     if rec is not None:

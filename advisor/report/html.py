@@ -20,6 +20,7 @@ from advisor.core.io import write_text_atomic
 from advisor.core.names import printable
 from advisor.decide.advise import save_plan
 from advisor.decide.models import Recommendation, RunPlan
+from advisor.report import TEST_NOTE, score_phrase
 from strategies.results import RunResult
 
 GALLERY_SIZE = 12
@@ -251,6 +252,8 @@ def run_page(run_dir: str | Path) -> str:
     body = [f"<h1>{esc(Path(dataset).name)}: {esc(plan.strategy)}</h1>",
             f"<p class=\"key\">validation accuracy <b id=\"accuracy\" class=\"num\">{m.val_accuracy:.4f}</b> "
             f"(95 % interval {lo:.3f}-{hi:.3f}, {m.n_val} images), loss {m.val_loss:.4f}</p>",
+            *([f"<p class=\"key\">test accuracy <b id=\"test-accuracy\" class=\"num\">{result.test.accuracy:.4f}</b> "
+               f"{esc(score_phrase(result.test).split(' ', 1)[1])}: {TEST_NOTE}</p>"] if result.test else []),
             f"<p>{result.trainable_params:,} of {result.total_params:,} parameters trained in {result.seconds:.1f} s on "
             f"{esc(result.device)}; backbone <code>{esc(plan.backbone)}</code> at {plan.input_size} px.</p>"]
     predicted = next((f for f in (rec.forecast.strategies if rec is not None and rec.forecast else [])

@@ -1,0 +1,82 @@
+"""A trained classifier scored on labelled images nothing was chosen on.
+
+Two callers: the runner scores a dataset's ``test`` split once, after training, with the classifier
+it saved (strategies choose taps, epochs and weights on ``val`` only); ``advisor evaluate`` scores a
+saved run on any labelled set later (a held-out folder, a new batch of data). Both go through the
+inference pass ``advisor predict`` uses (:func:`~advisor.execute.predict.forward_batches`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from advisor.backbones.classifier import load_classifier
+from advisor.core.distributed import resolve_device
+from advisor.core.errors import AdvisorError
+from advisor.data.scan import Sample, scan_dataset
+from advisor.execute.predict import forward_batches
+from strategies.results import SplitScore, split_score
+
+EvalSplit = Literal["test", "val", "train", "all"]
+
+
+def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split: str, dataset: str = "",
+                  device: torch.device | str = "cpu", workers: int | None = None, batch_size: int = 32,
+                  progress: Callable[[int, int], None] | None = None) -> SplitScore:
+    """Accuracy (with its Wilson interval), loss, per-class scores and confusion of ``model`` on ``samples``,
+    whose labels index ``classes`` (the model's own). Unreadable images are counted, not scored."""
+    logits, labels, skipped = [], [], 0
+    for pos, out, bad in forward_batches(model, [s.path for s in samples], device=device, batch_size=batch_size,
+                                         workers=workers, progress=progress):
+        skipped += len(bad)
+        if out is not None:
+            logits.append(out)
+            labels += [samples[n].label for n in pos]
+    if not labels:
+        raise AdvisorError(f"none of the {len(samples)} {split} images could be read", hint="check the files")
+    return split_score(torch.cat(logits), torch.tensor(labels), classes, split=split, dataset=dataset, skipped=skipped)
+
+
+def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: EvalSplit = "test",
+                 device: str | None = None, workers: int | None = None, batch_size: int = 32,
+                 progress: Callable[[int, int], None] | None = None) -> SplitScore:
+    """Score the classifier a run saved on a labelled dataset's ``split``.
+
+    ``dataset``: class folders (all of it is the test split), split folders or a CSV manifest, as
+    for training; one class is enough. Its class names must be among the run's: a class the model
+    was never trained on cannot be scored. ``split="all"`` scores every image.
+    """
+    dev = resolve_device(device)
+    model, card = load_classifier(run_dir, device=dev)
+    return evaluate_with(model, card, dataset, split=split, device=dev, workers=workers, batch_size=batch_size,
+                         progress=progress)
+
+
+def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit = "test", device: torch.device | str = "cpu",
+                  workers: int | None = None, batch_size: int = 32,
+                  progress: Callable[[int, int], None] | None = None) -> SplitScore:
+    """:func:`evaluate_run` for a classifier already loaded (``model`` and its ``card``)."""
+    if split not in ("test", "val", "train", "all"):
+        raise AdvisorError(f"unknown split {split!r}", hint="choose test, val, train or all")
+    scan = scan_dataset(dataset, training=False)
+    unknown = [c for c in scan.classes if c not in card.classes]
+    if unknown:
+        raise AdvisorError(f"{len(unknown)} class(es) of {scan.root} are not among the run's {len(card.classes)}: "
+                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+                           hint=f"the run knows {', '.join(card.classes[:8])}{' ...' if len(card.classes) > 8 else ''}; "
+                                "rename the folders or leave those classes out")
+    index = {name: card.classes.index(name) for name in scan.classes}
+    chosen = [Sample(path=s.path, label=index[scan.classes[s.label]], split=s.split)
+              for s in scan.samples if split == "all" or s.split == split]
+    if not chosen:
+        present = ", ".join(sorted({s.split for s in scan.samples}))
+        raise AdvisorError(f"{scan.root} has no {split} images (it has: {present})",
+                           hint="choose one of those with --split, or --split all")
+    score = score_samples(model, chosen, list(card.classes), split=split, dataset=scan.root, device=device, workers=workers,
+                          batch_size=batch_size, progress=progress)
+    score.skipped += len(scan.skipped)  # files the scan could not read, whichever split they were in
+    return score

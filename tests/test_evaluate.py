@@ -1,0 +1,95 @@
+"""A trained classifier scored on labelled images nothing was chosen on: a run's test split, and `advisor evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_class_images
+
+from advisor.core.errors import AdvisorError
+from advisor.data.scan import scan_dataset
+from advisor.decide.models import RunPlan
+from advisor.execute.evaluate import evaluate_run
+from advisor.execute.predict import predict
+from advisor.execute.runner import run_plan
+
+
+def _plan(dataset) -> RunPlan:
+    return RunPlan(dataset=str(dataset), backbone="test/tiny-cnn", strategy="linear-probe", rule_ids=["test"], input_size=32)
+
+
+def _top1(run_dir, samples, classes) -> float:
+    rep = predict(run_dir, [s.path for s in samples], top_k=1)
+    return sum(p.top[0].label == classes[s.label] for p, s in zip(rep.predictions, samples)) / len(samples)
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tvt") / "tvt"
+    write_class_images(root / "train", {"red": 8, "green": 8, "blue": 8}, size=36)
+    write_class_images(root / "val", {"red": 3, "green": 3, "blue": 3}, size=36, seed=1)
+    write_class_images(root / "test", {"red": 4, "green": 4, "blue": 4}, size=36, seed=2)
+    out = run_plan(_plan(root), runs_dir=root.parent / "runs", num_workers=0)
+    return root, out
+
+
+def test_a_test_split_is_scored_once_by_the_saved_classifier_and_reported(split_run):
+    root, out = split_run
+    scan = scan_dataset(root)
+    t = out.result.test
+    assert t is not None and t.split == "test" and t.n == 12 and t.skipped == 0
+    assert out.result.metrics.n_val == 9  # the validation split alone: the test images are not mixed in
+    assert t.accuracy == pytest.approx(_top1(out.run_dir, scan.split("test"), scan.classes))
+    assert t.accuracy_ci[0] <= t.accuracy <= t.accuracy_ci[1] and sum(map(sum, t.confusion)) == 12
+    rd = Path(out.run_dir)
+    assert json.loads((rd / "metrics.json").read_text())["test"]["n"] == 12
+    assert "- test accuracy: **" in (rd / "report.md").read_text() and 'id="test-accuracy"' in (rd / "report.html").read_text()
+    events = [json.loads(line) for line in (rd / "events.jsonl").read_text().splitlines()]
+    assert [e["n"] for e in events if e["event"] == "test"] == [12]
+
+
+def test_a_dataset_without_a_test_split_gets_no_test_score(tmp_path):
+    root = write_class_images(tmp_path / "plain", {"red": 6, "blue": 6}, size=36)
+    out = run_plan(_plan(root), runs_dir=tmp_path / "runs", num_workers=0)
+    assert out.result.test is None and "test" not in json.loads((Path(out.run_dir) / "metrics.json").read_text())
+
+
+def test_evaluate_scores_class_folders_as_a_test_set_with_the_runs_classes(split_run, tmp_path):
+    root, out = split_run
+    # a held-out folder of two of the run's three classes: scored in the run's class order
+    held = write_class_images(tmp_path / "held", {"red": 3, "green": 5}, size=36, seed=7)
+    score = evaluate_run(out.run_dir, held)
+    scan = scan_dataset(held, training=False)
+    assert {s.split for s in scan.samples} == {"test"} and score.split == "test" and score.n == 8
+    assert score.accuracy == pytest.approx(_top1(out.run_dir, scan.samples, scan.classes))
+    assert [c.name for c in score.per_class] == ["blue", "green", "red"] and score.per_class[0].support == 0
+    # one class is enough to score; the dataset's own splits are honoured, "all" takes every image
+    assert evaluate_run(out.run_dir, write_class_images(tmp_path / "one", {"red": 2}, size=36)).n == 2
+    assert evaluate_run(out.run_dir, root, split="val").n == 9
+    assert evaluate_run(out.run_dir, root, split="all").n == 24 + 9 + 12
+
+
+@pytest.mark.parametrize("classes, split, message", [
+    ({"red": 2, "purple": 2}, "test", "1 class\\(es\\) of .* are not among the run's 3: purple"),
+    ({"red": 2}, "val", "has no val images \\(it has: test\\)"),
+    ({"red": 2}, "every", "unknown split 'every'"),
+])
+def test_evaluate_refuses_what_it_cannot_score(split_run, tmp_path, classes, split, message):
+    data = write_class_images(tmp_path / "d", classes, size=36)
+    with pytest.raises(AdvisorError, match=message):
+        evaluate_run(split_run[1].run_dir, data, split=split)
+
+
+def test_cli_evaluate_prints_json_and_errors_are_one_line(split_run, tmp_path, capsys):
+    from test_cli import run_main
+
+    root, out = split_run
+    code, printed, err = run_main(["evaluate", out.run_dir, str(root), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(printed)["n"] == 12 and json.loads(printed)["accuracy"] == out.result.test.accuracy
+    code, printed, err = run_main(["evaluate", out.run_dir, str(root)], capsys)
+    assert code == 0 and "test accuracy" in printed and "Test per class" in printed
+    code, _, err = run_main(["evaluate", out.run_dir, str(tmp_path / "missing")], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
