@@ -147,9 +147,12 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
             return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report="", recommendation=recommendation)
         model_path, card_path = save_classifier(model, run_dir, card)
         if test := data.scan.split("test"):  # scored once, by the saved classifier: nothing above chose on it
-            result.test = score_samples(model, test, data.classes, split="test", dataset=state.dataset, device=ctx.device,
-                                        workers=ctx.num_workers, progress=lambda d, t: ctx.report("test", d, t))
-            ctx.event("test", accuracy=result.test.accuracy, n=result.test.n, skipped=result.test.skipped)
+            try:
+                result.test = score_samples(model, test, data.classes, split="test", dataset=state.dataset, device=ctx.device,
+                                            workers=ctx.num_workers, progress=lambda d, t: ctx.report("test", d, t))
+                ctx.event("test", accuracy=result.test.accuracy, n=result.test.n, skipped=result.test.skipped)
+            except AdvisorError as err:  # no test image decoded: the trained model still stands
+                ctx.event("test_not_scored", reason=str(err))
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
                                  "metrics_csv": str(run_dir / METRICS_CSV),
                                  "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
