@@ -69,6 +69,9 @@ def test_evaluate_scores_class_folders_as_a_test_set_with_the_runs_classes(split
     assert evaluate_run(out.run_dir, write_class_images(tmp_path / "one", {"red": 2}, size=36)).n == 2
     assert evaluate_run(out.run_dir, root, split="val").n == 9
     assert evaluate_run(out.run_dir, root, split="all").n == 24 + 9 + 12
+    # a dataset root that holds test/ alone (training needs train/; scoring does not)
+    only_test = write_class_images(tmp_path / "tonly" / "test", {"blue": 2, "red": 2}, size=36).parent
+    assert evaluate_run(out.run_dir, only_test).n == 4
 
 
 @pytest.mark.parametrize("classes, split, message", [

@@ -162,7 +162,7 @@ def _walk_class(listing: Listing, top: str, label: str, split: Split | None) -> 
                 listing.ignore(entry.name)
 
 
-def list_folders(root: str) -> Listing:
+def list_folders(root: str, *, require_train: bool = True) -> Listing:
     probe = Listing(layout="class-folders", root_real=os.path.realpath(root))
     top_dirs = _split_top(probe, root)
     split_dirs = [d for d in top_dirs if d.name.lower() in _SPLIT_ALIASES]
@@ -188,7 +188,7 @@ def list_folders(root: str) -> Listing:
                 hint="merge them into one folder",
             )
         by_split[split] = d.name
-    if "train" not in by_split:
+    if "train" not in by_split and require_train:  # a set to score a trained model on may hold test/ alone
         raise DatasetError(
             f"{root} has split folders {', '.join(sorted(by_split.values()))} but no train/",
             hint="add root/train/<class>/<image>, or use root/<class>/<image> without splits",

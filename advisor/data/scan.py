@@ -7,6 +7,7 @@ The scan reads image headers only; pixels are decoded later by ``load_image``.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import statistics
@@ -127,13 +128,13 @@ def _too_few_error(short: dict[str, int], skipped: Counter[str], where: str, fix
     )
 
 
-def _list_root(root: str) -> Listing:
+def _list_root(root: str, *, training: bool = True) -> Listing:
     if is_hf_dataset(root):  # its images, written out once as files with a manifest, read as a manifest
         listing = list_csv(str(materialise(root)))
         listing.layout = HF_LAYOUT
         return listing
     if os.path.isdir(root):
-        lister = list_folders
+        lister = functools.partial(list_folders, require_train=training)
     elif os.path.isfile(root):
         if not root.lower().endswith(".csv"):
             raise DatasetError(f"{root} is a file, not a dataset folder or .csv manifest", hint=LAYOUT_HINT)
@@ -253,7 +254,7 @@ def scan_dataset(
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
 
     root_str = os.path.abspath(os.fspath(root))
-    listing = _list_root(root_str)
+    listing = _list_root(root_str, training=training)
     _refuse_lookalike_classes(listing.classes)
     candidates = sorted(listing.candidates, key=lambda c: c.path)
     results = inspect_all([c.path for c in candidates], max_pixels)
