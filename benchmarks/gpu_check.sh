@@ -48,7 +48,7 @@ has profile && step "stage profile of a training step ($SIZE px)" && timeout $(c
   2>&1 | grep -v Warning | tee "$OUT/profile.txt"
 
 has tests && step "CUDA tests" && timeout $(cap 90) $PY -m pytest -q -p no:cacheprovider tests/test_device_decode.py tests/test_decoded.py \
-  "tests/test_probe.py" "tests/test_transferability.py" -k "cuda or device or decoded or gpu" 2>&1 | tail -8 | tee "$OUT/cuda_tests.txt"
+  "tests/test_probe.py" "tests/test_transferability.py" tests/test_evaluate.py -k "cuda or device or decoded or gpu" 2>&1 | tail -8 | tee "$OUT/cuda_tests.txt"
 
 has extract && step "extraction throughput (caltech20 x $REPEAT, 224 px)" && timeout $(cap 130) $PY benchmarks/extract_throughput.py $DATA --repeat $REPEAT 2>&1 | grep -v Warning | tee "$OUT/extract.txt"
 

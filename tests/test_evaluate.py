@@ -110,3 +110,11 @@ def test_a_test_split_that_cannot_be_scored_leaves_the_trained_run_standing(spli
     events = [json.loads(line) for line in (Path(out.run_dir) / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "test_not_scored" and "none of the 12" in e["reason"] for e in events)
     assert json.loads((Path(out.run_dir) / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_scores_as_the_cpu_does(split_run):  # run by benchmarks/gpu_check.sh's CUDA tests
+    root, out = split_run
+    cpu = evaluate_run(out.run_dir, root, device="cpu")
+    gpu = evaluate_run(out.run_dir, root, device="cuda")
+    assert gpu.n == cpu.n == 12 and abs(gpu.accuracy - cpu.accuracy) <= 1 / 12 and abs(gpu.loss - cpu.loss) < 1e-3
