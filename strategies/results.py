@@ -59,6 +59,7 @@ class SplitScore(BaseModel):
     dataset: str = ""
     accuracy: float
     accuracy_ci: tuple[float, float]  # Wilson 95 % interval
+    top5_accuracy: float | None = None  # the true class among the five most probable (more than five classes)
     loss: float
     n: int
     skipped: int = 0  # images that could not be read
@@ -69,8 +70,11 @@ class SplitScore(BaseModel):
 def split_score(logits: torch.Tensor, y: torch.Tensor, classes: list[str], *, split: str, dataset: str = "",
                 skipped: int = 0) -> SplitScore:
     m = classification_metrics(logits, y, classes)
-    return SplitScore(split=split, dataset=dataset, accuracy=m.val_accuracy, accuracy_ci=m.val_accuracy_ci, loss=m.val_loss,
-                      n=m.n_val, skipped=skipped, per_class=m.per_class, confusion=m.confusion)
+    top5 = None
+    if len(classes) > 5 and len(y):
+        top5 = round(float((logits.float().topk(5, dim=1).indices.cpu() == y.cpu()[:, None]).any(1).float().mean()), 6)
+    return SplitScore(split=split, dataset=dataset, accuracy=m.val_accuracy, accuracy_ci=m.val_accuracy_ci, top5_accuracy=top5,
+                      loss=m.val_loss, n=m.n_val, skipped=skipped, per_class=m.per_class, confusion=m.confusion)
 
 
 class RunResult(BaseModel):

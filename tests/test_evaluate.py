@@ -50,6 +50,19 @@ def test_a_test_split_is_scored_once_by_the_saved_classifier_and_reported(split_
     assert [e["n"] for e in events if e["event"] == "test"] == [12]
 
 
+def test_top5_accuracy_counts_the_true_class_among_the_five_most_probable():
+    import torch
+
+    from strategies.results import split_score
+
+    classes = [f"c{i}" for i in range(7)]
+    logits = torch.tensor([[7, 6, 5, 4, 3, 2, 1], [7, 6, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6, 7]], dtype=torch.float)
+    y = torch.tensor([0, 4, 0])  # top-1 right; 5th most probable; last
+    score = split_score(logits, y, classes, split="test")
+    assert score.accuracy == pytest.approx(1 / 3) and score.top5_accuracy == pytest.approx(2 / 3)
+    assert split_score(logits[:, :3], torch.tensor([0, 1, 2]), classes[:3], split="test").top5_accuracy is None
+
+
 def test_a_dataset_without_a_test_split_gets_no_test_score(tmp_path):
     root = write_class_images(tmp_path / "plain", {"red": 6, "blue": 6}, size=36)
     out = run_plan(_plan(root), runs_dir=tmp_path / "runs", num_workers=0)

@@ -24,7 +24,8 @@ def score_phrase(t: SplitScore, *, emphasis: Callable[[str], str] = str) -> str:
     """'0.9100 (95 % CI 0.850-0.948, 200 images, 1 unreadable), loss 0.2811' for a split scored once."""
     lo, hi = t.accuracy_ci
     unread = f", {t.skipped} unreadable" if t.skipped else ""
-    return f"{emphasis(f'{t.accuracy:.4f}')} (95 % CI {lo:.3f}-{hi:.3f}, {t.n} images{unread}), loss {t.loss:.4f}"
+    top5 = f", top-5 {t.top5_accuracy:.4f}" if t.top5_accuracy is not None else ""
+    return f"{emphasis(f'{t.accuracy:.4f}')} (95 % CI {lo:.3f}-{hi:.3f}, {t.n} images{unread}){top5}, loss {t.loss:.4f}"
 
 
 TEST_NOTE = "scored once by the saved classifier after training; nothing was chosen on it"
