@@ -30,6 +30,7 @@ from advisor.cli.options import (
     InputSizeOpt,
     TrainBatchOpt,
     JsonOpt,
+    RunDirArg,
     RunValFractionOpt,
     SampleOpt,
     SeedOpt,
@@ -309,7 +310,7 @@ def run_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
+    run_dir: Path = RunDirArg,
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, max=1000, help="Classes per image."),
     device: str = DeviceOpt,
@@ -327,7 +328,7 @@ def predict_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
+    run_dir: Path = RunDirArg,
     dataset: Path = typer.Argument(..., help="Labelled images: class folders (all of it), split folders or a CSV manifest."),
     split: str = typer.Option("test", "--split", help="test, val, train or all (class folders without splits: test)."),
     device: str = DeviceOpt,
@@ -380,7 +381,7 @@ def compare_cmd(
 
 @app.command("export")
 def export_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `advisor run`."),
+    run_dir: Path = RunDirArg,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write (default: RUN_DIR/export)."),
     json_out: bool = JsonOpt,
 ) -> None:

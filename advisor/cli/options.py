@@ -32,6 +32,7 @@ InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
 TrainBatchOpt = typer.Option(None, "--batch-size", min=MIN_BATCH, max=MAX_BATCH,
                              help=f"A fine-tune's training batch [default: {BATCH_SIZE}]; its learning rates scale by "
                                   f"sqrt(batch / {BATCH_SIZE}). Lower it when the GPU runs out of memory.")
+RunDirArg = typer.Argument(..., help="A run directory written by `advisor run`.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
 DevicesOpt = typer.Option(None, "--devices", min=1, max=1024,
                           help="Processes on this machine (one per GPU, or CPU processes with gloo): relaunches "
