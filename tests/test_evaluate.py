@@ -45,7 +45,9 @@ def test_a_test_split_is_scored_once_by_the_saved_classifier_and_reported(split_
     assert t.accuracy_ci[0] <= t.accuracy <= t.accuracy_ci[1] and sum(map(sum, t.confusion)) == 12
     rd = Path(out.run_dir)
     assert json.loads((rd / "metrics.json").read_text())["test"]["n"] == 12
-    assert "- test accuracy: **" in (rd / "report.md").read_text() and 'id="test-accuracy"' in (rd / "report.html").read_text()
+    html = (rd / "report.html").read_text()
+    assert "- test accuracy: **" in (rd / "report.md").read_text() and 'id="test-accuracy"' in html
+    assert "<h2>Test split</h2>" in html and html.count("<svg") >= 2  # its own confusion matrix beside validation's
     events = [json.loads(line) for line in (rd / "events.jsonl").read_text().splitlines()]
     assert [e["n"] for e in events if e["event"] == "test"] == [12]
 

@@ -228,6 +228,13 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> l
                "were; recall: of the class's images, the share found.</p>")
     out.append(_table(["class", "precision", "recall", "f1", "support"],
                       [(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support) for c in m.per_class]))
+    if (t := result.test) is not None:
+        out.append(f"<h2>Test split</h2><p class=\"caption\">{esc(score_phrase(t))}: {TEST_NOTE}. Rows are the true "
+                   "classes, columns the predicted ones.</p>")
+        out += _figure(plots.confusion_matrix(t.confusion, classes), "The test split's confusion matrix.",
+                       narrow=len(classes) <= 12)
+        out.append(_table(["class", "precision", "recall", "f1", "support"],
+                          [(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support) for c in t.per_class]))
     out += _gallery(result, classes)
     return out
 
