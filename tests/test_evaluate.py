@@ -109,6 +109,8 @@ def test_cli_evaluate_prints_json_and_errors_are_one_line(split_run, tmp_path, c
     assert json.loads(printed)["n"] == 12 and json.loads(printed)["accuracy"] == out.result.test.accuracy
     code, printed, err = run_main(["evaluate", out.run_dir, str(root)], capsys)
     assert code == 0 and "test accuracy" in printed and "Test per class" in printed
+    code, printed, err = run_main(["inspect", str(root)], capsys)
+    assert code == 0 and "test: scored once at the end of every run; strategies choose on val only" in printed
     code, _, err = run_main(["evaluate", out.run_dir, str(tmp_path / "missing")], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -101,6 +101,8 @@ def render_scan(scan) -> None:
     totals = [sum(scan.counts[s].values()) for s in splits]
     table.add_row("[bold]all[/bold]", *map(str, totals), f"[bold]{sum(totals)}[/bold]")
     out.print(table)
+    if "test" in scan.counts:
+        out.print("test: scored once at the end of every run; strategies choose on val only")
     sz = scan.sizes
     out.print(f"image size: min {sz.min_width}x{sz.min_height}, median {sz.median_width:.0f}x{sz.median_height:.0f}, "
               f"max {sz.max_width}x{sz.max_height}; shorter side below " +
