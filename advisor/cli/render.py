@@ -234,8 +234,7 @@ def render_result(outcome, *, verbose: bool = False) -> None:
     out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
               + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
     if r.test is not None:
-        out.print("test accuracy " + score_phrase(r.test, emphasis=lambda s: f"[bold]{s}[/bold]") + f" ({TEST_NOTE})",
-                  soft_wrap=True)
+        out.print("test accuracy " + score_phrase(r.test, emphasis=lambda s: f"[bold]{s}[/bold]") + f" ({TEST_NOTE})")
     out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
     invalid = int(r.selected.get("cache_invalid") or 0) + int(r.selected.get("decoded_cache_invalid") or 0)
     if invalid:
