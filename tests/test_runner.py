@@ -108,7 +108,7 @@ def test_run_plan_writes_every_artifact_and_predict_uses_them(colours, tmp_path)
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
 
 
-def test_predict_skips_bad_inputs_and_counts_ignored_files(colours, tmp_path):
+def test_predict_skips_bad_inputs_and_counts_ignored_files(colours, tmp_path, capsys):
     rd = Path(run_plan(_plan(colours, "linear-probe"), runs_dir=tmp_path / "runs", num_workers=0).run_dir)
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -120,6 +120,19 @@ def test_predict_skips_bad_inputs_and_counts_ignored_files(colours, tmp_path):
     assert rep.predictions[0].top[0].label == "red"
     assert sorted(Path(s.path).name for s in rep.skipped) == ["broken.jpg", "missing.png"]
     assert rep.ignored == 1
+    # --csv: a row per prediction (rank by rank), then a row per skipped file with its reason
+    import csv
+
+    from test_cli import run_main
+
+    out = tmp_path / "predictions.csv"
+    code, _, err = run_main(["predict", str(rd), str(folder), str(tmp_path / "missing.png"), "-k", "2", "--csv", str(out)], capsys)
+    assert code == 0 and f"predictions written to {out}" in err
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "label1", "probability1", "label2", "probability2", "skipped"]
+    assert rows[0]["label1"] == "red" and float(rows[0]["probability1"]) >= float(rows[0]["probability2"])
+    assert sorted((Path(r["path"]).name, bool(r["skipped"])) for r in rows) == [
+        ("broken.jpg", True), ("good.png", False), ("missing.png", True)]
 
 
 def test_a_finished_run_cannot_be_resumed_and_a_non_run_is_refused(colours, tmp_path):

@@ -49,7 +49,9 @@ from advisor.cli.render import (
     progress_bar,
     progress_console,
     render_comparison,
+    render_calibration,
     render_predictions,
+    write_predictions_csv,
     render_profile,
     render_result,
     render_score,
@@ -315,11 +317,14 @@ def predict_cmd(
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, max=1000, help="Classes per image."),
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write every prediction (and skip) to this CSV file."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Classify images with a trained run: top-k classes with probabilities."""
     with stage_bars() as cb:
         rep = api.load(run_dir, device=device).predict(images, top_k=top_k, workers=workers, progress=cb)
+    if csv_out is not None:
+        write_predictions_csv(rep, csv_out)
     if json_out:
         print_json(rep)
         return
@@ -408,23 +413,7 @@ def calibrate_cmd(json_out: bool = JsonOpt) -> None:
     if json_out:
         print_json(res)
         return
-    out.print(f"local track record: {shown(local_record_path())}, {res.local_runs} runs", soft_wrap=True)
-    if res.skipped_lines:
-        out.print(f"[yellow]{len(res.skipped_lines)} damaged line(s) skipped[/yellow] (lines "
-                  f"{', '.join(map(str, res.skipped_lines[:10]))}{'...' if len(res.skipped_lines) > 10 else ''})")
-    if res.mean_abs_error_points is not None:
-        out.print(f"recorded forecasts: mean |forecast - achieved| {res.mean_abs_error_points:.2f} points; the 80 % "
-                  f"interval held the achieved value in {res.interval_coverage:.0%} of runs")
-    for s, before in res.gain_error_shipped.items():
-        after = res.gain_error_with_local.get(s)
-        out.print(f"{s} gain, held out one dataset at a time: {before:.2f} points on the shipped records"
-                  + (f"; {after:.2f} with this machine's added" if after is not None else ""))
-    if res.cv_gap_shipped is not None:
-        out.print(f"probe validation-vs-CV gap (median): {res.cv_gap_shipped:+.2f} points on the shipped records; "
-                  f"{res.cv_gap_with_local:+.2f} with this machine's added")
-    out.print("the decision thresholds are calibrated by benchmarks/calibrate.py from the suite's measurements, "
-              "not here", soft_wrap=True)
-    out.print(f"records: {shown(', '.join(res.records))}", soft_wrap=True)
+    render_calibration(res, local_record_path())
 
 
 @app.command("report")

@@ -319,6 +319,35 @@ def render_predictions(rep, *, top_k: int) -> None:
         out.print(f"ignored {rep.ignored} non-image or hidden file(s)")
 
 
+def write_predictions_csv(rep, path: Path) -> None:
+    """``advisor predict --csv``: the file written atomically, and said on stderr (stdout may be --json)."""
+    from advisor.core.io import write_text_atomic
+    from advisor.report import predictions_csv
+
+    err_console.print(f"predictions written to {shown(write_text_atomic(path, predictions_csv(rep)))}", soft_wrap=True)
+
+
+def render_calibration(res, record_path) -> None:
+    """``advisor calibrate``: the local record, the recorded forecasts' error, the refit's held-out error."""
+    out.print(f"local track record: {shown(record_path)}, {res.local_runs} runs", soft_wrap=True)
+    if res.skipped_lines:
+        out.print(f"[yellow]{len(res.skipped_lines)} damaged line(s) skipped[/yellow] (lines "
+                  f"{', '.join(map(str, res.skipped_lines[:10]))}{'...' if len(res.skipped_lines) > 10 else ''})")
+    if res.mean_abs_error_points is not None:
+        out.print(f"recorded forecasts: mean |forecast - achieved| {res.mean_abs_error_points:.2f} points; the 80 % "
+                  f"interval held the achieved value in {res.interval_coverage:.0%} of runs")
+    for s, before in res.gain_error_shipped.items():
+        after = res.gain_error_with_local.get(s)
+        out.print(f"{s} gain, held out one dataset at a time: {before:.2f} points on the shipped records"
+                  + (f"; {after:.2f} with this machine's added" if after is not None else ""))
+    if res.cv_gap_shipped is not None:
+        out.print(f"probe validation-vs-CV gap (median): {res.cv_gap_shipped:+.2f} points on the shipped records; "
+                  f"{res.cv_gap_with_local:+.2f} with this machine's added")
+    out.print("the decision thresholds are calibrated by benchmarks/calibrate.py from the suite's measurements, "
+              "not here", soft_wrap=True)
+    out.print(f"records: {shown(', '.join(res.records))}", soft_wrap=True)
+
+
 def render_comparison(res) -> None:
     """``advisor compare``: every strategy's accuracy, its paired gap to the best, time, what it chose; the verdict."""
     t = Table(title=f"{shown(res.dataset)}: strategies under one budget (input {res.input_size or 'default'} px, "

@@ -101,3 +101,20 @@ def label_issues_csv(report) -> str:
                     "" if i.given_probability is None else i.given_probability,
                     "" if i.suggested_probability is None else i.suggested_probability, i.reason])
     return buf.getvalue()
+
+
+def predictions_csv(report) -> str:
+    """``advisor predict --csv``: a row per image (path, then label and probability for each rank), in input
+    order, then a row per skipped file with its reason (as timm's inference script writes its top-k)."""
+    import csv
+    import io
+
+    k = max((len(p.top) for p in report.predictions), default=0)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path"] + [f"{col}{r}" for r in range(1, k + 1) for col in ("label", "probability")] + ["skipped"])
+    for p in report.predictions:
+        w.writerow([printable(p.path)] + [v for c in p.top for v in (printable(c.label), c.probability)] + [""])
+    for s in report.skipped:
+        w.writerow([printable(s.path)] + [""] * (2 * k) + [printable(s.reason)])
+    return buf.getvalue()
