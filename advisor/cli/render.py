@@ -282,6 +282,11 @@ def render_score(score) -> None:
     out.print(f"{score.split} accuracy " + score_phrase(score, emphasis=lambda s: f"[bold]{s}[/bold]")
               + f" on {shown(display_path(score.dataset))}", soft_wrap=True)
     out.print(_per_class_table(f"{score.split.capitalize()} per class", [c for c in score.per_class if c.support]))
+    names = [c.name for c in score.per_class]
+    pairs = sorted(((n, t, p) for t, row in enumerate(score.confusion) for p, n in enumerate(row) if n and t != p), reverse=True)
+    if pairs:
+        out.print("most confused (true -> predicted): " + ", ".join(f"{shown(names[t])} -> {shown(names[p])} {n}"
+                                                                    for n, t, p in pairs[:3]), soft_wrap=True)
     if score.skipped:
         out.print(f"[yellow]{score.skipped} image(s) could not be read and were not scored[/yellow]")
 
