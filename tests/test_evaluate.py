@@ -135,3 +135,17 @@ def test_cuda_scores_as_the_cpu_does(split_run):  # run by benchmarks/gpu_check.
     cpu = evaluate_run(out.run_dir, root, device="cpu")
     gpu = evaluate_run(out.run_dir, root, device="cuda")
     assert gpu.n == cpu.n == 12 and abs(gpu.accuracy - cpu.accuracy) <= 1 / 12 and abs(gpu.loss - cpu.loss) < 1e-3
+
+
+def test_the_evaluate_screen_names_the_most_confused_pairs(capsys):
+    import torch
+
+    from advisor.cli.render import render_score
+    from strategies.results import split_score
+
+    eye = torch.eye(3) * 5
+    logits = torch.stack([eye[0], eye[1], eye[1], eye[2], eye[0], eye[0]])
+    score = split_score(logits, torch.tensor([0, 1, 0, 2, 2, 2]), ["ant", "bee", "cat"], split="test", dataset="/d")
+    render_score(score)
+    printed = capsys.readouterr().out
+    assert "test accuracy 0.5000" in printed and "most confused (true -> predicted): cat -> ant 2, ant -> bee 1" in printed
