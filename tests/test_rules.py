@@ -553,3 +553,17 @@ def test_r19_warns_when_the_validation_split_cannot_resolve_strategies():
     # The threshold is the user's to move, like every other.
     loose = Thresholds(val_resolution=0.2)
     assert "R19" not in [h.id for h in recommend(small_val, taps=TAPS, thresholds=loose).hits]
+
+
+def test_a_plan_switched_to_another_strategy_keeps_the_users_batch_and_scales_its_fresh_recipe():
+    from advisor.decide.rules.engine import plan_for_strategy
+
+    rec = recommend(make_profile(SMALL, score=SIMILAR), taps=TAPS)
+    assert rec.plan.recipe is None  # a probe: the table's small x similar cell
+    rec.plan = rec.plan.with_batch_size(16)
+    for name in ("partial-finetune", "full-finetune"):
+        plan = plan_for_strategy(rec, name, taps=TAPS)
+        # the builder's default recipe (lr 1e-3 for batch 32) moved to batch 16, as --batch-size moves any plan
+        assert plan.batch_size == 16 and plan.recipe.lr_head == pytest.approx(1e-3 * 0.5 ** 0.5)
+        assert plan.recipe.backbone_lr == pytest.approx(1e-4 * 0.5 ** 0.5)
+    assert plan_for_strategy(rec, "layer-probe", taps=TAPS).batch_size == 16

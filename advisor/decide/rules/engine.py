@@ -204,7 +204,8 @@ def plan_for_strategy(rec: Recommendation, strategy: str, *, taps: Sequence[TapI
     if strategy == rec.strategy:
         return rec.plan
     ctx = build_context(rec.profile, taps=taps, thresholds=Thresholds(**rec.thresholds), epochs_cap=rec.epochs_cap)
-    fields = {**rec.plan.model_dump(), "strategy": strategy, "notes": []}
+    # The builders' recipes are set for the default batch: built there, then moved to the plan's batch (its lr scaled).
+    fields = {**rec.plan.model_dump(), "strategy": strategy, "notes": [], "batch_size": BATCH_SIZE}
     fields.update(_STRATEGY_PLANS[strategy](ctx, dict(fields)))
     notes = [f"strategy forced to {strategy} by the user (the rules advised {rec.strategy})", *fields.pop("notes", [])]
     fired = set(rec.plan.rule_ids)
@@ -213,7 +214,8 @@ def plan_for_strategy(rec: Recommendation, strategy: str, *, taps: Sequence[TapI
             update = rule.plan(ctx, dict(fields))
             notes += update.pop("notes", [])
             fields.update(update)
-    return RunPlan(**{**fields, "rule_ids": [*rec.plan.rule_ids, "user"], "notes": notes})
+    plan = RunPlan(**{**fields, "rule_ids": [*rec.plan.rule_ids, "user"], "notes": notes})
+    return plan.with_batch_size(rec.plan.batch_size)
 
 
 def build_context(
