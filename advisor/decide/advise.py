@@ -138,8 +138,7 @@ def recommend_dataset(
     table_rule = "+".join(h.id for h in rec.hits if h.kind in ("quadrant", "override")) or rec.quadrant_rule
     if force_strategy is not None:
         rec.plan = plan_for_strategy(rec, force_strategy, taps=backbone_model.taps)
-    settings = {"input_size": input_size, "batch_size": batch_size}
-    _apply_settings(rec, **settings)
+    _apply_settings(rec, input_size=input_size, batch_size=batch_size)  # plans built from it later keep the batch
     short, warning = _short_cap(rec)
     if warning:
         rec.warnings.append(warning)
@@ -159,9 +158,9 @@ def recommend_dataset(
         rec.decision = decide(policy, table=table_strategy, table_rule=table_rule, column=rec.similarity_class,
                               forecast=rec.forecast, per_class=profile.train_per_class_median)
         if rec.decision.chosen != rec.strategy:
-            _switch(rec, rec.decision.chosen, rule_id="forecast", taps=backbone_model.taps, **settings)
+            _switch(rec, rec.decision.chosen, rule_id="forecast", taps=backbone_model.taps, input_size=input_size)
         if budget_seconds is not None:
-            _fit_budget(rec, budget_seconds, taps=backbone_model.taps, **settings)
+            _fit_budget(rec, budget_seconds, taps=backbone_model.taps, input_size=input_size)
     rec.seconds = round(time.perf_counter() - t0, 2)
     rec.stage_seconds = clock.rounded()
     return rec
@@ -229,18 +228,16 @@ def _apply_settings(rec: Recommendation, *, input_size: int | None, batch_size: 
         rec.plan = rec.plan.model_copy(update=update)
 
 
-def _switch(rec: Recommendation, strategy: str, *, rule_id: str, taps, input_size: int | None,
-            batch_size: int | None = None) -> None:
+def _switch(rec: Recommendation, strategy: str, *, rule_id: str, taps, input_size: int | None) -> None:
     """Run ``strategy`` instead of the table's: its own plan fields, the same modifiers, ``rule_id`` recorded."""
     rec.plan = plan_for_strategy(rec, strategy, taps=taps)
     rec.plan.notes = [n for n in rec.plan.notes if "forced" not in n]
     rec.plan.rule_ids = [r for r in rec.plan.rule_ids if r != "user"] + [rule_id]
     rec.strategy = strategy
-    _apply_settings(rec, input_size=input_size, batch_size=batch_size)
+    _apply_settings(rec, input_size=input_size)  # plan_for_strategy kept the plan's batch
 
 
-def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | None = None,
-                batch_size: int | None = None) -> None:
+def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | None = None) -> None:
     """Replace the advice by the most accurate forecast that fits ``budget`` seconds, and say what more time buys."""
     if rec.forecast is None:
         rec.warnings.append("no forecast could be made (similarity not measured), so the budget was not applied")
@@ -260,7 +257,7 @@ def _fit_budget(rec: Recommendation, budget: float, *, taps, input_size: int | N
         note += (f"; {top.strategy} is forecast {100 * (top.accuracy - best.accuracy):+.1f} points but needs about "
                  f"{top.seconds:.0f} s")
     if best.strategy != rec.strategy:
-        _switch(rec, best.strategy, rule_id="budget", taps=taps, input_size=input_size, batch_size=batch_size)
+        _switch(rec, best.strategy, rule_id="budget", taps=taps, input_size=input_size)
         if rec.decision is not None:
             rec.decision = rec.decision.model_copy(update={
                 "chosen": best.strategy, "agree": False,

@@ -74,7 +74,7 @@ def compare(
     for name in names:
         plan = plan_for_strategy(rec, name, taps=taps)
         cap = min(epochs, plan.recipe.epochs) if epochs and plan.recipe is not None else None
-        plan = apply_overrides(plan, input_size=input_size, epochs=cap, batch_size=batch_size)
+        plan = apply_overrides(plan, input_size=input_size, epochs=cap)  # the batch: already the recommendation's
         ts = time.perf_counter()
         out = run_plan(plan, dataset=dataset, run_dir=base / name, device=device, cache_dir=cache_dir,
                        num_workers=num_workers, progress=progress, recommendation=rec)

@@ -314,7 +314,7 @@ def auto_run(dataset: str | os.PathLike, *, strategy: str | None = None, backbon
                          cache_dir=cache_dir, num_workers=num_workers, progress=progress, similarity=strategy is None,
                          force_strategy=strategy, epochs_cap=epochs, budget_seconds=budget_seconds, input_size=input_size,
                          batch_size=batch_size, val_fraction=val_fraction)
-    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size, batch_size=batch_size)
+    plan = apply_overrides(rec.plan, epochs=epochs, input_size=input_size)  # the batch: set by the recommendation
     rec = rec.model_copy(update={"plan": plan})  # what is shown and saved is the plan that runs
     if on_recommendation is not None and distributed.is_main():
         on_recommendation(rec)
