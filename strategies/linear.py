@@ -100,7 +100,7 @@ class _Probe(Strategy):
                       "cache_invalid": len(feature_set.summary.cache_dropped),
                       "features_computed": feature_set.summary.computed},
             sweep=sweep, predictions=predictions_of(logits, feature_set.labels[va], [feature_set.paths[i] for i in va.tolist()]),
-            confidence=confidence_of(logits),
+            confidence=confidence_of(logits), val_logits=logits, val_labels=feature_set.labels[va],
         )
         return result, model.eval()
 

@@ -329,7 +329,7 @@ class FinetuneLoop(LoopData):
             trainable_params=trainable, total_params=total, seconds=round(seconds, 2), device=str(self.dev),
             selected=selected, artifacts={"checkpoint": str(self.path)}, epochs_completed=self.pos.epoch,
             stopped_early=self.stopped_early, predictions=predictions_of(logits, y, paths),
-            confidence=confidence_of(logits),
+            confidence=confidence_of(logits), val_logits=logits, val_labels=y,  # the runner calibrates on them
         )
         return result, model.eval()
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from advisor.core.stats import wilson_interval
+from advisor.core.stats import expected_calibration_error, wilson_interval
 from advisor.decide.models import Recommendation
 
 
@@ -65,16 +65,49 @@ class SplitScore(BaseModel):
     skipped: int = 0  # images that could not be read
     per_class: list[ClassMetrics]
     confusion: list[list[int]]  # rows: true class, columns: predicted
+    # Expected calibration error of the probabilities the classifier gives (strategies/temperature.py), and of
+    # those it gave before its temperature was folded in (None: it was never calibrated).
+    ece: float | None = None
+    ece_uncalibrated: float | None = None
+    loss_uncalibrated: float | None = None
 
 
 def split_score(logits: torch.Tensor, y: torch.Tensor, classes: list[str], *, split: str, dataset: str = "",
-                skipped: int = 0) -> SplitScore:
+                skipped: int = 0, temperature: float = 1.0) -> SplitScore:
+    """``temperature``: the one folded into the classifier's head, to score its probabilities before calibration too."""
     m = classification_metrics(logits, y, classes)
     top5 = None
     if len(classes) > 5 and len(y):
         top5 = round(float((logits.float().topk(5, dim=1).indices.cpu() == y.cpu()[:, None]).any(1).float().mean()), 6)
+    logits, y = logits.float().cpu(), y.cpu()
     return SplitScore(split=split, dataset=dataset, accuracy=m.val_accuracy, accuracy_ci=m.val_accuracy_ci, top5_accuracy=top5,
-                      loss=m.val_loss, n=m.n_val, skipped=skipped, per_class=m.per_class, confusion=m.confusion)
+                      loss=m.val_loss, n=m.n_val, skipped=skipped, per_class=m.per_class, confusion=m.confusion,
+                      ece=round(expected_calibration_error(logits, y), 5),
+                      **(_uncalibrated(logits * temperature, y) if temperature != 1.0 and 0 < temperature < float("inf")
+                         else {}))
+
+
+def _uncalibrated(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """What a calibrated classifier's split scored before its temperature was folded in."""
+    loss = torch.nn.functional.cross_entropy(logits, y) if len(y) else torch.tensor(float("nan"))
+    return {"ece_uncalibrated": round(expected_calibration_error(logits, y), 5), "loss_uncalibrated": round(float(loss), 5)}
+
+
+class Calibration(BaseModel):
+    """Temperature scaling fitted on the validation split (strategies/temperature.py). The "after" figures are
+    cross-fitted: each fifth of the split scored with the temperature fitted on the other four."""
+
+    applied: bool
+    temperature: float  # the head's logits are divided by it; 1.0: the model was left as trained
+    reason: str
+    n: int
+    nll_before: float
+    nll_after: float
+    ece_before: float  # expected calibration error, 15 equal-width confidence bins
+    ece_after: float
+    # per confidence bin: (mean confidence, accuracy, images), before and after (the report's reliability diagram)
+    reliability_before: list[tuple[float, float, int]] = []
+    reliability_after: list[tuple[float, float, int]] = []
 
 
 class RunResult(BaseModel):
@@ -98,6 +131,10 @@ class RunResult(BaseModel):
     confidence: list[float] = []  # per prediction: the probability of the predicted class (report galleries)
     # The dataset's test split, scored once by the saved classifier after training (None: it has none).
     test: SplitScore | None = None
+    calibration: Calibration | None = None  # None: not calibrated (the plan said no, or an older run)
+    # The validation logits and labels the metrics came from, for the runner's calibration; never saved.
+    val_logits: Any = Field(default=None, exclude=True, repr=False)
+    val_labels: Any = Field(default=None, exclude=True, repr=False)
 
 
 class CompareRow(BaseModel):

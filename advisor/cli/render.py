@@ -227,14 +227,16 @@ def render_profile(p) -> None:
 
 def render_result(outcome, *, verbose: bool = False) -> None:
     """A finished run: the accuracy, where the report is; ``verbose`` adds what the strategy chose and per-class scores."""
-    from advisor.report import TEST_NOTE, accuracy_phrase, score_phrase, selected_items
+    from advisor.report import TEST_NOTE, accuracy_phrase, calibration_phrase, score_phrase, selected_items
 
     r = outcome.result
     m = r.metrics
     out.print(f"[bold green]{r.strategy}[/bold green]: validation accuracy "
-              + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]"))
+              + accuracy_phrase(m, emphasis=lambda s: f"[bold]{s}[/bold]", loss=verbose))  # the loss: in the report
     if r.test is not None:
         out.print("test accuracy " + score_phrase(r.test, emphasis=lambda s: f"[bold]{s}[/bold]") + f" ({TEST_NOTE})")
+    if r.calibration is not None:
+        out.print(f"probabilities {calibration_phrase(r.calibration, short=not verbose)}")
     out.print(f"trained {r.trainable_params:,} of {r.total_params:,} parameters in {r.seconds:.1f} s on {r.device}")
     invalid = int(r.selected.get("cache_invalid") or 0) + int(r.selected.get("decoded_cache_invalid") or 0)
     if invalid:

@@ -1,4 +1,5 @@
-"""Distribution distances, in torch so they run on the GPU when there is one; the binomial interval of an accuracy.
+"""Distribution distances, in torch so they run on the GPU when there is one; the binomial interval of an accuracy;
+the calibration error of predicted probabilities.
 
 All functions take ``[n, d]`` feature matrices (or moments) and compute in float64: Fréchet
 distances and MMD estimates lose their meaning to float32 round-off at d ~ 1000.
@@ -73,3 +74,37 @@ def wilson_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
+DIAGRAM_BINS = 10
+
+
+def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, *, bins: int = ECE_BINS) -> float:
+    """Mean |accuracy - confidence| over equal-width bins of the top-1 probability, weighted by images."""
+    if not len(y):
+        return float("nan")
+    prob = torch.softmax(logits.double(), 1)
+    conf, pred = prob.max(1)
+    correct = (pred == y).double()
+    which = torch.clamp((conf * bins).long(), max=bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += float(mask.sum()) * abs(float(correct[mask].mean()) - float(conf[mask].mean()))
+    return total / len(y)
+
+
+def reliability(logits: torch.Tensor, y: torch.Tensor, *, bins: int = DIAGRAM_BINS) -> list[tuple[float, float, int]]:
+    """Per equal-width bin of the top-1 probability: (mean confidence, accuracy, images); empty bins left out."""
+    prob = torch.softmax(logits.double(), 1)
+    conf, pred = prob.max(1)
+    correct = (pred == y).double()
+    which = torch.clamp((conf * bins).long(), max=bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            rows.append((round(float(conf[mask].mean()), 4), round(float(correct[mask].mean()), 4), int(mask.sum())))
+    return rows

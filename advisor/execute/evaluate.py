@@ -26,9 +26,10 @@ EvalSplit = Literal["test", "val", "train", "all"]
 
 def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split: str, dataset: str = "",
                   device: torch.device | str = "cpu", workers: int | None = None, batch_size: int = 32,
-                  progress: Callable[[int, int], None] | None = None) -> SplitScore:
-    """Accuracy (with its Wilson interval), loss, per-class scores and confusion of ``model`` on ``samples``,
-    whose labels index ``classes`` (the model's own). Unreadable images are counted, not scored."""
+                  progress: Callable[[int, int], None] | None = None, temperature: float = 1.0) -> SplitScore:
+    """Accuracy (with its Wilson interval), loss, per-class scores, confusion and calibration error of ``model`` on
+    ``samples``, whose labels index ``classes`` (the model's own). Unreadable images are counted, not scored.
+    ``temperature``: the one folded into the head, to report the error before calibration beside it."""
     logits, labels, skipped = [], [], 0
     for pos, out, bad in forward_batches(model, [s.path for s in samples], device=device, batch_size=batch_size,
                                          workers=workers, progress=progress):
@@ -38,7 +39,8 @@ def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split
             labels += [samples[n].label for n in pos]
     if not labels:
         raise AdvisorError(f"none of the {len(samples)} {split} images could be read", hint="check the files")
-    return split_score(torch.cat(logits), torch.tensor(labels), classes, split=split, dataset=dataset, skipped=skipped)
+    return split_score(torch.cat(logits), torch.tensor(labels), classes, split=split, dataset=dataset, skipped=skipped,
+                       temperature=temperature)
 
 
 def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: EvalSplit = "test",
@@ -77,6 +79,6 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
         raise AdvisorError(f"{scan.root} has no {split} images (it has: {present})",
                            hint="choose one of those with --split, or --split all")
     score = score_samples(model, chosen, list(card.classes), split=split, dataset=scan.root, device=device, workers=workers,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, temperature=card.metrics.get("temperature", 1.0))
     score.skipped += len(scan.skipped)  # files the scan could not read, whichever split they were in
     return score

@@ -88,7 +88,9 @@ def sidecar(fmt: str, file: str, card, *, input_name: str | None = None, output_
     tf = card.transform
     return {"format": fmt, "file": file, "classes": list(card.classes), "num_classes": len(card.classes),
             "input": {"name": input_name, "layout": "NCHW", "dtype": "float32", "size": [tf.input_size, tf.input_size]},
-            "output": {"name": output_name, "meaning": "logits (softmax gives the probabilities)"},
+            "output": {"name": output_name, "meaning": "logits (softmax gives the probabilities)",
+                       # strategies/temperature.py: already divided by it, so softmax gives calibrated probabilities
+                       "temperature_folded_in": card.metrics.get("temperature", 1.0)},
             "preprocessing": {"resize_shorter_side_to": tf.resize_size, "interpolation": tf.interpolation,
                               "center_crop": tf.input_size, "scale": "pixels / 255", "mean": list(tf.mean),
                               "std": list(tf.std), "channels": "RGB",

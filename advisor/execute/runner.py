@@ -47,6 +47,7 @@ from advisor.decide.recipe import BATCH_SIZE
 from advisor.measure.models import DatasetProfile
 from advisor.report import LABEL_ISSUES_CSV, label_issues_csv, run_report_md
 from advisor.report.html import write_report_html
+from strategies.temperature import calibrate_run
 from strategies.results import RunResult
 
 DEFAULT_RUNS_DIR = "runs"
@@ -139,18 +140,27 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
               machine=machine_name(ctx.device))
     try:
         result, model = strategy.fit(data, backbone, config, ctx)
+        if plan.calibrate and (cal := calibrate_run(result, model, data.classes)) is not None:
+            ctx.event("calibration", applied=cal.applied, temperature=cal.temperature, ece_before=cal.ece_before,
+                      ece_after=cal.ece_after)
+        temperature = result.calibration.temperature if result.calibration else 1.0
         card = ModelCard(strategy=plan.strategy, backbone=backbone.name, weights_digest=backbone.weights_digest,
                          backbone_in_file=plan.strategy.endswith("finetune"), taps=model.taps,
                          feature_dim=model.feature_dim, classes=data.classes, transform=model.backbone.transform_config,
-                         metrics={"val_accuracy": result.metrics.val_accuracy}, created=_now(), advisor_version=__version__)
+                         metrics={"val_accuracy": result.metrics.val_accuracy,
+                                  # folded into the head already: predictions divide by nothing more
+                                  **({"temperature": temperature} if temperature != 1.0 else {})},
+                         created=_now(), advisor_version=__version__)
         if not distributed.is_main():  # the other ranks trained the same model; rank 0 writes it
             return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report="", recommendation=recommendation)
         model_path, card_path = save_classifier(model, run_dir, card)
         if test := data.scan.split("test"):  # scored once, by the saved classifier: nothing above chose on it
             try:
                 result.test = score_samples(model, test, data.classes, split="test", dataset=state.dataset, device=ctx.device,
-                                            workers=ctx.num_workers, progress=lambda d, t: ctx.report("test", d, t))
-                ctx.event("test", accuracy=result.test.accuracy, n=result.test.n, skipped=result.test.skipped)
+                                            workers=ctx.num_workers, progress=lambda d, t: ctx.report("test", d, t),
+                                            temperature=temperature)
+                ctx.event("test", accuracy=result.test.accuracy, n=result.test.n, skipped=result.test.skipped,
+                          ece=result.test.ece)
             except AdvisorError as err:  # no test image decoded: the trained model still stands
                 ctx.event("test_not_scored", reason=str(err))
         result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
@@ -161,7 +171,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
             result.artifacts.pop("checkpoint", None)  # removed once the run has finished
         write_text_atomic(run_dir / "metrics.json", json.dumps(
             {**result.metrics.model_dump(), "curves": result.curves,
-             **({"test": result.test.model_dump()} if result.test else {})}, indent=2))
+             **({"test": result.test.model_dump()} if result.test else {}),
+             **({"calibration": result.calibration.model_dump()} if result.calibration else {})}, indent=2))
         _write(run_dir, "result.json", result)
         for logger in loggers:
             logger.finish(plan, result, run_dir)

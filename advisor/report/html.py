@@ -20,7 +20,7 @@ from advisor.core.io import write_text_atomic
 from advisor.core.names import printable
 from advisor.decide.advise import save_plan
 from advisor.decide.models import Recommendation, RunPlan
-from advisor.report import TEST_NOTE, score_phrase
+from advisor.report import CALIBRATION_NOTE, TEST_NOTE, calibration_phrase, score_phrase
 from strategies.results import RunResult
 
 GALLERY_SIZE = 12
@@ -228,6 +228,12 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> l
                "were; recall: of the class's images, the share found.</p>")
     out.append(_table(["class", "precision", "recall", "f1", "support"],
                       [(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support) for c in m.per_class]))
+    if (c := result.calibration) is not None:
+        out.append(f"<h2>Calibration</h2><p class=\"caption\">{esc(CALIBRATION_NOTE)}</p><p>{esc(calibration_phrase(c))}.</p>")
+        out += _figure(plots.reliability_diagram(c.reliability_before, c.reliability_after if c.applied else None),
+                       f"Validation images ({c.n}) per confidence bin; the marker's size follows the images in it. "
+                       "The temperature-scaled points are cross-fitted (each fifth scored with the temperature "
+                       "fitted on the other four).", narrow=True)
     if (t := result.test) is not None:
         out.append(f"<h2>Test split</h2><p class=\"caption\">{esc(score_phrase(t))}: {TEST_NOTE}. Rows are the true "
                    "classes, columns the predicted ones.</p>")

@@ -193,6 +193,29 @@ def confusion_matrix(confusion: list[list[int]], classes: Sequence[str]) -> str:
     return to_svg(fig)
 
 
+def reliability_diagram(before: Sequence[Sequence[float]], after: Sequence[Sequence[float]] | None) -> str | None:
+    """Accuracy against confidence per bin, as trained and calibrated: a calibrated model sits on the diagonal.
+    Rows are (mean confidence, accuracy, images); the marker's area follows the images in the bin."""
+    if not before:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.6, 3.3))
+    ax.plot([0, 1], [0, 1], ":", color="#888888", lw=1, label="calibrated")
+    most = max(r[2] for rows in (before, after or []) for r in rows)
+    for rows, label, colour, marker in ((before, "as trained", "#D55E00", "o"), (after, "temperature-scaled", "#0072B2", "s")):
+        if rows:
+            ax.plot([r[0] for r in rows], [r[1] for r in rows], "-", color=colour, lw=1, alpha=0.6)
+            ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=[12 + 80 * r[2] / most for r in rows], color=colour,
+                       marker=marker, label=label, zorder=3)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.tight_layout()
+    return to_svg(fig)
+
+
 def compare_bars(rows: Sequence[dict]) -> str:
     """Accuracy with its interval (left) and wall time (right) per strategy."""
     plt = _pyplot()
