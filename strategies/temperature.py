@@ -88,7 +88,8 @@ def calibrate(logits: torch.Tensor, y: torch.Tensor) -> Calibration:
     """Fit a temperature on ``logits`` (validation) and say whether it helps on held-out folds."""
     logits, y = logits.detach().float().cpu(), y.detach().long().cpu()
     n = len(y)
-    before = dict(nll_before=round(_nll(logits, y), 5), ece_before=round(expected_calibration_error(logits, y), 5),
+    nll_before = _nll(logits, y)
+    before = dict(nll_before=round(nll_before, 5), ece_before=round(expected_calibration_error(logits, y), 5),
                   reliability_before=reliability(logits, y))
     if n < MIN_IMAGES or len(torch.unique(y)) < 2:
         why = (f"{n} validation images (calibration needs {MIN_IMAGES})" if n < MIN_IMAGES
@@ -99,13 +100,12 @@ def calibrate(logits: torch.Tensor, y: torch.Tensor) -> Calibration:
     crossed = _cross_fitted(logits, y)
     nll_after, ece_after = _nll(crossed, y), expected_calibration_error(crossed, y)
     temperature = fit_temperature(logits, y)
-    applied = nll_after < before["nll_before"]
+    applied = nll_after < nll_before
     if applied:
         reason = (f"temperature {temperature:.3g} fitted on {n} validation images; held-out log-loss "
-                  f"{before['nll_before']:.4f} -> {nll_after:.4f}")
+                  f"{nll_before:.4f} -> {nll_after:.4f}")
     else:
-        reason = (f"a temperature did not lower the held-out log-loss "
-                  f"({before['nll_before']:.4f} -> {nll_after:.4f})")
+        reason = f"a temperature did not lower the held-out log-loss ({nll_before:.4f} -> {nll_after:.4f})"
     return Calibration(applied=applied, temperature=round(temperature, 6) if applied else 1.0, reason=reason, n=n,
                        nll_after=round(nll_after, 5), ece_after=round(ece_after, 5),
                        reliability_after=reliability(crossed, y), **before)

@@ -110,6 +110,8 @@ def test_every_format_reproduces_the_classifier_at_batch_1_and_7(which, request,
     meta = json.loads(Path(res.files["onnx"] + ".json").read_text())
     assert meta["input"]["name"] == "image" and meta["classes"] == ["ants", "bees"]
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and meta["preprocessing"]["interpolation"] == "bicubic"
+    # the logits are already divided by the run's temperature (1.0 where calibration was not kept)
+    assert meta["output"]["temperature_folded_in"] == run.result.calibration.temperature
     x7 = _prepared(images, meta["transform"])
     # model.onnx copied on its own, away from everything it was written with, still loads.
     alone = tmp_path / "elsewhere" / "model.onnx"
