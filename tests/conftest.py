@@ -43,6 +43,13 @@ def write_class_images(root: Path, classes: dict[str, int], *, size: int = 40, s
     return root
 
 
+def write_splits(root: Path, per_class: dict[str, int], *, classes=("red", "green", "blue"), size: int = 36) -> Path:
+    """Split folders (``per_class``: split -> images per class), each split drawn with its own seed."""
+    for seed, (split, n) in enumerate(per_class.items()):
+        write_class_images(root / split, dict.fromkeys(classes, n), size=size, seed=seed)
+    return root
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     """Two colour classes, 6 images each, flat class folders."""

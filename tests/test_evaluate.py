@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_class_images
+from conftest import write_class_images, write_splits
 
 from advisor.core.errors import AdvisorError
 from advisor.data.scan import scan_dataset
@@ -27,10 +27,7 @@ def _top1(run_dir, samples, classes) -> float:
 
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tvt") / "tvt"
-    write_class_images(root / "train", {"red": 8, "green": 8, "blue": 8}, size=36)
-    write_class_images(root / "val", {"red": 3, "green": 3, "blue": 3}, size=36, seed=1)
-    write_class_images(root / "test", {"red": 4, "green": 4, "blue": 4}, size=36, seed=2)
+    root = write_splits(tmp_path_factory.mktemp("tvt") / "tvt", {"train": 8, "val": 3, "test": 4})
     out = run_plan(_plan(root), runs_dir=root.parent / "runs", num_workers=0)
     return root, out
 

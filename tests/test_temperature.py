@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_class_images
+from conftest import write_splits
 
 from advisor.backbones import create_backbone
 from advisor.backbones.classifier import TransferClassifier, load_classifier
@@ -111,10 +111,7 @@ def test_calibrating_a_run_folds_the_temperature_into_the_head_and_keeps_every_p
 
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cal") / "cal"
-    write_class_images(root / "train", {"red": 10, "green": 10, "blue": 10}, size=36)
-    write_class_images(root / "val", {"red": 10, "green": 10, "blue": 10}, size=36, seed=1)
-    write_class_images(root / "test", {"red": 5, "green": 5, "blue": 5}, size=36, seed=2)
+    root = write_splits(tmp_path_factory.mktemp("cal") / "cal", {"train": 10, "val": 10, "test": 5})
     plan = RunPlan(dataset=str(root), backbone="test/tiny-cnn", strategy="linear-probe", rule_ids=["test"], input_size=32)
     return root, run_plan(plan, runs_dir=root.parent / "runs", num_workers=0)
 
