@@ -5,11 +5,12 @@ A run directory ``<runs>/<dataset>-<strategy>-<time>/`` holds::
     plan.json        the plan that ran (with any overrides applied)
     run.json         how to resume it: dataset path, device, cache, status
     profile.json     the measured profile, when the plan came from `advisor recommend`/`--auto`
-    metrics.json     validation metrics, per-class precision/recall, confusion matrix, curves
+    metrics.json     validation metrics, per-class precision/recall, confusion matrix, curves, calibration, test split
     result.json      the strategy's RunResult (parameters, time, what it selected)
     model.safetensors + model.json   the trained classifier and its card (no pickle)
     report.md        a readable summary
-    report.html      the same with figures (map, curves, confusion matrix, most confidently wrong), self-contained
+    report.html      the same with figures (map, curves, confusion matrix, reliability diagram, most confidently
+                     wrong), self-contained
     events.jsonl     the event log
     checkpoints/     fine-tunes: the last checkpoint (resume restarts from it)
 
@@ -47,8 +48,8 @@ from advisor.decide.recipe import BATCH_SIZE
 from advisor.measure.models import DatasetProfile
 from advisor.report import LABEL_ISSUES_CSV, label_issues_csv, run_report_md
 from advisor.report.html import write_report_html
-from strategies.temperature import calibrate_run
 from strategies.results import RunResult
+from strategies.temperature import calibrate_run
 
 DEFAULT_RUNS_DIR = "runs"
 
