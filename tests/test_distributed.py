@@ -26,9 +26,9 @@ def colours3(tmp_path) -> Path:
     return write_class_images(tmp_path / "colours3", {"red": 16, "blue": 16, "green": 16})
 
 
-def _plan(tmp_path: Path, dataset: Path, strategy: str, epochs: int = 3) -> Path:
+def _plan(tmp_path: Path, dataset: Path, strategy: str, epochs: int = 3, **fields) -> Path:
     plan = {"dataset": str(dataset), "backbone": "test/tiny-cnn", "strategy": strategy, "rule_ids": ["test"],
-            "input_size": 32, "batch_size": 8}
+            "input_size": 32, "batch_size": 8, **fields}
     if strategy.endswith("finetune"):
         plan["recipe"] = {"epochs": epochs, "warmup_epochs": 1}
     path = tmp_path / f"{strategy}-{epochs}.json"
@@ -52,7 +52,7 @@ def test_each_rank_gets_its_share_of_the_same_global_batches():
 
 @pytest.mark.parametrize("strategy", ["full-finetune", "linear-probe"])
 def test_two_gloo_processes_give_the_one_process_result_and_write_artifacts_once(tmp_path, colours3, strategy):
-    plan = _plan(tmp_path, colours3, strategy)
+    plan = _plan(tmp_path, colours3, strategy, val_fraction=0.45)  # 21 validation images: enough to calibrate
     one = _advisor("run", "--plan", str(plan), "--runs-dir", "one", "--device", "cpu", "--json", cwd=tmp_path)
     two = _advisor("run", "--plan", str(plan), "--runs-dir", "two", "--device", "cpu", "--devices", "2", "--json",
                    cwd=tmp_path)
@@ -60,6 +60,10 @@ def test_two_gloo_processes_give_the_one_process_result_and_write_artifacts_once
     assert two.returncode == 0, two.stderr
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)  # one JSON document: only rank 0 prints
     assert r2["result"]["metrics"]["val_accuracy"] == r1["result"]["metrics"]["val_accuracy"]
+    # Every rank fits the temperature on the same gathered validation logits: the one process's.
+    c1, c2 = r1["result"]["calibration"], r2["result"]["calibration"]
+    assert c1["n"] == c2["n"] == 21 and c2["applied"] == c1["applied"]
+    assert c2["temperature"] == pytest.approx(c1["temperature"], rel=1e-3)
     # Same global batches, gradients averaged over the world, loss normalised by the global batch:
     # the curves agree to float32 rounding.
     for key in ("train_loss", "val_loss"):
