@@ -63,7 +63,7 @@ def test_an_overconfident_head_is_calibrated_and_the_figures_are_cross_fitted():
     c = calibrate(logits, y)
     assert c.applied and c.temperature == pytest.approx(3.0, rel=0.15)
     assert c.ece_after < c.ece_before / 2 and c.nll_after < c.nll_before
-    # Cross-fitted, not in-sample: the in-sample fit would score at least as well as the held-out halves.
+    # Cross-fitted, not in-sample: the in-sample fit would score at least as well as the held-out folds.
     in_sample = float(torch.nn.functional.cross_entropy(logits.double() / c.temperature, y))
     assert in_sample <= c.nll_after
     assert sum(n for _, _, n in c.reliability_before) == sum(n for _, _, n in c.reliability_after) == 600
@@ -77,8 +77,8 @@ def test_too_few_images_or_one_class_leave_the_model_as_trained():
     assert not c.applied and "one class" in c.reason
 
 
-def test_a_temperature_that_does_not_help_on_held_out_halves_is_not_kept():
-    # Labels unrelated to the logits: no temperature generalises from one half to the other better than
+def test_a_temperature_that_does_not_help_on_held_out_folds_is_not_kept():
+    # Labels unrelated to the logits: no temperature generalises from some folds to another better than
     # flattening everything, and a model that already says "no idea" gains nothing.
     g = torch.Generator().manual_seed(5)
     y = torch.randint(0, 4, (200,), generator=g)

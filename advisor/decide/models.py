@@ -68,7 +68,7 @@ class RunPlan(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     val_fraction: float | None = Field(None, gt=0, lt=1)
     # Temperature-scale the trained head on the validation split (strategies/temperature.py): probabilities that
-    # match accuracy; predictions and accuracy unchanged. Kept only where held-out halves say it helps.
+    # match accuracy; predictions and accuracy unchanged. Kept only where held-out folds say it helps.
     calibrate: bool = True
     notes: list[str] = Field(default_factory=list)
 

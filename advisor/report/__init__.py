@@ -34,7 +34,7 @@ def score_phrase(t: SplitScore, *, emphasis: Callable[[str], str] = str) -> str:
 
 
 def calibration_phrase(c: Calibration, *, short: bool = False) -> str:
-    """'calibrated, temperature 1.42: calibration error 6.1 % -> 1.8 % ...' or why the model was left as trained;
+    """'calibrated (temperature 1.42): calibration error 6.1 % -> 1.8 % ...' or why the model was left as trained;
     ``short``: one screen line, without the where and why."""
     if c.applied:
         where = "" if short else " on held-out parts of validation"
