@@ -71,8 +71,9 @@ def depth_sweep(rec, dataset, runs: Path, *, input_size, epochs, backbone, **kw)
     return rows
 
 
-def subsample(dataset: str, per_class: int, dest: str | Path, *, seed: int = 0) -> Path:
-    """A symlinked copy of ``dataset`` with at most ``per_class`` training images per class and the same val split."""
+def subsample(dataset: str, per_class: int, dest: str | Path, *, seed: int = 0, keep_splits=("val",)) -> Path:
+    """A symlinked copy of ``dataset`` with at most ``per_class`` training images per class and the same
+    ``keep_splits`` (whole)."""
     dest = Path(dest)
     scan = scan_dataset(dataset)
     rng = random.Random(seed)
@@ -84,7 +85,7 @@ def subsample(dataset: str, per_class: int, dest: str | Path, *, seed: int = 0) 
         items = sorted(by_class[label], key=lambda s: s.path)
         rng.shuffle(items)
         keep += [("train", s) for s in items[:per_class]]
-    keep += [("val", s) for s in scan.split("val")]
+    keep += [(split, s) for split in keep_splits for s in scan.split(split)]
     for split, s in keep:
         target = dest / split / scan.classes[s.label]
         target.mkdir(parents=True, exist_ok=True)

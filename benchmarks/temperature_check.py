@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from suite import default_datasets
+from sweeps import subsample
 
 import advisor
 from advisor.backbones.classifier import load_classifier
@@ -47,26 +47,6 @@ from advisor.data.scan import scan_dataset
 from advisor.decide.advise import recommend_once
 from advisor.execute.predict import forward_batches
 from strategies.temperature import calibrate
-
-
-def k_shot(dataset: str, per_class: int, dest: Path, *, seed: int = 0) -> Path:
-    """A symlinked copy with at most ``per_class`` training images per class; validation and test kept whole."""
-    import random
-
-    scan = scan_dataset(dataset)
-    rng = random.Random(seed)
-    by_class: dict[int, list] = {}
-    for s in scan.split("train"):
-        by_class.setdefault(s.label, []).append(s)
-    keep = [s for label in sorted(by_class) for s in rng.sample(sorted(by_class[label], key=lambda s: s.path),
-                                                                  min(per_class, len(by_class[label])))]
-    keep += scan.split("val") + scan.split("test")
-    for s in keep:
-        target = dest / s.split / scan.classes[s.label]
-        target.mkdir(parents=True, exist_ok=True)
-        if not (target / Path(s.path).name).exists():
-            os.symlink(s.path, target / Path(s.path).name)
-    return dest
 
 
 def _raw_test_logits(run_dir: str, dataset: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -192,7 +172,8 @@ def main() -> None:
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
     if args.recompute:
         rows = [{"dataset": r["dataset"], "strategy": r["strategy"],
-                 **row_from(torch.load(args.logits / f"{r['dataset']}-{r['strategy']}.pt"))} for r in rows]
+                 **row_from(torch.load(args.logits / f"{r['dataset']}-{r['strategy']}.pt", weights_only=True))}
+                for r in rows]
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for row in rows:
         print(show(row), flush=True)
@@ -204,7 +185,8 @@ def main() -> None:
             for strategy in strategies:
                 if (name, strategy) in done:
                     continue
-                path = str(k_shot(ds, args.per_class, Path(tmp) / name)) if args.per_class else ds
+                path = (str(subsample(ds, args.per_class, Path(tmp) / name, keep_splits=("val", "test")))
+                        if args.per_class else ds)
                 saved = train(path, strategy, input_size=args.input_size, epochs=args.epochs, device=args.device)
                 torch.save(saved, args.logits / f"{name}-{strategy}.pt")
                 row = {"dataset": name, "strategy": strategy, **row_from(saved)}
