@@ -343,20 +343,52 @@ class Classifier:
         return list(self.card.classes)
 
     def predict(self, images, *, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
-                progress: Progress | None = None):
+                progress: Progress | None = None, explain_to: str | os.PathLike | None = None):
         """Top-k classes with probabilities for image files, folders or PIL images (one or a list).
 
         Files are decoded by ``workers`` DataLoader processes [default: by free cores] while the model runs;
         ``progress("predict", done, total)`` follows the images. Returns a ``PredictionReport``: ``.predictions`` (path or ``<image N>``, and its top-k), ``.skipped``
         (unreadable files, with the reason), ``.ignored``. Raises AdvisorError when nothing could be classified.
+        ``explain_to``: a folder that also gets each image's evidence picture (see :meth:`explain`); each
+        prediction's ``.evidence`` names its file.
         """
         from advisor.execute.predict import predict_with
 
         _check_range("workers", workers, 0, 64)
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         return predict_with(self.model, self.card, items, run_dir=self.run_dir, top_k=top_k, device=self.device,
-                            batch_size=batch_size, workers=workers,
+                            batch_size=batch_size, workers=workers, explain_to=explain_to,
                             progress=(lambda done, total: progress("predict", done, total)) if progress else None)
+
+    def explain(self, images, *, target: str | None = None, versus: str | None = None):
+        """Where in each image the evidence for one class over another lies: a list of ``Explanation``.
+
+        ``target`` defaults to the model's top class, ``versus`` to the most likely other class.
+        ``.evidence`` is a map over the centre crop (``.crop``) in logit units whose mean is ``.gap``
+        (logit of target minus logit of versus: exact for this model's linear head on averaged
+        maps); ``.image()`` / ``.save(path)`` give the crop beside the map (vermillion: towards the
+        target, blue: towards versus). Raises AdvisorError for an unknown class or an unreadable file.
+        """
+        from advisor.execute.predict import expand_inputs
+        from advisor.report.evidence import explain
+
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        paths = [i for i in items if isinstance(i, (str, os.PathLike))]
+        files, skipped, _ = expand_inputs(paths) if paths else ([], [], 0)
+        if skipped:
+            raise AdvisorError(f"cannot explain {skipped[0].path}: {skipped[0].reason}")
+        pil = [i for i in items if not isinstance(i, (str, os.PathLike))]
+        if not files and not pil:
+            raise AdvisorError("no images to explain", hint="pass image files, folders that contain images, or PIL images")
+        index = {c: n for n, c in enumerate(self.card.classes)}
+        for name in (target, versus):
+            if name is not None and name not in index:
+                raise AdvisorError(f"{name!r} is not one of this model's classes", hint=f"choose from {self.classes}")
+        pair = (index.get(target) if target else None, index.get(versus) if versus else None)
+        found = explain(self.model, self.classes, [*files, *pil], [pair] * (len(files) + len(pil)), device=self.device)
+        if bad := [(i, r) for i, r in zip([*files, *pil], found) if isinstance(r, str)]:
+            raise AdvisorError(f"cannot explain {bad[0][0]}: {bad[0][1]}")
+        return found
 
     def evaluate(self, dataset: str | os.PathLike, *, split: str = "test", batch_size: int = 32, workers: int | None = None,
                  progress: Progress | None = None):

@@ -32,6 +32,10 @@ class TapInfo(BaseModel):
     channels: int
     stride: int | None = None  # None for pre_logits, which has no spatial grid
     module: str | None = None  # for pre_logits: the classifier whose *input* is tapped
+    # For pre_logits: the average-pooling module whose *input* is the feature map pre_logits is the mean of (nothing
+    # but dropout or a flatten between). Declared where that holds, so evidence maps can place the head's logit on
+    # that map (advisor.backbones.evidence); None where a layer between (a norm, an MLP) breaks it.
+    pooled_from: str | None = None
 
 
 class TransformConfig(BaseModel):

@@ -73,7 +73,7 @@ def tiny_cnn(*, weights: WeightsPath | None = None, pretrained: bool = True, see
         TapInfo(name=f"stage{i + 1}", channels=s[0].out_channels, stride=2 ** (i + 1), module=f"stages.{i}")
         for i, s in enumerate(model.stages)
     ]
-    taps.append(TapInfo(name=PRE_LOGITS, channels=model.fc.in_features, module="fc"))
+    taps.append(TapInfo(name=PRE_LOGITS, channels=model.fc.in_features, module="fc", pooled_from="pool"))
     return Backbone(
         name,
         model,

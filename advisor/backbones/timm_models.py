@@ -72,7 +72,10 @@ def _wrap_timm(name: str, model: nn.Module, *, weights_digest: str, weights_sour
         raise BackboneError(f"{name}: cannot find the classifier to tap pre_logits from")
     head_in = getattr(classifier, "in_features", None) or getattr(classifier, "in_channels", None)
     head_in = head_in or getattr(model, "head_hidden_size", None) or model.num_features
-    taps.append(TapInfo(name=PRE_LOGITS, channels=int(head_in), module=head_path))
+    pool = getattr(model, "global_pool", None)  # timm CNNs: global_pool -> (dropout) -> classifier
+    averaged = getattr(pool, "pool_type", None) == "avg" and _module_path(model, pool) == "global_pool"
+    taps.append(TapInfo(name=PRE_LOGITS, channels=int(head_in), module=head_path,
+                        pooled_from="global_pool" if averaged else None))
 
     cfg = model.pretrained_cfg
     interpolation = cfg.get("interpolation", "bicubic")

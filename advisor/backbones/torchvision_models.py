@@ -111,7 +111,13 @@ def _torchvision_taps(arch: str, model: nn.Module, size: int) -> tuple[list[TapI
             channels_last.append(tap.name)
     if not taps:
         raise BackboneError(f"{name}: unsupported structure (its stages do not produce feature maps)")
-    taps.append(TapInfo(name=PRE_LOGITS, channels=linears[-1].in_features, module=head_path))
+    # avgpool -> flatten -> (dropout) -> the last Linear: pre_logits is the mean of avgpool's input map.
+    between = [m for m in head.modules() if m is not head and m is not linears[-1] and not isinstance(m, nn.Sequential)]
+    pool = getattr(model, "avgpool", None)
+    averaged = (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1)) and len(linears) == 1
+                and all(isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten)) for m in between))
+    taps.append(TapInfo(name=PRE_LOGITS, channels=linears[-1].in_features, module=head_path,
+                        pooled_from="avgpool" if averaged else None))
     return taps, channels_last
 
 

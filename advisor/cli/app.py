@@ -318,11 +318,13 @@ def predict_cmd(
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write every prediction (and skip) to this CSV file."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Also write, per image, the crop beside where the "
+                                           "evidence for its top class over the runner-up lies, into this folder."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Classify images with a trained run: top-k classes with probabilities."""
     with stage_bars() as cb:
-        rep = api.load(run_dir, device=device).predict(images, top_k=top_k, workers=workers, progress=cb)
+        rep = api.load(run_dir, device=device).predict(images, top_k=top_k, workers=workers, progress=cb, explain_to=explain)
     if csv_out is not None:
         write_predictions_csv(rep, csv_out)
     if json_out:

@@ -324,6 +324,10 @@ def render_predictions(rep, *, top_k: int) -> None:
             out.print(f"  [yellow]{shown(s.path)}[/yellow]: {shown(s.reason)}", soft_wrap=True)
     if rep.ignored:
         out.print(f"ignored {rep.ignored} non-image or hidden file(s)")
+    if rep.evidence_dir:
+        n = sum(p.evidence is not None for p in rep.predictions)
+        out.print(f"evidence pictures: {n} in {shown(rep.evidence_dir)} (the crop the model saw, beside it vermillion "
+                  "where the image favours the top class, blue where the runner-up)", soft_wrap=True)
 
 
 def write_predictions_csv(rep, path: Path) -> None:

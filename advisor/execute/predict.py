@@ -26,6 +26,7 @@ class ClassProbability(BaseModel):
 class Prediction(BaseModel):
     path: str
     top: list[ClassProbability]
+    evidence: str | None = None  # with explain_to: the picture of why the top class beat the runner-up
 
 
 class PredictionReport(BaseModel):
@@ -35,6 +36,7 @@ class PredictionReport(BaseModel):
     predictions: list[Prediction]
     skipped: list[SkippedFile]
     ignored: int  # non-image or hidden files inside the given folders
+    evidence_dir: str | None = None  # where the evidence pictures went (explain_to)
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> tuple[list[str], list[SkippedFile], int]:
@@ -156,7 +158,8 @@ def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.devi
 
 def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top_k: int = 5, device: str | None = None,
             batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> PredictionReport:
+            progress: Callable[[int, int], None] | None = None,
+            explain_to: str | os.PathLike | None = None) -> PredictionReport:
     """Classify every image in ``inputs`` (files and folders); unreadable images are skipped and reported.
 
     Raises AdvisorError when nothing could be classified (every input missing or unreadable),
@@ -167,14 +170,23 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top_
     dev = resolve_device(device)
     model, card = load_classifier(run_dir, device=dev)
     return predict_with(model, card, inputs, run_dir=run_dir, top_k=top_k, device=dev, batch_size=batch_size,
-                        max_pixels=max_pixels, workers=workers, progress=progress)
+                        max_pixels=max_pixels, workers=workers, progress=progress, explain_to=explain_to)
 
 
 def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, top_k: int = 5,
                  device: torch.device | str = "cpu", batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> PredictionReport:
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+                 explain_to: str | os.PathLike | None = None) -> PredictionReport:
     """``predict`` for a classifier already loaded; ``inputs`` may mix files, folders and PIL images
-    (predictions: the files, folders expanded, in order, then the in-memory images)."""
+    (predictions: the files, folders expanded, in order, then the in-memory images).
+
+    ``explain_to``: a folder that gets, per predicted image, ``NNNN-<name>.jpg``: the crop the model
+    saw beside its evidence map for the top class against the runner-up (a second pass over the images).
+    """
+    if explain_to is not None:
+        from advisor.core.io import ensure_writable_dir
+
+        explain_to = ensure_writable_dir(explain_to, what="evidence folder", option="--explain")
     paths = [i for i in inputs if not isinstance(i, Image.Image)]
     files, skipped, ignored = expand_inputs(paths) if paths else ([], [], 0)
     images = [i for i in inputs if isinstance(i, Image.Image)]
@@ -187,5 +199,30 @@ def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, t
         first = skipped[0]
         raise AdvisorError(f"no image could be classified: {len(skipped)} input(s) skipped, e.g. {first.path}: {first.reason}",
                            hint="pass readable image files or folders that contain them")
+    if explain_to is not None:
+        by_name = {**{f: f for f in files}, **{f"<image {len(files) + n}>": im for n, im in enumerate(images)}}
+        predictions = _write_evidence(model, card, predictions, by_name, explain_to, device=device, max_pixels=max_pixels)
     return PredictionReport(run_dir=str(run_dir), strategy=card.strategy, classes=card.classes, predictions=predictions,
-                            skipped=skipped, ignored=ignored)
+                            skipped=skipped, ignored=ignored, evidence_dir=str(explain_to) if explain_to else None)
+
+
+def _write_evidence(model, card, predictions: list[Prediction], by_name: dict, folder: Path, *, device,
+                    max_pixels: int) -> list[Prediction]:
+    """One picture per prediction: its top class against the most likely other class."""
+    import re
+
+    from advisor.core.io import call_writing
+    from advisor.report.evidence import explain
+
+    index = {c: i for i, c in enumerate(card.classes)}
+    found = explain(model, card.classes, [by_name[p.path] for p in predictions],
+                    [(index[p.top[0].label], None) for p in predictions], device=device, max_pixels=max_pixels)
+    out = []
+    for n, (p, ex) in enumerate(zip(predictions, found)):
+        if isinstance(ex, str):  # the file changed between the two passes
+            out.append(p)
+            continue
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p.path).stem if not p.path.startswith("<") else "image")[:60]
+        path = call_writing(folder / f"{n:04d}-{stem}.jpg", lambda tmp, ex=ex: ex.image().save(tmp, format="JPEG", quality=90))
+        out.append(p.model_copy(update={"evidence": str(path)}))
+    return out

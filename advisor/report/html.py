@@ -35,6 +35,7 @@ table{border-collapse:collapse;font-size:.9rem;margin:.4rem 0;display:block;over
 td,th{border-bottom:1px solid #e4e4e4;padding:.25rem .55rem;text-align:left}th{background:#f6f6f6}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(8rem,1fr));gap:.5rem}
 .gallery figure{margin:0;font-size:.78rem;word-break:break-word}.gallery img{width:100%;height:auto;border:2px solid #D55E00}
+.gallery.wide{grid-template-columns:repeat(auto-fill,minmax(15rem,1fr))}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem}pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;white-space:pre-wrap}
 .warn{color:#8a4b00}.tag{display:inline-block;border:1px solid #999;border-radius:.3rem;padding:0 .3rem;font-size:.8rem}
 @media print{body{max-width:none}h2{break-after:avoid}figure,table{break-inside:avoid}}
@@ -169,23 +170,23 @@ def _thumbnail(path: str) -> tuple[str, int, int] | None:
     try:
         img = load_image(path, min_side=THUMB_PX)
         img.thumbnail((THUMB_PX, THUMB_PX))
-        buf = io.BytesIO()
-        img.convert("RGB").save(buf, format="JPEG", quality=80)
+        return _jpeg_uri(img.convert("RGB"))
     except Exception:  # an image that no longer decodes is left out of the gallery, not fatal
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), img.width, img.height
 
 
-def _gallery(result: RunResult, classes: Sequence[str]) -> list[str]:
+def _gallery(result: RunResult, classes: Sequence[str], run_dir: Path | None = None) -> list[str]:
     wrong = [(i, p) for i, p in enumerate(result.predictions) if p[1] != p[2]]
     if not wrong:
         return ["<h2>Most confidently wrong</h2><p>No validation image was misclassified.</p>"]
     conf = result.confidence if len(result.confidence) == len(result.predictions) else None
     if conf is not None:
         wrong.sort(key=lambda item: -conf[item[0]])
+    shown = wrong[:GALLERY_SIZE]
+    maps, why_not = _evidence(run_dir, [(path, pred, true) for _, (path, true, pred) in shown], classes)
     cells = []
-    for i, (path, true, pred) in wrong[:GALLERY_SIZE]:
-        thumb = _thumbnail(path)
+    for n, (i, (path, true, pred)) in enumerate(shown):
+        thumb = _jpeg_uri(maps[n].image(THUMB_PX)) if maps and not isinstance(maps[n], str) else _thumbnail(path)
         if thumb is None:
             continue
         uri, w, h = thumb
@@ -194,13 +195,41 @@ def _gallery(result: RunResult, classes: Sequence[str]) -> list[str]:
                      f"<figcaption>true <b>{esc(classes[true])}</b>, predicted <b>{esc(classes[pred])}</b>{esc(c)}"
                      f"<br>{esc(Path(path).name)}</figcaption></figure>")
     order = "most confident first" if conf is not None else "in file order (this run did not record confidences)"
+    how = (EVIDENCE_NOTE if maps else f"(No evidence maps: {why_not}.)")
     return ["<h2>Most confidently wrong</h2>",
             f"<p class=\"caption\">{len(wrong)} of {len(result.predictions)} validation images are misclassified; "
-            f"the first {len(cells)}, {order}. Mislabelled or ambiguous images often show up here.</p>",
-            "<div class=\"gallery\">" + "".join(cells) + "</div>"]
+            f"the first {len(cells)}, {order}. Mislabelled or ambiguous images often show up here. {esc(how)}</p>",
+            f"<div class=\"gallery{' wide' if maps else ''}\">" + "".join(cells) + "</div>"]
 
 
-def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> list[str]:
+EVIDENCE_NOTE = ("Each image is shown as the model saw it (the centre crop) and again with its evidence map: vermillion "
+                 "where the image pushed the model towards the class it predicted, blue where towards the true class, "
+                 "stronger colour for stronger evidence. For this model the map is exact, not a gradient "
+                 "approximation: its average over the image is the difference of the two classes' logits.")
+
+
+def _evidence(run_dir: Path | None, items: list[tuple[str, int, int]], classes: Sequence[str]):
+    """Explanations of (path, predicted, true) with the run's saved model, or ([], why not)."""
+    if run_dir is None or not items:
+        return [], "no saved model"
+    from advisor.backbones.classifier import load_classifier
+    from advisor.core.errors import AdvisorError
+    from advisor.report.evidence import explain
+
+    try:
+        model, _card = load_classifier(run_dir)
+        return explain(model, classes, [p for p, _, _ in items], [(a, b) for _, a, b in items]), ""
+    except AdvisorError as err:  # e.g. the weights are not on this machine, or a head that cannot be mapped
+        return [], str(err).rstrip(".")
+
+
+def _jpeg_uri(img) -> tuple[str, int, int]:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), img.width, img.height
+
+
+def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str], run_dir: Path | None = None) -> list[str]:
     from advisor.report import plots
 
     m = result.metrics
@@ -241,7 +270,7 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str]) -> l
                        narrow=len(classes) <= 12)
         out.append(_table(["class", "precision", "recall", "f1", "support"],
                           [(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support) for c in t.per_class]))
-    out += _gallery(result, classes)
+    out += _gallery(result, classes, run_dir)
     return out
 
 
@@ -283,7 +312,7 @@ def run_page(run_dir: str | Path) -> str:
     elif forced:
         body.append(f"<p class=\"warn\">The strategy was chosen explicitly (<code>--strategy</code>, a saved plan or "
                     f"<code>compare</code>), not by the advice: <b>{esc(forced)}</b>.</p>")
-    body += _run_sections(plan, result, classes)
+    body += _run_sections(plan, result, classes, rd)
     body += ["<h2>Reproduce</h2><p class=\"caption\">The plan file holds every setting that ran.</p>",
              f"<pre>{esc(shlex.join(['advisor', 'run', dataset, '--plan', str(rd / 'plan.json')]))}</pre>",
              f"<pre>{esc(shlex.join(['advisor', 'predict', str(rd), 'IMAGE_OR_FOLDER']))}</pre>"]
