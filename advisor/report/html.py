@@ -213,7 +213,7 @@ def _evidence(run_dir: Path | None, items: list[tuple[str, int, int]], classes: 
     if run_dir is None or not items:
         return [], "no saved model"
     from advisor.backbones.classifier import load_classifier
-    from advisor.core.errors import AdvisorError
+    from advisor.core.errors import AdvisorError, one_line
     from advisor.report.evidence import explain
 
     try:
@@ -221,6 +221,8 @@ def _evidence(run_dir: Path | None, items: list[tuple[str, int, int]], classes: 
         return explain(model, classes, [p for p, _, _ in items], [(a, b) for _, a, b in items]), ""
     except AdvisorError as err:  # e.g. the weights are not on this machine, or a head that cannot be mapped
         return [], str(err).rstrip(".")
+    except Exception as err:  # pictures are an extra: they never cost the report (or the run that writes it)
+        return [], f"they failed ({type(err).__name__}: {one_line(err)})"
 
 
 def _jpeg_uri(img) -> tuple[str, int, int]:
