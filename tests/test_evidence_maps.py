@@ -152,6 +152,13 @@ def test_classifier_explain_honours_target_and_versus(tiny_run):
         clf.explain(str(files[0]), target="purple")
     with pytest.raises(AdvisorError, match="two different classes"):
         clf.explain(str(files[0]), target="red", versus="red")
+    # a head that cannot be mapped: predict --explain says so before classifying anything
+    bb = clf.model.backbone
+    clf.model.backbone = Backbone(bb.name, bb.model, transform_config=bb.transform_config, weights_digest="x",
+                                  weights_source="test", taps=[t.model_copy(update={"pooled_from": None}) for t in bb.taps])
+    with pytest.raises(AdvisorError, match="not the plain average"):
+        clf.predict([str(f) for f in files], explain_to=Path(run_dir).parent / "why")
+    assert not any((Path(run_dir).parent / "why").iterdir())
 
 
 def test_the_report_shows_evidence_beside_the_wrong_images(tiny_run, monkeypatch):

@@ -186,7 +186,11 @@ def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, t
     if explain_to is not None:
         from advisor.core.io import ensure_writable_dir
 
+        from advisor.backbones.evidence import evidence_maps
+
         explain_to = ensure_writable_dir(explain_to, what="evidence folder", option="--explain")
+        size = model.backbone.transform_config.input_size  # a head that cannot be mapped fails now, not after the pass
+        evidence_maps(model, torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     paths = [i for i in inputs if not isinstance(i, Image.Image)]
     files, skipped, ignored = expand_inputs(paths) if paths else ([], [], 0)
     images = [i for i in inputs if isinstance(i, Image.Image)]
