@@ -6,8 +6,8 @@ For up to ``--images`` correctly classified validation images of each run (seede
 pixels of the centre crop are ranked by the evidence map of the predicted class against the
 runner-up (``advisor.backbones.evidence``), and the top 5, 10, 20 and 40 % are replaced by a
 blurred copy of the image (a deletion that stays close to natural images). What is measured is the
-logit gap (predicted minus runner-up) after deletion, as a share of the gap before, and how often
-the prediction flips. The same pixel shares are deleted in three other orders:
+logit gap (predicted minus runner-up) after deletion, as a share of the gap before (the median over
+images: a near-tie's share is unbounded), and how often the prediction flips. The same pixel shares are deleted in three other orders:
 
 * ``random``: a random map on the same grid as the deepest tap, upsampled the same way (the same
   blob size as the evidence, only not chosen by it); averaged over 3 seeds;
@@ -15,7 +15,9 @@ the prediction flips. The same pixel shares are deleted in three other orders:
   prior a useful map must beat);
 * ``reverse``: the least evidence first (what pushes to the runner-up): should raise the gap.
 
-A map that shows what the model uses lowers the gap faster than random and centre deletion.
+A map that shows what the model uses lowers the gap faster than random and centre deletion;
+``beats_random@0.2`` / ``beats_centre@0.2``: the share of images where deleting the top 20 % by
+evidence left less of the gap than that order did (paired, per image).
 Rows (one per run and order) are printed and appended to ``--out``; a run already there is skipped,
 so a stopped sweep continues where it stopped.
 """
@@ -71,6 +73,7 @@ def check_run(run_dir: Path, n_images: int, seed: int = 0) -> list[dict]:
     sigma = tc.input_size / 28
     kernel = int(2 * round(3 * sigma) + 1)
     stats: dict[str, dict[float, list[tuple[float, bool]]]] = {}
+    per_image: list[dict[tuple[str, float], float]] = []
     used = 0
     for path, _true, pred in right[:n_images]:
         try:
@@ -94,16 +97,23 @@ def check_run(run_dir: Path, n_images: int, seed: int = 0) -> list[dict]:
                     keys.append((order, share))
         with torch.no_grad():
             out = model(tc.normalize(torch.stack(batch)))
+        mine: dict[tuple[str, float], list[float]] = {}
         for (order, share), row in zip(keys, out):
             gap = float(row[pred] - row[b])
             stats.setdefault(order, {}).setdefault(share, []).append((gap / gap0, int(row.argmax()) != pred))
+            mine.setdefault((order, share), []).append(gap / gap0)
+        per_image.append({key: statistics.mean(v) for key, v in mine.items()})
     rows = []
     for order, by_share in stats.items():
         row = {"run": run_dir.name, "strategy": card.strategy, "taps": card.taps, "input_size": tc.input_size,
                "images": used, "order": order}
         for share, vals in by_share.items():
-            row[f"gap_left@{share:g}"] = round(statistics.mean(v for v, _ in vals), 3)
+            row[f"gap_left@{share:g}"] = round(statistics.median(v for v, _ in vals), 3)
             row[f"flipped@{share:g}"] = round(sum(f for _, f in vals) / len(vals), 3)
+        if order == "evidence":  # paired, per image: evidence-first deletion left less of the gap than the other order
+            for other in ("random", "centre"):
+                row[f"beats_{other}@0.2"] = round(statistics.mean(
+                    im[("evidence", 0.2)] < im[(other, 0.2)] for im in per_image), 3)
         rows.append(row)
     return rows
 
@@ -116,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     head = "run".ljust(44) + "order".ljust(10) + "".join(f"gap left@{s:g}".rjust(15) for s in SHARES) + \
-        "".join(f"flipped@{s:g}".rjust(13) for s in SHARES)
+        "".join(f"flipped@{s:g}".rjust(13) for s in SHARES) + "beats random@.2".rjust(16) + "beats centre@.2".rjust(16)
     print(head)
     done = {json.loads(line)["run"] for line in args.out.read_text().splitlines() if line.strip()} \
         if args.out and args.out.exists() else set()
@@ -126,7 +136,8 @@ def main() -> None:
         for row in check_run(run_dir, args.images):
             print(row["run"][:43].ljust(44) + row["order"].ljust(10)
                   + "".join(f"{row[f'gap_left@{s:g}']:15.3f}" for s in SHARES)
-                  + "".join(f"{row[f'flipped@{s:g}']:13.3f}" for s in SHARES), flush=True)
+                  + "".join(f"{row[f'flipped@{s:g}']:13.3f}" for s in SHARES)
+                  + "".join(f"{row[k]:>16.3f}" for k in ("beats_random@0.2", "beats_centre@0.2") if k in row), flush=True)
             if args.out:
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -183,3 +183,20 @@ def test_the_report_shows_evidence_beside_the_wrong_images(tiny_run, monkeypatch
     assert "No evidence maps: they failed (RuntimeError: boom)" in gallery, gallery[:600]
     assert 'class="gallery"' in gallery
     assert gallery.count("data:image/jpeg;base64,") == 2
+
+
+@pytest.mark.parametrize("name,mappable", [("timm/resnet18", True), ("timm/mobilenetv3_small_100", False),
+                                           ("timm/convnext_atto", False), ("torchvision/resnet18", True),
+                                           ("torchvision/mobilenet_v3_small", False)])
+def test_backbones_declare_the_average_only_where_it_holds(name, mappable):
+    backbone = create_backbone(name, pretrained=False)
+    declared = next(t.pooled_from for t in backbone.taps if t.name == PRE_LOGITS)
+    assert (declared is not None) == mappable
+    model = TransferClassifier(backbone, [PRE_LOGITS], 3).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    if mappable:
+        with torch.no_grad():
+            torch.testing.assert_close(evidence_maps(model, x).logits, model(x), rtol=1e-4, atol=1e-4)
+    else:
+        with pytest.raises(AdvisorError, match="not the plain average"):
+            evidence_maps(model, x)

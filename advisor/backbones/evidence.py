@@ -79,11 +79,7 @@ def evidence_maps(model, x: torch.Tensor, *, rtol: float = 1e-3) -> EvidenceMaps
             tap = taps[name]
             if name == PRE_LOGITS:
                 if tap.pooled_from is None:
-                    raise AdvisorError(
-                        f"{backbone.name}'s pre_logits is not the plain average of one feature map (a layer lies "
-                        "between), so its logits cannot be placed on the image",
-                        hint="evidence maps need a run on stage taps, or a backbone whose head averages its last map "
-                             "(efficientnet_lite*, timm CNNs, torchvision ResNets)")
+                    raise _not_an_average(backbone.name)
                 module = backbone.model.get_submodule(tap.pooled_from)
                 handles.append(module.register_forward_pre_hook(lambda _m, args, n=name: maps_in.__setitem__(n, args[0])))
                 handles.append(backbone.model.get_submodule(tap.module).register_forward_pre_hook(
@@ -109,6 +105,9 @@ def _assemble(model, taps, maps_in, head_in, rtol) -> EvidenceMaps:
     offset, maps, pooled = 0, [], []
     for name in model.taps:
         channels = taps[name].channels
+        t = maps_in[name][0] if isinstance(maps_in[name], (tuple, list)) else maps_in[name]
+        if name == PRE_LOGITS and (t.ndim != 4 or channels not in (t.shape[1], t.shape[-1])):
+            raise _not_an_average(backbone.name)  # e.g. a 1x1 conv head after the pooling (timm's MobileNetV3)
         a = _as_nchw(maps_in[name], channels, name in backbone._channels_last, f"{backbone.name}:{name}").float()
         w, m = weight[:, offset:offset + channels], model.feature_mean[offset:offset + channels].float()
         maps.append(torch.einsum("kc,bchw->bkhw", w, a) - (w @ m).view(1, -1, 1, 1))
@@ -124,6 +123,14 @@ def _assemble(model, taps, maps_in, head_in, rtol) -> EvidenceMaps:
     if not torch.allclose(logits, expected, rtol=rtol, atol=rtol * max(1.0, expected.abs().max().item())):
         gap = (logits - expected).abs().max().item()
         raise AdvisorError(f"{backbone.name}: the evidence maps do not add up to the model's logits (off by {gap:.3g}), "
-                           "so a layer between the map and the head is not an average", hint="evidence maps need a "
-                           "backbone whose head averages its last map (efficientnet_lite*, timm CNNs, torchvision ResNets)")
+                           "so a layer between the map and the head is not an average", hint=_HINT)
     return EvidenceMaps(maps=maps, bias=bias, logits=logits)
+
+
+_HINT = ("evidence maps need a run on stage taps, or a backbone whose head averages its last map and classifies "
+         "(efficientnet_lite*, timm ResNets and EfficientNets, torchvision ResNets)")
+
+
+def _not_an_average(name: str) -> AdvisorError:
+    return AdvisorError(f"{name}'s pre_logits is not the plain average of one feature map (a layer lies between), "
+                        "so its logits cannot be placed on the image", hint=_HINT)

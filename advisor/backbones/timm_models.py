@@ -73,7 +73,8 @@ def _wrap_timm(name: str, model: nn.Module, *, weights_digest: str, weights_sour
     head_in = getattr(classifier, "in_features", None) or getattr(classifier, "in_channels", None)
     head_in = head_in or getattr(model, "head_hidden_size", None) or model.num_features
     pool = getattr(model, "global_pool", None)  # timm CNNs: global_pool -> (dropout) -> classifier
-    averaged = getattr(pool, "pool_type", None) == "avg" and _module_path(model, pool) == "global_pool"
+    averaged = (getattr(pool, "pool_type", None) == "avg" and _module_path(model, pool) == "global_pool"
+                and int(head_in) == getattr(model, "num_features", None))  # no conv head after the pool (MobileNetV3)
     taps.append(TapInfo(name=PRE_LOGITS, channels=int(head_in), module=head_path,
                         pooled_from="global_pool" if averaged else None))
 
