@@ -391,19 +391,20 @@ class Classifier:
         return found
 
     def evaluate(self, dataset: str | os.PathLike, *, split: str = "test", batch_size: int = 32, workers: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, explain_to: str | os.PathLike | None = None):
         """Score this classifier on labelled images: class folders (all of them), split folders or a CSV manifest.
 
         ``split``: "test" (class folders without split folders count as test), "val", "train" or "all".
         Returns a ``SplitScore``: ``.accuracy`` with its 95 % interval ``.accuracy_ci``, ``.per_class``,
         ``.confusion`` (rows: true class, in the run's class order), ``.skipped``. Raises AdvisorError
-        when a class of ``dataset`` is not among the run's, or the split is empty.
+        when a class of ``dataset`` is not among the run's, or the split is empty. ``explain_to``: a folder
+        that gets the evidence picture (predicted against true class) of every misclassified image.
         """
         from advisor.execute.evaluate import evaluate_with
 
         _check_range("workers", workers, 0, 64)
         return evaluate_with(self.model, self.card, dataset, split=split, device=self.device, workers=workers,
-                             batch_size=batch_size,
+                             batch_size=batch_size, explain_to=explain_to,
                              progress=(lambda done, total: progress("evaluate", done, total)) if progress else None)
 
     def export(self, out_dir: str | os.PathLike | None = None):

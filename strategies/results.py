@@ -70,6 +70,9 @@ class SplitScore(BaseModel):
     ece: float | None = None
     ece_uncalibrated: float | None = None
     loss_uncalibrated: float | None = None
+    # advisor evaluate --explain: the folder of evidence pictures of the misclassified images, and how many
+    evidence_dir: str | None = None
+    evidence_pictures: int = 0
 
 
 def split_score(logits: torch.Tensor, y: torch.Tensor, classes: list[str], *, split: str, dataset: str = "",

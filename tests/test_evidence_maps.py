@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,25 @@ def test_backbones_declare_the_average_only_where_it_holds(name, mappable):
     else:
         with pytest.raises(AdvisorError, match="not the plain average"):
             evidence_maps(model, x)
+
+
+def test_evaluate_explain_pictures_every_mistake(tiny_run, tmp_path):
+    import shutil
+
+    data, run_dir = tiny_run
+    held_out = tmp_path / "held-out"
+    shutil.copytree(data / "red", held_out / "red")
+    shutil.copytree(data / "red", held_out / "blue")  # the same images labelled blue: each is a mistake or the red one is
+    folder = tmp_path / "mistakes"
+    proc = subprocess.run([sys.executable, "-m", "advisor", "evaluate", str(run_dir), str(held_out), "--explain", str(folder),
+                           "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    score = json.loads(proc.stdout)
+    wrong = score["n"] - sum(row[i] for i, row in enumerate(score["confusion"]))
+    assert wrong >= 8 and score["evidence_pictures"] == wrong and score["evidence_dir"] == str(folder)
+    pictures = sorted(folder.iterdir())
+    assert len(pictures) == wrong and pictures[0].name.startswith("0000-")
+    shown = subprocess.run([sys.executable, "-m", "advisor", "evaluate", str(run_dir), str(held_out), "--explain",
+                            str(tmp_path / "again")], capture_output=True, text=True, env={**os.environ,
+                                                                                          "COLUMNS": "100"})
+    assert shown.returncode == 0 and f"evidence pictures: {wrong} in" in " ".join(shown.stdout.split())

@@ -29,6 +29,7 @@ from advisor.cli.options import (
     DevicesOpt,
     InputSizeOpt,
     TrainBatchOpt,
+    ExplainOpt,
     JsonOpt,
     RunDirArg,
     RunValFractionOpt,
@@ -318,8 +319,7 @@ def predict_cmd(
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write every prediction (and skip) to this CSV file."),
-    explain: Optional[Path] = typer.Option(None, "--explain", help="Also write, per image, the crop beside where the "
-                                           "evidence for its top class over the runner-up lies, into this folder."),
+    explain: Optional[Path] = ExplainOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Classify images with a trained run: top-k classes with probabilities."""
@@ -340,11 +340,12 @@ def evaluate_cmd(
     split: str = typer.Option("test", "--split", help="test, val, train or all (class folders without splits: test)."),
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
+    explain: Optional[Path] = ExplainOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Score a trained run on labelled images: accuracy with its interval, per class, confusion."""
     with stage_bars() as cb:
-        score = api.load(run_dir, device=device).evaluate(dataset, split=split, workers=workers, progress=cb)
+        score = api.load(run_dir, device=device).evaluate(dataset, split=split, workers=workers, progress=cb, explain_to=explain)
     if json_out:
         print_json(score)
         return

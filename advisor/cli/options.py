@@ -34,6 +34,9 @@ TrainBatchOpt = typer.Option(None, "--batch-size", min=MIN_BATCH, max=MAX_BATCH,
                                   f"sqrt(batch / {BATCH_SIZE}). Lower it when the GPU runs out of memory.")
 RunDirArg = typer.Argument(..., help="A run directory written by `advisor run`.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
+ExplainOpt = typer.Option(None, "--explain", help="Also write evidence pictures into this folder: the crop the model saw "
+                          "beside where it favours one class over another (predict: each image, top class against the "
+                          "runner-up; evaluate: each mistake, predicted against true).")
 DevicesOpt = typer.Option(None, "--devices", min=1, max=1024,
                           help="Processes on this machine (one per GPU, or CPU processes with gloo): relaunches "
                                "this command under torchrun with DistributedDataParallel.")

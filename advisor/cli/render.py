@@ -291,6 +291,10 @@ def render_score(score) -> None:
                                                                     for n, t, p in pairs[:3]), soft_wrap=True)
     if score.skipped:
         out.print(f"[yellow]{score.skipped} image(s) could not be read and were not scored[/yellow]")
+    if score.evidence_dir:
+        out.print(f"evidence pictures: {score.evidence_pictures} in {shown(score.evidence_dir)}, one per mistake, the most "
+                  "confident first (the crop the model saw, beside it vermillion where the image favours the predicted "
+                  "class, blue where the true one)", soft_wrap=True)
 
 
 def display_path(path: str | os.PathLike) -> str:

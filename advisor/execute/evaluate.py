@@ -26,26 +26,34 @@ EvalSplit = Literal["test", "val", "train", "all"]
 
 def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split: str, dataset: str = "",
                   device: torch.device | str = "cpu", workers: int | None = None, batch_size: int = 32,
-                  progress: Callable[[int, int], None] | None = None, temperature: float = 1.0) -> SplitScore:
+                  progress: Callable[[int, int], None] | None = None, temperature: float = 1.0,
+                  scored: list[tuple[Sample, int, float]] | None = None) -> SplitScore:
     """Accuracy (with its Wilson interval), loss, per-class scores, confusion and calibration error of ``model`` on
     ``samples``, whose labels index ``classes`` (the model's own). Unreadable images are counted, not scored.
-    ``temperature``: the one folded into the head, to report the error before calibration beside it."""
-    logits, labels, skipped = [], [], 0
+    ``temperature``: the one folded into the head, to report the error before calibration beside it.
+    ``scored``: gets (sample, predicted class, its probability) for each image read (for a second look at them)."""
+    logits, labels, skipped, read = [], [], 0, []
     for pos, out, bad in forward_batches(model, [s.path for s in samples], device=device, batch_size=batch_size,
                                          workers=workers, progress=progress):
         skipped += len(bad)
         if out is not None:
             logits.append(out)
             labels += [samples[n].label for n in pos]
+            read += [samples[n] for n in pos]
     if not labels:
         raise AdvisorError(f"none of the {len(samples)} {split} images could be read", hint="check the files")
-    return split_score(torch.cat(logits), torch.tensor(labels), classes, split=split, dataset=dataset, skipped=skipped,
-                       temperature=temperature)
+    score = split_score(torch.cat(logits), torch.tensor(labels), classes, split=split, dataset=dataset, skipped=skipped,
+                        temperature=temperature)
+    if scored is not None:
+        conf, pred = torch.cat(logits).float().softmax(1).max(1)
+        scored += [(sample, int(p), float(c)) for sample, p, c in zip(read, pred, conf)]
+    return score
 
 
 def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: EvalSplit = "test",
                  device: str | None = None, workers: int | None = None, batch_size: int = 32,
-                 progress: Callable[[int, int], None] | None = None) -> SplitScore:
+                 progress: Callable[[int, int], None] | None = None,
+                 explain_to: str | os.PathLike | None = None) -> SplitScore:
     """Score the classifier a run saved on a labelled dataset's ``split``.
 
     ``dataset``: class folders (all of it is the test split), split folders or a CSV manifest, as
@@ -55,15 +63,26 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, spli
     dev = resolve_device(device)
     model, card = load_classifier(run_dir, device=dev)
     return evaluate_with(model, card, dataset, split=split, device=dev, workers=workers, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, explain_to=explain_to)
 
 
 def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit = "test", device: torch.device | str = "cpu",
                   workers: int | None = None, batch_size: int = 32,
-                  progress: Callable[[int, int], None] | None = None) -> SplitScore:
-    """:func:`evaluate_run` for a classifier already loaded (``model`` and its ``card``)."""
+                  progress: Callable[[int, int], None] | None = None,
+                  explain_to: str | os.PathLike | None = None) -> SplitScore:
+    """:func:`evaluate_run` for a classifier already loaded (``model`` and its ``card``).
+
+    ``explain_to``: a folder that gets an evidence picture (predicted class against the true one) of
+    every misclassified image, the most confident mistakes first (``NNNN-<name>.jpg``).
+    """
     if split not in ("test", "val", "train", "all"):
         raise AdvisorError(f"unknown split {split!r}", hint="choose test, val, train or all")
+    if explain_to is not None:
+        from advisor.core.io import ensure_writable_dir
+        from advisor.report.evidence import check_mappable
+
+        explain_to = ensure_writable_dir(explain_to, what="evidence folder", option="--explain")
+        check_mappable(model)
     scan = scan_dataset(dataset, training=False)
     unknown = [c for c in scan.classes if c not in card.classes]
     if unknown:
@@ -78,7 +97,16 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
         present = ", ".join(sorted({s.split for s in scan.samples}))
         raise AdvisorError(f"{scan.root} has no {split} images (it has: {present})",
                            hint="choose one of those with --split, or --split all")
+    scored: list[tuple[Sample, int, float]] | None = [] if explain_to is not None else None
     score = score_samples(model, chosen, list(card.classes), split=split, dataset=scan.root, device=device, workers=workers,
-                          batch_size=batch_size, progress=progress, temperature=card.metrics.get("temperature", 1.0))
+                          batch_size=batch_size, progress=progress, temperature=card.metrics.get("temperature", 1.0),
+                          scored=scored)
     score.skipped += len(scan.skipped)  # files the scan could not read, whichever split they were in
+    if explain_to is not None:
+        from advisor.report.evidence import write_pictures
+
+        wrong = sorted((x for x in scored if x[1] != x[0].label), key=lambda x: -x[2])
+        paths = write_pictures(model, card.classes, [s.path for s, _, _ in wrong], [(p, s.label) for s, p, _ in wrong],
+                               explain_to, device=device)
+        score.evidence_dir, score.evidence_pictures = str(explain_to), sum(p is not None for p in paths)
     return score

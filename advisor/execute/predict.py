@@ -185,12 +185,10 @@ def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, t
     """
     if explain_to is not None:
         from advisor.core.io import ensure_writable_dir
-
-        from advisor.backbones.evidence import evidence_maps
+        from advisor.report.evidence import check_mappable
 
         explain_to = ensure_writable_dir(explain_to, what="evidence folder", option="--explain")
-        size = model.backbone.transform_config.input_size  # a head that cannot be mapped fails now, not after the pass
-        evidence_maps(model, torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+        check_mappable(model)
     paths = [i for i in inputs if not isinstance(i, Image.Image)]
     files, skipped, ignored = expand_inputs(paths) if paths else ([], [], 0)
     images = [i for i in inputs if isinstance(i, Image.Image)]
@@ -213,20 +211,9 @@ def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, t
 def _write_evidence(model, card, predictions: list[Prediction], by_name: dict, folder: Path, *, device,
                     max_pixels: int) -> list[Prediction]:
     """One picture per prediction: its top class against the most likely other class."""
-    import re
-
-    from advisor.core.io import call_writing
-    from advisor.report.evidence import explain
+    from advisor.report.evidence import write_pictures
 
     index = {c: i for i, c in enumerate(card.classes)}
-    found = explain(model, card.classes, [by_name[p.path] for p in predictions],
-                    [(index[p.top[0].label], None) for p in predictions], device=device, max_pixels=max_pixels)
-    out = []
-    for n, (p, ex) in enumerate(zip(predictions, found)):
-        if isinstance(ex, str):  # the file changed between the two passes
-            out.append(p)
-            continue
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p.path).stem if not p.path.startswith("<") else "image")[:60]
-        path = call_writing(folder / f"{n:04d}-{stem}.jpg", lambda tmp, ex=ex: ex.image().save(tmp, format="JPEG", quality=90))
-        out.append(p.model_copy(update={"evidence": str(path)}))
-    return out
+    paths = write_pictures(model, card.classes, [by_name[p.path] for p in predictions],
+                           [(index[p.top[0].label], None) for p in predictions], folder, device=device, max_pixels=max_pixels)
+    return [p.model_copy(update={"evidence": path}) for p, path in zip(predictions, paths)]

@@ -121,6 +121,34 @@ def explain(model, classes: Sequence[str], items: Sequence, pairs: Sequence[tupl
     return out
 
 
+def write_pictures(model, classes: Sequence[str], items: Sequence, pairs: Sequence[tuple[int | None, int | None]],
+                   folder: Path, *, device: torch.device | str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
+                   ) -> list[str | None]:
+    """``folder/NNNN-<name>.jpg`` per item (N: its position), each written atomically; the path, or None for an
+    image that could not be read (it changed since it was classified)."""
+    import re
+
+    from advisor.core.io import call_writing
+
+    paths: list[str | None] = []
+    for n, (item, ex) in enumerate(zip(items, explain(model, classes, items, pairs, device=device,
+                                                      max_pixels=max_pixels))):
+        if isinstance(ex, str):
+            paths.append(None)
+            continue
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(item).stem if isinstance(item, (str, os.PathLike)) else "image")
+        path = call_writing(folder / f"{n:04d}-{stem[:60]}.jpg",
+                            lambda tmp, ex=ex: ex.image().save(tmp, format="JPEG", quality=90))
+        paths.append(str(path))
+    return paths
+
+
+def check_mappable(model) -> None:
+    """Raise AdvisorError now when ``model``'s logits cannot be placed on the image (before a long pass, not after)."""
+    size = model.backbone.transform_config.input_size
+    evidence_maps(model, torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+
+
 def _pair(logits: torch.Tensor, a: int | None, b: int | None) -> tuple[int, int]:
     if a is None:
         a = int(logits.argmax()) if b is None else int(logits.masked_fill(_mask(logits, b), float("-inf")).argmax())
