@@ -343,21 +343,22 @@ class Classifier:
         return list(self.card.classes)
 
     def predict(self, images, *, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
-                progress: Progress | None = None, explain_to: str | os.PathLike | None = None):
+                progress: Progress | None = None, explain_to: str | os.PathLike | None = None, tta: bool = False):
         """Top-k classes with probabilities for image files, folders or PIL images (one or a list).
 
         Files are decoded by ``workers`` DataLoader processes [default: by free cores] while the model runs;
         ``progress("predict", done, total)`` follows the images. Returns a ``PredictionReport``: ``.predictions`` (path or ``<image N>``, and its top-k), ``.skipped``
         (unreadable files, with the reason), ``.ignored``. Raises AdvisorError when nothing could be classified.
         ``explain_to``: a folder that also gets each image's evidence picture (see :meth:`explain`); each
-        prediction's ``.evidence`` names its file.
+        prediction's ``.evidence`` names its file. ``tta``: average each image's logits with its mirror
+        image's (twice the compute; refused where the run's flip check found that flips change labels).
         """
         from advisor.execute.predict import predict_with
 
         _check_range("workers", workers, 0, 64)
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         return predict_with(self.model, self.card, items, run_dir=self.run_dir, top_k=top_k, device=self.device,
-                            batch_size=batch_size, workers=workers, explain_to=explain_to,
+                            batch_size=batch_size, workers=workers, explain_to=explain_to, tta=tta,
                             progress=(lambda done, total: progress("predict", done, total)) if progress else None)
 
     def explain(self, images, *, target: str | None = None, versus: str | None = None):
@@ -391,7 +392,7 @@ class Classifier:
         return found
 
     def evaluate(self, dataset: str | os.PathLike, *, split: str = "test", batch_size: int = 32, workers: int | None = None,
-                 progress: Progress | None = None, explain_to: str | os.PathLike | None = None):
+                 progress: Progress | None = None, explain_to: str | os.PathLike | None = None, tta: bool = False):
         """Score this classifier on labelled images: class folders (all of them), split folders or a CSV manifest.
 
         ``split``: "test" (class folders without split folders count as test), "val", "train" or "all".
@@ -399,12 +400,13 @@ class Classifier:
         ``.confusion`` (rows: true class, in the run's class order), ``.skipped``. Raises AdvisorError
         when a class of ``dataset`` is not among the run's, or the split is empty. ``explain_to``: a folder
         that gets the evidence picture (predicted against true class) of every misclassified image.
+        ``tta``: as for :meth:`predict`.
         """
         from advisor.execute.evaluate import evaluate_with
 
         _check_range("workers", workers, 0, 64)
         return evaluate_with(self.model, self.card, dataset, split=split, device=self.device, workers=workers,
-                             batch_size=batch_size, explain_to=explain_to,
+                             batch_size=batch_size, explain_to=explain_to, tta=tta, run_dir=self.run_dir,
                              progress=(lambda done, total: progress("evaluate", done, total)) if progress else None)
 
     def export(self, out_dir: str | os.PathLike | None = None):

@@ -73,6 +73,7 @@ class SplitScore(BaseModel):
     # advisor evaluate --explain: the folder of evidence pictures of the misclassified images, and how many
     evidence_dir: str | None = None
     evidence_pictures: int = 0
+    tta: bool = False  # each image's logits averaged with its mirror image's (advisor evaluate --tta)
 
 
 def split_score(logits: torch.Tensor, y: torch.Tensor, classes: list[str], *, split: str, dataset: str = "",

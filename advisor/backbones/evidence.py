@@ -36,6 +36,12 @@ class EvidenceMaps:
     bias: torch.Tensor
     logits: torch.Tensor
 
+    def averaged_with_mirror(self, mirror: EvidenceMaps) -> EvidenceMaps:
+        """The maps of the average of these logits and ``mirror``'s (the same batch flipped left to right): the
+        mirror's maps flipped back, then both averaged; still exact, for test-time augmentation."""
+        return EvidenceMaps(maps=[(m + w.flip(-1)) / 2 for m, w in zip(self.maps, mirror.maps)], bias=self.bias,
+                            logits=(self.logits + mirror.logits) / 2)
+
     def contrast(self, a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
         """``[B, size, size]``: evidence for class ``a[i]`` over class ``b[i]`` at each pixel, in logit units.
 

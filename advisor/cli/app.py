@@ -30,6 +30,7 @@ from advisor.cli.options import (
     InputSizeOpt,
     TrainBatchOpt,
     ExplainOpt,
+    TtaOpt,
     JsonOpt,
     RunDirArg,
     RunValFractionOpt,
@@ -320,11 +321,13 @@ def predict_cmd(
     workers: Optional[int] = WorkersOpt,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write every prediction (and skip) to this CSV file."),
     explain: Optional[Path] = ExplainOpt,
+    tta: bool = TtaOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Classify images with a trained run: top-k classes with probabilities."""
     with stage_bars() as cb:
-        rep = api.load(run_dir, device=device).predict(images, top_k=top_k, workers=workers, progress=cb, explain_to=explain)
+        rep = api.load(run_dir, device=device).predict(images, top_k=top_k, workers=workers, progress=cb, explain_to=explain,
+                                                       tta=tta)
     if csv_out is not None:
         write_predictions_csv(rep, csv_out)
     if json_out:
@@ -341,11 +344,13 @@ def evaluate_cmd(
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
     explain: Optional[Path] = ExplainOpt,
+    tta: bool = TtaOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Score a trained run on labelled images: accuracy with its interval, per class, confusion."""
     with stage_bars() as cb:
-        score = api.load(run_dir, device=device).evaluate(dataset, split=split, workers=workers, progress=cb, explain_to=explain)
+        score = api.load(run_dir, device=device).evaluate(dataset, split=split, workers=workers, progress=cb,
+                                                          explain_to=explain, tta=tta)
     if json_out:
         print_json(score)
         return

@@ -34,6 +34,8 @@ TrainBatchOpt = typer.Option(None, "--batch-size", min=MIN_BATCH, max=MAX_BATCH,
                                   f"sqrt(batch / {BATCH_SIZE}). Lower it when the GPU runs out of memory.")
 RunDirArg = typer.Argument(..., help="A run directory written by `advisor run`.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
+TtaOpt = typer.Option(False, "--tta", help="Average each image's logits with its mirror image's (test-time "
+                      "augmentation: twice the compute; refused where the run found that flips change labels).")
 ExplainOpt = typer.Option(None, "--explain", help="Also write evidence pictures into this folder: the crop the model saw "
                           "beside where it favours one class over another (predict: each image, top class against the "
                           "runner-up; evaluate: each mistake, predicted against true).")

@@ -282,7 +282,8 @@ def render_score(score) -> None:
     from advisor.report import score_phrase
 
     out.print(f"{score.split} accuracy " + score_phrase(score, emphasis=lambda s: f"[bold]{s}[/bold]")
-              + f" on {shown(display_path(score.dataset))}", soft_wrap=True)
+              + f" on {shown(display_path(score.dataset))}" + (", each image averaged with its mirror image" if score.tta else ""),
+              soft_wrap=True)
     out.print(_per_class_table(f"{score.split.capitalize()} per class", [c for c in score.per_class if c.support]))
     names = [c.name for c in score.per_class]
     pairs = sorted(((n, t, p) for t, row in enumerate(score.confusion) for p, n in enumerate(row) if n and t != p), reverse=True)
@@ -313,7 +314,8 @@ def shorten_left(text: str, width: int) -> str:
 
 def render_predictions(rep, *, top_k: int) -> None:
     """``advisor predict``: one row per image, its name cut from the left when it must be."""
-    t = Table(title=f"{rep.strategy} model from {shown(rep.run_dir)}", title_justify="left")
+    tta = ", each image averaged with its mirror image" if rep.tta else ""
+    t = Table(title=f"{rep.strategy} model from {shown(rep.run_dir)}{tta}", title_justify="left")
     t.add_column("image", no_wrap=True)
     for i in range(min(top_k, len(rep.classes))):
         t.add_column(f"top {i + 1}")

@@ -18,7 +18,7 @@ from advisor.backbones.classifier import load_classifier
 from advisor.core.distributed import resolve_device
 from advisor.core.errors import AdvisorError
 from advisor.data.scan import Sample, scan_dataset
-from advisor.execute.predict import forward_batches
+from advisor.execute.predict import check_tta, forward_batches
 from strategies.results import SplitScore, split_score
 
 EvalSplit = Literal["test", "val", "train", "all"]
@@ -27,14 +27,15 @@ EvalSplit = Literal["test", "val", "train", "all"]
 def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split: str, dataset: str = "",
                   device: torch.device | str = "cpu", workers: int | None = None, batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None, temperature: float = 1.0,
-                  scored: list[tuple[Sample, int, float]] | None = None) -> SplitScore:
+                  scored: list[tuple[Sample, int, float]] | None = None, tta: bool = False) -> SplitScore:
     """Accuracy (with its Wilson interval), loss, per-class scores, confusion and calibration error of ``model`` on
     ``samples``, whose labels index ``classes`` (the model's own). Unreadable images are counted, not scored.
     ``temperature``: the one folded into the head, to report the error before calibration beside it.
-    ``scored``: gets (sample, predicted class, its probability) for each image read (for a second look at them)."""
+    ``scored``: gets (sample, predicted class, its probability) for each image read (for a second look at them).
+    ``tta``: each image's logits averaged with its mirror image's."""
     logits, labels, skipped, read = [], [], 0, []
     for pos, out, bad in forward_batches(model, [s.path for s in samples], device=device, batch_size=batch_size,
-                                         workers=workers, progress=progress):
+                                         workers=workers, progress=progress, tta=tta):
         skipped += len(bad)
         if out is not None:
             logits.append(out)
@@ -53,7 +54,7 @@ def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split
 def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: EvalSplit = "test",
                  device: str | None = None, workers: int | None = None, batch_size: int = 32,
                  progress: Callable[[int, int], None] | None = None,
-                 explain_to: str | os.PathLike | None = None) -> SplitScore:
+                 explain_to: str | os.PathLike | None = None, tta: bool = False) -> SplitScore:
     """Score the classifier a run saved on a labelled dataset's ``split``.
 
     ``dataset``: class folders (all of it is the test split), split folders or a CSV manifest, as
@@ -63,20 +64,25 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, spli
     dev = resolve_device(device)
     model, card = load_classifier(run_dir, device=dev)
     return evaluate_with(model, card, dataset, split=split, device=dev, workers=workers, batch_size=batch_size,
-                         progress=progress, explain_to=explain_to)
+                         progress=progress, explain_to=explain_to, tta=tta, run_dir=run_dir)
 
 
 def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit = "test", device: torch.device | str = "cpu",
                   workers: int | None = None, batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None,
-                  explain_to: str | os.PathLike | None = None) -> SplitScore:
+                  explain_to: str | os.PathLike | None = None, tta: bool = False,
+                  run_dir: str | os.PathLike | None = None) -> SplitScore:
     """:func:`evaluate_run` for a classifier already loaded (``model`` and its ``card``).
 
     ``explain_to``: a folder that gets an evidence picture (predicted class against the true one) of
-    every misclassified image, the most confident mistakes first (``NNNN-<name>.jpg``).
+    every misclassified image, the most confident mistakes first (``NNNN-<name>.jpg``). ``tta``: each
+    image's logits averaged with its mirror image's (refused where the run at ``run_dir`` found that
+    flips change labels).
     """
     if split not in ("test", "val", "train", "all"):
         raise AdvisorError(f"unknown split {split!r}", hint="choose test, val, train or all")
+    if tta:
+        check_tta(run_dir)
     if explain_to is not None:
         from advisor.core.io import ensure_writable_dir
         from advisor.report.evidence import check_mappable
@@ -100,13 +106,14 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
     scored: list[tuple[Sample, int, float]] | None = [] if explain_to is not None else None
     score = score_samples(model, chosen, list(card.classes), split=split, dataset=scan.root, device=device, workers=workers,
                           batch_size=batch_size, progress=progress, temperature=card.metrics.get("temperature", 1.0),
-                          scored=scored)
+                          scored=scored, tta=tta)
     score.skipped += len(scan.skipped)  # files the scan could not read, whichever split they were in
     if explain_to is not None:
         from advisor.report.evidence import write_pictures
 
         wrong = sorted((x for x in scored if x[1] != x[0].label), key=lambda x: -x[2])
         paths = write_pictures(model, card.classes, [s.path for s, _, _ in wrong], [(p, s.label) for s, p, _ in wrong],
-                               explain_to, device=device)
+                               explain_to, device=device, tta=tta)
         score.evidence_dir, score.evidence_pictures = str(explain_to), sum(p is not None for p in paths)
+    score.tta = tta
     return score

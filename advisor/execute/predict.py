@@ -37,6 +37,7 @@ class PredictionReport(BaseModel):
     skipped: list[SkippedFile]
     ignored: int  # non-image or hidden files inside the given folders
     evidence_dir: str | None = None  # where the evidence pictures went (explain_to)
+    tta: bool = False  # the logits averaged with the mirror image's
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> tuple[list[str], list[SkippedFile], int]:
@@ -93,13 +94,14 @@ def _image_batches(images: list, tf, *, batch_size: int):
 
 def forward_batches(model, items: Sequence, *, device: torch.device | str = "cpu", batch_size: int = 32,
                     max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                    progress: Callable[[int, int], None] | None = None):
+                    progress: Callable[[int, int], None] | None = None, tta: bool = False):
     """``(positions in items, logits as float on the CPU, [(position, reason)])`` per batch of image files
     (paths) or PIL images: the one inference pass that predict and evaluate share.
 
     Files are decoded by ``workers`` DataLoader processes (default: by free cores) while the model
     runs; the forward runs channels_last, as extraction does (1.8x on the CPU), and the model's
-    layout and mode are restored afterwards. ``progress(done, total)`` follows the images.
+    layout and mode are restored afterwards. ``progress(done, total)`` follows the images. ``tta``: the
+    logits are the average of the image's and its mirror image's (test-time augmentation; twice the compute).
     """
     dev = torch.device(device)
     tc = model.backbone.transform_config
@@ -121,7 +123,11 @@ def forward_batches(model, items: Sequence, *, device: torch.device | str = "cpu
                 logits = None
                 if x is not None:
                     with torch.inference_mode():
-                        logits = model(x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)).float().cpu()
+                        x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                        logits = model(x).float()
+                        if tta:
+                            logits = (logits + model(x.flip(3)).float()) / 2
+                        logits = logits.cpu()
                 done += len(pos) + len(bad)
                 yield [at[i] for i in pos], logits, [(at[i], reason) for i, reason in bad]
                 if progress:
@@ -132,7 +138,7 @@ def forward_batches(model, items: Sequence, *, device: torch.device | str = "cpu
 
 def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.device | str = "cpu", batch_size: int = 32,
              max_pixels: int = DEFAULT_MAX_PIXELS, skipped: list[SkippedFile] | None = None, workers: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
+             progress: Callable[[int, int], None] | None = None, tta: bool = False) -> list[Prediction]:
     """Top-k predictions of ``model`` for image files (paths) or images already in memory (PIL), in input order.
 
     A file that cannot be read is appended to ``skipped`` with its reason; an in-memory image is
@@ -145,7 +151,7 @@ def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.devi
     names = [f"<image {n}>" if isinstance(item, Image.Image) else str(item) for n, item in enumerate(items)]
     found: dict[int, Prediction] = {}
     for pos, logits, bad in forward_batches(model, items, device=device, batch_size=batch_size, max_pixels=max_pixels,
-                                            workers=workers, progress=progress):
+                                            workers=workers, progress=progress, tta=tta):
         skipped += [SkippedFile(path=names[n], reason=reason) for n, reason in bad]
         if logits is None:
             continue
@@ -159,7 +165,7 @@ def classify(model, card, items: Sequence, *, top_k: int = 5, device: torch.devi
 def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top_k: int = 5, device: str | None = None,
             batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
             progress: Callable[[int, int], None] | None = None,
-            explain_to: str | os.PathLike | None = None) -> PredictionReport:
+            explain_to: str | os.PathLike | None = None, tta: bool = False) -> PredictionReport:
     """Classify every image in ``inputs`` (files and folders); unreadable images are skipped and reported.
 
     Raises AdvisorError when nothing could be classified (every input missing or unreadable),
@@ -170,19 +176,23 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top_
     dev = resolve_device(device)
     model, card = load_classifier(run_dir, device=dev)
     return predict_with(model, card, inputs, run_dir=run_dir, top_k=top_k, device=dev, batch_size=batch_size,
-                        max_pixels=max_pixels, workers=workers, progress=progress, explain_to=explain_to)
+                        max_pixels=max_pixels, workers=workers, progress=progress, explain_to=explain_to, tta=tta)
 
 
 def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, top_k: int = 5,
                  device: torch.device | str = "cpu", batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  workers: int | None = None, progress: Callable[[int, int], None] | None = None,
-                 explain_to: str | os.PathLike | None = None) -> PredictionReport:
+                 explain_to: str | os.PathLike | None = None, tta: bool = False) -> PredictionReport:
     """``predict`` for a classifier already loaded; ``inputs`` may mix files, folders and PIL images
     (predictions: the files, folders expanded, in order, then the in-memory images).
 
     ``explain_to``: a folder that gets, per predicted image, ``NNNN-<name>.jpg``: the crop the model
     saw beside its evidence map for the top class against the runner-up (a second pass over the images).
+    ``tta``: average each image's logits with its mirror image's (refused where the run found that a
+    horizontal flip changes labels: :func:`check_tta`).
     """
+    if tta:
+        check_tta(run_dir)
     if explain_to is not None:
         from advisor.core.io import ensure_writable_dir
         from advisor.report.evidence import check_mappable
@@ -196,24 +206,42 @@ def predict_with(model, card, inputs: Sequence, *, run_dir: str | os.PathLike, t
         raise AdvisorError(f"no images to predict ({ignored} non-image or hidden file(s) ignored)",
                            hint=f"pass image files or folders that contain images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     predictions = classify(model, card, [*files, *images], top_k=top_k, device=device, batch_size=batch_size,
-                           max_pixels=max_pixels, skipped=skipped, workers=workers, progress=progress)
+                           max_pixels=max_pixels, skipped=skipped, workers=workers, progress=progress, tta=tta)
     if not predictions:
         first = skipped[0]
         raise AdvisorError(f"no image could be classified: {len(skipped)} input(s) skipped, e.g. {first.path}: {first.reason}",
                            hint="pass readable image files or folders that contain them")
     if explain_to is not None:
         by_name = {**{f: f for f in files}, **{f"<image {len(files) + n}>": im for n, im in enumerate(images)}}
-        predictions = _write_evidence(model, card, predictions, by_name, explain_to, device=device, max_pixels=max_pixels)
+        predictions = _write_evidence(model, card, predictions, by_name, explain_to, device=device, max_pixels=max_pixels,
+                                      tta=tta)
     return PredictionReport(run_dir=str(run_dir), strategy=card.strategy, classes=card.classes, predictions=predictions,
-                            skipped=skipped, ignored=ignored, evidence_dir=str(explain_to) if explain_to else None)
+                            skipped=skipped, ignored=ignored, evidence_dir=str(explain_to) if explain_to else None, tta=tta)
+
+
+def check_tta(run_dir: str | os.PathLike | None) -> None:
+    """Refuse mirror-image averaging for a run whose flip check fired (R17: labels change under a horizontal flip,
+    as for digits and text), as its ``plan.json`` records; a model without its run's plan is the caller's word."""
+    from advisor.core.io import read_model
+    from advisor.decide.models import RunPlan
+
+    path = Path(run_dir) / "plan.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return
+    plan = read_model(path, RunPlan, fix="the run directory is damaged: rerun it")
+    if "R17" in plan.rule_ids or (plan.recipe is not None and not plan.recipe.hflip):
+        raise AdvisorError("--tta averages each image with its mirror image, but this run's flip check found that a "
+                           "horizontal flip changes labels here (R17; the run trained without flips)",
+                           hint="leave out --tta")
 
 
 def _write_evidence(model, card, predictions: list[Prediction], by_name: dict, folder: Path, *, device,
-                    max_pixels: int) -> list[Prediction]:
+                    max_pixels: int, tta: bool = False) -> list[Prediction]:
     """One picture per prediction: its top class against the most likely other class."""
     from advisor.report.evidence import write_pictures
 
     index = {c: i for i, c in enumerate(card.classes)}
     paths = write_pictures(model, card.classes, [by_name[p.path] for p in predictions],
-                           [(index[p.top[0].label], None) for p in predictions], folder, device=device, max_pixels=max_pixels)
+                           [(index[p.top[0].label], None) for p in predictions], folder, device=device, max_pixels=max_pixels,
+                           tta=tta)
     return [p.model_copy(update={"evidence": path}) for p, path in zip(predictions, paths)]

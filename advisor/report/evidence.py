@@ -74,12 +74,13 @@ def overlay_array(crop: np.ndarray, evidence: np.ndarray) -> np.ndarray:
 
 def explain(model, classes: Sequence[str], items: Sequence, pairs: Sequence[tuple[int, int] | None] | None = None, *,
             device: torch.device | str = "cpu", batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
-            ) -> list[Explanation | str]:
+            tta: bool = False) -> list[Explanation | str]:
     """An :class:`Explanation` per item (an image file or a PIL image), or the reason it could not be read.
 
     ``pairs[i]``: the class indices ``(a, b)`` to contrast on item i; ``a`` None means the model's top
     class, ``b`` None the most likely class other than ``a``; no ``pairs`` contrasts the top class with
-    the runner-up on every item: why the model chose what it chose.
+    the runner-up on every item: why the model chose what it chose. ``tta``: explain the average of the
+    image's and its mirror image's logits (the mirror's maps mirrored back and averaged: still exact).
     """
     if len(classes) < 2:
         raise AdvisorError("an explanation contrasts two classes; this model has fewer")
@@ -107,7 +108,10 @@ def explain(model, classes: Sequence[str], items: Sequence, pairs: Sequence[tupl
         done: dict[int, Explanation] = {}
         if crops:
             batch = torch.stack(crops)
-            ev = evidence_maps(model, tc.normalize(batch).to(device))
+            x = tc.normalize(batch).to(device)
+            ev = evidence_maps(model, x)
+            if tta:
+                ev = ev.averaged_with_mirror(evidence_maps(model, x.flip(3)))
             chosen = [_pair(ev.logits[i].cpu(), *pairs[start + n]) for i, (n, _) in enumerate(names)]
             a = torch.tensor([p[0] for p in chosen], device=ev.logits.device)
             b = torch.tensor([p[1] for p in chosen], device=ev.logits.device)
@@ -123,7 +127,7 @@ def explain(model, classes: Sequence[str], items: Sequence, pairs: Sequence[tupl
 
 def write_pictures(model, classes: Sequence[str], items: Sequence, pairs: Sequence[tuple[int | None, int | None]],
                    folder: Path, *, device: torch.device | str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
-                   ) -> list[str | None]:
+                   tta: bool = False) -> list[str | None]:
     """``folder/NNNN-<name>.jpg`` per item (N: its position), each written atomically; the path, or None for an
     image that could not be read (it changed since it was classified)."""
     import re
@@ -132,7 +136,7 @@ def write_pictures(model, classes: Sequence[str], items: Sequence, pairs: Sequen
 
     paths: list[str | None] = []
     for n, (item, ex) in enumerate(zip(items, explain(model, classes, items, pairs, device=device,
-                                                      max_pixels=max_pixels))):
+                                                      max_pixels=max_pixels, tta=tta))):
         if isinstance(ex, str):
             paths.append(None)
             continue
