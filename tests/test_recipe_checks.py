@@ -97,3 +97,14 @@ def test_one_standard_error_rule_keeps_the_top_layer_unless_the_gain_is_real():
     assert taps == ["pre_logits"] and "one-standard-error" in note
     taps, _, _, note = _one_standard_error([_cand(["stage5"], 320, clearly), pre])
     assert taps == ["stage5"] and note is None
+
+
+def test_a_forced_fine_tune_gets_the_flip_check_too(tmp_path):
+    # `run --strategy` skips the similarity measurement, but not the flip check: digits forced into a fine-tune were
+    # trained with mirror images before.
+    from advisor.decide.advise import recommend_once
+
+    rec = recommend_once(_halves(tmp_path / "d", 20, symmetric=False), backbone="test/tiny-cnn", similarity=False,
+                         force_strategy="full-finetune", input_size=32)
+    assert rec.profile.flip_check is not None and rec.profile.flip_check.drop > 0.5
+    assert "R17" in rec.plan.rule_ids and rec.plan.recipe.hflip is False

@@ -163,7 +163,8 @@ def build_profile(
     """The measured profile of a scanned dataset, with ImageNet similarity on ``backbone``.
 
     ``similarity=False`` skips everything that needs a forward pass (similarity, near
-    duplicates, greyscale share): what a run with a forced strategy needs from the profile.
+    duplicates, greyscale share): what a run with a forced strategy needs from the profile (the
+    flip check, on pixels, still runs: it sets the fine-tune's flips).
     ``clock`` collects each stage's seconds (``profile.stage_seconds``; a fresh one by default).
     """
     clock = clock if clock is not None else StageClock()
@@ -242,6 +243,20 @@ def build_profile(
             with clock("flip check"):
                 pixels, mirrored = thumbnails([used[i] for i in train_rows.tolist()])
                 flips = flip_check(pixels, mirrored, train_labels, num_classes=len(scan.classes), seed=seed)
+            if progress:
+                progress("flip check", 1, 1)
+    else:
+        # The flip check needs pixels only, no forward pass, and a forced fine-tune needs its verdict (R17) as much as
+        # an advised one: without it, digits and text were trained with mirror images.
+        sample = profiling_sample(scan.samples, sample_size, seed=seed)
+        sample_train = [s for s in sample if s.split == "train"]
+        if len(sample_train) >= 2 * len(scan.classes):
+            if progress:
+                progress("flip check", 0, 1)
+            with clock("flip check"):
+                pixels, mirrored = thumbnails(sample_train)
+                flips = flip_check(pixels, mirrored, torch.tensor([s.label for s in sample_train]),
+                                   num_classes=len(scan.classes), seed=seed)
             if progress:
                 progress("flip check", 1, 1)
     dups = exact + near
