@@ -79,7 +79,7 @@ def evidence_maps(model, x: torch.Tensor, *, rtol: float = 1e-3) -> EvidenceMaps
     taps = {t.name: t for t in backbone.taps}
     maps_in: dict[str, torch.Tensor] = {}
     head_in: list[torch.Tensor] = []
-    handles = []
+    handles, training = [], model.training
     try:
         for name in model.taps:
             tap = taps[name]
@@ -93,12 +93,11 @@ def evidence_maps(model, x: torch.Tensor, *, rtol: float = 1e-3) -> EvidenceMaps
             else:
                 module = backbone.model.get_submodule(tap.module)
                 handles.append(module.register_forward_hook(lambda _m, _a, out, n=name: maps_in.__setitem__(n, out)))
-        training = model.training
         model.eval()  # the maps explain the model as it predicts: BatchNorm on its running statistics
         with torch.no_grad():
             backbone.model(x)
     finally:
-        model.train(training) if "training" in locals() else None
+        model.train(training)
         for h in handles:
             h.remove()
     with torch.no_grad():
