@@ -29,6 +29,9 @@ def test_the_docs_example_runs(tmp_path, monkeypatch):
     assert Path(out.run_dir, "model.safetensors").exists()
     assert 0.5 < out.result.metrics.val_accuracy <= 1.0
     assert report.predictions and report.predictions[0].top[0].label in ("ants", "bees")
+    why = namespace["why"]
+    assert {why.a, why.b} == {"ants", "bees"} and abs(float(why.evidence.mean()) - why.gap) < 1e-3 * max(1, abs(why.gap))
+    assert (tmp_path / "why.jpg").stat().st_size > 0
 
 
 def test_the_functions_print_nothing_and_refuse_what_the_cli_refuses(tiny_dataset, capsys):
