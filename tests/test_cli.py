@@ -289,3 +289,12 @@ def test_val_fraction_carves_the_split_that_advice_and_runs_share(tmp_path, caps
 
     with pytest.raises(advisor.AdvisorError, match="does not apply to a plan"):
         advisor.run(plan=rec.plan, val_fraction=0.3)
+
+
+def test_help_shows_the_defaults_it_states():
+    # "[default: ...]" inside a help string is Rich markup unless escaped: it used to vanish ("worker processes .").
+    out = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    for text in ("[default: cores - 1]", "[default: $ADVISOR_CACHE_DIR or ~/.cache/advisor]", "[default: 0.2]",
+                 "training batch [default: 32]"):
+        assert text in " ".join(out.replace("│", " ").split()), text
+    assert "processes ." not in out and "folder ." not in out

@@ -140,7 +140,7 @@ def features_cmd(
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=4096,
-                                             help="Images per forward pass [default: 32 on the CPU, 256 on a GPU]."),
+                                             help="Images per forward pass \\[default: 32 on the CPU, 256 on a GPU]."),
     workers: Optional[int] = WorkersOpt,
     key: str = typer.Option("content", help="Cache key per image: content (file hash) or stat (path+size+mtime)."),
     json_out: bool = JsonOpt,

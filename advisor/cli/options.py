@@ -23,14 +23,14 @@ def folder(value: Optional[Path]) -> Optional[Path]:
 
 
 CacheOpt = typer.Option(None, "--cache-dir", callback=folder,
-                        help="Feature cache folder [default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
+                        help="Feature cache folder \\[default: $ADVISOR_CACHE_DIR or ~/.cache/advisor].")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 # Option ranges, checked before any work (click reports a value outside them with exit code 2).
-WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader worker processes [default: cores - 1].")
+WorkersOpt = typer.Option(None, "--workers", min=0, max=64, help="DataLoader worker processes \\[default: cores - 1].")
 InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
                             help=f"Input resolution in pixels, {MIN_INPUT}-{MAX_INPUT} (e.g. 128 for quick CPU runs).")
 TrainBatchOpt = typer.Option(None, "--batch-size", min=MIN_BATCH, max=MAX_BATCH,
-                             help=f"A fine-tune's training batch [default: {BATCH_SIZE}]; its learning rates scale by "
+                             help=f"A fine-tune's training batch \\[default: {BATCH_SIZE}]; its learning rates scale by "
                                   f"sqrt(batch / {BATCH_SIZE}). Lower it when the GPU runs out of memory.")
 RunDirArg = typer.Argument(..., help="A run directory written by `advisor run`.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
@@ -56,7 +56,7 @@ ValFractionOpt = typer.Option(DEFAULT_VAL_FRACTION, "--val-fraction", callback=f
 # run: no default, so that a --val-fraction given with --plan or --resume (whose split is fixed) is an error
 RunValFractionOpt = typer.Option(None, "--val-fraction", callback=fraction,
                                  help="With --auto or --strategy: the validation share carved when the dataset has no "
-                                      "val split [default: 0.2]; a plan or a resumed run keeps its own split.")
+                                      "val split \\[default: 0.2]; a plan or a resumed run keeps its own split.")
 SampleOpt = typer.Option(300, "--sample-size", min=4, max=100_000,
                          help="Images read for the similarity estimate (stratified by class), at least 4.")
 SeedOpt = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the sample, the bootstrap and the split.")
