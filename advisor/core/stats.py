@@ -80,31 +80,22 @@ ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
 DIAGRAM_BINS = 10
 
 
+def _confidence_bins(logits: torch.Tensor, y: torch.Tensor, bins: int) -> list[tuple[float, float, int]]:
+    """Per non-empty equal-width bin of the top-1 probability: (mean confidence, accuracy, images)."""
+    conf, pred = torch.softmax(logits.double(), 1).max(1)
+    correct = (pred == y).double()
+    which = torch.clamp((conf * bins).long(), max=bins - 1)
+    return [(float(conf[m].mean()), float(correct[m].mean()), int(m.sum()))
+            for m in (which == b for b in range(bins)) if m.any()]
+
+
 def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, *, bins: int = ECE_BINS) -> float:
     """Mean |accuracy - confidence| over equal-width bins of the top-1 probability, weighted by images."""
     if not len(y):
         return float("nan")
-    prob = torch.softmax(logits.double(), 1)
-    conf, pred = prob.max(1)
-    correct = (pred == y).double()
-    which = torch.clamp((conf * bins).long(), max=bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += float(mask.sum()) * abs(float(correct[mask].mean()) - float(conf[mask].mean()))
-    return total / len(y)
+    return sum(n * abs(acc - conf) for conf, acc, n in _confidence_bins(logits, y, bins)) / len(y)
 
 
 def reliability(logits: torch.Tensor, y: torch.Tensor, *, bins: int = DIAGRAM_BINS) -> list[tuple[float, float, int]]:
     """Per equal-width bin of the top-1 probability: (mean confidence, accuracy, images); empty bins left out."""
-    prob = torch.softmax(logits.double(), 1)
-    conf, pred = prob.max(1)
-    correct = (pred == y).double()
-    which = torch.clamp((conf * bins).long(), max=bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            rows.append((round(float(conf[mask].mean()), 4), round(float(correct[mask].mean()), 4), int(mask.sum())))
-    return rows
+    return [(round(conf, 4), round(acc, 4), n) for conf, acc, n in _confidence_bins(logits, y, bins)]
