@@ -392,7 +392,8 @@ class Classifier:
         return found
 
     def evaluate(self, dataset: str | os.PathLike, *, split: str = "test", batch_size: int = 32, workers: int | None = None,
-                 progress: Progress | None = None, explain_to: str | os.PathLike | None = None, tta: bool = False):
+                 progress: Progress | None = None, explain_to: str | os.PathLike | None = None, tta: bool = False,
+                 include_seen: bool = False):
         """Score this classifier on labelled images: class folders (all of them), split folders or a CSV manifest.
 
         ``split``: "test" (class folders without split folders count as test), "val", "train" or "all".
@@ -400,14 +401,15 @@ class Classifier:
         ``.confusion`` (rows: true class, in the run's class order), ``.skipped``. Raises AdvisorError
         when a class of ``dataset`` is not among the run's, or the split is empty. ``explain_to``: a folder
         that gets the evidence picture (predicted against true class) of every misclassified image.
-        ``tta``: as for :meth:`predict`.
+        ``tta``: as for :meth:`predict`. Images this run trained or validated on (the same bytes) are left out and
+        counted in ``.seen_train`` / ``.seen_val``, unless ``include_seen``; when nothing else is left it raises.
         """
         from advisor.execute.evaluate import evaluate_with
 
         _check_range("workers", workers, 0, 64)
         return evaluate_with(self.model, self.card, dataset, split=split, device=self.device, workers=workers,
                              batch_size=batch_size, explain_to=explain_to, tta=tta, run_dir=self.run_dir,
-                             progress=(lambda done, total: progress("evaluate", done, total)) if progress else None)
+                             include_seen=include_seen, progress=(lambda done, total: progress("evaluate", done, total)) if progress else None)
 
     def export(self, out_dir: str | os.PathLike | None = None):
         """Write timm safetensors, TorchScript and ONNX (where installed), each checked against this classifier.

@@ -74,6 +74,12 @@ class SplitScore(BaseModel):
     evidence_dir: str | None = None
     evidence_pictures: int = 0
     tta: bool = False  # each image's logits averaged with its mirror image's (advisor evaluate --tta)
+    # advisor evaluate: images given that the run itself trained / validated on (same bytes, advisor.execute.seen),
+    # left out of the score unless seen_included; seen_note says why they could not be told apart (None: they were)
+    seen_train: int = 0
+    seen_val: int = 0
+    seen_included: bool = False
+    seen_note: str | None = None
 
 
 def split_score(logits: torch.Tensor, y: torch.Tensor, classes: list[str], *, split: str, dataset: str = "",

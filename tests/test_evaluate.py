@@ -78,11 +78,13 @@ def test_evaluate_scores_class_folders_as_a_test_set_with_the_runs_classes(split
     assert score.accuracy == pytest.approx(_top1(out.run_dir, scan.samples, scan.classes))
     assert [c.name for c in score.per_class] == ["blue", "green", "red"] and score.per_class[0].support == 0
     # one class is enough to score; the dataset's own splits are honoured, "all" takes every image
-    assert evaluate_run(out.run_dir, write_class_images(tmp_path / "one", {"red": 2}, size=36)).n == 2
-    assert evaluate_run(out.run_dir, root, split="val").n == 9
-    assert evaluate_run(out.run_dir, root, split="all").n == 24 + 9 + 12
+    assert evaluate_run(out.run_dir, write_class_images(tmp_path / "one", {"red": 2}, size=36, seed=5)).n == 2
+    assert evaluate_run(out.run_dir, root, split="val", include_seen=True).n == 9
+    everything = evaluate_run(out.run_dir, root, split="all")  # the run's own images are left out and counted
+    assert everything.n == 12 and (everything.seen_train, everything.seen_val) == (24, 9)
+    assert evaluate_run(out.run_dir, root, split="all", include_seen=True).n == 24 + 9 + 12
     # a dataset root that holds test/ alone (training needs train/; scoring does not)
-    only_test = write_class_images(tmp_path / "tonly" / "test", {"blue": 2, "red": 2}, size=36).parent
+    only_test = write_class_images(tmp_path / "tonly" / "test", {"blue": 2, "red": 2}, size=36, seed=6).parent
     assert evaluate_run(out.run_dir, only_test).n == 4
 
 
@@ -124,6 +126,40 @@ def test_a_test_split_that_cannot_be_scored_leaves_the_trained_run_standing(spli
     events = [json.loads(line) for line in (Path(out.run_dir) / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "test_not_scored" and "none of the 12" in e["reason"] for e in events)
     assert json.loads((Path(out.run_dir) / "run.json").read_text())["status"] == "finished"
+
+
+def test_images_the_run_trained_or_validated_on_are_left_out_of_a_later_score(split_run, tmp_path, capsys):
+    import shutil
+
+    from test_cli import run_main
+
+    root, out = split_run
+    # its validation images only: refused, since their accuracy is no test accuracy
+    with pytest.raises(AdvisorError, match=r"all 9 images of .* were used by the run \(0 to train, 9 to validate\)"):
+        evaluate_run(out.run_dir, root, split="val")
+    # renamed copies of two training images among three new ones: matched by content, left out, counted
+    mixed = write_class_images(tmp_path / "mixed", {"red": 3}, size=36, seed=11)
+    for i, f in enumerate(sorted((root / "train" / "red").iterdir())[:2]):
+        shutil.copyfile(f, mixed / "red" / f"renamed_{i}.png")
+    score = evaluate_run(out.run_dir, mixed)
+    assert score.n == 3 and (score.seen_train, score.seen_val, score.seen_included) == (2, 0, False)
+    kept = evaluate_run(out.run_dir, mixed, include_seen=True)
+    assert kept.n == 5 and (kept.seen_train, kept.seen_included) == (2, True)
+    code, printed, err = run_main(["evaluate", out.run_dir, str(mixed)], capsys)
+    assert code == 0 and "left out 2 image(s) the run trained or validated on" in printed
+    code, printed, err = run_main(["evaluate", out.run_dir, str(mixed), "--include-seen"], capsys)
+    assert code == 0 and "this is not a test accuracy" in " ".join(printed.split())
+    code, _, err = run_main(["evaluate", out.run_dir, str(root), "--split", "val"], capsys)
+    assert code == 2 and "--include-seen" in err and len(err.strip().splitlines()) == 1
+    # a seen.json that fails its checksum is not trusted (nothing left out, and the score says why); none at all: same
+    copy = Path(shutil.copytree(out.run_dir, tmp_path / "run-copy"))
+    record = json.loads((copy / "seen.json").read_text())
+    record["train"] = record["train"][1:]
+    (copy / "seen.json").write_text(json.dumps(record))
+    score = evaluate_run(copy, mixed)
+    assert score.n == 5 and score.seen_train == 0 and "does not match its checksum" in score.seen_note
+    (copy / "seen.json").unlink()
+    assert "has no seen.json" in evaluate_run(copy, mixed).seen_note
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")

@@ -212,7 +212,7 @@ def test_evaluate_explain_pictures_every_mistake(tiny_run, tmp_path):
     shutil.copytree(data / "red", held_out / "blue")  # the same images labelled blue: each is a mistake or the red one is
     folder = tmp_path / "mistakes"
     proc = subprocess.run([sys.executable, "-m", "advisor", "evaluate", str(run_dir), str(held_out), "--explain", str(folder),
-                           "--json"], capture_output=True, text=True)
+                           "--json", "--include-seen"], capture_output=True, text=True)  # the run's own images
     assert proc.returncode == 0, proc.stderr
     score = json.loads(proc.stdout)
     wrong = score["n"] - sum(row[i] for i, row in enumerate(score["confusion"]))
@@ -220,6 +220,6 @@ def test_evaluate_explain_pictures_every_mistake(tiny_run, tmp_path):
     pictures = sorted(folder.iterdir())
     assert len(pictures) == wrong and pictures[0].name.startswith("0000-")
     shown = subprocess.run([sys.executable, "-m", "advisor", "evaluate", str(run_dir), str(held_out), "--explain",
-                            str(tmp_path / "again")], capture_output=True, text=True, env={**os.environ,
+                            str(tmp_path / "again"), "--include-seen"], capture_output=True, text=True, env={**os.environ,
                                                                                           "COLUMNS": "100"})
     assert shown.returncode == 0 and f"evidence pictures: {wrong} in" in " ".join(shown.stdout.split())

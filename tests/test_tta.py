@@ -63,7 +63,7 @@ def test_tta_averages_an_image_with_its_mirror(run, tmp_path):
 
 def test_evaluate_with_tta_and_its_refusal_where_flips_change_labels(run, tmp_path):
     data, run_dir, root = run
-    score = advisor.load(run_dir).evaluate(data, split="all", tta=True)
+    score = advisor.load(run_dir).evaluate(data, split="all", tta=True, include_seen=True)  # its own training images
     assert score.tta and score.n == 24
     # a run whose flip check fired (R17) is refused, from Python and from the command line
     plan_path = Path(run_dir) / "plan.json"
@@ -75,4 +75,4 @@ def test_evaluate_with_tta_and_its_refusal_where_flips_change_labels(run, tmp_pa
     cli = subprocess.run([sys.executable, "-m", "advisor", "evaluate", str(run_dir), str(data), "--split", "all", "--tta"],
                          capture_output=True, text=True)
     assert cli.returncode == 2 and "R17" in cli.stderr and "Traceback" not in cli.stderr
-    assert advisor.load(run_dir).evaluate(data, split="all").n == 24  # without --tta it still scores
+    assert advisor.load(run_dir).evaluate(data, split="all", include_seen=True).n == 24  # without --tta it still scores

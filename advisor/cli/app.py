@@ -345,12 +345,14 @@ def evaluate_cmd(
     workers: Optional[int] = WorkersOpt,
     explain: Optional[Path] = ExplainOpt,
     tta: bool = TtaOpt,
+    include_seen: bool = typer.Option(False, "--include-seen", help="Also score images the run trained or validated "
+                                      "on (left out by default: their accuracy is not a test accuracy)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Score a trained run on labelled images: accuracy with its interval, per class, confusion."""
     with stage_bars() as cb:
         score = api.load(run_dir, device=device).evaluate(dataset, split=split, workers=workers, progress=cb,
-                                                          explain_to=explain, tta=tta)
+                                                          explain_to=explain, tta=tta, include_seen=include_seen)
     if json_out:
         print_json(score)
         return

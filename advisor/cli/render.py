@@ -284,6 +284,15 @@ def render_score(score) -> None:
     out.print(f"{score.split} accuracy " + score_phrase(score, emphasis=lambda s: f"[bold]{s}[/bold]")
               + f" on {shown(display_path(score.dataset))}" + (", each image averaged with its mirror image" if score.tta else ""),
               soft_wrap=True)
+    seen = score.seen_train + score.seen_val
+    if seen and score.seen_included:
+        out.print(f"[yellow]{seen} of the {score.n} images scored are the run's own ({score.seen_train} trained on, "
+                  f"{score.seen_val} validated on): this is not a test accuracy[/yellow]", soft_wrap=True)
+    elif seen:
+        out.print(f"left out {seen} image(s) the run trained or validated on ({score.seen_train} trained on, "
+                  f"{score.seen_val} validated on; --include-seen scores them too)", soft_wrap=True)
+    elif score.seen_note:
+        out.print(f"[yellow]the images were not checked against the run's own: {score.seen_note}[/yellow]", soft_wrap=True)
     out.print(_per_class_table(f"{score.split.capitalize()} per class", [c for c in score.per_class if c.support]))
     names = [c.name for c in score.per_class]
     pairs = sorted(((n, t, p) for t, row in enumerate(score.confusion) for p, n in enumerate(row) if n and t != p), reverse=True)

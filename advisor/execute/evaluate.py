@@ -54,30 +54,33 @@ def score_samples(model, samples: Sequence[Sample], classes: list[str], *, split
 def evaluate_run(run_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: EvalSplit = "test",
                  device: str | None = None, workers: int | None = None, batch_size: int = 32,
                  progress: Callable[[int, int], None] | None = None,
-                 explain_to: str | os.PathLike | None = None, tta: bool = False) -> SplitScore:
+                 explain_to: str | os.PathLike | None = None, tta: bool = False,
+                 include_seen: bool = False) -> SplitScore:
     """Score the classifier a run saved on a labelled dataset's ``split``.
 
     ``dataset``: class folders (all of it is the test split), split folders or a CSV manifest, as
     for training; one class is enough. Its class names must be among the run's: a class the model
-    was never trained on cannot be scored. ``split="all"`` scores every image.
+    was never trained on cannot be scored. ``split="all"`` scores every image. Images the run trained
+    or validated on are left out (and counted) unless ``include_seen``.
     """
     dev = resolve_device(device)
     model, card = load_classifier(run_dir, device=dev)
     return evaluate_with(model, card, dataset, split=split, device=dev, workers=workers, batch_size=batch_size,
-                         progress=progress, explain_to=explain_to, tta=tta, run_dir=run_dir)
+                         progress=progress, explain_to=explain_to, tta=tta, run_dir=run_dir, include_seen=include_seen)
 
 
 def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit = "test", device: torch.device | str = "cpu",
                   workers: int | None = None, batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None,
                   explain_to: str | os.PathLike | None = None, tta: bool = False,
-                  run_dir: str | os.PathLike | None = None) -> SplitScore:
+                  run_dir: str | os.PathLike | None = None, include_seen: bool = False) -> SplitScore:
     """:func:`evaluate_run` for a classifier already loaded (``model`` and its ``card``).
 
     ``explain_to``: a folder that gets an evidence picture (predicted class against the true one) of
     every misclassified image, the most confident mistakes first (``NNNN-<name>.jpg``). ``tta``: each
     image's logits averaged with its mirror image's (refused where the run at ``run_dir`` found that
-    flips change labels).
+    flips change labels). ``include_seen``: also score the images the run at ``run_dir`` trained or
+    validated on (by content; left out and counted by default, an error when nothing else is left).
     """
     if split not in ("test", "val", "train", "all"):
         raise AdvisorError(f"unknown split {split!r}", hint="choose test, val, train or all")
@@ -103,6 +106,9 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
         present = ", ".join(sorted({s.split for s in scan.samples}))
         raise AdvisorError(f"{scan.root} has no {split} images (it has: {present})",
                            hint="choose one of those with --split, or --split all")
+    seen_counts, seen_note = _leave_out_seen(chosen, run_dir, include_seen=include_seen, root=scan.root)
+    if seen_counts is not None and not include_seen:
+        chosen = seen_counts[0]
     scored: list[tuple[Sample, int, float]] | None = [] if explain_to is not None else None
     score = score_samples(model, chosen, list(card.classes), split=split, dataset=scan.root, device=device, workers=workers,
                           batch_size=batch_size, progress=progress, temperature=card.metrics.get("temperature", 1.0),
@@ -116,4 +122,22 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
                                explain_to, device=device, tta=tta)
         score.evidence_dir, score.evidence_pictures = str(explain_to), sum(p is not None for p in paths)
     score.tta = tta
+    score.seen_note, score.seen_included = seen_note, include_seen and seen_counts is not None
+    if seen_counts is not None:
+        score.seen_train, score.seen_val = seen_counts[1].train, seen_counts[1].val
     return score
+
+
+def _leave_out_seen(chosen: list[Sample], run_dir, *, include_seen: bool, root: str):
+    """((images the run never saw, counts), None), or (None, why the run's own images cannot be told apart)."""
+    from advisor.execute.seen import read_seen, seen_error, split_seen
+
+    if run_dir is None:
+        return None, "no run folder, so the images it saw are unknown"
+    seen, why = read_seen(run_dir)
+    if seen is None:
+        return None, why
+    unseen, counts = split_seen(chosen, seen)
+    if not include_seen and not unseen:
+        raise seen_error(len(chosen), counts, root)
+    return (unseen, counts), None

@@ -8,6 +8,7 @@ A run directory ``<runs>/<dataset>-<strategy>-<time>/`` holds::
     metrics.json     validation metrics, per-class precision/recall, confusion matrix, curves, calibration, test split
     result.json      the strategy's RunResult (parameters, time, what it selected)
     model.safetensors + model.json   the trained classifier and its card (no pickle)
+    seen.json        content digests of its training and validation images (advisor evaluate leaves them out)
     report.md        a readable summary
     report.html      the same with figures (map, curves, confusion matrix, reliability diagram, most confidently
                      wrong), self-contained
@@ -43,6 +44,7 @@ from advisor.decide.advise import recommend_once
 from advisor.decide.records import record_outcome
 from advisor.execute.evaluate import score_samples
 from advisor.execute.logs import METRICS_CSV, check_loggers, make_loggers
+from advisor.execute.seen import write_seen
 from advisor.decide.models import Recommendation, RunPlan
 from advisor.decide.recipe import BATCH_SIZE
 from advisor.measure.models import DatasetProfile
@@ -155,6 +157,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
         if not distributed.is_main():  # the other ranks trained the same model; rank 0 writes it
             return RunOutcome(run_dir=str(run_dir), plan=plan, result=result, report="", recommendation=recommendation)
         model_path, card_path = save_classifier(model, run_dir, card)
+        # the images it trained and validated on, by content: `advisor evaluate` leaves them out of a later score
+        write_seen(run_dir, data.scan.samples, cache_dir=state.cache_dir)
         if test := data.scan.split("test"):  # scored once, by the saved classifier: nothing above chose on it
             try:
                 result.test = score_samples(model, test, data.classes, split="test", dataset=state.dataset, device=ctx.device,
@@ -164,7 +168,8 @@ def execute(run_dir: Path, plan: RunPlan, state: RunState, *, resume: bool, prog
                           ece=result.test.ece)
             except AdvisorError as err:  # no test image decoded: the trained model still stands
                 ctx.event("test_not_scored", reason=str(err))
-        result.artifacts.update({"model": str(model_path), "card": str(card_path), "metrics": str(run_dir / "metrics.json"),
+        result.artifacts.update({"model": str(model_path), "card": str(card_path), "seen": str(run_dir / "seen.json"),
+                                 "metrics": str(run_dir / "metrics.json"),
                                  "metrics_csv": str(run_dir / METRICS_CSV),
                                  "report": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
                                  "events": str(run_dir / "events.jsonl")})
