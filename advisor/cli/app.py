@@ -240,7 +240,7 @@ def recommend_cmd(
 
 @app.command("run")
 def run_cmd(
-    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or CSV manifest (not needed with --resume)."),
+    dataset: Optional[Path] = typer.Argument(None, metavar="DATASET", help="Dataset folder or CSV manifest (not needed with --resume)."),
     auto: bool = typer.Option(False, "--auto", help="Profile, recommend, print the rationale, then run the plan."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Force a strategy: linear-probe, layer-probe, partial-finetune, full-finetune."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run a plan saved by `advisor recommend --save-plan`."),
@@ -315,7 +315,7 @@ def run_cmd(
 @app.command("predict")
 def predict_cmd(
     run_dir: Path = RunDirArg,
-    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE_OR_FOLDER", help="Image files or folders."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, max=1000, help="Classes per image."),
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
@@ -339,7 +339,7 @@ def predict_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path = RunDirArg,
-    dataset: Path = typer.Argument(..., help="Labelled images: class folders (all of it), split folders or a CSV manifest."),
+    dataset: Path = typer.Argument(..., metavar="DATASET", help="Labelled images: class folders (all of it), split folders or a CSV manifest."),
     split: str = typer.Option("test", "--split", help="test, val, train or all (class folders without splits: test)."),
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
@@ -428,7 +428,7 @@ def calibrate_cmd(json_out: bool = JsonOpt) -> None:
 
 @app.command("report")
 def report_cmd(
-    path: Path = typer.Argument(..., help="A run directory (from `advisor run`) or a compare directory (from `advisor compare`)."),
+    path: Path = typer.Argument(..., metavar="RUN_OR_COMPARE_DIR", help="A run directory (from `advisor run`) or a compare directory (from `advisor compare`)."),
 ) -> None:
     """(Re)build report.html in a run or compare directory: figures, rules, the confidently wrong images."""
     from advisor.report.html import write_report_html

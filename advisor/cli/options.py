@@ -12,7 +12,7 @@ from advisor.data.scan import DEFAULT_VAL_FRACTION
 from advisor.decide.models import MAX_INPUT, MAX_SEED, MIN_INPUT  # noqa: F401  (MAX_SEED: --seed's limit)
 from advisor.decide.recipe import BATCH_SIZE, EPOCHS_LIMIT, MAX_BATCH, MIN_BATCH  # noqa: F401  (EPOCHS_LIMIT: --epochs' limit)
 
-DatasetArg = typer.Argument(..., help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
+DatasetArg = typer.Argument(..., metavar="DATASET", help="Dataset: a folder (<class>/<img> or <split>/<class>/<img>) or a CSV manifest path,label[,split].")
 BackboneOpt = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `advisor backbones`), timm/<name> or torchvision/<name>.")
 WeightsOpt = typer.Option(None, "--weights", help="Weights file (.safetensors, or a state dict saved with torch.save).")
 def folder(value: Optional[Path]) -> Optional[Path]:
@@ -32,7 +32,7 @@ InputSizeOpt = typer.Option(None, "--input-size", min=MIN_INPUT, max=MAX_INPUT,
 TrainBatchOpt = typer.Option(None, "--batch-size", min=MIN_BATCH, max=MAX_BATCH,
                              help=f"A fine-tune's training batch \\[default: {BATCH_SIZE}]; its learning rates scale by "
                                   f"sqrt(batch / {BATCH_SIZE}). Lower it when the GPU runs out of memory.")
-RunDirArg = typer.Argument(..., help="A run directory written by `advisor run`.")
+RunDirArg = typer.Argument(..., metavar="RUN_DIR", help="A run directory written by `advisor run`.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
 TtaOpt = typer.Option(False, "--tta", help="Average each image's logits with its mirror image's (test-time "
                       "augmentation: twice the compute; refused where the run found that flips change labels).")
