@@ -13,9 +13,11 @@ from advisor.measure.logistic import (
     DEFAULT_L2_GRID,
     MIN_STD,
     class_weights_from,
+    cross_validate,
     cv_select_l2,
     fit_logistic,
     fit_standardizer,
+    fold_count,
     stratified_folds,
 )
 from strategies.probe import ProbeFit, SweepRow, fit_probe, layer_probe_sweep, predict_logits
@@ -186,20 +188,37 @@ def test_stratified_folds_balance_every_class():
     assert int(sizes.max() - sizes.min()) <= 1
 
 
-def test_tiny_classes_reduce_or_skip_cv():
+def test_a_rare_class_keeps_five_folds_and_a_single_image_counts_as_a_miss():
+    # One class of 2 used to make the whole set 2-fold; it is dealt into 2 of the 5 folds instead.
     x, y = blobs([20, 20, 2], dim=4, sep=4.0)
     best, table = cv_select_l2(x, y, num_classes=3)
     assert best in DEFAULT_L2_GRID and len(table) == len(DEFAULT_L2_GRID)
     fit = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3)
-    assert fit.folds == 2 and any("2 CV folds" in n for n in fit.notes)
+    assert fit.folds == 5 and any("1 class(es) with fewer than 5 images held out in fewer folds" in n for n in fit.notes)
 
+    # A class with a single image used to stop cross-validation (l2 unselected, no CV accuracy): it now trains the
+    # other folds' probes, and the one probe that holds it out has never seen its class, so it is a miss there.
     x, y = blobs([20, 20, 1], dim=4, sep=4.0)
+    cv = cross_validate(x, y, num_classes=3, grid=DEFAULT_L2_GRID, folds=5, seed=0, class_weights=None,
+                        device="cpu", max_iter=100)
+    assert cv.folds == 5 and len(cv.table) == len(DEFAULT_L2_GRID) and "single image count as a miss" in cv.note
+    assert float(cv.held_out[-1]) == 0.0 and dict(cv.table)[cv.l2] == pytest.approx(40 / 41)  # the rest: separable
+    fit = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3)
+    assert fit.folds == 5 and fit.cv_accuracy == pytest.approx(40 / 41)
+    assert accuracy(predict_logits(fit, {"pre_logits": x}), y) > 0.9  # trained on it: the final probe knows it
+    # scored with class weights (R8), the miss costs its class's share of the balanced accuracy
+    weighted = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3, class_weights=class_weights_from(y, 3))
+    assert weighted.cv_accuracy == pytest.approx(2 / 3)
+
+    # Fewer folds only when even the largest class has fewer images; none when no class has two.
+    x, y = blobs([4, 4], dim=4, sep=4.0)
+    assert fold_count(y, 5) == (4, "4 CV folds instead of 5: the largest class has 4 images")
+    x, y = blobs([1, 1, 1], dim=4, sep=4.0)
     middle = sorted(DEFAULT_L2_GRID)[len(DEFAULT_L2_GRID) // 2]
     assert cv_select_l2(x, y, num_classes=3) == (middle, [])
     fit = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3)
     assert fit.l2 == middle and fit.folds == 0 and math.isnan(fit.cv_accuracy)
-    assert any("smallest has 1" in n for n in fit.notes)
-    assert accuracy(predict_logits(fit, {"pre_logits": x}), y) > 0.9
+    assert any("the largest has 1" in n for n in fit.notes)
 
 
 # --------------------------------------------------------------------------- probes

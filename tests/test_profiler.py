@@ -391,3 +391,16 @@ def test_what_chooses_the_strategy_reads_no_validation_label(profile_dataset_dir
     assert [c.model_dump() for c in first.probe_curve] == [c.model_dump() for c in second.probe_curve]
     assert first.flip_check == second.flip_check
     assert "probe_holdout" not in first.model_dump()
+
+
+def test_a_class_with_one_training_image_still_gets_the_probe_cv_and_the_learning_curve(tmp_path):
+    # One rare class used to stop the profile's cross-validation, so the forecast, the learning curve (what more
+    # images buy) and the flip check were all missing; the rare class is now dealt into fewer folds.
+    root = tmp_path / "rare"
+    write_class_images(root / "train", {"red": 12, "green": 12, "blue": 1})
+    write_class_images(root / "val", {"red": 3, "green": 3, "blue": 2}, seed=1)
+    profile, _, _ = profile_dataset(root, backbone="test/tiny-cnn", device="cpu", num_workers=0, rounds=20)
+    assert profile.train_per_class_min == 1
+    assert PRE_LOGITS in profile.probe_cv and profile.probe_cv[PRE_LOGITS] > 0.9  # colour classes: easy
+    assert [p.per_class for p in profile.probe_curve] == [4.8, 9.6]  # 6 and 12 of the common classes, 4/5 in a fold
+    assert profile.flip_check is not None and profile.flip_check.folds == 5

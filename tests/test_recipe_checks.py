@@ -46,9 +46,13 @@ def test_flip_check_tells_handed_classes_from_symmetric_ones(tmp_path, symmetric
         assert fc.flipped_accuracy == 0.0 and fc.drop == 1.0  # every mirrored image shows the other class
 
 
-def test_flip_check_needs_two_images_per_class():
+def test_flip_check_needs_two_classes_and_one_with_two_images():
     x = torch.rand(3, 12)
-    assert flip_check(x, x, torch.tensor([0, 0, 1]), num_classes=2) is None
+    assert flip_check(x, x, torch.tensor([0, 1, 2]), num_classes=3) is None  # no class can be held out and trained
+    assert flip_check(x, x, torch.tensor([0, 0, 0]), num_classes=3) is None  # one class: nothing to tell apart
+    # a rare class is dealt into fewer folds, as in the profile's other cross-validation
+    checked = flip_check(x, x, torch.tensor([0, 0, 1]), num_classes=2)
+    assert checked is not None and checked.folds == 2 and checked.drop == 0.0  # mirrored pixels = the same here
 
 
 def _with_flips(profile, drop: float, se: float):

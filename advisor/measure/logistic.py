@@ -265,6 +265,31 @@ def stratified_folds(y: Tensor, folds: int, *, seed: int = 0) -> Tensor:
     return fold_of.to(y.device)
 
 
+def fold_count(y: Tensor, folds: int) -> tuple[int, str | None]:
+    """Stratified folds that labels ``y`` allow (0: none), and a note when some class cannot be in every fold.
+
+    ``folds``, fewer only when even the largest class has fewer images. A class with fewer images than folds is
+    dealt into fewer folds (``stratified_folds`` continues its round-robin; scikit-learn's StratifiedKFold does
+    the same): one rare class no longer makes the whole set 2-fold or stops cross-validation. A class with a
+    single image is held out only by the probe that never saw its class, so it counts as a miss, as in
+    scikit-learn: on seeded 1-shot classes of the shared sets that predicted held-out accuracy better than
+    leaving it unscored (benchmarks/tiny_class.py, chosen leave-one-dataset-out); the note says so.
+    """
+    counts = torch.bincount(y.long().cpu())
+    counts = counts[counts > 0]
+    largest = int(counts.max()) if len(counts) else 0
+    if largest < 2:
+        return 0, f"cross-validation needs a class with at least 2 images, the largest has {largest}"
+    k = min(folds, largest)
+    notes = [] if k == folds else [f"{k} CV folds instead of {folds}: the largest class has {largest} images"]
+    fewer, single = int((counts < k).sum()), int((counts == 1).sum())
+    if fewer:
+        notes.append(f"{fewer} class(es) with fewer than {k} images held out in fewer folds"
+                     + (f"; {single} with a single image count as a miss (the probe that holds it out has never "
+                        "seen its class)" if single else ""))
+    return k, "; ".join(notes) or None
+
+
 class CVResult(NamedTuple):
     """What ``cross_validate`` measured: the chosen ``l2``, (l2, accuracy) per grid value, and why CV was skipped."""
 
@@ -289,14 +314,10 @@ def cross_validate(
         raise AdvisorError(f"folds must be at least 2, got {folds}")
     if max_iter < 1:
         raise AdvisorError(f"max_iter must be at least 1, got {max_iter}")
-    smallest = int(torch.bincount(y.long().cpu())[torch.unique(y.long().cpu())].min())
-    if smallest < 2:
+    k, note = fold_count(y, folds)
+    if k == 0:
         middle = values[len(values) // 2]
-        note = (f"cross-validation needs at least 2 images in every class, the smallest has {smallest}: "
-                f"l2 = {middle:g} (middle of the grid) used without selection")
-        return CVResult(middle, [], 0, note)
-    k = min(folds, smallest)
-    note = None if k == folds else f"{k} CV folds instead of {folds}: the smallest class has {smallest} images"
+        return CVResult(middle, [], 0, f"{note}: l2 = {middle:g} (middle of the grid) used without selection")
 
     dev = torch.device(device)
     xd = x.to(dev, _DTYPE)
@@ -358,8 +379,9 @@ def cv_select_l2(
 
     Returns ``(best l2, [(l2, CV accuracy), ...])`` in ascending ``l2``; ties go to the larger
     ``l2``. The accuracy is pooled over held-out rows (class-weighted when ``class_weights`` is
-    given). Folds are ``min(folds, smallest class count)``; if a class has a single image, CV is
-    skipped and the middle grid value returned with an empty table (``fit_probe`` records why).
+    given). Folds follow :func:`fold_count` (a rare class is held out in fewer folds); only when no class
+    has two images is CV skipped and the middle grid value returned with an empty table (``fit_probe``
+    records why).
     """
     res = cross_validate(x, y, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
               class_weights=class_weights, device=device, max_iter=max_iter, standardize=standardize)

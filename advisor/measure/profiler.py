@@ -26,7 +26,7 @@ from advisor.data.scan import DEFAULT_VAL_FRACTION, DatasetScan, Sample, scan_da
 from advisor.measure.features import extract_features
 from advisor.measure.curve import probe_curve
 from advisor.measure.labels import label_report
-from advisor.measure.logistic import cv_select_l2, fit_logistic, fit_standardizer, stratified_folds
+from advisor.measure.logistic import cv_select_l2, fit_logistic, fit_standardizer, fold_count, stratified_folds
 from advisor.measure.models import DatasetProfile, DuplicateGroup, FlipCheck
 from advisor.measure.similarity import greyscale_share, load_reference, measure_similarity
 from advisor.measure.transferability import per_tap_evidence
@@ -381,11 +381,9 @@ def flip_check(features: torch.Tensor, flipped: torch.Tensor, labels: torch.Tens
     (do labels survive?) is rule R17's, against ``Thresholds.flip_drop``.
     """
     y = labels.long()
-    present = torch.bincount(y, minlength=num_classes)
-    present = present[present > 0]
-    if len(present) < 2 or int(present.min()) < 2:
+    k, _ = fold_count(y, 5)
+    if len(y.unique()) < 2 or k == 0:
         return None
-    k = min(5, int(present.min()))
     l2, _ = cv_select_l2(features, y, num_classes=num_classes, folds=k, seed=seed, grid=FLIP_L2_GRID, max_iter=FLIP_MAX_ITER)
     fold_of = stratified_folds(y, k, seed=seed)
     hit, hit_flip = torch.zeros(len(y)), torch.zeros(len(y))
