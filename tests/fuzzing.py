@@ -169,6 +169,12 @@ def features_equal(world: Path) -> Callable[[Outcome, Outcome], bool]:
     return same
 
 
+def same_seen(clean: Outcome, mutated: Outcome) -> bool:
+    a, b = json.loads(clean.out), json.loads(mutated.out)
+    counted = (b["seen_train"], b["seen_val"]) == (a["seen_train"], a["seen_val"]) and b["seen_note"] is None
+    return b["accuracy"] == a["accuracy"] and (counted or (b["seen_note"] or "").endswith("so it was not trusted"))
+
+
 def readers() -> list[Reader]:
     def run_dir(w: Path) -> Path:
         return next((w / "runs").iterdir())
@@ -182,6 +188,9 @@ def readers() -> list[Reader]:
                lambda w: ["predict", run_dir(w), w / "data" / "red", "--json"], is_json=False,
                same=lambda a, b: predictions(a) == predictions(b)),
         Reader("run.json (resume)", lambda w: run_dir(w) / "run.json", lambda w: ["run", "--resume", run_dir(w), "--json"]),
+        # the run's own images, scored anyway: a mutated seen.json is read as it was, or not trusted and said so
+        Reader("seen.json (evaluate)", lambda w: run_dir(w) / "seen.json",
+               lambda w: ["evaluate", run_dir(w), w / "data", "--include-seen", "--json"], same=same_seen),
         Reader("feature shard (features)", lambda w: next((w / "cache" / "features").rglob("*.safetensors")),
                lambda w: ["features", w / "data", "--backbone", "test/tiny-cnn", "--cache-dir", w / "cache", "--json"],
                is_json=False, same=lambda a, b: json.loads(a.out)["images"] == json.loads(b.out)["images"]),
