@@ -28,8 +28,9 @@ from strategies.base import (
     predictions_of,
     register_strategy,
 )
-from strategies.probe import fit_probe, layer_probe_sweep
+from strategies.probe import fit_probe, layer_probe_sweep, out_of_fold_logits
 from strategies.results import RunResult, classification_metrics
+from strategies.temperature import MIN_IMAGES
 
 
 class ProbeConfig(BaseModel):
@@ -102,6 +103,13 @@ class _Probe(Strategy):
             sweep=sweep, predictions=predictions_of(logits, feature_set.labels[va], [feature_set.paths[i] for i in va.tolist()]),
             confidence=confidence_of(logits), val_logits=logits, val_labels=feature_set.labels[va],
         )
+        if len(va) < MIN_IMAGES:  # the runner calibrates on these instead of a validation split this small
+            oof = out_of_fold_logits(fit, train_feats, y_train, num_classes=num_classes, class_weights=weights,
+                                     folds=config.folds, seed=ctx.seed, device=ctx.device)
+            # a class with one training image is predicted by a probe that never saw the class: not a calibration row
+            known = torch.bincount(y_train, minlength=num_classes)[y_train] >= 2
+            if oof is not None:
+                result.oof_logits, result.oof_labels = oof[known], y_train[known]
         return result, model.eval()
 
 

@@ -29,6 +29,8 @@ from advisor.measure.logistic import (
     cross_validate,
     fit_logistic,
     fit_standardizer,
+    fold_count,
+    stratified_folds,
 )
 
 
@@ -202,3 +204,28 @@ def predict_logits(fit: ProbeFit, features: dict[str, Tensor]) -> Tensor:
     if x.shape[1] != fit.dim:
         raise AdvisorError(f"taps {fit.taps} must have {fit.dim} columns in total as at fit time, got {x.shape[1]}")
     return fit.standardizer.apply(x) @ fit.W.T + fit.b
+
+
+def out_of_fold_logits(fit: ProbeFit, features: dict[str, Tensor], y_train: Tensor, *, num_classes: int,
+                       class_weights: Tensor | None = None, folds: int = 5, seed: int = 0,
+                       device: str | torch.device = "cpu", max_iter: int = 100) -> Tensor | None:
+    """Logits ``[N, C]`` of every training row from the probe (``fit``'s taps and L2) refitted without its fold: the
+    folds of ``fit``'s own cross-validation (same labels, seed and fold count). None when no fold can be held out.
+
+    What a probe says of images it never saw, on the training split: where the validation split is too small to
+    fit a temperature on, these rows can (strategies/temperature.py).
+    """
+    k, _ = fold_count(y_train, folds)
+    if k == 0:
+        return None
+    x = _concat(features, fit.taps, rows=y_train.shape[0])
+    blocks = _blocks(features, fit.taps)
+    fold_of = stratified_folds(y_train, k, seed=seed)
+    out = torch.zeros(len(y_train), num_classes)
+    for f in range(k):
+        tr, te = fold_of != f, fold_of == f
+        std = fit_standardizer(x[tr], blocks=blocks)
+        W, b = fit_logistic(std.apply(x[tr]), y_train[tr], num_classes=num_classes, l2=fit.l2,
+                            class_weights=class_weights, max_iter=max_iter, device=device)
+        out[te] = (std.apply(x[te]).to(W.device, W.dtype) @ W.T + b).float().cpu()
+    return out

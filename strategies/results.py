@@ -111,6 +111,9 @@ class Calibration(BaseModel):
     temperature: float  # the head's logits are divided by it; 1.0: the model was left as trained
     reason: str
     n: int
+    # what T was fitted and scored on: the validation split, or (a probe whose validation split is too small) the
+    # out-of-fold predictions of its training split: every figure below is on those rows
+    source: str = "validation"
     nll_before: float
     nll_after: float
     ece_before: float  # expected calibration error, 15 equal-width confidence bins
@@ -145,6 +148,10 @@ class RunResult(BaseModel):
     # The validation logits and labels the metrics came from, for the runner's calibration; never saved.
     val_logits: Any = Field(default=None, exclude=True, repr=False)
     val_labels: Any = Field(default=None, exclude=True, repr=False)
+    # probes: each training image's logits from the probe refitted without its CV fold (strategies.probe.out_of_fold_logits),
+    # kept where the validation split is too small to calibrate on
+    oof_logits: Any = Field(default=None, exclude=True, repr=False)
+    oof_labels: Any = Field(default=None, exclude=True, repr=False)
 
 
 class CompareRow(BaseModel):

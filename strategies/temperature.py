@@ -15,6 +15,9 @@ are cross-fitted: the split is cut into five stratified folds (seeded), each fol
 temperature fitted on the other four. The temperature is kept only when the cross-fitted log-loss improves;
 otherwise (too few images, a head already calibrated) the model stays as trained, and the reason
 is recorded. A test split, when the dataset has one, scores the result with nothing fitted on it.
+A probe whose validation split has fewer than ``MIN_IMAGES`` images is calibrated the same way on its
+out-of-fold training predictions instead (``strategies.probe.out_of_fold_logits``; measured by
+``benchmarks/probe_oof_calibration.py``).
 
 Hand-written rather than taken from torchmetrics or netcal: it is a one-dimensional fit and a binned
 average, and neither package is otherwise needed. ``benchmarks/temperature_check.py`` measures it on
@@ -84,17 +87,22 @@ def _cross_fitted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def calibrate(logits: torch.Tensor, y: torch.Tensor) -> Calibration:
-    """Fit a temperature on ``logits`` (validation) and say whether it helps on held-out folds."""
+OUT_OF_FOLD = "training out-of-fold"
+
+
+def calibrate(logits: torch.Tensor, y: torch.Tensor, *, source: str = "validation") -> Calibration:
+    """Fit a temperature on ``logits`` (validation, or a probe's out-of-fold training logits: ``source``) and say
+    whether it helps on held-out folds."""
     logits, y = logits.detach().float().cpu(), y.detach().long().cpu()
     n = len(y)
+    rows = "validation images" if source == "validation" else "out-of-fold training predictions"
     nll_before = _nll(logits, y)
     before = dict(nll_before=round(nll_before, 5), ece_before=round(expected_calibration_error(logits, y), 5),
                   reliability_before=reliability(logits, y))
     if n < MIN_IMAGES or len(torch.unique(y)) < 2:
-        why = (f"{n} validation images (calibration needs {MIN_IMAGES})" if n < MIN_IMAGES
-               else "the validation split holds one class")
-        return Calibration(applied=False, temperature=1.0, reason=why, n=n,
+        why = (f"{n} {rows} (calibration needs {MIN_IMAGES})" if n < MIN_IMAGES
+               else f"the {rows} hold one class")
+        return Calibration(applied=False, temperature=1.0, reason=why, n=n, source=source,
                            nll_after=before["nll_before"], ece_after=before["ece_before"],
                            reliability_after=before["reliability_before"], **before)
     crossed = _cross_fitted(logits, y)
@@ -102,11 +110,12 @@ def calibrate(logits: torch.Tensor, y: torch.Tensor) -> Calibration:
     temperature = fit_temperature(logits, y)
     applied = nll_after < nll_before
     if applied:
-        reason = (f"temperature {temperature:.3g} fitted on {n} validation images; held-out log-loss "
+        reason = (f"temperature {temperature:.3g} fitted on {n} {rows}; held-out log-loss "
                   f"{nll_before:.4f} -> {nll_after:.4f}")
     else:
         reason = f"a temperature did not lower the held-out log-loss ({nll_before:.4f} -> {nll_after:.4f})"
     return Calibration(applied=applied, temperature=round(temperature, 6) if applied else 1.0, reason=reason, n=n,
+                       source=source,
                        nll_after=round(nll_after, 5), ece_after=round(ece_after, 5),
                        reliability_after=reliability(crossed, y), **before)
 
@@ -118,6 +127,11 @@ def calibrate_run(result, model, classes: list[str]) -> Calibration | None:
     if logits is None or y is None:
         return None
     cal = calibrate(logits, y)
+    if len(y) < MIN_IMAGES and result.oof_logits is not None:
+        # Too few validation images to fit T on; a probe has a prediction for every training image from a probe
+        # that never saw it (benchmarks/probe_oof_calibration.py). Kept only where it helps those rows' held-out folds.
+        cal = calibrate(result.oof_logits, result.oof_labels, source=OUT_OF_FOLD)
+        cal.reason += f" (the validation split has {len(y)} images, too few to fit on)"
     if cal.applied:
         with torch.no_grad():
             model.head.weight.div_(cal.temperature)

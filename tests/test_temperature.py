@@ -146,3 +146,52 @@ def test_a_plan_can_leave_the_probabilities_as_trained(calibrated_run, tmp_path)
     assert raw.result.metrics.val_accuracy == out.result.metrics.val_accuracy
     c = out.result.calibration
     assert raw.result.metrics.val_loss == pytest.approx(c.nll_before, abs=1e-4)
+
+
+def test_a_probe_with_too_few_validation_images_is_calibrated_on_its_out_of_fold_training_predictions():
+    backbone = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+    model = TransferClassifier(backbone, ["pre_logits"], 6)
+    classes = [f"c{i}" for i in range(6)]
+    val, y_val = _sampled(MIN_IMAGES - 5, 0.25, seed=2)  # too few to fit on, and an underconfident head
+    oof, y_oof = _sampled(300, 0.25, seed=3)
+    result = RunResult(strategy="linear-probe", metrics=classification_metrics(val, y_val, classes), trainable_params=1,
+                       total_params=1, seconds=0, device="cpu", confidence=[0.5] * len(y_val), val_logits=val,
+                       val_labels=y_val, oof_logits=oof, oof_labels=y_oof)
+    weight = model.head.weight.detach().clone()
+    cal = calibrate_run(result, model, classes)
+    assert cal.applied and cal.source == "training out-of-fold" and cal.n == 300
+    assert cal.temperature == pytest.approx(0.25, rel=0.15) and "15 images, too few to fit on" in cal.reason
+    torch.testing.assert_close(model.head.weight.detach(), weight / cal.temperature)
+    assert "out-of-fold predictions" in __import__("advisor.report", fromlist=["x"]).calibration_phrase(cal)
+    # with enough validation images the validation split decides, whatever out-of-fold rows the result carries
+    val, y_val = _sampled(200, 1.0, seed=4)
+    result = result.model_copy(update={"val_logits": val, "val_labels": y_val})
+    assert calibrate_run(result, TransferClassifier(backbone, ["pre_logits"], 6), classes).source == "validation"
+
+
+def test_out_of_fold_logits_are_each_rows_probe_fitted_without_its_fold():
+    from advisor.measure.logistic import fit_logistic, fit_standardizer, stratified_folds
+    from strategies.probe import fit_probe, out_of_fold_logits
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(8)
+    x = torch.randn(24, 5, generator=g) + torch.nn.functional.one_hot(y, 5).float() * 2
+    fit = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3)
+    oof = out_of_fold_logits(fit, {"pre_logits": x}, y, num_classes=3)
+    fold = stratified_folds(y, 5, seed=0)
+    held = fold == 2
+    std = fit_standardizer(x[~held])
+    W, b = fit_logistic(std.apply(x[~held]), y[~held], num_classes=3, l2=fit.l2)
+    torch.testing.assert_close(oof[held], std.apply(x[held]) @ W.T + b, rtol=1e-4, atol=1e-4)
+    assert out_of_fold_logits(fit, {"pre_logits": x[:3]}, torch.tensor([0, 1, 2]), num_classes=3) is None
+
+
+def test_a_probe_run_on_a_small_folder_gets_calibrated_probabilities(tmp_path):
+    from conftest import write_class_images
+
+    root = write_class_images(tmp_path / "small", {"red": 9, "green": 9, "blue": 9}, size=36)  # 6 validation images
+    plan = RunPlan(dataset=str(root), backbone="test/tiny-cnn", strategy="linear-probe", rule_ids=["test"], input_size=32)
+    out = run_plan(plan, runs_dir=tmp_path / "runs", num_workers=0)
+    cal = out.result.calibration
+    assert out.result.metrics.n_val < MIN_IMAGES and cal.source == "training out-of-fold" and cal.n == 21
+    assert cal.nll_after <= cal.nll_before or not cal.applied

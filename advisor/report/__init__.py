@@ -37,7 +37,11 @@ def calibration_phrase(c: Calibration, *, short: bool = False) -> str:
     """'calibrated (temperature 1.42): calibration error 6.1 % -> 1.8 % ...' or why the model was left as trained;
     ``short``: one screen line, without the where and why."""
     if c.applied:
-        where = "" if short else " on held-out parts of validation"
+        if c.source == "validation":
+            where = "" if short else " on held-out parts of validation"
+        else:
+            where = (" on out-of-fold training predictions" if short else
+                     " on held-out parts of the training split's out-of-fold predictions (too few validation images)")
         return (f"calibrated (temperature {c.temperature:.3g}): calibration error {100 * c.ece_before:.1f} % -> "
                 f"{100 * c.ece_after:.1f} %{where}")
     why = "" if short else f" ({c.reason})"

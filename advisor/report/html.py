@@ -262,7 +262,10 @@ def _run_sections(plan: RunPlan, result: RunResult, classes: Sequence[str], run_
     if (c := result.calibration) is not None:
         out.append(f"<h2>Calibration</h2><p class=\"caption\">{esc(CALIBRATION_NOTE)}</p><p>{esc(calibration_phrase(c))}.</p>")
         out += _figure(plots.reliability_diagram(c.reliability_before, c.reliability_after if c.applied else None),
-                       f"Validation images ({c.n}) per confidence bin; the marker's size follows the images in it. "
+                       (f"Validation images ({c.n})" if c.source == "validation" else
+                        f"Out-of-fold predictions of the training split ({c.n} images, each from a probe that never "
+                        "saw it: the validation split was too small)") + " per confidence bin; the marker's size "
+                       "follows the images in it. "
                        "The temperature-scaled points are cross-fitted (each fifth scored with the temperature "
                        "fitted on the other four).", narrow=True)
     if (t := result.test) is not None:
