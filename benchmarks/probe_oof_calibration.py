@@ -19,26 +19,12 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from tiny_class import PRE, draw, features_of
 
 from advisor.core.stats import expected_calibration_error
-from advisor.measure.logistic import fit_logistic, fit_standardizer, fold_count, stratified_folds
-from strategies.probe import fit_probe, predict_logits
+from strategies.probe import fit_probe, out_of_fold_logits, predict_logits
 from strategies.temperature import calibrate
-
-
-def out_of_fold_logits(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, l2: float, seed: int = 0) -> torch.Tensor:
-    k, _ = fold_count(y, 5)
-    fold = stratified_folds(y, k, seed=seed)
-    out = torch.zeros(len(y), num_classes)
-    for f in range(k):
-        tr, te = fold != f, fold == f
-        std = fit_standardizer(x[tr])
-        W, b = fit_logistic(std.apply(x[tr]), y[tr], num_classes=num_classes, l2=l2, max_iter=100)
-        out[te] = (std.apply(x[te]) @ W.T + b).float()
-    return out
 
 
 def main() -> None:
@@ -63,7 +49,7 @@ def main() -> None:
                 xt, yt = x[train], y[train]
                 fit = fit_probe({PRE: xt}, yt, taps=[PRE], num_classes=c)
                 raw = predict_logits(fit, {PRE: x[held]})
-                cal = calibrate(out_of_fold_logits(xt, yt, num_classes=c, l2=fit.l2), yt)
+                cal = calibrate(out_of_fold_logits(fit, {PRE: xt}, yt, num_classes=c), yt)  # as the linear probe does
                 t = cal.temperature if cal.applied else 1.0
                 yh = y[held]
                 r = {"dataset": Path(path).name, "per_class": k, "seed": s, "l2": fit.l2, "applied": cal.applied,
