@@ -48,10 +48,10 @@ def calibration_phrase(c: Calibration, *, short: bool = False) -> str:
     return f"left as trained{why}: calibration error {100 * c.ece_before:.1f} %"
 
 
-CALIBRATION_NOTE = ("Temperature scaling: the head's logits are divided by one number fitted on the validation split, "
-                    "so that a predicted probability of 0.8 is right about 80 % of the time; the predicted class, and "
+CALIBRATION_NOTE = ("Temperature scaling: the head's logits are divided by one number fitted on the validation split "
+                    "(a probe with under 20 validation images: on its out-of-fold training predictions), so that a predicted probability of 0.8 is right about 80 % of the time; the predicted class, and "
                     "so the accuracy, does not change. The calibration error is the mean gap between confidence and "
-                    "accuracy over confidence bins; its 'after' figure is measured on each fifth of the split with the "
+                    "accuracy over confidence bins; its 'after' figure is measured on each fifth of those images with the "
                     "temperature fitted on the other four.")
 
 
