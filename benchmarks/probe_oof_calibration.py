@@ -6,8 +6,8 @@ Temperature scaling (strategies/temperature.py) needs 20 validation images; a fo
 carves 18, so its probe's probabilities stay as trained, and a probe whose L2 was chosen for accuracy on a few
 images is often far from calibrated (a messy 6-class folder: calibration error 40 %). The probe's own
 cross-validation has a prediction for every training image from a probe that never saw it. Each scenario draws K
-training images per class (seeded), fits the probe as the linear-probe strategy does (L2 by CV), computes those
-out-of-fold logits at its L2, runs the shipped calibration on them (fit T under the prior, keep it only where
+training images per class (seeded), fits the probe as the linear-probe strategy does (L2 by CV, keeping that CV's
+out-of-fold logits at the chosen L2), runs the shipped calibration on them (fit T under the prior, keep it only where
 cross-fitted folds lower the log-loss), and scores the probe on every other image: calibration error (ECE, 15
 bins) and log-loss, as trained and with that temperature.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tiny_class import PRE, draw, features_of
 
 from advisor.core.stats import expected_calibration_error
-from strategies.probe import fit_probe, out_of_fold_logits, predict_logits
+from strategies.probe import fit_probe, predict_logits
 from strategies.temperature import calibrate
 
 
@@ -47,9 +47,9 @@ def main() -> None:
             for s in range(args.seeds):
                 train, held = draw(y, k, k, classes[0], s)
                 xt, yt = x[train], y[train]
-                fit = fit_probe({PRE: xt}, yt, taps=[PRE], num_classes=c)
+                fit = fit_probe({PRE: xt}, yt, taps=[PRE], num_classes=c, keep_oof=True)  # as the linear probe does
                 raw = predict_logits(fit, {PRE: x[held]})
-                cal = calibrate(out_of_fold_logits(fit, {PRE: xt}, yt, num_classes=c), yt)  # as the linear probe does
+                cal = calibrate(fit.oof_logits, yt)
                 t = cal.temperature if cal.applied else 1.0
                 yh = y[held]
                 r = {"dataset": Path(path).name, "per_class": k, "seed": s, "l2": fit.l2, "applied": cal.applied,

@@ -28,7 +28,7 @@ from strategies.base import (
     predictions_of,
     register_strategy,
 )
-from strategies.probe import fit_probe, layer_probe_sweep, out_of_fold_logits
+from strategies.probe import fit_probe, layer_probe_sweep
 from strategies.results import RunResult, classification_metrics
 from strategies.temperature import MIN_IMAGES
 
@@ -76,13 +76,15 @@ class _Probe(Strategy):
         train_feats = {t: feature_set.features[t][tr] for t in config.taps}
         ctx.report("probe", 0, 1)
         sweep = []
+        keep_oof = len(va) < MIN_IMAGES  # the runner calibrates on them instead of a validation split this small
         if config.sweep and len(config.taps) > 1:
             fit, rows = layer_probe_sweep(train_feats, y_train, taps=config.taps, num_classes=num_classes, concat_top=config.concat_top,
-                                          class_weights=weights, folds=config.folds, seed=ctx.seed, device=ctx.device)
+                                          class_weights=weights, folds=config.folds, seed=ctx.seed, device=ctx.device,
+                                          keep_oof=keep_oof)
             sweep = [r.model_dump() for r in rows]
         else:
             fit = fit_probe(train_feats, y_train, taps=config.taps, num_classes=num_classes, class_weights=weights,
-                            folds=config.folds, seed=ctx.seed, device=ctx.device)
+                            folds=config.folds, seed=ctx.seed, device=ctx.device, keep_oof=keep_oof)
         ctx.report("probe", 1, 1)
         model = TransferClassifier(backbone, list(fit.taps), num_classes)
         model.set_head(fit.W, fit.b, fit.standardizer.mean, fit.standardizer.std)
@@ -103,13 +105,10 @@ class _Probe(Strategy):
             sweep=sweep, predictions=predictions_of(logits, feature_set.labels[va], [feature_set.paths[i] for i in va.tolist()]),
             confidence=confidence_of(logits), val_logits=logits, val_labels=feature_set.labels[va],
         )
-        if len(va) < MIN_IMAGES:  # the runner calibrates on these instead of a validation split this small
-            oof = out_of_fold_logits(fit, train_feats, y_train, num_classes=num_classes, class_weights=weights,
-                                     folds=config.folds, seed=ctx.seed, device=ctx.device)
+        if fit.oof_logits is not None:
             # a class with one training image is predicted by a probe that never saw the class: not a calibration row
             known = torch.bincount(y_train, minlength=num_classes)[y_train] >= 2
-            if oof is not None:
-                result.oof_logits, result.oof_labels = oof[known], y_train[known]
+            result.oof_logits, result.oof_labels = fit.oof_logits[known], y_train[known]
         return result, model.eval()
 
 

@@ -29,8 +29,6 @@ from advisor.measure.logistic import (
     cross_validate,
     fit_logistic,
     fit_standardizer,
-    fold_count,
-    stratified_folds,
 )
 
 
@@ -47,6 +45,8 @@ class ProbeFit:
     cv_table: list[tuple[float, float]]
     folds: int = 0  # CV folds actually used; 0 = skipped
     notes: list[str] = field(default_factory=list)
+    # [N, C] each training row's logits from the CV probe that held it out, at l2 (fit with keep_oof=True)
+    oof_logits: Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -99,7 +99,8 @@ def _refit(
                         max_iter=max_iter, device=device)
     acc = dict(cv.table).get(cv.l2, math.nan)
     std_cpu = Standardizer(std.mean.float().cpu(), std.std.float().cpu())
-    return ProbeFit(list(taps), cv.l2, W, b, std_cpu, acc, cv.table, cv.folds, [cv.note] if cv.note else [])
+    return ProbeFit(list(taps), cv.l2, W, b, std_cpu, acc, cv.table, cv.folds, [cv.note] if cv.note else [],
+                    cv.held_out_logits)
 
 
 def fit_probe(
@@ -114,12 +115,14 @@ def fit_probe(
     device: str | torch.device = "cpu",
     grid: Sequence[float] = DEFAULT_L2_GRID,
     max_iter: int = 100,
+    keep_oof: bool = False,
 ) -> ProbeFit:
-    """Concatenate ``features[t]`` for ``t`` in ``taps``, CV-select ``l2``, refit on all training rows."""
+    """Concatenate ``features[t]`` for ``t`` in ``taps``, CV-select ``l2``, refit on all training rows.
+    ``keep_oof``: keep the CV's out-of-fold logits at that ``l2`` (``ProbeFit.oof_logits``)."""
     x = _concat(features, taps, rows=y_train.shape[0] if isinstance(y_train, Tensor) else None)
     blocks = _blocks(features, taps)
     cv = cross_validate(x, y_train, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
-             class_weights=class_weights, device=device, max_iter=max_iter, blocks=blocks)
+             class_weights=class_weights, device=device, max_iter=max_iter, blocks=blocks, keep_logits=keep_oof)
     return _refit(x, y_train, taps, cv, num_classes=num_classes, class_weights=class_weights,
                   device=device, max_iter=max_iter, blocks=blocks)
 
@@ -137,8 +140,10 @@ def layer_probe_sweep(
     device: str | torch.device = "cpu",
     grid: Sequence[float] = DEFAULT_L2_GRID,
     max_iter: int = 100,
+    keep_oof: bool = False,
 ) -> tuple[ProbeFit, list[SweepRow]]:
-    """CV every candidate of ``sweep_candidates``; refit the simplest within one standard error of the best.
+    """CV every candidate of ``sweep_candidates``; refit the simplest within one standard error of the best
+    (``keep_oof``: with its out-of-fold logits, as :func:`fit_probe`).
 
     All candidates share the same folds (same seed and labels), so their scores are comparable
     and their per-image out-of-fold hits are paired (see :func:`_one_standard_error`).
@@ -152,7 +157,8 @@ def layer_probe_sweep(
     for cand in sweep_candidates(taps, concat_top=concat_top):
         x = _concat(features, cand, rows=y_train.shape[0] if isinstance(y_train, Tensor) else None)
         cv = cross_validate(x, y_train, num_classes=num_classes, grid=grid, folds=folds, seed=seed,
-                 class_weights=class_weights, device=device, max_iter=max_iter, blocks=_blocks(features, cand))
+                 class_weights=class_weights, device=device, max_iter=max_iter, blocks=_blocks(features, cand),
+                 keep_logits=keep_oof)
         acc = dict(cv.table).get(cv.l2, math.nan)
         rows.append(SweepRow(taps=cand, dim=x.shape[1], cv_accuracy=acc, l2=cv.l2))
         results.append((cand, x, cv, acc))
@@ -205,27 +211,3 @@ def predict_logits(fit: ProbeFit, features: dict[str, Tensor]) -> Tensor:
         raise AdvisorError(f"taps {fit.taps} must have {fit.dim} columns in total as at fit time, got {x.shape[1]}")
     return fit.standardizer.apply(x) @ fit.W.T + fit.b
 
-
-def out_of_fold_logits(fit: ProbeFit, features: dict[str, Tensor], y_train: Tensor, *, num_classes: int,
-                       class_weights: Tensor | None = None, folds: int = 5, seed: int = 0,
-                       device: str | torch.device = "cpu", max_iter: int = 100) -> Tensor | None:
-    """Logits ``[N, C]`` of every training row from the probe (``fit``'s taps and L2) refitted without its fold: the
-    folds of ``fit``'s own cross-validation (same labels, seed and fold count). None when no fold can be held out.
-
-    What a probe says of images it never saw, on the training split: where the validation split is too small to
-    fit a temperature on, these rows can (strategies/temperature.py).
-    """
-    k, _ = fold_count(y_train, folds)
-    if k == 0:
-        return None
-    x = _concat(features, fit.taps, rows=y_train.shape[0])
-    blocks = _blocks(features, fit.taps)
-    fold_of = stratified_folds(y_train, k, seed=seed)
-    out = torch.zeros(len(y_train), num_classes)
-    for f in range(k):
-        tr, te = fold_of != f, fold_of == f
-        std = fit_standardizer(x[tr], blocks=blocks)
-        W, b = fit_logistic(std.apply(x[tr]), y_train[tr], num_classes=num_classes, l2=fit.l2,
-                            class_weights=class_weights, max_iter=max_iter, device=device)
-        out[te] = (std.apply(x[te]).to(W.device, W.dtype) @ W.T + b).float().cpu()
-    return out

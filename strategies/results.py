@@ -148,7 +148,7 @@ class RunResult(BaseModel):
     # The validation logits and labels the metrics came from, for the runner's calibration; never saved.
     val_logits: Any = Field(default=None, exclude=True, repr=False)
     val_labels: Any = Field(default=None, exclude=True, repr=False)
-    # probes: each training image's logits from the probe refitted without its CV fold (strategies.probe.out_of_fold_logits),
+    # probes: each training image's logits from the probe refitted without its CV fold (ProbeFit.oof_logits),
     # kept where the validation split is too small to calibrate on
     oof_logits: Any = Field(default=None, exclude=True, repr=False)
     oof_labels: Any = Field(default=None, exclude=True, repr=False)

@@ -16,7 +16,7 @@ temperature fitted on the other four. The temperature is kept only when the cros
 otherwise (too few images, a head already calibrated) the model stays as trained, and the reason
 is recorded. A test split, when the dataset has one, scores the result with nothing fitted on it.
 A probe whose validation split has fewer than ``MIN_IMAGES`` images is calibrated the same way on its
-out-of-fold training predictions instead (``strategies.probe.out_of_fold_logits``; measured by
+out-of-fold training predictions instead (the probe's own cross-validation's, ``ProbeFit.oof_logits``; measured by
 ``benchmarks/probe_oof_calibration.py``).
 
 Hand-written rather than taken from torchmetrics or netcal: it is a one-dimensional fit and a binned

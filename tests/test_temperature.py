@@ -169,21 +169,23 @@ def test_a_probe_with_too_few_validation_images_is_calibrated_on_its_out_of_fold
     assert calibrate_run(result, TransferClassifier(backbone, ["pre_logits"], 6), classes).source == "validation"
 
 
-def test_out_of_fold_logits_are_each_rows_probe_fitted_without_its_fold():
+def test_a_probe_keeps_its_cvs_out_of_fold_logits_each_from_the_fold_probe_that_held_the_row_out():
     from advisor.measure.logistic import fit_logistic, fit_standardizer, stratified_folds
-    from strategies.probe import fit_probe, out_of_fold_logits
+    from strategies.probe import fit_probe
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(3).repeat_interleave(8)
     x = torch.randn(24, 5, generator=g) + torch.nn.functional.one_hot(y, 5).float() * 2
-    fit = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3)
-    oof = out_of_fold_logits(fit, {"pre_logits": x}, y, num_classes=3)
-    fold = stratified_folds(y, 5, seed=0)
-    held = fold == 2
+    fit = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3, keep_oof=True)
+    plain = fit_probe({"pre_logits": x}, y, taps=["pre_logits"], num_classes=3)
+    assert plain.oof_logits is None and (plain.l2, plain.cv_table) == (fit.l2, fit.cv_table)  # keeping them changes nothing
+    assert fit.oof_logits.shape == (24, 3)
+    held = stratified_folds(y, 5, seed=0) == 2
     std = fit_standardizer(x[~held])
     W, b = fit_logistic(std.apply(x[~held]), y[~held], num_classes=3, l2=fit.l2)
-    torch.testing.assert_close(oof[held], std.apply(x[held]) @ W.T + b, rtol=1e-4, atol=1e-4)
-    assert out_of_fold_logits(fit, {"pre_logits": x[:3]}, torch.tensor([0, 1, 2]), num_classes=3) is None
+    torch.testing.assert_close(fit.oof_logits[held], std.apply(x[held]) @ W.T + b, rtol=1e-3, atol=1e-3)
+    # the CV accuracy is the share of rows these logits get right
+    assert float((fit.oof_logits.argmax(1) == y).float().mean()) == pytest.approx(fit.cv_accuracy)
 
 
 def test_a_probe_run_on_a_small_folder_gets_calibrated_probabilities(tmp_path):

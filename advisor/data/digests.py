@@ -95,6 +95,17 @@ class DigestMemo:
             self._dirty.add(folder)
         return digest
 
+    def digest_all(self, paths) -> list[str | None]:
+        """:meth:`digest` of each path (None where it cannot be read), then :meth:`save`."""
+        out: list[str | None] = []
+        for p in paths:
+            try:
+                out.append(self.digest(p))
+            except OSError:
+                out.append(None)
+        self.save()
+        return out
+
     def save(self) -> None:
         """Write the memo of every folder that gained entries (best effort: a memo is only a shortcut)."""
         for folder in sorted(self._dirty):

@@ -106,9 +106,7 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
         present = ", ".join(sorted({s.split for s in scan.samples}))
         raise AdvisorError(f"{scan.root} has no {split} images (it has: {present})",
                            hint="choose one of those with --split, or --split all")
-    seen_counts, seen_note = _leave_out_seen(chosen, run_dir, include_seen=include_seen, root=scan.root)
-    if seen_counts is not None and not include_seen:
-        chosen = seen_counts[0]
+    chosen, seen, seen_note = _leave_out_seen(chosen, run_dir, include_seen=include_seen, root=scan.root)
     scored: list[tuple[Sample, int, float]] | None = [] if explain_to is not None else None
     score = score_samples(model, chosen, list(card.classes), split=split, dataset=scan.root, device=device, workers=workers,
                           batch_size=batch_size, progress=progress, temperature=card.metrics.get("temperature", 1.0),
@@ -122,22 +120,22 @@ def evaluate_with(model, card, dataset: str | os.PathLike, *, split: EvalSplit =
                                explain_to, device=device, tta=tta)
         score.evidence_dir, score.evidence_pictures = str(explain_to), sum(p is not None for p in paths)
     score.tta = tta
-    score.seen_note, score.seen_included = seen_note, include_seen and seen_counts is not None
-    if seen_counts is not None:
-        score.seen_train, score.seen_val = seen_counts[1].train, seen_counts[1].val
+    score.seen_note, score.seen_included = seen_note, include_seen and seen is not None
+    if seen is not None:
+        score.seen_train, score.seen_val = seen.train, seen.val
     return score
 
 
 def _leave_out_seen(chosen: list[Sample], run_dir, *, include_seen: bool, root: str):
-    """((images the run never saw, counts), None), or (None, why the run's own images cannot be told apart)."""
+    """(the images to score, how many the run trained / validated on or None, why they could not be told apart)."""
     from advisor.execute.seen import read_seen, seen_error, split_seen
 
     if run_dir is None:
-        return None, "no run folder, so the images it saw are unknown"
+        return chosen, None, "no run folder, so the images it saw are unknown"
     seen, why = read_seen(run_dir)
     if seen is None:
-        return None, why
+        return chosen, None, why
     unseen, counts = split_seen(chosen, seen)
     if not include_seen and not unseen:
         raise seen_error(len(chosen), counts, root)
-    return (unseen, counts), None
+    return (chosen if include_seen else unseen), counts, None

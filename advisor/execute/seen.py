@@ -37,29 +37,18 @@ class SeenImages(BaseModel):
 
 
 class SeenSplit(BaseModel):
-    """How many of the images given to score the run trained on, validated on, or never saw."""
+    """How many of the images given to score the run trained on and validated on."""
 
     train: int = 0
     val: int = 0
-    unseen: int = 0
-    unread: int = 0  # files that could not be read to digest (the score counts them as unreadable anyway)
 
 
 def _checksum(train: Sequence[str], val: Sequence[str]) -> str:
     return hashlib.blake2b(("\n".join(train) + "\0" + "\n".join(val)).encode(), digest_size=16).hexdigest()
 
 
-def digests(paths: Sequence[str], *, cache_dir: str | os.PathLike | None = None) -> list[str | None]:
-    """Each file's content digest (None where it cannot be read), remembered in the cache's digest memo."""
-    memo = DigestMemo(Path(cache_dir) if cache_dir else default_cache_dir())
-    out: list[str | None] = []
-    for p in paths:
-        try:
-            out.append(memo.digest(p))
-        except OSError:
-            out.append(None)
-    memo.save()
-    return out
+def _digests(paths: Sequence[str], cache_dir: str | os.PathLike | None) -> list[str | None]:
+    return DigestMemo(Path(cache_dir) if cache_dir else default_cache_dir()).digest_all(paths)
 
 
 def write_seen(run_dir: str | os.PathLike, samples: Sequence[Sample], *,
@@ -67,7 +56,7 @@ def write_seen(run_dir: str | os.PathLike, samples: Sequence[Sample], *,
     """``seen.json`` of the run in ``run_dir``: the digests of ``samples``' train and val images."""
     train = [s.path for s in samples if s.split == "train"]
     val = [s.path for s in samples if s.split == "val"]
-    found = digests(train + val, cache_dir=cache_dir)
+    found = _digests(train + val, cache_dir)
     t = sorted({d for d in found[: len(train)] if d})
     v = sorted({d for d in found[len(train):] if d})
     seen = SeenImages(train=t, val=v, checksum=_checksum(t, v))
@@ -94,16 +83,12 @@ def split_seen(samples: Sequence[Sample], seen: SeenImages, *, cache_dir: str | 
     train, val = set(seen.train), set(seen.val)
     counts = SeenSplit()
     unseen = []
-    for sample, d in zip(samples, digests([s.path for s in samples], cache_dir=cache_dir), strict=True):
-        if d is None:
-            counts.unread += 1
-            unseen.append(sample)  # scored as unreadable, as before
-        elif d in train:
+    for sample, d in zip(samples, _digests([s.path for s in samples], cache_dir), strict=True):
+        if d is not None and d in train:
             counts.train += 1
-        elif d in val:
+        elif d is not None and d in val:
             counts.val += 1
-        else:
-            counts.unseen += 1
+        else:  # never seen, or unreadable (the score counts it as unreadable, as before)
             unseen.append(sample)
     return unseen, counts
 

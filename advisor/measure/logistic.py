@@ -298,14 +298,19 @@ class CVResult(NamedTuple):
     folds: int  # 0 when CV was skipped
     note: str | None
     held_out: Tensor | None = None  # [N] weighted 1/0 out-of-fold hits at the chosen l2 (None: CV skipped)
+    # [N, C] each row's logits from the fold probe that held it out, at the chosen l2 (cross_validate(keep_logits=True))
+    held_out_logits: Tensor | None = None
 
 
 def cross_validate(
     x: Tensor, y: Tensor, *, num_classes: int, grid: Sequence[float], folds: int, seed: int,
     class_weights: Tensor | None, device: str | torch.device, max_iter: int, standardize: bool = True,
-    blocks: Sequence[int] | None = None,
+    blocks: Sequence[int] | None = None, keep_logits: bool = False,
 ) -> CVResult:
-    """Stratified ``folds``-fold cross-validation of ``fit_logistic`` over the ``l2`` grid (see ``cv_select_l2``)."""
+    """Stratified ``folds``-fold cross-validation of ``fit_logistic`` over the ``l2`` grid (see ``cv_select_l2``).
+
+    ``keep_logits``: also return every row's out-of-fold logits at the chosen ``l2`` (``held_out_logits``: what a
+    probe that never saw the row says of it; strategies/temperature.py calibrates a small probe on them)."""
     _check_matrix(x, "x")
     _check_labels(y, x.shape[0], num_classes)
     _check_class_weights(class_weights, num_classes, y)
@@ -343,14 +348,18 @@ def cross_validate(
     hits = torch.zeros(len(values), dtype=torch.float64, device=dev)
     held_out = (~train).T.double() * sample_w[:, None].double()  # [N, k]
     per_row = [None] * len(values)
-    init = None
+    init, kept, kept_hits = None, None, None
     for i in reversed(range(len(values))):  # strong -> weak: each solve starts near its optimum
         W, b = _solve_folds(xd, yd, train, means, scales, num_classes=num_classes, l2=values[i], cw=cw,
                             max_iter=max_iter, init=init)
         init = (W, b)
-        correct = (_fold_logits(xd, W, b, means, scales).argmax(dim=2) == yd[:, None]).double()  # [N, k]
+        logits = _fold_logits(xd, W, b, means, scales)  # [N, k, C]
+        correct = (logits.argmax(dim=2) == yd[:, None]).double()  # [N, k]
         hits[i] = (correct * held_out).sum()
         per_row[i] = (correct * held_out).sum(dim=1).cpu()
+        # the same strict-improvement scan from the largest l2 as the choice below, so this is the chosen l2's
+        if keep_logits and (kept_hits is None or hits[i] > kept_hits):
+            kept_hits, kept = hits[i], logits[torch.arange(len(yd), device=dev), fold_of].float().cpu()
     scores = (hits / sample_w.double().sum()).cpu().tolist()
     table = [(l2, float(s)) for l2, s in zip(values, scores)]
     # Ties go to the larger l2 (the simpler model): scan from the largest, keep strict improvements.
@@ -358,7 +367,7 @@ def cross_validate(
     for i in reversed(range(len(values) - 1)):
         if scores[i] > scores[best_i]:
             best_i = i
-    return CVResult(values[best_i], table, k, note, per_row[best_i] / float(sample_w.mean()))
+    return CVResult(values[best_i], table, k, note, per_row[best_i] / float(sample_w.mean()), kept)
 
 
 def cv_select_l2(
