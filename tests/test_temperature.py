@@ -17,7 +17,7 @@ from advisor.decide.models import RunPlan
 from advisor.execute.evaluate import evaluate_run
 from advisor.execute.runner import run_plan
 from strategies.results import RunResult, classification_metrics
-from strategies.temperature import MIN_IMAGES, PRIOR_SIGMA, calibrate, calibrate_run, fit_temperature
+from strategies.temperature import MIN_IMAGES, MIN_SMALL_FIT, PRIOR_SIGMA, calibrate, calibrate_run, fit_temperature
 
 
 def _sampled(n: int, temperature: float, *, classes: int = 6, seed: int = 0):
@@ -169,6 +169,34 @@ def test_a_probe_with_too_few_validation_images_is_calibrated_on_its_out_of_fold
     assert calibrate_run(result, TransferClassifier(backbone, ["pre_logits"], 6), classes).source == "validation"
 
 
+def _finetune_result(n: int, seed: int, strategy: str = "full-finetune"):
+    classes = [f"c{i}" for i in range(3)]
+    z, y = _sampled(n, 0.3, classes=3, seed=seed)  # an underconfident head, as the recipe leaves a fine-tune
+    return classes, RunResult(strategy=strategy, metrics=classification_metrics(z, y, classes), trainable_params=1,
+                              total_params=1, seconds=0, device="cpu", confidence=[0.5] * n, val_logits=z, val_labels=y)
+
+
+def test_a_full_finetune_with_a_small_validation_split_fits_its_temperature_there_without_the_check():
+    from advisor.report import calibration_phrase
+
+    backbone = create_backbone("test/tiny-cnn", pretrained=False, seed=0)
+    classes, result = _finetune_result(12, seed=6)
+    model = TransferClassifier(backbone, ["pre_logits"], 3)
+    weight, z, y = model.head.weight.detach().clone(), result.val_logits, result.val_labels
+    cal = calibrate_run(result, model, classes)
+    assert cal.applied and cal.source == "validation" and cal.n == 12
+    assert cal.temperature == pytest.approx(fit_temperature(z, y), rel=1e-4) and cal.temperature < 1
+    assert "kept without a held-out check" in cal.reason and "kept without a held-out check" in calibration_phrase(cal)
+    torch.testing.assert_close(model.head.weight.detach(), weight / cal.temperature)
+    # the reported "after" figures are still the cross-fitted ones, whatever they say
+    assert cal.nll_after == pytest.approx(calibrate(z, y, min_images=2).nll_after, abs=1e-5)
+    # below MIN_SMALL_FIT, a probe without out-of-fold rows, and a partial fine-tune (not measured) stay as trained
+    for n, strategy in ((MIN_SMALL_FIT - 1, "full-finetune"), (12, "linear-probe"), (12, "partial-finetune")):
+        classes, result = _finetune_result(n, seed=7, strategy=strategy)
+        cal = calibrate_run(result, TransferClassifier(backbone, ["pre_logits"], 3), classes)
+        assert not cal.applied and cal.temperature == 1.0, (n, strategy)
+
+
 def test_a_probe_keeps_its_cvs_out_of_fold_logits_each_from_the_fold_probe_that_held_the_row_out():
     from advisor.measure.logistic import fit_logistic, fit_standardizer, stratified_folds
     from strategies.probe import fit_probe
@@ -197,3 +225,18 @@ def test_a_probe_run_on_a_small_folder_gets_calibrated_probabilities(tmp_path):
     cal = out.result.calibration
     assert out.result.metrics.n_val < MIN_IMAGES and cal.source == "training out-of-fold" and cal.n == 21
     assert cal.nll_after <= cal.nll_before or not cal.applied
+
+
+def test_a_full_finetune_run_on_a_small_folder_gets_its_temperature_from_its_few_validation_images(tmp_path):
+    from conftest import write_class_images
+
+    root = write_class_images(tmp_path / "small", {"red": 20, "green": 20}, size=36)  # 8 validation images
+    plan = RunPlan(dataset=str(root), backbone="test/tiny-cnn", strategy="full-finetune", rule_ids=["test"],
+                   input_size=32, epochs=2)
+    out = run_plan(plan, runs_dir=tmp_path / "runs", num_workers=0)
+    cal = out.result.calibration
+    assert out.result.metrics.n_val == 8 and cal.source == "validation" and cal.n == 8
+    assert cal.applied and "kept without a held-out check" in cal.reason
+    card = json.loads((Path(out.run_dir) / "model.json").read_text())
+    assert card["metrics"]["temperature"] == pytest.approx(cal.temperature, rel=1e-5)
+    assert "kept without a held-out check" in (Path(out.run_dir) / "report.md").read_text()

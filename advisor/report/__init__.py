@@ -12,6 +12,7 @@ from pathlib import Path
 from advisor.core.names import markdown, printable
 from advisor.decide.models import Recommendation, RunPlan
 from strategies.results import Calibration, Metrics, RunResult, SplitScore
+from strategies.temperature import MIN_IMAGES
 
 
 def accuracy_phrase(m: Metrics, *, emphasis: Callable[[str], str] = str, loss: bool = True) -> str:
@@ -39,6 +40,8 @@ def calibration_phrase(c: Calibration, *, short: bool = False) -> str:
     if c.applied:
         if c.source == "validation":
             where = "" if short else " on held-out parts of validation"
+            if c.n < MIN_IMAGES:  # a small fine-tune's T, kept without the check its folds cannot make
+                where += f" ({c.n} images: kept without a held-out check)"
         else:
             where = (" on out-of-fold training predictions" if short else
                      " on held-out parts of the training split's out-of-fold predictions (too few validation images)")
@@ -49,7 +52,8 @@ def calibration_phrase(c: Calibration, *, short: bool = False) -> str:
 
 
 CALIBRATION_NOTE = ("Temperature scaling: the head's logits are divided by one number fitted on the validation split "
-                    "(a probe with under 20 validation images: on its out-of-fold training predictions), so that a predicted probability of 0.8 is right about 80 % of the time; the predicted class, and "
+                    "(a probe with under 20 validation images: on its out-of-fold training predictions; a full fine-tune with 8-19: "
+                    "on them, kept without a held-out check), so that a predicted probability of 0.8 is right about 80 % of the time; the predicted class, and "
                     "so the accuracy, does not change. The calibration error is the mean gap between confidence and "
                     "accuracy over confidence bins; its 'after' figure is measured on each fifth of those images with the "
                     "temperature fitted on the other four.")
