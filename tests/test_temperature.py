@@ -190,8 +190,10 @@ def test_a_full_finetune_with_a_small_validation_split_fits_its_temperature_ther
     torch.testing.assert_close(model.head.weight.detach(), weight / cal.temperature)
     # the reported "after" figures are still the cross-fitted ones, whatever they say
     assert cal.nll_after == pytest.approx(calibrate(z, y, min_images=2).nll_after, abs=1e-5)
-    # below MIN_SMALL_FIT, a probe without out-of-fold rows, and a partial fine-tune (not measured) stay as trained
-    for n, strategy in ((MIN_SMALL_FIT - 1, "full-finetune"), (12, "linear-probe"), (12, "partial-finetune")):
+    # a partial fine-tune likewise; below MIN_SMALL_FIT, or a probe without out-of-fold rows, stays as trained
+    classes, result = _finetune_result(12, seed=6, strategy="partial-finetune")
+    assert calibrate_run(result, TransferClassifier(backbone, ["pre_logits"], 3), classes).applied
+    for n, strategy in ((MIN_SMALL_FIT - 1, "full-finetune"), (12, "linear-probe")):
         classes, result = _finetune_result(n, seed=7, strategy=strategy)
         cal = calibrate_run(result, TransferClassifier(backbone, ["pre_logits"], 3), classes)
         assert not cal.applied and cal.temperature == 1.0, (n, strategy)

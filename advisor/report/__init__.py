@@ -52,7 +52,7 @@ def calibration_phrase(c: Calibration, *, short: bool = False) -> str:
 
 
 CALIBRATION_NOTE = ("Temperature scaling: the head's logits are divided by one number fitted on the validation split "
-                    "(a probe with under 20 validation images: on its out-of-fold training predictions; a full fine-tune with 8-19: "
+                    "(a probe with under 20 validation images: on its out-of-fold training predictions; a fine-tune with 8-19: "
                     "on them, kept without a held-out check), so that a predicted probability of 0.8 is right about 80 % of the time; the predicted class, and "
                     "so the accuracy, does not change. The calibration error is the mean gap between confidence and "
                     "accuracy over confidence bins; its 'after' figure is measured on each fifth of those images with the "
