@@ -141,16 +141,19 @@ def calibrate_run(result, model, classes: list[str]) -> Calibration | None:
     logits, y = result.val_logits, result.val_labels
     if logits is None or y is None:
         return None
-    cal = calibrate(logits, y)
-    if len(y) < MIN_IMAGES and result.oof_logits is not None:
+    if len(y) >= MIN_IMAGES:
+        cal = calibrate(logits, y)
+    elif result.oof_logits is not None:
         # Too few validation images to fit T on; a probe has a prediction for every training image from a probe
         # that never saw it (benchmarks/probe_oof_calibration.py). Kept only where it helps those rows' held-out folds.
         cal = calibrate(result.oof_logits, result.oof_labels, source=OUT_OF_FOLD)
         cal.reason += f" (the validation split has {len(y)} images, too few to fit on)"
-    elif MIN_SMALL_FIT <= len(y) < MIN_IMAGES and result.strategy in SMALL_FIT_STRATEGIES:
+    elif len(y) >= MIN_SMALL_FIT and result.strategy in SMALL_FIT_STRATEGIES:
         # A fine-tune has no out-of-fold rows; fitting on the few validation images under the prior beats leaving
         # the recipe's underconfident probabilities (benchmarks/finetune_small_calibration.py), the check does not.
         cal = calibrate(logits, y, min_images=MIN_SMALL_FIT, check=False)
+    else:
+        cal = calibrate(logits, y)  # too few images: left as trained, saying why
     if cal.applied:
         with torch.no_grad():
             model.head.weight.div_(cal.temperature)
